@@ -1,0 +1,170 @@
+//! The BlobService logic shared by every local backend: content-defined chunking on write,
+//! chunk-wise verified reads. A backend only has to store chunks and chunk lists.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::chunker::{CHUNK_MAX, final_chunk_lengths};
+use super::{BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader};
+use crate::castore::{B3Digest, Error};
+
+/// Storage of chunks (by their digest) and of the chunk lists of multi-chunk blobs (by the
+/// blob's digest). A blob of one chunk has no list: the chunk's digest is the blob's.
+#[async_trait]
+pub trait ChunkStore: ChunkSource {
+    /// Length of a stored chunk; `None` when absent.
+    async fn chunk_size(&self, digest: &B3Digest) -> Result<Option<u64>, Error>;
+    /// Stores a chunk durably. The digest has been computed by the caller from `data`.
+    async fn put_chunk(&self, digest: &B3Digest, data: Bytes) -> Result<(), Error>;
+    /// The chunk list of a multi-chunk blob; `None` when there is none.
+    async fn get_chunk_list(&self, blob: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error>;
+    /// Stores the chunk list of a blob durably, after all its chunks are stored.
+    async fn put_chunk_list(&self, blob: &B3Digest, chunks: &[ChunkMeta]) -> Result<(), Error>;
+}
+
+/// Chunks stored concurrently per blob being written: enough to overlap hashing and storage I/O
+/// on a few cores, bounded so a writer holds at most this many chunks (≤ 1 MiB each) in memory.
+const STORES_IN_FLIGHT: usize = 4;
+
+/// A [`BlobService`] over a [`ChunkStore`].
+pub struct ChunkedBlobService<S> {
+    store: Arc<S>,
+}
+
+impl<S: ChunkStore> ChunkedBlobService<S> {
+    /// Serves blobs out of `store`.
+    pub fn new(store: S) -> Self {
+        Self { store: Arc::new(store) }
+    }
+}
+
+#[async_trait]
+impl<S: ChunkStore> BlobService for ChunkedBlobService<S> {
+    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
+        Ok(self.chunks(digest).await?.is_some())
+    }
+
+    async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
+        let Some(chunks) = self.chunks(digest).await? else {
+            return Ok(None);
+        };
+        let source: Arc<dyn ChunkSource> = self.store.clone();
+        Ok(Some(Box::new(ChunkedReader::new(source, *digest, chunks))))
+    }
+
+    async fn open_write(&self) -> Box<dyn BlobWriter> {
+        let store = self.store.clone();
+        Box::new(ChannelBlobWriter::spawn(move |rx| store_blob(store, rx)))
+    }
+
+    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
+        if let Some(list) = self.store.get_chunk_list(digest).await? {
+            return Ok(Some(list));
+        }
+        Ok(self
+            .store
+            .chunk_size(digest)
+            .await?
+            .map(|size| vec![ChunkMeta { digest: *digest, size }]))
+    }
+}
+
+/// Cuts the incoming bytes into chunks, stores them (a few at a time), and stores the chunk
+/// list last, so a blob's digest is only visible once everything it needs is durable.
+async fn store_blob<S: ChunkStore>(store: Arc<S>, mut rx: mpsc::Receiver<Bytes>) -> Result<B3Digest, Error> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = BytesMut::new();
+    let mut in_flight: VecDeque<JoinHandle<Result<ChunkMeta, Error>>> = VecDeque::new();
+    let mut chunks = Vec::new();
+    let mut eof = false;
+    while !eof {
+        match rx.recv().await {
+            Some(data) => {
+                hasher.update(&data);
+                buf.extend_from_slice(&data);
+                if buf.len() < 2 * CHUNK_MAX {
+                    continue;
+                }
+            }
+            None => eof = true,
+        }
+        for len in final_chunk_lengths(&buf, eof) {
+            let chunk = buf.split_to(len).freeze();
+            if in_flight.len() >= STORES_IN_FLIGHT
+                && let Some(task) = in_flight.pop_front()
+            {
+                chunks.push(join(task).await?);
+            }
+            in_flight.push_back(tokio::spawn(store_chunk(store.clone(), chunk)));
+        }
+    }
+    for task in in_flight {
+        chunks.push(join(task).await?);
+    }
+    let digest = B3Digest::from(hasher.finalize());
+    match chunks.len() {
+        // The empty blob is stored as one empty chunk, so that it, too, is `has`-able.
+        0 => {
+            store_chunk(store, Bytes::new()).await?;
+        }
+        1 => {}
+        _ => store.put_chunk_list(&digest, &chunks).await?,
+    }
+    Ok(digest)
+}
+
+async fn store_chunk<S: ChunkStore>(store: Arc<S>, data: Bytes) -> Result<ChunkMeta, Error> {
+    let size = data.len() as u64;
+    let digest = {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || B3Digest::of(&data))
+            .await
+            .map_err(|e| Error::Storage(format!("hashing task failed: {e}")))?
+    };
+    if store.chunk_size(&digest).await?.is_none() {
+        store.put_chunk(&digest, data).await?;
+    }
+    Ok(ChunkMeta { digest, size })
+}
+
+async fn join<T>(task: JoinHandle<Result<T, Error>>) -> Result<T, Error> {
+    task.await
+        .unwrap_or_else(|e| Err(Error::Storage(format!("chunk store task failed: {e}"))))
+}
+
+/// Encodes a chunk list for storage (the StatBlobResponse message, so it is self-describing).
+pub(crate) fn encode_chunk_list(chunks: &[ChunkMeta]) -> Vec<u8> {
+    use prost::Message;
+    crate::proto::castore::StatBlobResponse {
+        chunks: chunks
+            .iter()
+            .map(|c| crate::proto::castore::stat_blob_response::ChunkMeta {
+                digest: c.digest.into(),
+                size: c.size,
+            })
+            .collect(),
+        bao: Bytes::new(),
+    }
+    .encode_to_vec()
+}
+
+/// Decodes a stored chunk list; `blob` names it in errors.
+pub(crate) fn decode_chunk_list(blob: &B3Digest, buf: &[u8]) -> Result<Vec<ChunkMeta>, Error> {
+    use prost::Message;
+    let corrupt = |what: String| Error::Corrupt(format!("chunk list of blob {blob}: {what}"));
+    let msg = crate::proto::castore::StatBlobResponse::decode(buf).map_err(|e| corrupt(e.to_string()))?;
+    msg.chunks
+        .into_iter()
+        .map(|c| {
+            Ok(ChunkMeta {
+                digest: B3Digest::try_from(&c.digest).map_err(|e| corrupt(e.to_string()))?,
+                size: c.size,
+            })
+        })
+        .collect()
+}

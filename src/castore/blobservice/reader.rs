@@ -1,0 +1,196 @@
+//! Reading a blob through its chunk list: only the chunks covering the bytes asked for are
+//! fetched, the next ones are fetched ahead while reading sequentially, and every chunk is
+//! verified against its digest before any of its bytes are handed out.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, SeekFrom};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
+use tokio::task::JoinHandle;
+
+use super::ChunkMeta;
+use crate::castore::{B3Digest, Error};
+
+/// Where a [`ChunkedReader`] gets chunk bytes from. Returned bytes are unverified.
+#[async_trait]
+pub trait ChunkSource: Send + Sync + 'static {
+    /// The bytes of the chunk with this digest; `None` when absent.
+    async fn get_chunk(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error>;
+}
+
+/// How many chunks past the one being read are fetched ahead while reading sequentially.
+const READ_AHEAD: usize = 3;
+
+/// Reads one blob through its chunk list.
+pub struct ChunkedReader {
+    source: Arc<dyn ChunkSource>,
+    blob: B3Digest,
+    chunks: Arc<[ChunkMeta]>,
+    /// Offset in the blob where each chunk starts.
+    starts: Arc<[u64]>,
+    size: u64,
+    pos: u64,
+    current: Option<(usize, Bytes)>,
+    /// Fetches under way, for consecutive chunk indices starting at the front's.
+    inflight: VecDeque<(usize, JoinHandle<Result<Bytes, Error>>)>,
+    /// While the blob is read in order from its start, the whole blob is hashed as well and its
+    /// last chunk only handed out once the blob's own digest matched.
+    whole: Option<(blake3::Hasher, usize)>,
+}
+
+impl ChunkedReader {
+    /// A reader of blob `blob`, made of `chunks` in order, fetched from `source`.
+    pub fn new(source: Arc<dyn ChunkSource>, blob: B3Digest, chunks: Vec<ChunkMeta>) -> Self {
+        let mut starts = Vec::with_capacity(chunks.len());
+        let mut size = 0u64;
+        for c in &chunks {
+            starts.push(size);
+            size = size.saturating_add(c.size);
+        }
+        // A single chunk carries the blob's own digest: verifying it verifies the blob.
+        let whole = (chunks.len() > 1).then(|| (blake3::Hasher::new(), 0));
+        Self {
+            source,
+            blob,
+            chunks: chunks.into(),
+            starts: starts.into(),
+            size,
+            pos: 0,
+            current: None,
+            inflight: VecDeque::new(),
+            whole,
+        }
+    }
+
+    /// Total length of the blob.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn chunk_index(&self, pos: u64) -> usize {
+        self.starts.partition_point(|&start| start <= pos).saturating_sub(1)
+    }
+
+    fn spawn_fetch(&self, index: usize) -> JoinHandle<Result<Bytes, Error>> {
+        let source = self.source.clone();
+        let meta = self.chunks[index];
+        let blob = self.blob;
+        tokio::spawn(async move {
+            let data = source.get_chunk(&meta.digest).await?.ok_or_else(|| {
+                Error::NotFound(format!("chunk {} of blob {blob} is missing", meta.digest))
+            })?;
+            if data.len() as u64 != meta.size || B3Digest::of(&data) != meta.digest {
+                return Err(Error::Corrupt(format!(
+                    "chunk {} of blob {blob}: stored bytes ({} bytes) do not match the chunk digest",
+                    meta.digest,
+                    data.len()
+                )));
+            }
+            Ok(data)
+        })
+    }
+
+    /// Makes sure the fetch of `index` is at the front of the queue, with read-ahead behind it
+    /// when the reader moves forward chunk by chunk.
+    fn schedule(&mut self, index: usize) {
+        let sequential = match self.current {
+            Some((cur, _)) => index == cur + 1,
+            None => index == 0,
+        };
+        while let Some((front, _)) = self.inflight.front() {
+            if *front == index {
+                break;
+            }
+            if let Some((_, task)) = self.inflight.pop_front() {
+                task.abort();
+            }
+        }
+        if self.inflight.is_empty() {
+            self.inflight.push_back((index, self.spawn_fetch(index)));
+        }
+        if sequential {
+            let mut next = self.inflight.back().map(|(i, _)| i + 1).unwrap_or(index + 1);
+            while self.inflight.len() <= READ_AHEAD && next < self.chunks.len() {
+                self.inflight.push_back((next, self.spawn_fetch(next)));
+                next += 1;
+            }
+        }
+    }
+
+    fn poll_chunk(&mut self, cx: &mut Context<'_>, index: usize) -> Poll<Result<Bytes, Error>> {
+        self.schedule(index);
+        let (_, task) = self.inflight.front_mut().expect("schedule queued the chunk");
+        let joined = ready!(Pin::new(task).poll(cx));
+        self.inflight.pop_front();
+        let data = joined.unwrap_or_else(|e| Err(Error::Storage(format!("chunk fetch task failed: {e}"))))?;
+        if let Some((hasher, next)) = &mut self.whole {
+            if *next == index {
+                hasher.update(&data);
+                *next += 1;
+                if *next == self.chunks.len() && B3Digest::from(hasher.finalize()) != self.blob {
+                    return Poll::Ready(Err(Error::Corrupt(format!(
+                        "blob {}: its chunks do not add up to the blob's digest",
+                        self.blob
+                    ))));
+                }
+            } else {
+                self.whole = None;
+            }
+        }
+        Poll::Ready(Ok(data))
+    }
+}
+
+impl AsyncRead for ChunkedReader {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.pos >= self.size || buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let index = self.chunk_index(self.pos);
+        let have = matches!(&self.current, Some((i, _)) if *i == index);
+        if !have {
+            let data = ready!(self.poll_chunk(cx, index)).map_err(io::Error::from)?;
+            self.current = Some((index, data));
+        }
+        let offset = (self.pos - self.starts[index]) as usize;
+        let Some((_, data)) = &self.current else {
+            return Poll::Ready(Ok(()));
+        };
+        let n = buf.remaining().min(data.len() - offset);
+        buf.put_slice(&data[offset..offset + n]);
+        self.pos += n as u64;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncSeek for ChunkedReader {
+    fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> io::Result<()> {
+        let target = match position {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.size.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek to a negative or overflowing position")
+        })?;
+        Ok(())
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        Poll::Ready(Ok(self.pos))
+    }
+}
+
+impl Drop for ChunkedReader {
+    fn drop(&mut self) {
+        for (_, task) in self.inflight.drain(..) {
+            task.abort();
+        }
+    }
+}

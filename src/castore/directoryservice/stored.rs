@@ -1,0 +1,101 @@
+//! The DirectoryService logic shared by local backends, over a plain key-value store of
+//! validated directories.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use super::{DirectoryPutter, DirectoryService, GraphBuilder};
+use crate::castore::{B3Digest, Directory, Error};
+
+/// Storage of validated directories by digest.
+#[async_trait]
+pub trait DirectoryStore: Send + Sync + 'static {
+    /// The directory stored under `digest`. Implementations check that what they read decodes to
+    /// a valid directory with that digest (Error::Corrupt otherwise).
+    async fn get(&self, digest: &B3Digest) -> Result<Option<Directory>, Error>;
+
+    /// Stores a whole validated graph atomically and durably: all of it or none.
+    async fn insert_batch(&self, directories: Vec<(B3Digest, Directory)>) -> Result<(), Error>;
+}
+
+/// A [`DirectoryService`] over a [`DirectoryStore`].
+pub struct StoredDirectoryService<S> {
+    store: Arc<S>,
+}
+
+impl<S: DirectoryStore> StoredDirectoryService<S> {
+    /// Serves directories out of `store`.
+    pub fn new(store: S) -> Self {
+        Self { store: Arc::new(store) }
+    }
+}
+
+#[async_trait]
+impl<S: DirectoryStore> DirectoryService for StoredDirectoryService<S> {
+    async fn get(&self, digest: &B3Digest) -> Result<Option<Directory>, Error> {
+        self.store.get(digest).await
+    }
+
+    fn get_recursive(&self, root: &B3Digest) -> BoxStream<'_, Result<Directory, Error>> {
+        let root = *root;
+        Box::pin(async_stream::try_stream! {
+            let mut queue = VecDeque::from([(root, None::<B3Digest>)]);
+            let mut seen = HashSet::from([root]);
+            while let Some((digest, parent)) = queue.pop_front() {
+                let directory = self.store.get(&digest).await?.ok_or_else(|| match parent {
+                    None => Error::NotFound(format!("directory {digest}")),
+                    Some(parent) => Error::NotFound(format!(
+                        "directory {digest}, referred to by directory {parent} below {root}"
+                    )),
+                })?;
+                for (_, child, _) in directory.child_directories() {
+                    if seen.insert(*child) {
+                        queue.push_back((*child, Some(digest)));
+                    }
+                }
+                yield directory;
+            }
+        })
+    }
+
+    fn put_multiple_start(&self) -> Box<dyn DirectoryPutter + '_> {
+        Box::new(StoredPutter {
+            service: self,
+            graph: GraphBuilder::default(),
+            result: None,
+        })
+    }
+}
+
+struct StoredPutter<'a, S> {
+    service: &'a StoredDirectoryService<S>,
+    graph: GraphBuilder,
+    result: Option<Result<B3Digest, Error>>,
+}
+
+#[async_trait]
+impl<S: DirectoryStore> DirectoryPutter for StoredPutter<'_, S> {
+    async fn put(&mut self, directory: Directory) -> Result<(), Error> {
+        if self.result.is_some() {
+            return Err(Error::InvalidRequest("directory putter already closed".into()));
+        }
+        self.graph.add(directory, self.service).await
+    }
+
+    async fn close(&mut self) -> Result<B3Digest, Error> {
+        if let Some(result) = &self.result {
+            return result.clone();
+        }
+        let result = async {
+            let (root, directories) = std::mem::take(&mut self.graph).finish()?;
+            self.service.store.insert_batch(directories).await?;
+            Ok(root)
+        }
+        .await;
+        self.result = Some(result.clone());
+        result
+    }
+}

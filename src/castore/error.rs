@@ -1,0 +1,85 @@
+//! The error type shared by the castore services.
+
+use super::directory::{DecodeDirectoryError, InvalidDirectory};
+
+/// What a castore service call can fail with. The variants map onto gRPC status codes, so a
+/// failure keeps its kind when it crosses the wire.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The request or the data sent with it is invalid (gRPC INVALID_ARGUMENT).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Something referred to does not exist (gRPC NOT_FOUND).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Stored data failed verification: its bytes do not match its digest (gRPC DATA_LOSS).
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The backend could not be reached (gRPC UNAVAILABLE, DEADLINE_EXCEEDED).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Any other storage failure (gRPC INTERNAL).
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl Error {
+    /// Wraps any storage-layer failure, keeping its message.
+    pub fn storage(context: impl std::fmt::Display, err: impl std::fmt::Display) -> Self {
+        Error::Storage(format!("{context}: {err}"))
+    }
+}
+
+impl From<InvalidDirectory> for Error {
+    fn from(e: InvalidDirectory) -> Self {
+        Error::InvalidRequest(format!("invalid directory: {e}"))
+    }
+}
+
+impl From<DecodeDirectoryError> for Error {
+    fn from(e: DecodeDirectoryError) -> Self {
+        Error::Corrupt(format!("stored directory does not decode: {e}"))
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidRequest(m) => tonic::Status::invalid_argument(m),
+            Error::NotFound(m) => tonic::Status::not_found(m),
+            Error::Corrupt(m) => tonic::Status::data_loss(m),
+            Error::Unavailable(m) => tonic::Status::unavailable(m),
+            Error::Storage(m) => tonic::Status::internal(m),
+        }
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code;
+        let m = s.message().to_string();
+        match s.code() {
+            Code::InvalidArgument | Code::FailedPrecondition => Error::InvalidRequest(m),
+            Code::NotFound => Error::NotFound(m),
+            Code::DataLoss => Error::Corrupt(m),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                Error::Unavailable(format!("{m} ({:?})", s.code()))
+            }
+            code => Error::Storage(format!("{m} ({code:?})")),
+        }
+    }
+}
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        use std::io::ErrorKind;
+        let kind = match &e {
+            Error::InvalidRequest(_) => ErrorKind::InvalidInput,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::Corrupt(_) => ErrorKind::InvalidData,
+            Error::Unavailable(_) => ErrorKind::ConnectionAborted,
+            Error::Storage(_) => ErrorKind::Other,
+        };
+        std::io::Error::new(kind, e)
+    }
+}

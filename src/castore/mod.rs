@@ -1,0 +1,15 @@
+//! The content-addressed store: blobs and directories addressed by BLAKE3.
+
+pub mod blobservice;
+pub mod digest;
+pub mod directory;
+pub mod directoryservice;
+pub mod error;
+pub mod node;
+pub mod path_component;
+
+pub use digest::B3Digest;
+pub use directory::Directory;
+pub use error::Error;
+pub use node::{Node, SymlinkTarget};
+pub use path_component::PathComponent;

@@ -1,0 +1,16 @@
+//! `tvix-store import`.
+
+use super::ServiceArgs;
+
+/// Arguments of `tvix-store import`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    services: ServiceArgs,
+}
+
+/// Runs the command.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let _ = args.services;
+    anyhow::bail!("`tvix-store import` is not built yet")
+}

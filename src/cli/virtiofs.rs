@@ -1,0 +1,16 @@
+//! `tvix-store virtiofs`.
+
+use super::ServiceArgs;
+
+/// Arguments of `tvix-store virtiofs`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    services: ServiceArgs,
+}
+
+/// Runs the command.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let _ = args.services;
+    anyhow::bail!("`tvix-store virtiofs` is not built yet")
+}
