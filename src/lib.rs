@@ -12,3 +12,4 @@ pub mod storepath;
 pub mod url;
 pub mod defaultstore;
 pub mod services;
+pub mod nar;

@@ -1,0 +1,17 @@
+//! The NAR (Nix ARchive) format: a streaming reader and writer that are byte-exact with
+//! `nix-store --dump`, plus a hashing sink for computing NAR hashes without storing NARs.
+
+mod error;
+mod hashing;
+mod reader;
+mod transcode;
+mod wire;
+mod writer;
+
+pub use error::{
+    MAX_NAME_LEN, MAX_TARGET_LEN, NarReadError, NarWriteError, check_name, check_target,
+};
+pub use hashing::NarHasher;
+pub use reader::{FileContents, NarEvent, NarReader};
+pub use writer::NarWriter;
+pub use transcode::{TranscodeError, transcode};
