@@ -1,7 +1,9 @@
 //! Ingestion: local paths and NAR streams become castore nodes plus the NAR hash and size,
 //! and content-addressed store paths registered in the PathInfoService.
 
+mod closure;
 mod error;
+mod nar;
 mod path;
 mod storepath;
 mod upload;
@@ -10,7 +12,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use closure::{ClosureEntry, ClosureError, copy_closure, parse_ca, parse_closure, parse_sha256};
 pub use error::ImportError;
+pub use nar::ingest_nar;
 pub use path::ingest_path;
 pub use storepath::{compress_hash, source_store_path};
 pub use upload::{MAX_BYTES_IN_FLIGHT, MAX_UPLOADS, SMALL_BLOB, Uploader};
