@@ -51,8 +51,8 @@ impl Store {
 /// `nix path-info --json`, without the fields only a Nix database has.
 fn nix_path_info(paths: &[&str]) -> Value {
     let mut args: Vec<&std::ffi::OsStr> = ["--extra-experimental-features", "nix-command", "--option", "substituters", "", "path-info", "--json"]
-        .iter()
-        .map(|s| std::ffi::OsStr::new(s))
+        .into_iter()
+        .map(std::ffi::OsStr::new)
         .collect();
     args.extend(paths.iter().map(std::ffi::OsStr::new));
     let mut v: Value = serde_json::from_slice(&nix("nix", &args)).unwrap();

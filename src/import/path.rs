@@ -182,10 +182,10 @@ impl Walker<'_> {
             self.rt.block_on(writer.close())?
         };
         now(self.nar.file_end())?;
-        if size <= SMALL_BLOB {
-            if let Some(p) = &self.progress {
-                p.add_bytes(size);
-            }
+        if size <= SMALL_BLOB
+            && let Some(p) = &self.progress
+        {
+            p.add_bytes(size);
         }
         self.count();
         Ok(Node::file(digest, size, executable))
