@@ -15,3 +15,5 @@ pub mod services;
 pub mod nar;
 pub mod grpc;
 pub mod server;
+pub mod redb;
+pub mod import;

@@ -74,10 +74,8 @@ impl Handlers {
 }
 
 /// The NAR calculation a server over `services` offers.
-pub fn nar_calculation(_services: &Services) -> Arc<dyn NarCalculationService> {
-    // The NAR calculator over castore services is built on another branch (issue 3); until it is
-    // merged, CalculateNAR answers UNAVAILABLE.
-    Arc::new(NoNarCalculation)
+pub fn nar_calculation(services: &Services) -> Arc<dyn NarCalculationService> {
+    Arc::new(crate::nar::NarCalculator::new(services.blob.clone(), services.directory.clone()))
 }
 
 /// Time connections get to finish their calls after shutdown was asked for; a client keeping a
