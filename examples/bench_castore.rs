@@ -119,6 +119,12 @@ async fn main() {
         }
         line("put small blobs", rate(small_bytes, t.elapsed()), base_small);
         let t = Instant::now();
+        for d in &digests {
+            assert!(service.has(d).await.expect("has"));
+        }
+        let per = t.elapsed() / digests.len() as u32;
+        println!("{label:<8} {:<22} {:>10.1?}", "has() per small blob", per);
+        let t = Instant::now();
         let mut n = 0;
         for d in &digests {
             n += read_blob(service.as_ref(), d, &mut buf).await;

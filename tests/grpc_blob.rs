@@ -7,6 +7,7 @@ mod grpc_common;
 use std::collections::HashSet;
 use std::io::SeekFrom;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -115,10 +116,40 @@ async fn bad_requests_get_invalid_argument_or_not_found() {
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
 
-/// A blob service wrapper that records which digests were opened for reading, and can lie.
+/// Counts the bytes a server-side reader handed out.
+struct Counting {
+    inner: Box<dyn BlobReader>,
+    count: Arc<AtomicU64>,
+}
+
+impl tokio::io::AsyncRead for Counting {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.count.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        result
+    }
+}
+
+impl tokio::io::AsyncSeek for Counting {
+    fn start_seek(mut self: std::pin::Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
+        std::pin::Pin::new(&mut self.inner).start_seek(position)
+    }
+    fn poll_complete(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<u64>> {
+        std::pin::Pin::new(&mut self.inner).poll_complete(cx)
+    }
+}
+
+/// A blob service wrapper that records which digests were opened for reading (and how many
+/// bytes were read of them), and can lie.
 struct Instrumented {
     inner: Arc<dyn BlobService>,
     reads: Mutex<Vec<B3Digest>>,
+    served: Mutex<Vec<(B3Digest, Arc<AtomicU64>)>>,
     /// Chunk list answered for every blob instead of the real one (Some(vec![]) = "no chunks").
     chunk_list: Option<Vec<ChunkMeta>>,
     /// Bytes served instead of the stored ones.
@@ -135,7 +166,12 @@ impl BlobService for Instrumented {
         if let Some(bytes) = &self.serve_instead {
             return Ok(Some(Box::new(std::io::Cursor::new(bytes.clone()))));
         }
-        self.inner.open_read(digest).await
+        let Some(inner) = self.inner.open_read(digest).await? else {
+            return Ok(None);
+        };
+        let count = Arc::new(AtomicU64::new(0));
+        self.served.lock().push((*digest, count.clone()));
+        Ok(Some(Box::new(Counting { inner, count })))
     }
     async fn open_write(&self) -> Box<dyn BlobWriter> {
         self.inner.open_write().await
@@ -169,20 +205,32 @@ async fn in_process(blob: Arc<dyn BlobService>, dir: &std::path::Path) -> (Strin
 async fn ranged_read_fetches_only_the_covering_chunk() {
     let dir = tempfile::tempdir().unwrap();
     let backend = blobservice::from_addr("memory://").await.unwrap();
-    let content = data(6_000_000, 7);
+    let content = data(24_000_000, 7);
     let digest = put(backend.as_ref(), &content).await;
     let chunks = backend.chunks(&digest).await.unwrap().unwrap();
-    assert!(chunks.len() >= 4, "need several chunks, got {}", chunks.len());
-    let instrumented = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), chunk_list: None, serve_instead: None });
+    assert!(chunks.len() >= 8, "need several chunks, got {}", chunks.len());
+    let instrumented = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: None, serve_instead: None });
     let (addr, _stop) = in_process(instrumented.clone(), dir.path()).await;
     let client = blobservice::from_addr(&addr).await.unwrap();
 
     // The client's chunk list is the server's.
     assert_eq!(client.chunks(&digest).await.unwrap().unwrap(), chunks);
 
+    // Opening tries one whole-blob read (the fast path for small blobs), which a large blob
+    // cancels early: the server must not have read much of the 24 MB.
+    let mut r = client.open_read(&digest).await.unwrap().unwrap();
+    let probed: u64 = instrumented
+        .served
+        .lock()
+        .iter()
+        .filter(|(d, _)| *d == digest)
+        .map(|(_, n)| n.load(Ordering::Relaxed))
+        .sum();
+    assert!(probed <= 6 * 1024 * 1024, "whole-blob probe read {probed} bytes of the blob");
+    instrumented.reads.lock().clear();
+
     // 100 bytes from the middle of the third chunk.
     let start: u64 = chunks[..2].iter().map(|c| c.size).sum::<u64>() + chunks[2].size / 2;
-    let mut r = client.open_read(&digest).await.unwrap().unwrap();
     r.seek(SeekFrom::Start(start)).await.unwrap();
     let mut buf = vec![0u8; 100];
     r.read_exact(&mut buf).await.unwrap();
@@ -194,9 +242,9 @@ async fn ranged_read_fetches_only_the_covering_chunk() {
     // A read spanning the boundary of chunks 3 and 4 fetches those two; having moved forward
     // chunk by chunk, the reader may also fetch (up to 3) following chunks ahead, but nothing
     // before the range and never the whole blob.
-    instrumented.reads.lock().clear();
     let boundary: u64 = chunks[..4].iter().map(|c| c.size).sum();
     let mut r = client.open_read(&digest).await.unwrap().unwrap();
+    instrumented.reads.lock().clear();
     r.seek(SeekFrom::Start(boundary - 10)).await.unwrap();
     let mut buf = vec![0u8; 20];
     r.read_exact(&mut buf).await.unwrap();
@@ -209,21 +257,36 @@ async fn ranged_read_fetches_only_the_covering_chunk() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn small_blob_is_read_with_one_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = blobservice::from_addr("memory://").await.unwrap();
+    let content = data(700_000, 8);
+    let digest = put(backend.as_ref(), &content).await;
+    assert!(backend.chunks(&digest).await.unwrap().unwrap().len() > 1, "want a multi-chunk small blob");
+    let instrumented = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: None, serve_instead: None });
+    let (addr, _stop) = in_process(instrumented.clone(), dir.path()).await;
+    let client = blobservice::from_addr(&addr).await.unwrap();
+    assert!(read_all(client.as_ref(), &digest).await == content);
+    assert_eq!(*instrumented.reads.lock(), vec![digest], "one whole-blob Read, no chunk reads");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn server_without_chunks_is_read_whole_and_verified() {
     let dir = tempfile::tempdir().unwrap();
     let backend = blobservice::from_addr("memory://").await.unwrap();
     let content = data(3_000_000, 11);
     let digest = put(backend.as_ref(), &content).await;
-    let honest = Arc::new(Instrumented { inner: backend.clone(), reads: Mutex::new(vec![]), chunk_list: Some(vec![]), serve_instead: None });
+    let honest = Arc::new(Instrumented { inner: backend.clone(), reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: Some(vec![]), serve_instead: None });
     let (addr, _stop) = in_process(honest.clone(), dir.path()).await;
     let client = blobservice::from_addr(&addr).await.unwrap();
     assert!(read_all(client.as_ref(), &digest).await == content);
-    assert_eq!(*honest.reads.lock(), vec![digest], "the whole blob is read by its own digest");
+    let reads = honest.reads.lock().clone();
+    assert!(!reads.is_empty() && reads.iter().all(|d| *d == digest), "only whole-blob reads: {reads:?}");
 
     let dir2 = tempfile::tempdir().unwrap();
     let mut wrong = content.clone();
     wrong[1_234_567] ^= 1;
-    let liar = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), chunk_list: Some(vec![]), serve_instead: Some(wrong) });
+    let liar = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: Some(vec![]), serve_instead: Some(wrong) });
     let (addr, _stop2) = in_process(liar, dir2.path()).await;
     let client = blobservice::from_addr(&addr).await.unwrap();
     let err = match client.open_read(&digest).await {
@@ -234,19 +297,27 @@ async fn server_without_chunks_is_read_whole_and_verified() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn corrupt_chunk_from_server_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = blobservice::from_addr("memory://").await.unwrap();
-    let content = data(200_000, 5);
-    let digest = put(backend.as_ref(), &content).await;
-    let mut wrong = content.clone();
-    wrong[0] ^= 0xff;
-    let liar = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), chunk_list: None, serve_instead: Some(wrong) });
-    let (addr, _stop) = in_process(liar, dir.path()).await;
-    let client = blobservice::from_addr(&addr).await.unwrap();
-    let mut r = client.open_read(&digest).await.unwrap().unwrap();
-    let mut back = Vec::new();
-    let err = r.read_to_end(&mut back).await.unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
-    assert!(back.is_empty(), "no unverified byte may be handed out");
+async fn corrupt_bytes_from_server_are_refused() {
+    // A small blob (read whole) and a large one (read chunk-wise).
+    for len in [200_000, 3_000_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = blobservice::from_addr("memory://").await.unwrap();
+        let content = data(len, 5);
+        let digest = put(backend.as_ref(), &content).await;
+        let mut wrong = content.clone();
+        wrong[len / 2] ^= 0xff;
+        let liar = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: None, serve_instead: Some(wrong) });
+        let (addr, _stop) = in_process(liar, dir.path()).await;
+        let client = blobservice::from_addr(&addr).await.unwrap();
+        match client.open_read(&digest).await {
+            Err(err) => assert!(matches!(err, Error::Corrupt(_)), "{len} bytes: {err:?}"),
+            Ok(None) => panic!("{len} bytes: blob reported absent"),
+            Ok(Some(mut r)) => {
+                let mut back = Vec::new();
+                let err = r.read_to_end(&mut back).await.unwrap_err();
+                assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{len} bytes: {err}");
+                assert!(back.is_empty(), "no unverified byte may be handed out");
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use tonic::transport::Channel;
 
 use super::channel::MAX_MESSAGE_SIZE;
-use crate::castore::blobservice::{BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader};
+use crate::castore::blobservice::{CHUNK_MAX, BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader};
 use crate::castore::{B3Digest, Error};
 use crate::proto::castore::{self as proto, blob_service_client::BlobServiceClient};
 
@@ -41,18 +41,24 @@ impl GrpcBlobService {
         }
     }
 
-    /// Reads a whole blob (or chunk) with one Read call. Bytes are unverified.
-    async fn read_all(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error> {
+    /// Reads a whole blob (or chunk) with one Read call; gives up (cancelling the call) once
+    /// more than `limit` bytes arrived. Bytes are unverified.
+    async fn read_up_to(&self, digest: &B3Digest, limit: Option<usize>) -> Result<WholeRead, Error> {
         let request = proto::ReadBlobRequest { digest: (*digest).into() };
         let mut stream = match self.client.clone().read(request).await {
             Ok(response) => response.into_inner(),
-            Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(WholeRead::Absent),
             Err(status) => return Err(status.into()),
         };
         let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
+        let mut total = 0usize;
         while let Some(message) = stream.next().await {
             let data = message?.data;
+            total += data.len();
+            if limit.is_some_and(|limit| total > limit) {
+                return Ok(WholeRead::TooLarge);
+            }
             // The common case of a chunk arriving in one message needs no copy.
             match first.take() {
                 None if buf.is_empty() => first = Some(data),
@@ -64,9 +70,36 @@ impl GrpcBlobService {
                 None => buf.extend_from_slice(&data),
             }
         }
-        Ok(Some(first.unwrap_or_else(|| buf.freeze())))
+        Ok(WholeRead::Complete(first.unwrap_or_else(|| buf.freeze())))
+    }
+
+    /// Reads and verifies a whole blob of at most `limit` bytes.
+    async fn read_verified(&self, digest: &B3Digest, limit: Option<usize>) -> Result<WholeRead, Error> {
+        let read = self.read_up_to(digest, limit).await?;
+        if let WholeRead::Complete(data) = &read
+            && B3Digest::of(data) != *digest
+        {
+            return Err(Error::Corrupt(format!(
+                "server sent {} bytes for blob {digest} that do not match its digest",
+                data.len()
+            )));
+        }
+        Ok(read)
     }
 }
+
+/// Outcome of reading a whole blob with one call.
+enum WholeRead {
+    Absent,
+    Complete(Bytes),
+    TooLarge,
+}
+
+/// Blobs up to this size are read with a single Read call and verified as a whole, instead of
+/// Stat followed by chunk reads: one round trip instead of two for the many small files of a
+/// store. A larger blob is noticed after at most this many bytes (plus one message) and read
+/// chunk-wise instead. Equal to the largest chunk, so a small blob is one message from us.
+const WHOLE_READ_LIMIT: usize = CHUNK_MAX;
 
 /// Fetches chunks by digest with the Read RPC, for a [`ChunkedReader`].
 struct GrpcChunkSource(GrpcBlobService);
@@ -74,7 +107,10 @@ struct GrpcChunkSource(GrpcBlobService);
 #[async_trait]
 impl ChunkSource for GrpcChunkSource {
     async fn get_chunk(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error> {
-        self.0.read_all(digest).await
+        match self.0.read_up_to(digest, None).await? {
+            WholeRead::Complete(data) => Ok(Some(data)),
+            WholeRead::Absent | WholeRead::TooLarge => Ok(None),
+        }
     }
 }
 
@@ -109,22 +145,21 @@ impl BlobService for GrpcBlobService {
     }
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
+        match self.read_verified(digest, Some(WHOLE_READ_LIMIT)).await? {
+            WholeRead::Absent => return Ok(None),
+            WholeRead::Complete(data) => return Ok(Some(Box::new(std::io::Cursor::new(data)))),
+            WholeRead::TooLarge => {}
+        }
         let Some(chunks) = self.chunks(digest).await? else {
             return Ok(None);
         };
         if chunks.is_empty() {
             // A server that does not chunk gives us no way to verify part of the blob before all
             // of it arrived, so the whole blob is fetched and checked before any byte is handed out.
-            let Some(data) = self.read_all(digest).await? else {
-                return Ok(None);
+            return match self.read_verified(digest, None).await? {
+                WholeRead::Complete(data) => Ok(Some(Box::new(std::io::Cursor::new(data)))),
+                WholeRead::Absent | WholeRead::TooLarge => Ok(None),
             };
-            if B3Digest::of(&data) != *digest {
-                return Err(Error::Corrupt(format!(
-                    "server sent {} bytes for blob {digest} that do not match its digest",
-                    data.len()
-                )));
-            }
-            return Ok(Some(Box::new(std::io::Cursor::new(data))));
         }
         let source: Arc<dyn ChunkSource> = Arc::new(GrpcChunkSource(self.clone()));
         Ok(Some(Box::new(ChunkedReader::new(source, *digest, chunks))))

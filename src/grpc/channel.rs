@@ -19,9 +19,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// relies on to return EIO rather than blocking a reader forever.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Flow-control windows large enough that a 1 MiB message is not throttled to one round trip
-/// per 64 KiB (the HTTP/2 default), which would halve blob throughput over a unix socket.
-const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+/// Per-call flow-control window: room for one full 1 MiB message and most of the next, so a
+/// chunk (at most 1 MiB) arrives without waiting for a window update (the HTTP/2 default of
+/// 64 KiB would cost a round trip per 64 KiB). Kept that small on purpose: it bounds what a
+/// server pushes ahead on a call we may cancel, e.g. the whole-blob read `open_read` tries
+/// first, which a large blob turns into chunk reads after its second message.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// Window shared by all calls of the connection: several chunk reads run in parallel.
 const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
 /// Builds a channel for `grpc+http://host:port` or `grpc+unix:///path/to/socket`.
