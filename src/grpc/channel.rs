@@ -25,6 +25,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// server pushes ahead on a call we may cancel, e.g. the whole-blob read `open_read` tries
 /// first, which a large blob turns into chunk reads after its second message.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// Largest HTTP/2 frame the server may send us. The default (16 KiB) cuts a 1 MiB chunk into
+/// 64 frames, each with its own bookkeeping on both sides; 1 MiB frames carry a chunk whole.
+pub(crate) const MAX_FRAME_SIZE: u32 = 1024 * 1024;
 /// Window shared by all calls of the connection: several chunk reads run in parallel.
 const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
@@ -64,6 +67,7 @@ pub fn channel(addr: &str) -> Result<Channel, AddrError> {
         .keep_alive_while_idle(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
         .tcp_nodelay(true)
         .connect_lazy())
 }

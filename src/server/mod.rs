@@ -116,6 +116,7 @@ async fn router(handlers: Handlers) -> Result<Router, ServeError> {
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(crate::grpc::channel::MAX_FRAME_SIZE)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
