@@ -191,7 +191,7 @@ async fn calls_to_a_hung_daemon_fail_instead_of_hanging() {
     let client = blobservice::from_addr(&daemon.addr).await.unwrap();
     let digest = put(client.as_ref(), b"hello").await.unwrap();
     // A stopped process keeps its socket open but never answers: only HTTP/2 keepalive notices.
-    daemon.signal(libc::SIGSTOP);
+    daemon.stop();
     let took = fails_promptly("has() on a stopped daemon", client.has(&digest)).await;
     eprintln!("call to a stopped daemon failed after {took:?}");
     // A new client, which has to connect first, must not hang either.

@@ -1,5 +1,6 @@
 //! `tvix-store daemon`.
 
+use anyhow::Context;
 use tvix_store::defaultstore::SOCKET_NAME;
 use tvix_store::server::{self, Handlers, ListenAddr, Listener};
 use tvix_store::services::Role;
@@ -24,6 +25,7 @@ pub struct Args {
 
 /// Runs the command: serves until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     let services = args.services.open(Role::Owner).await?;
     let owned_dir = services.store_lock.as_ref().map(|lock| lock.dir().to_path_buf());
     let listen: ListenAddr = match (&args.listen_address, &owned_dir) {
@@ -42,7 +44,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(owner) = &owner_socket {
         eprintln!("serving the default store on {}", owner.path().display());
     }
-    server::serve(listener, Handlers::from_services(&services), shutdown_signal()).await?;
+    server::serve(listener, Handlers::from_services(&services), shutdown).await?;
     if let Some(owner) = owner_socket {
         owner.shutdown().await?;
     }
@@ -52,16 +54,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM. If the handlers cannot be installed, never resolves (the
-/// default disposition still terminates the process).
-async fn shutdown_signal() {
+/// Installs SIGINT/SIGTERM handlers now (before anything is served, so that a signal arriving
+/// as soon as the socket exists already means "shut down cleanly"); the returned future
+/// resolves on either signal.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        tracing::error!("cannot install signal handlers; SIGINT/SIGTERM will not shut down cleanly");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

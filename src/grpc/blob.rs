@@ -37,7 +37,7 @@ impl GrpcBlobService {
         match self.client.clone().stat(request).await {
             Ok(response) => Ok(Some(response.into_inner())),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
-            Err(status) => Err(status.into()),
+            Err(status) => Err(super::error(status)),
         }
     }
 
@@ -48,13 +48,13 @@ impl GrpcBlobService {
         let mut stream = match self.client.clone().read(request).await {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == tonic::Code::NotFound => return Ok(WholeRead::Absent),
-            Err(status) => return Err(status.into()),
+            Err(status) => return Err(super::error(status)),
         };
         let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
         let mut total = 0usize;
         while let Some(message) = stream.next().await {
-            let data = message?.data;
+            let data = message.map_err(super::error)?.data;
             total += data.len();
             if limit.is_some_and(|limit| total > limit) {
                 return Ok(WholeRead::TooLarge);
@@ -179,7 +179,7 @@ impl BlobService for GrpcBlobService {
                     }
                 }
             };
-            let response = client.put(outgoing).await?.into_inner();
+            let response = client.put(outgoing).await.map_err(super::error)?.into_inner();
             let returned = B3Digest::try_from(&response.digest)
                 .map_err(|e| Error::Corrupt(format!("server returned an invalid blob digest: {e}")))?;
             let ours = B3Digest::from(hasher.lock().finalize());

@@ -38,7 +38,7 @@ impl GrpcDirectoryService {
         match self.client.clone().get(request).await {
             Ok(response) => Ok(Some(response.into_inner())),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
-            Err(status) => Err(status.into()),
+            Err(status) => Err(super::error(status)),
         }
     }
 }
@@ -58,7 +58,7 @@ impl DirectoryService for GrpcDirectoryService {
         let message = match stream.next().await {
             Some(Ok(message)) => message,
             Some(Err(status)) if status.code() == tonic::Code::NotFound => return Ok(None),
-            Some(Err(status)) => return Err(status.into()),
+            Some(Err(status)) => return Err(super::error(status)),
             None => return Ok(None),
         };
         let directory = received(message, || format!("asked for {digest}"))?;
@@ -83,7 +83,7 @@ impl DirectoryService for GrpcDirectoryService {
             let mut expected = HashSet::from([root]);
             let mut seen = HashSet::new();
             while let Some(message) = stream.next().await {
-                let directory = received(message?, || format!("below {root}"))?;
+                let directory = received(message.map_err(super::error)?, || format!("below {root}"))?;
                 let digest = directory.digest();
                 if seen.contains(&digest) {
                     continue;
@@ -128,7 +128,7 @@ impl DirectoryService for GrpcDirectoryService {
                     }
                 }
             };
-            let response = client.put(outgoing).await?.into_inner();
+            let response = client.put(outgoing).await.map_err(super::error)?.into_inner();
             B3Digest::try_from(&response.root_digest)
                 .map_err(|e| Error::Corrupt(format!("server returned an invalid root digest: {e}")))
         });

@@ -43,7 +43,7 @@ impl PathInfoService for GrpcPathInfoService {
         let message = match self.client.clone().get(request).await {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
-            Err(status) => return Err(status.into()),
+            Err(status) => return Err(super::error(status)),
         };
         let info = received(message)?;
         if *info.store_path.digest() != digest {
@@ -57,15 +57,15 @@ impl PathInfoService for GrpcPathInfoService {
     }
 
     async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {
-        let message = self.client.clone().put(info.to_proto()).await?.into_inner();
+        let message = self.client.clone().put(info.to_proto()).await.map_err(super::error)?.into_inner();
         received(message)
     }
 
     fn list(&self) -> BoxStream<'_, Result<PathInfo, Error>> {
         Box::pin(async_stream::try_stream! {
-            let mut stream = self.client.clone().list(proto::ListPathInfoRequest {}).await?.into_inner();
+            let mut stream = self.client.clone().list(proto::ListPathInfoRequest {}).await.map_err(super::error)?.into_inner();
             while let Some(message) = stream.next().await {
-                yield received(message?)?;
+                yield received(message.map_err(super::error)?)?;
             }
         })
     }
@@ -75,7 +75,7 @@ impl PathInfoService for GrpcPathInfoService {
 impl NarCalculationService for GrpcPathInfoService {
     async fn calculate_nar(&self, root: &Node) -> Result<(u64, [u8; 32]), Error> {
         // The root's name has no part in its NAR form; tvix sends such anonymous nodes unnamed.
-        let response = self.client.clone().calculate_nar(root.clone().into_proto(Bytes::new())).await?.into_inner();
+        let response = self.client.clone().calculate_nar(root.clone().into_proto(Bytes::new())).await.map_err(super::error)?.into_inner();
         let sha256: [u8; 32] = response.nar_sha256[..].try_into().map_err(|_| {
             Error::Corrupt(format!(
                 "server returned a NAR sha256 of {} bytes, expected 32",

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use futures::{Stream, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io::SeekFrom;
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::castore::blobservice::BlobService;
@@ -65,20 +67,23 @@ impl proto::blob_service_server::BlobService for BlobServer {
             .open_read(&digest)
             .await?
             .ok_or_else(|| Status::not_found(format!("blob {digest}")))?;
+        // The size sizes the messages: a small blob gets a buffer of its size, not 1 MiB.
+        let size = reader.seek(SeekFrom::End(0)).await.map_err(|e| read_error(&digest, e))?;
+        reader.seek(SeekFrom::Start(0)).await.map_err(|e| read_error(&digest, e))?;
         let stream = async_stream::try_stream! {
-            loop {
-                let mut buf = BytesMut::with_capacity(READ_MESSAGE_SIZE);
-                while buf.len() < READ_MESSAGE_SIZE {
+            let mut remaining = size;
+            while remaining > 0 {
+                let want = remaining.min(READ_MESSAGE_SIZE as u64) as usize;
+                let mut buf = BytesMut::with_capacity(want);
+                while buf.len() < want {
                     // The reader verifies every chunk (and the blob) before handing out its bytes,
                     // so an error here means corruption or a backend failure: end the stream with it.
-                    let n = reader.read_buf(&mut buf).await.map_err(|e| read_error(&digest, e))?;
+                    let n = (&mut reader).take((want - buf.len()) as u64).read_buf(&mut buf).await.map_err(|e| read_error(&digest, e))?;
                     if n == 0 {
-                        break;
+                        Err(Status::data_loss(format!("blob {digest} ended {} bytes early", remaining - buf.len() as u64)))?;
                     }
                 }
-                if buf.is_empty() {
-                    break;
-                }
+                remaining -= want as u64;
                 yield proto::BlobChunk { data: buf.freeze() };
             }
         };

@@ -112,6 +112,23 @@ impl Daemon {
         assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
     }
 
+    /// Stops the daemon with SIGSTOP and waits until the kernel reports it stopped (the signal
+    /// is delivered asynchronously; a call made before could still be answered).
+    pub fn stop(&self) {
+        self.signal(libc::SIGSTOP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("read /proc/PID/stat");
+            // The state is the field after the parenthesised command name.
+            let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next());
+            if state == Some(Some('T')) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "daemon did not stop after SIGSTOP: {stat}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Kills the daemon with SIGKILL and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
