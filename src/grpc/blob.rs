@@ -107,9 +107,14 @@ struct GrpcChunkSource(GrpcBlobService);
 #[async_trait]
 impl ChunkSource for GrpcChunkSource {
     async fn get_chunk(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error> {
-        match self.0.read_up_to(digest, None).await? {
+        // A chunk is small (ours at most 1 MiB); a server streaming far more for one is broken,
+        // and must not make us buffer without bound.
+        match self.0.read_up_to(digest, Some(MAX_MESSAGE_SIZE)).await? {
             WholeRead::Complete(data) => Ok(Some(data)),
-            WholeRead::Absent | WholeRead::TooLarge => Ok(None),
+            WholeRead::Absent => Ok(None),
+            WholeRead::TooLarge => Err(Error::Corrupt(format!(
+                "server sent more than {MAX_MESSAGE_SIZE} bytes for chunk {digest}"
+            ))),
         }
     }
 }
