@@ -321,3 +321,24 @@ async fn corrupt_bytes_from_server_are_refused() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_upload_stores_nothing() {
+    let daemon = Daemon::unix();
+    let service = blobservice::from_addr(&daemon.addr).await.unwrap();
+    let mut prefixes = Vec::new();
+    for i in 0..10u32 {
+        let prefix = data(100_000 + i as usize, 1000 + i);
+        let mut w = service.open_write().await;
+        w.write_all(&prefix).await.unwrap();
+        w.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // Dropped unclosed: the client cancels the Put; the server must not store what it got.
+        drop(w);
+        prefixes.push(B3Digest::of(&prefix));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for digest in prefixes {
+        assert!(!service.has(&digest).await.unwrap(), "blob {digest} of an abandoned upload is visible");
+    }
+}

@@ -91,6 +91,7 @@ impl proto::blob_service_server::BlobService for BlobServer {
     }
 
     async fn put(&self, request: Request<Streaming<proto::BlobChunk>>) -> Result<Response<proto::PutBlobResponse>, Status> {
+        let broken = super::uploads::BodyBroken::of(&request);
         let mut incoming = request.into_inner();
         let mut writer = self.blob.open_write().await;
         while let Some(message) = incoming.next().await {
@@ -103,6 +104,10 @@ impl proto::blob_service_server::BlobService for BlobServer {
                     Ok(_) => Status::internal(format!("storing blob: {e}")),
                 });
             }
+        }
+        if broken.is_broken() {
+            // Dropping the writer unclosed stores nothing under a digest.
+            return Err(Status::cancelled("the client broke off the upload; nothing was stored"));
         }
         let digest = writer.close().await?;
         Ok(Response::new(proto::PutBlobResponse { digest: digest.into() }))

@@ -62,6 +62,7 @@ impl proto::directory_service_server::DirectoryService for DirectoryServer {
     }
 
     async fn put(&self, request: Request<Streaming<proto::Directory>>) -> Result<Response<proto::PutDirectoryResponse>, Status> {
+        let broken = super::uploads::BodyBroken::of(&request);
         let mut incoming = request.into_inner();
         // The whole graph is collected and checked before anything is handed to the backend, so
         // a rejected (or broken-off) stream leaves nothing behind, whatever the backend.
@@ -76,6 +77,9 @@ impl proto::directory_service_server::DirectoryService for DirectoryServer {
                 other => other.into(),
             })?;
             index += 1;
+        }
+        if broken.is_broken() {
+            return Err(Status::cancelled("the client broke off the upload; nothing was stored"));
         }
         let (root, directories) = graph.finish()?;
         let mut putter = self.directory.put_multiple_start();

@@ -6,6 +6,7 @@ mod directory;
 mod listen;
 mod owner;
 mod pathinfo;
+mod uploads;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpIncoming};
+use tower::layer::util::{Identity, Stack};
 
 pub use blob::BlobServer;
 pub use directory::DirectoryServer;
@@ -88,7 +90,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
-async fn router(handlers: Handlers) -> Result<Router, ServeError> {
+async fn router(handlers: Handlers) -> Result<Router<Stack<uploads::WatchUploads, Identity>>, ServeError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let blob = BlobServiceServer::new(BlobServer::new(handlers.blob))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -117,6 +119,7 @@ async fn router(handlers: Handlers) -> Result<Router, ServeError> {
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(crate::grpc::channel::MAX_FRAME_SIZE)
+        .layer(uploads::WatchUploads)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
