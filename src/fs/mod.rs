@@ -180,7 +180,8 @@ impl StoreFs {
         }
     }
 
-    fn root_attr(&self) -> Attr {
+    /// Attributes of the mount root.
+    pub fn root_attr(&self) -> Attr {
         Attr {
             ino: ROOT_INO,
             size: 0,
