@@ -144,7 +144,9 @@ impl StoreFs {
         what: impl FnOnce() -> String,
         fut: impl Future<Output = Result<T, castore::Error>>,
     ) -> Result<T, FsError> {
-        match self.runtime.block_on(tokio::time::timeout(self.options.call_timeout, fut)) {
+        let timeout = self.options.call_timeout;
+        // The timer must be created inside the runtime: enter it before building the timeout.
+        match self.runtime.block_on(async move { tokio::time::timeout(timeout, fut).await }) {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(source)) => Err(FsError::Store { what: what(), source }),
             Err(_) => Err(FsError::Timeout { what: what(), after: self.options.call_timeout }),
@@ -439,7 +441,7 @@ impl StoreFs {
         let blob = self.blob.clone();
         let digest = file.digest;
         let timeout = self.options.call_timeout;
-        let result = self.runtime.block_on(tokio::time::timeout(timeout, async {
+        let result = self.runtime.block_on(async { tokio::time::timeout(timeout, async {
             // One retry with a fresh reader: a reader whose connection broke (daemon restarted)
             // fails once, a new one works.
             let mut last = None;
@@ -453,7 +455,7 @@ impl StoreFs {
                 }
             }
             Err(last.unwrap_or_else(|| std::io::Error::other("read failed")))
-        }));
+        }).await });
         let ino = file.ino;
         let what = || format!("reading {want} bytes at offset {offset} of blob {digest} (inode {ino})");
         match result {
