@@ -242,3 +242,100 @@ fn parallel_readers_get_the_right_bytes() {
     let b = sh(&format!("tail -c 777 {} | sha256sum", q(&m.join("share/big.bin"))));
     assert_eq!(a, b);
 }
+
+/// A BlobService and PathInfoService whose calls hang while `down` is set, as calls to a
+/// daemon that stopped answering do.
+struct Flaky<T: ?Sized> {
+    inner: std::sync::Arc<T>,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<T: ?Sized> Flaky<T> {
+    async fn gate(&self) {
+        while self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl tvix_store::castore::blobservice::BlobService for Flaky<dyn tvix_store::castore::blobservice::BlobService> {
+    async fn has(&self, d: &tvix_store::castore::B3Digest) -> Result<bool, tvix_store::castore::Error> {
+        self.gate().await;
+        self.inner.has(d).await
+    }
+    async fn open_read(
+        &self,
+        d: &tvix_store::castore::B3Digest,
+    ) -> Result<Option<Box<dyn tvix_store::castore::blobservice::BlobReader>>, tvix_store::castore::Error> {
+        self.gate().await;
+        self.inner.open_read(d).await
+    }
+    async fn open_write(&self) -> Box<dyn tvix_store::castore::blobservice::BlobWriter> {
+        self.inner.open_write().await
+    }
+    async fn chunks(
+        &self,
+        d: &tvix_store::castore::B3Digest,
+    ) -> Result<Option<Vec<tvix_store::castore::blobservice::ChunkMeta>>, tvix_store::castore::Error> {
+        self.gate().await;
+        self.inner.chunks(d).await
+    }
+}
+
+#[async_trait::async_trait]
+impl tvix_store::pathinfo::PathInfoService for Flaky<dyn tvix_store::pathinfo::PathInfoService> {
+    async fn get(&self, d: [u8; 20]) -> Result<Option<tvix_store::pathinfo::PathInfo>, tvix_store::castore::Error> {
+        self.gate().await;
+        self.inner.get(d).await
+    }
+    async fn put(
+        &self,
+        info: tvix_store::pathinfo::PathInfo,
+    ) -> Result<tvix_store::pathinfo::PathInfo, tvix_store::castore::Error> {
+        self.inner.put(info).await
+    }
+    fn list(
+        &self,
+    ) -> futures::stream::BoxStream<'_, Result<tvix_store::pathinfo::PathInfo, tvix_store::castore::Error>> {
+        self.inner.list()
+    }
+}
+
+#[test]
+fn hanging_store_gives_eio_within_the_timeout_and_recovers() {
+    use std::io::Read;
+    require_tools(TOOLS);
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("tree");
+    make_tree(&tree, 6);
+    let mut store = Store::memory();
+    let sp = store.ingest(&tree, "flaky");
+    let other = store.ingest(&tree.join("share"), "other");
+    let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    store.blob = std::sync::Arc::new(Flaky { inner: store.blob.clone(), down: down.clone() });
+    store.path_info = std::sync::Arc::new(Flaky { inner: store.path_info.clone(), down: down.clone() });
+    let timeout = Duration::from_secs(2);
+    let mount = Mount::new(&store, Options { call_timeout: timeout, ..Options::default() }, 2);
+    let m = mount.join(sp.to_basename());
+    let expected = fs::read(tree.join("share/doc/README")).unwrap();
+
+    let mut file = fs::File::open(m.join("share/doc/README")).unwrap();
+    down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let e = file.read_to_end(&mut buf).expect_err("read succeeded while the store hangs");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(started.elapsed() < timeout + Duration::from_secs(3), "EIO took {:?}", started.elapsed());
+    let started = Instant::now();
+    let e = fs::symlink_metadata(mount.join(other.to_basename())).expect_err("lookup succeeded while down");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(started.elapsed() < timeout + Duration::from_secs(3), "EIO took {:?}", started.elapsed());
+
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut file = fs::File::open(m.join("share/doc/README")).unwrap();
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf).unwrap();
+    assert_eq!(buf, expected);
+    assert!(fs::symlink_metadata(mount.join(other.to_basename())).unwrap().is_dir());
+}
