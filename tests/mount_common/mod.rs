@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -188,7 +188,7 @@ impl Drop for Mount {
     fn drop(&mut self) {
         let _ = self.unmounter.unmount();
         if is_mounted(&self.path) {
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).status();
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).stderr(Stdio::null()).status();
         }
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
