@@ -136,8 +136,13 @@ fn root_lookup_listing_and_late_paths() {
     // Without --list-root: the root cannot be listed, but lookups work.
     {
         let mount = Mount::new(&store, Options::default(), 2);
-        let e = fs::read_dir(&mount.path).map(drop).expect_err("root listed without list_root");
+        // Opening the root works (tar -C, openat), listing it does not.
+        let mut dir = fs::read_dir(&mount.path).expect("opening the root");
+        let e = dir.next().expect("an error entry").map(drop).expect_err("root listed without list_root");
         assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        let out = sh_output(&format!("ls {}", q(&mount.path)));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"), "{out:?}");
+        sh(&format!("tar -cf /dev/null -C {} {}", q(&mount.path), a.to_basename()));
         assert_eq!(sh(&format!("cat {}", q(&mount.join(a.to_basename()).join("file")))), "a 0\n");
         // Unknown hash, right hash with the wrong name, not a store path name at all.
         let wrong_name = format!("{}-notb", &b.to_basename()[..32]);

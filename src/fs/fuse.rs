@@ -192,6 +192,11 @@ impl Filesystem for FuseFs {
         }
     }
 
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+        // Nothing to flush; ENOSYS makes the kernel stop sending flushes at all.
+        reply.error(Errno::ENOSYS);
+    }
+
     fn release(
         &self,
         _req: &Request,

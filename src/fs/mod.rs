@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use futures::TryStreamExt;
 use parking_lot::{Mutex, RwLock};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -310,13 +310,16 @@ impl StoreFs {
     }
 
     /// Opens a directory for reading; returns the handle to pass to readdir/releasedir. The
-    /// root is only listable with [`Options::list_root`]; its listing is taken once per handle
-    /// so offsets stay valid while paths are added.
+    /// root can always be opened but only listed with [`Options::list_root`] (readdir fails
+    /// with EPERM otherwise); its listing is taken once per handle so offsets stay valid while
+    /// paths are added.
     pub fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
         match self.node_of(ino)? {
             None => {
+                // Opening the root must work (`tar -C`, `find` open it to chdir/openat), only
+                // listing it is refused.
                 if !self.options.list_root {
-                    return Err(FsError::RootNotListable);
+                    return Ok(0);
                 }
                 let path_info = self.path_info.clone();
                 let infos: Vec<crate::pathinfo::PathInfo> = self
@@ -362,6 +365,9 @@ impl StoreFs {
             Some(Slot::Root) => (ROOT_INO, None),
             Some(Slot::Node { node, parent, .. }) => (*parent, Some(node.clone())),
         };
+        if node.is_none() && !self.options.list_root {
+            return Err(FsError::RootNotListable);
+        }
         let self_attr = self.getattr(ino)?;
         let dots = |off: u64| -> Result<Option<DirEntry>, FsError> {
             Ok(match off {
@@ -384,6 +390,9 @@ impl StoreFs {
         let start = usize::try_from(off - 2).unwrap_or(usize::MAX);
         match node {
             None => {
+                if !self.options.list_root {
+                    return Err(FsError::RootNotListable);
+                }
                 let entries = self.root_dirs.lock().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
                 for (i, (name, child)) in entries.iter().enumerate().skip(start) {
                     let entry = self.entry(self.getattr(*child)?);
@@ -553,18 +562,21 @@ async fn read_at(
         return Err(std::io::Error::other("no reader"));
     };
     if file.pos != offset {
+        tracing::trace!(blob = %digest, from = file.pos, to = offset, "seek");
         reader.seek(std::io::SeekFrom::Start(offset)).await?;
         file.pos = offset;
     }
-    let mut buf = vec![0u8; want];
-    let mut filled = 0;
-    while filled < want {
-        let n = reader.read(&mut buf[filled..]).await?;
+    // Uninitialised capacity: zeroing the buffer first would cost as much as the copy.
+    let mut buf = bytes::BytesMut::with_capacity(want);
+    while buf.len() < want {
+        let remaining = want - buf.len();
+        let mut limited = (&mut buf).limit(remaining);
+        let n = reader.read_buf(&mut limited).await?;
         if n == 0 {
             break;
         }
-        filled += n;
     }
+    let filled = buf.len();
     file.pos += filled as u64;
     if filled < want {
         return Err(std::io::Error::new(
@@ -572,5 +584,5 @@ async fn read_at(
             format!("blob {digest} ended at {} bytes, shorter than its recorded size", file.pos),
         ));
     }
-    Ok(Bytes::from(buf))
+    Ok(buf.freeze())
 }
