@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
 use futures::TryStreamExt;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::runtime::Handle;
 
@@ -93,6 +93,21 @@ struct OpenFile {
     pos: u64,
 }
 
+/// An open file shared by the frontend threads serving its reads.
+struct FileSlot {
+    state: Mutex<OpenFile>,
+    /// Signalled whenever the reader's position moved.
+    moved: Condvar,
+}
+
+/// How far ahead of the reader's position a read may be and still wait for the reads before
+/// it: the kernel sends read-ahead requests for one file in parallel, and worker threads pick
+/// them up in any order; serving them in order keeps the blob reader sequential (and its
+/// read-ahead alive) instead of seeking back and forth.
+const REORDER_WINDOW: u64 = 16 * 1024 * 1024;
+/// Longest a read waits for the reads before it (they may never come: the reader may skip).
+const REORDER_WAIT: Duration = Duration::from_millis(20);
+
 /// The store as a read-only filesystem. Cheap to share: wrap it in an `Arc` and call it from
 /// any number of frontend threads.
 pub struct StoreFs {
@@ -104,7 +119,7 @@ pub struct StoreFs {
     inodes: RwLock<InodeTable>,
     /// Directory listings by digest; filled a whole store path at a time.
     listings: RwLock<HashMap<B3Digest, Arc<Listing>>>,
-    files: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
+    files: Mutex<HashMap<u64, Arc<FileSlot>>>,
     /// Snapshots of the root listing, per open root directory handle.
     root_dirs: Mutex<HashMap<u64, Arc<Vec<(Bytes, Ino)>>>>,
     next_fh: AtomicU64,
@@ -434,18 +449,30 @@ impl StoreFs {
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = OpenFile { ino, digest, size, reader: None, pos: 0 };
-        self.files.lock().insert(fh, Arc::new(Mutex::new(file)));
+        self.files.lock().insert(fh, Arc::new(FileSlot { state: Mutex::new(file), moved: Condvar::new() }));
         Ok(Opened { fh, keep_cache: true })
     }
 
     /// Reads up to `size` bytes at `offset` from an open file; fewer only at the end of the
     /// file. Fails with EIO (after at most the call timeout) when the store cannot deliver.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        let file = self.files.lock().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
-        let mut file = file.lock();
+        let slot = self.files.lock().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
+        let mut file = slot.state.lock();
         if offset >= file.size || size == 0 {
             return Ok(Bytes::new());
         }
+        let deadline = std::time::Instant::now() + REORDER_WAIT;
+        while file.reader.is_some()
+            && offset > file.pos
+            && offset - file.pos <= REORDER_WINDOW
+            && !slot.moved.wait_until(&mut file, deadline).timed_out()
+        {}
+        let result = self.read_locked(&mut file, offset, size);
+        slot.moved.notify_all();
+        result
+    }
+
+    fn read_locked(&self, file: &mut OpenFile, offset: u64, size: u32) -> Result<Bytes, FsError> {
         let want = (file.size - offset).min(u64::from(size)) as usize;
         let blob = self.blob.clone();
         let digest = file.digest;
@@ -455,7 +482,7 @@ impl StoreFs {
             // fails once, a new one works.
             let mut last = None;
             for _ in 0..2 {
-                match read_at(&blob, &digest, &mut *file, offset, want).await {
+                match read_at(&blob, &digest, file, offset, want).await {
                     Ok(buf) => return Ok(buf),
                     Err(e) => {
                         file.reader = None;
