@@ -161,5 +161,5 @@ fn killed_process_leaves_no_mount_behind() {
     p.signal(libc::SIGKILL);
     p.wait_exit(Duration::from_secs(5));
     // The auto_unmount helper notices the dead session and unmounts.
-    wait_unmounted(&mnt, Duration::from_secs(5));
+    wait_unmounted(&mnt, Duration::from_secs(10));
 }

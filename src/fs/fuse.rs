@@ -34,12 +34,18 @@ pub struct MountOptions {
 /// Adapts [`StoreFs`] to `fuser::Filesystem`.
 pub struct FuseFs {
     fs: Arc<StoreFs>,
+    /// The kernel lets us answer OPEN with ENOSYS and then stops sending OPEN/RELEASE:
+    /// files open without a round trip, with their page cache kept.
+    no_open: bool,
+    /// Same for OPENDIR/RELEASEDIR; only used when the root is not listed (the kernel then
+    /// caches every listing, which a changing root must not be).
+    no_opendir: bool,
 }
 
 impl FuseFs {
     /// The adapter over a core.
     pub fn new(fs: Arc<StoreFs>) -> Self {
-        Self { fs }
+        Self { fs, no_open: false, no_opendir: false }
     }
 }
 
@@ -126,6 +132,9 @@ impl Filesystem for FuseFs {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        self.no_open = config.add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT).is_ok();
+        self.no_opendir =
+            !self.fs.options().list_root && config.add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT).is_ok();
         if let Err(max) = config.set_max_readahead(MAX_READAHEAD) {
             let _ = config.set_max_readahead(max);
         }
@@ -166,6 +175,10 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // Writes never get here (read-only mount); ENOSYS switches the kernel to no_open.
+        if self.no_open && flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.fs.open(ino.0, flags.0) {
             Ok(o) => {
                 let flags = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
@@ -178,7 +191,7 @@ impl Filesystem for FuseFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -186,7 +199,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
+        match self.fs.read(ino.0, fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
         }
@@ -212,6 +225,9 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.fs.opendir(ino.0) {
             // Store path directories never change; the root listing does.
             Ok(fh) if ino.0 != super::ROOT_INO => {

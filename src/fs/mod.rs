@@ -108,6 +108,14 @@ const REORDER_WINDOW: u64 = 16 * 1024 * 1024;
 /// Longest a read waits for the reads before it (they may never come: the reader may skip).
 const REORDER_WAIT: Duration = Duration::from_millis(20);
 
+/// How many per-inode readers (for reads without a handle) are kept; each holds at most its
+/// current chunk and read-ahead, and is dropped once read to the end.
+const INODE_READERS: usize = 8;
+
+/// The file handle frontends pass to [`StoreFs::read`] when the kernel did not open the file
+/// through us (FUSE `no_open`); [`StoreFs::open`] never returns it.
+pub const NO_HANDLE: u64 = 0;
+
 /// The store as a read-only filesystem. Cheap to share: wrap it in an `Arc` and call it from
 /// any number of frontend threads.
 pub struct StoreFs {
@@ -120,6 +128,8 @@ pub struct StoreFs {
     /// Directory listings by digest; filled a whole store path at a time.
     listings: RwLock<HashMap<B3Digest, Arc<Listing>>>,
     files: Mutex<HashMap<u64, Arc<FileSlot>>>,
+    /// Readers for reads without a handle, most recently used last.
+    inode_files: Mutex<std::collections::VecDeque<(Ino, Arc<FileSlot>)>>,
     /// Snapshots of the root listing, per open root directory handle.
     root_dirs: Mutex<HashMap<u64, Arc<Vec<(Bytes, Ino)>>>>,
     next_fh: AtomicU64,
@@ -144,6 +154,7 @@ impl StoreFs {
             listings: RwLock::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             root_dirs: Mutex::new(HashMap::new()),
+            inode_files: Mutex::new(std::collections::VecDeque::new()),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -453,10 +464,17 @@ impl StoreFs {
         Ok(Opened { fh, keep_cache: true })
     }
 
-    /// Reads up to `size` bytes at `offset` from an open file; fewer only at the end of the
-    /// file. Fails with EIO (after at most the call timeout) when the store cannot deliver.
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        let slot = self.files.lock().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
+    /// Reads up to `size` bytes at `offset` of file `ino`; fewer only at the end of the file.
+    /// `fh` is the handle from [`Self::open`], or [`NO_HANDLE`] from a frontend that lets the
+    /// kernel skip opens (FUSE `no_open`): the core then keeps a reader per inode (a few, most
+    /// recently used). Fails with EIO (after at most the call timeout) when the store cannot
+    /// deliver.
+    pub fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+        let slot = if fh == NO_HANDLE {
+            self.inode_slot(ino)?
+        } else {
+            self.files.lock().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?
+        };
         let mut file = slot.state.lock();
         if offset >= file.size || size == 0 {
             return Ok(Bytes::new());
@@ -468,8 +486,35 @@ impl StoreFs {
             && !slot.moved.wait_until(&mut file, deadline).timed_out()
         {}
         let result = self.read_locked(&mut file, offset, size);
+        if file.pos >= file.size {
+            // Read to the end: free the reader's buffers now rather than at release.
+            file.reader = None;
+        }
         slot.moved.notify_all();
         result
+    }
+
+    /// The shared reader slot of inode `ino`, for reads without a handle.
+    fn inode_slot(&self, ino: Ino) -> Result<Arc<FileSlot>, FsError> {
+        let mut slots = self.inode_files.lock();
+        if let Some(i) = slots.iter().position(|(i, _)| *i == ino) {
+            let entry = slots.remove(i).ok_or(FsError::UnknownInode(ino))?;
+            let slot = entry.1.clone();
+            slots.push_back(entry);
+            return Ok(slot);
+        }
+        let (digest, size) = match self.node_of(ino)? {
+            Some(Node::File { digest, size, .. }) => (digest, size),
+            Some(Node::Symlink { .. }) => return Err(FsError::NotSymlink(ino)),
+            _ => return Err(FsError::IsDirectory(ino)),
+        };
+        let file = OpenFile { ino, digest, size, reader: None, pos: 0 };
+        let slot = Arc::new(FileSlot { state: Mutex::new(file), moved: Condvar::new() });
+        if slots.len() >= INODE_READERS {
+            slots.pop_front();
+        }
+        slots.push_back((ino, slot.clone()));
+        Ok(slot)
     }
 
     fn read_locked(&self, file: &mut OpenFile, offset: u64, size: u32) -> Result<Bytes, FsError> {
