@@ -36,8 +36,8 @@ fn mounted_tree_equals_source() {
     assert_eq!(sh(&format!("ls {}", q(&m.join("bin/doc-dir-link/deep")))), "deeper\n");
 
     // Executables run straight out of the store.
-    assert_eq!(sh(&format!("{}", q(&m.join("bin/hello")))), "hello from the store 1\n");
-    assert_eq!(sh(&format!("{}", q(&m.join("bin/hello-link")))), "hello from the store 1\n");
+    assert_eq!(sh(&q(&m.join("bin/hello"))), "hello from the store 1\n");
+    assert_eq!(sh(&q(&m.join("bin/hello-link"))), "hello from the store 1\n");
 }
 
 #[test]

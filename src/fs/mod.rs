@@ -93,6 +93,9 @@ struct OpenFile {
     pos: u64,
 }
 
+/// A snapshot of the root's entries (basename, inode), sorted by name.
+type RootListing = Vec<(Bytes, Ino)>;
+
 /// An open file shared by the frontend threads serving its reads.
 struct FileSlot {
     state: Mutex<OpenFile>,
@@ -131,7 +134,7 @@ pub struct StoreFs {
     /// Readers for reads without a handle, most recently used last.
     inode_files: Mutex<std::collections::VecDeque<(Ino, Arc<FileSlot>)>>,
     /// Snapshots of the root listing, per open root directory handle.
-    root_dirs: Mutex<HashMap<u64, Arc<Vec<(Bytes, Ino)>>>>,
+    root_dirs: Mutex<HashMap<u64, Arc<RootListing>>>,
     next_fh: AtomicU64,
 }
 
