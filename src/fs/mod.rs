@@ -15,6 +15,7 @@ mod attr;
 mod error;
 pub mod fuse;
 mod inodes;
+mod prefetch;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -133,6 +134,7 @@ pub struct StoreFs {
     files: Mutex<HashMap<u64, Arc<FileSlot>>>,
     /// Readers for reads without a handle, most recently used last.
     inode_files: Mutex<std::collections::VecDeque<(Ino, Arc<FileSlot>)>>,
+    prefetch: prefetch::Prefetcher,
     /// Snapshots of the root listing, per open root directory handle.
     root_dirs: Mutex<HashMap<u64, Arc<RootListing>>>,
     next_fh: AtomicU64,
@@ -158,6 +160,7 @@ impl StoreFs {
             files: Mutex::new(HashMap::new()),
             root_dirs: Mutex::new(HashMap::new()),
             inode_files: Mutex::new(std::collections::VecDeque::new()),
+            prefetch: prefetch::Prefetcher::default(),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -473,6 +476,19 @@ impl StoreFs {
     /// recently used). Fails with EIO (after at most the call timeout) when the store cannot
     /// deliver.
     pub fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+        if offset == 0 {
+            self.prefetch_siblings(ino);
+        }
+        match self.prefetch.read(&self.runtime, ino, offset, size, self.options.call_timeout) {
+            prefetch::Prefetched::Data(data) => return Ok(data),
+            prefetch::Prefetched::No => {}
+            prefetch::Prefetched::TimedOut => {
+                return Err(FsError::Timeout {
+                    what: format!("reading inode {ino} (prefetched)"),
+                    after: self.options.call_timeout,
+                });
+            }
+        }
         let slot = if fh == NO_HANDLE {
             self.inode_slot(ino)?
         } else {
@@ -495,6 +511,37 @@ impl StoreFs {
         }
         slot.moved.notify_all();
         result
+    }
+
+    /// When `ino` is read from its start right after an earlier file of the same directory,
+    /// starts fetching the next small files of that directory (see [`prefetch`]).
+    fn prefetch_siblings(&self, ino: Ino) {
+        let (parent, base) = {
+            let inodes = self.inodes.read();
+            let Some(Slot::Node { parent, .. }) = inodes.get(ino) else { return };
+            let Some(base) = inodes.children_base(*parent) else { return };
+            (*parent, base)
+        };
+        let Some(index) = ino.checked_sub(base).and_then(|i| usize::try_from(i).ok()) else { return };
+        if !self.prefetch.note_read(parent, index) {
+            return;
+        }
+        let Ok(Some(Node::Directory { digest, .. })) = self.node_of(parent) else { return };
+        let Some(listing) = self.listings.read().get(&digest).cloned() else { return };
+        let next: Vec<(Ino, B3Digest, u64)> = listing
+            .entries
+            .iter()
+            .enumerate()
+            .skip(index + 1)
+            .take(prefetch::AHEAD)
+            .filter_map(|(i, (_, node))| match node {
+                Node::File { digest, size, .. } if *size > 0 && *size <= prefetch::MAX_FILE => {
+                    Some((base + i as u64, *digest, *size))
+                }
+                _ => None,
+            })
+            .collect();
+        self.prefetch.start(&self.runtime, &self.blob, next);
     }
 
     /// The shared reader slot of inode `ino`, for reads without a handle.
