@@ -13,5 +13,8 @@ pub mod url;
 pub mod defaultstore;
 pub mod services;
 pub mod nar;
+pub mod grpc;
+pub mod server;
 pub mod redb;
 pub mod fs;
+pub mod import;

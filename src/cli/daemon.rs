@@ -1,16 +1,70 @@
 //! `tvix-store daemon`.
 
+use anyhow::Context;
+use tvix_store::defaultstore::SOCKET_NAME;
+use tvix_store::server::{self, Handlers, ListenAddr, Listener};
+use tvix_store::services::Role;
+
 use super::ServiceArgs;
+
+/// Where the daemon listens when no address is given and the services are not the default store
+/// (tvix-store's default).
+const DEFAULT_LISTEN: &str = "[::1]:8000";
 
 /// Arguments of `tvix-store daemon`.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     services: ServiceArgs,
+    /// Where to listen: host:port (127.0.0.1:8000, [::1]:8000) or a unix socket path. Default: the
+    /// default store's socket (<store dir>/daemon.sock) when serving the default store, else
+    /// [::1]:8000.
+    #[arg(short = 'l', long)]
+    listen_address: Option<String>,
 }
 
-/// Runs the command.
+/// Runs the command: serves until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let _ = args.services;
-    anyhow::bail!("`tvix-store daemon` is not built yet")
+    let shutdown = shutdown_signal()?;
+    let services = args.services.open(Role::Owner).await?;
+    let owned_dir = services.store_lock.as_ref().map(|lock| lock.dir().to_path_buf());
+    let listen: ListenAddr = match (&args.listen_address, &owned_dir) {
+        (Some(addr), _) => addr.parse()?,
+        (None, Some(dir)) => ListenAddr::Unix(dir.join(SOCKET_NAME)),
+        (None, None) => DEFAULT_LISTEN.parse()?,
+    };
+    // Owning the default store means serving it on its socket too, so that other commands on
+    // the store can use it while we hold the lock.
+    let owner_socket = match &owned_dir {
+        Some(dir) if listen != ListenAddr::Unix(dir.join(SOCKET_NAME)) => server::serve_owner_socket(&services).await?,
+        _ => None,
+    };
+    let listener = Listener::bind(&listen).await?;
+    eprintln!("tvix-store daemon listening on {}", listener.describe());
+    if let Some(owner) = &owner_socket {
+        eprintln!("serving the default store on {}", owner.path().display());
+    }
+    server::serve(listener, Handlers::from_services(&services), shutdown).await?;
+    if let Some(owner) = owner_socket {
+        owner.shutdown().await?;
+    }
+    // Dropping the services closes the stores and releases the store lock.
+    drop(services);
+    eprintln!("tvix-store daemon stopped");
+    Ok(())
+}
+
+/// Installs SIGINT/SIGTERM handlers now (before anything is served, so that a signal arriving
+/// as soon as the socket exists already means "shut down cleanly"); the returned future
+/// resolves on either signal.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -19,12 +19,19 @@ use crate::castore::{B3Digest, Error};
 pub trait ChunkStore: ChunkSource {
     /// Length of a stored chunk; `None` when absent.
     async fn chunk_size(&self, digest: &B3Digest) -> Result<Option<u64>, Error>;
-    /// Stores a chunk durably. The digest has been computed by the caller from `data`.
+    /// Stores a chunk; durable once [`ChunkStore::sync`] returns. The digest has been computed
+    /// by the caller from `data`.
     async fn put_chunk(&self, digest: &B3Digest, data: Bytes) -> Result<(), Error>;
     /// The chunk list of a multi-chunk blob; `None` when there is none.
     async fn get_chunk_list(&self, blob: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error>;
-    /// Stores the chunk list of a blob durably, after all its chunks are stored.
+    /// Stores the chunk list of a blob, after all its chunks are durable; durable once
+    /// [`ChunkStore::sync`] returns.
     async fn put_chunk_list(&self, blob: &B3Digest, chunks: &[ChunkMeta]) -> Result<(), Error>;
+    /// Makes everything stored before this call durable. Backends whose puts are durable by
+    /// themselves keep the default.
+    async fn sync(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// Chunks stored concurrently per blob being written: enough to overlap hashing and storage I/O
@@ -107,13 +114,15 @@ async fn store_blob<S: ChunkStore>(store: Arc<S>, mut rx: mpsc::Receiver<Bytes>)
         chunks.push(join(task).await?);
     }
     let digest = B3Digest::from(hasher.finalize());
-    match chunks.len() {
+    if chunks.is_empty() {
         // The empty blob is stored as one empty chunk, so that it, too, is `has`-able.
-        0 => {
-            store_chunk(store, Bytes::new()).await?;
-        }
-        1 => {}
-        _ => store.put_chunk_list(&digest, &chunks).await?,
+        store_chunk(store.clone(), Bytes::new()).await?;
+    }
+    // The chunks must be durable before the list that makes the blob visible refers to them.
+    store.sync().await?;
+    if chunks.len() > 1 {
+        store.put_chunk_list(&digest, &chunks).await?;
+        store.sync().await?;
     }
     Ok(digest)
 }
@@ -126,7 +135,8 @@ async fn store_chunk<S: ChunkStore>(store: Arc<S>, data: Bytes) -> Result<ChunkM
             .await
             .map_err(|e| Error::Storage(format!("hashing task failed: {e}")))?
     };
-    if store.chunk_size(&digest).await?.is_none() {
+    // A chunk of the wrong length can be left behind by a crash before its sync: rewrite it.
+    if store.chunk_size(&digest).await? != Some(size) {
         store.put_chunk(&digest, data).await?;
     }
     Ok(ChunkMeta { digest, size })

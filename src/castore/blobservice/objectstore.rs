@@ -2,10 +2,16 @@
 //! crate (so other object stores can follow with the same layout).
 //!
 //! Layout: `chunks/<2 hex>/<64 hex>` holds a chunk's bytes, `blobs/<2 hex>/<64 hex>` the chunk
-//! list of a multi-chunk blob. Files are written to a temporary name, fsynced and renamed, so a
-//! digest is never visible with partial content.
+//! list of a multi-chunk blob. Files are written to a temporary name and renamed, so a digest is
+//! never visible with partial content while the system runs.
+//!
+//! Durability is a group commit: instead of an fsync per chunk file (thousands for a tree of
+//! small files, which made imports 2.7x slower than Nix), writers call [`ChunkStore::sync`], and
+//! one `syncfs` of the store's file system serves every writer that was waiting when it started.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,6 +28,56 @@ pub struct ObjectStoreChunkStore {
     store: Arc<dyn ObjectStore>,
     /// Shown in errors, so a failure names the store it happened in.
     location: String,
+    sync: GroupSync,
+}
+
+/// Batches the durability requests of concurrent writers into shared `syncfs` calls.
+struct GroupSync {
+    dir: Arc<std::fs::File>,
+    location: String,
+    /// Number of syncs started so far; a writer needs one that starts after its writes.
+    started: AtomicU64,
+    /// Number of the last sync that completed.
+    completed: AtomicU64,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl GroupSync {
+    fn open(dir: &std::path::Path) -> Result<Self, Error> {
+        let file = std::fs::File::open(dir)
+            .map_err(|e| Error::storage(format!("cannot open blob directory {}", dir.display()), e))?;
+        Ok(Self {
+            dir: Arc::new(file),
+            location: dir.display().to_string(),
+            started: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            running: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    async fn sync(&self) -> Result<(), Error> {
+        // Any sync numbered `needed` or later starts after this point, i.e. after our writes.
+        let needed = self.started.load(Ordering::SeqCst) + 1;
+        let _running = self.running.lock().await;
+        if self.completed.load(Ordering::SeqCst) >= needed {
+            return Ok(());
+        }
+        let number = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let dir = self.dir.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            // SAFETY: the descriptor is valid for the lifetime of `dir`, which the closure owns.
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("sync task failed: {e}")))?;
+        result.map_err(|e| Error::storage(format!("cannot sync blob store {}", self.location), e))?;
+        self.completed.store(number, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 impl ObjectStoreChunkStore {
@@ -31,10 +87,12 @@ impl ObjectStoreChunkStore {
             .map_err(|e| Error::storage(format!("cannot create blob directory {}", dir.display()), e))?;
         let fs = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| Error::storage(format!("cannot open blob directory {}", dir.display()), e))?
-            .with_fsync(true);
+            .with_fsync(false);
+        let sync = GroupSync::open(dir)?;
         Ok(Self {
             store: Arc::new(fs),
             location: dir.display().to_string(),
+            sync,
         })
     }
 
@@ -97,5 +155,9 @@ impl ChunkStore for ObjectStoreChunkStore {
             .await
             .map_err(|e| self.error(&path, e))?;
         Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), Error> {
+        self.sync.sync().await
     }
 }

@@ -24,8 +24,11 @@ pub trait ChunkSource: Send + Sync + 'static {
     async fn get_chunk(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error>;
 }
 
-/// How many chunks past the one being read are fetched ahead while reading sequentially.
-const READ_AHEAD: usize = 3;
+/// How many chunks past the one being read are fetched ahead while reading sequentially. With 3,
+/// a cold `tvix-store dump` of a 300 MB path took 0.7-1.05 s; deeper read-ahead hides more of
+/// the per-chunk fetch and verify latency (16: 0.45-0.67 s). 8 keeps most of that gain while a
+/// sequential reader holds ~2 MiB (at most 8 MiB) of fetched chunks.
+const READ_AHEAD: usize = 8;
 
 /// Reads one blob through its chunk list.
 pub struct ChunkedReader {

@@ -1,0 +1,27 @@
+//! gRPC clients of our three services, usable wherever a service trait object is expected
+//! (`grpc+unix:///path/to/socket`, `grpc+http://host:port`).
+
+mod blob;
+pub mod channel;
+mod directory;
+mod pathinfo;
+
+pub use blob::GrpcBlobService;
+pub use channel::{MAX_MESSAGE_SIZE, channel};
+pub use directory::GrpcDirectoryService;
+pub use pathinfo::GrpcPathInfoService;
+
+/// Converts a status a call ended with into our error. A status made on our side from a broken
+/// connection (it carries the transport error as its source; statuses sent by a server never
+/// do) means the server went away mid-call: UNAVAILABLE, like a failed connect, whatever code
+/// tonic gave it (often UNKNOWN).
+pub(crate) fn error(status: tonic::Status) -> crate::castore::Error {
+    let mut source = std::error::Error::source(&status);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return crate::castore::Error::Unavailable(format!("connection lost: {}: {e}", status.message()));
+        }
+        source = e.source();
+    }
+    status.into()
+}

@@ -1,0 +1,211 @@
+//! NAR ingestion against the real Nix: `nix-store --dump` output ingests into the same castore
+//! nodes as the file system walk, with Nix's NAR hash and size, and renders back to the same
+//! bytes. Bad NARs fail with the byte offset and leave nothing visible.
+
+mod nar_common;
+
+use futures::TryStreamExt;
+use nar_common::*;
+use sha2::{Digest, Sha256};
+use tvix_store::castore::{B3Digest, Node};
+use tvix_store::import::{ImportError, ingest_nar, ingest_path};
+use tvix_store::nar::{NarReadError, write_nar};
+
+#[tokio::test]
+async fn nix_dump_ingests_to_walk_nodes_and_renders_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (blob, directory, _) = memory_services().await;
+    for tree in trees(dir.path()) {
+        let shown = tree.display();
+        let nar = nix_dump(&tree);
+        let ingested = ingest_nar(blob.clone(), directory.clone(), nar.as_slice(), None)
+            .await
+            .unwrap_or_else(|e| panic!("{shown}: {e}"));
+        assert_eq!(ingested.nar_size, nar.len() as u64, "{shown}");
+        assert_eq!(ingested.nar_sha256, <[u8; 32]>::from(Sha256::digest(&nar)), "{shown}");
+        assert_eq!(data_encoding::HEXLOWER.encode(&ingested.nar_sha256), nix_hash(&tree), "{shown}");
+
+        // Independent route to the same content: the file system walk, into other services.
+        let (blob2, directory2, _) = memory_services().await;
+        let walked = ingest_path(blob2, directory2, &tree, None).await.unwrap();
+        assert_eq!(walked, ingested, "{shown}: NAR ingestion and path ingestion disagree");
+
+        let rendered = write_nar(Vec::new(), &ingested.node, blob.as_ref(), directory.as_ref())
+            .await
+            .unwrap_or_else(|e| panic!("{shown}: {e}"));
+        assert!(rendered == nar, "{shown}: NAR -> ingest -> render changed the bytes");
+    }
+}
+
+#[tokio::test]
+async fn many_small_files_are_all_stored() {
+    // More files than uploads allowed in flight, so the bounding really waits.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("small");
+    std::fs::create_dir(&root).unwrap();
+    for i in 0..(tvix_store::import::MAX_UPLOADS * 3) {
+        write_file(&root.join(format!("{i:04}")), 1000 + i, false);
+    }
+    let nar = nix_dump(&root);
+    let (blob, directory, _) = memory_services().await;
+    let ingested = ingest_nar(blob.clone(), directory.clone(), nar.as_slice(), None).await.unwrap();
+    let Node::Directory { digest, .. } = ingested.node else { panic!("not a directory") };
+    let d = directory.get(&digest).await.unwrap().expect("root directory stored");
+    for (_, node) in d.entries() {
+        let Node::File { digest, .. } = node else { panic!("not a file") };
+        assert!(blob.has(digest).await.unwrap(), "blob {digest} missing");
+    }
+}
+
+// ---- hand-built NARs ----
+
+fn s(buf: &mut Vec<u8>, tok: &[u8]) {
+    buf.extend_from_slice(&(tok.len() as u64).to_le_bytes());
+    buf.extend_from_slice(tok);
+    buf.resize(buf.len() + (8 - tok.len() % 8) % 8, 0);
+}
+
+/// A NAR of a directory `{ a/ { f: "hello" } , <rest> }`, where `rest` is appended raw inside
+/// the root directory after entry `a`, followed by the root's `)`.
+fn nar_with(rest: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut b = Vec::new();
+    for t in [&b"nix-archive-1"[..], b"(", b"type", b"directory", b"entry", b"(", b"name", b"a", b"node"] {
+        s(&mut b, t);
+    }
+    for t in [&b"("[..], b"type", b"directory", b"entry", b"(", b"name", b"f", b"node"] {
+        s(&mut b, t);
+    }
+    for t in [&b"("[..], b"type", b"regular", b"contents", b"hello", b")", b")", b")", b")"] {
+        s(&mut b, t);
+    }
+    rest(&mut b);
+    s(&mut b, b")");
+    b
+}
+
+fn entry(b: &mut Vec<u8>, name: &[u8], node: &[&[u8]]) {
+    for t in [&b"entry"[..], b"(", b"name", name, b"node"] {
+        s(b, t);
+    }
+    for t in node {
+        s(b, t);
+    }
+    s(b, b")");
+}
+
+const FILE: &[&[u8]] = &[b"(", b"type", b"regular", b"contents", b"x", b")"];
+
+/// The digest directory `a` gets when the NAR is good.
+async fn digest_of_a() -> B3Digest {
+    let (blob, directory, _) = memory_services().await;
+    let good = nar_with(|b| entry(b, b"b", FILE));
+    let ingested = ingest_nar(blob, directory.clone(), good.as_slice(), None).await.unwrap();
+    let Node::Directory { digest, .. } = ingested.node else { panic!("not a directory") };
+    let root = directory.get(&digest).await.unwrap().unwrap();
+    match root.get(b"a") {
+        Some(Node::Directory { digest, .. }) => *digest,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn expect_rejected(nar: &[u8], check: impl Fn(&NarReadError) -> bool, offset: u64) {
+    let a = digest_of_a().await;
+    let (blob, directory, _) = memory_services().await;
+    let err = ingest_nar(blob, directory.clone(), nar, None).await.expect_err("bad NAR accepted");
+    let ImportError::Nar(e) = &err else { panic!("expected a NAR error, got {err:?}") };
+    assert!(check(e), "wrong error: {e:?}");
+    assert_eq!(e.offset(), Some(offset), "{e}");
+    assert!(err.to_string().contains(&format!("byte {offset}")), "message lacks the offset: {err}");
+    assert_eq!(directory.get(&a).await.unwrap(), None, "a directory of a rejected NAR is visible");
+    let mut all = directory.get_recursive(&a);
+    assert!(all.try_next().await.is_err(), "directory of a rejected NAR is reachable");
+}
+
+/// Offset where the raw `rest` of [`nar_with`] begins.
+fn rest_offset() -> u64 {
+    (nar_with(|_| {}).len() - 16) as u64
+}
+
+#[tokio::test]
+async fn truncated_nar() {
+    let good = nar_with(|b| entry(b, b"b", FILE));
+    for cut in [good.len() - 1, good.len() - 8, rest_offset() as usize + 3] {
+        expect_rejected(&good[..cut], |e| matches!(e, NarReadError::Truncated { .. }), cut as u64).await;
+    }
+}
+
+#[tokio::test]
+async fn wrong_magic_and_tags() {
+    let mut bad = nar_with(|b| entry(b, b"b", FILE));
+    bad[8] = b'X';
+    expect_rejected(&bad, |e| matches!(e, NarReadError::BadMagic { .. }), 0).await;
+    let o = rest_offset();
+    let nar = nar_with(|b| entry(b, b"b", &[b"(", b"type", b"fifo", b")"]));
+    // entry ( name <b> node ( type: the type token is 8 tokens of 16 bytes in.
+    expect_rejected(&nar, |e| matches!(e, NarReadError::UnexpectedToken { .. }), o + 7 * 16).await;
+    let nar = nar_with(|b| s(b, b"entri"));
+    expect_rejected(&nar, |e| matches!(e, NarReadError::UnexpectedToken { .. }), o).await;
+}
+
+#[tokio::test]
+async fn non_zero_padding() {
+    let mut nar = nar_with(|b| entry(b, b"b", FILE));
+    let o = rest_offset() as usize;
+    // The padding of the name `b`: after entry, (, name, and b's length and byte.
+    let pad = o + 3 * 16 + 8 + 1;
+    nar[pad + 2] = 1;
+    expect_rejected(&nar, |e| matches!(e, NarReadError::NonZeroPadding { .. }), pad as u64).await;
+}
+
+#[tokio::test]
+async fn out_of_order_and_duplicate_entries() {
+    let o = rest_offset();
+    let name_at = o + 3 * 16;
+    let nar = nar_with(|b| entry(b, b"A", FILE));
+    expect_rejected(&nar, |e| matches!(e, NarReadError::OutOfOrder { .. }), name_at).await;
+    let nar = nar_with(|b| entry(b, b"a", FILE));
+    expect_rejected(&nar, |e| matches!(e, NarReadError::DuplicateEntry { .. }), name_at).await;
+}
+
+#[tokio::test]
+async fn bad_names() {
+    let name_at = rest_offset() + 3 * 16;
+    for name in [&b"b/c"[..], b"b\0", b".", b"..", b""] {
+        let nar = nar_with(|b| entry(b, name, FILE));
+        expect_rejected(&nar, |e| matches!(e, NarReadError::InvalidName { .. }), name_at).await;
+    }
+}
+
+#[tokio::test]
+async fn empty_symlink_target() {
+    let nar = nar_with(|b| entry(b, b"b", &[b"(", b"type", b"symlink", b"target", b"", b")"]));
+    let target_at = rest_offset() + 9 * 16;
+    expect_rejected(&nar, |e| matches!(e, NarReadError::InvalidSymlinkTarget { .. }), target_at).await;
+}
+
+#[tokio::test]
+async fn file_length_beyond_stream() {
+    let mut nar = Vec::new();
+    for t in [&b"nix-archive-1"[..], b"(", b"type", b"regular", b"contents"] {
+        s(&mut nar, t);
+    }
+    nar.extend_from_slice(&(10_000_000u64).to_le_bytes());
+    nar.extend_from_slice(&[7u8; 5000]);
+    let (blob, directory, _) = memory_services().await;
+    let err = ingest_nar(blob, directory, nar.as_slice(), None).await.unwrap_err();
+    let ImportError::Nar(e @ NarReadError::Truncated { .. }) = &err else { panic!("{err:?}") };
+    assert_eq!(e.offset(), Some(nar.len() as u64));
+
+    // The same inside a directory, with a small-blob-sized and a streamed-size file.
+    for declared in [100u64, 5_000_000] {
+        let nar = nar_with(|b| {
+            for t in [&b"entry"[..], b"(", b"name", b"b", b"node", b"(", b"type", b"regular", b"contents"] {
+                s(b, t);
+            }
+            b.extend_from_slice(&declared.to_le_bytes());
+            b.extend_from_slice(&[1u8; 50]);
+        });
+        // nar_with appended a `)` token (16 bytes) that now counts as contents.
+        expect_rejected(&nar, |e| matches!(e, NarReadError::Truncated { .. }), nar.len() as u64).await;
+    }
+}
