@@ -163,3 +163,23 @@ fn killed_process_leaves_no_mount_behind() {
     // The auto_unmount helper notices the dead session and unmounts.
     wait_unmounted(&mnt, Duration::from_secs(10));
 }
+
+#[test]
+fn missing_fuse_device_gets_a_clear_error() {
+    // A private mount namespace whose /dev lacks /dev/fuse.
+    require_tools(&["unshare"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /dev && exec \"$0\" mount \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_tvix-store"))
+        .arg(&mnt)
+        .env("TVIX_STORE_DIR", dir.path().join("store"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("FUSE is unavailable") && err.contains("/dev/fuse"), "{err}");
+    assert!(!is_mounted(&mnt));
+}

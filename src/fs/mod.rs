@@ -92,6 +92,8 @@ struct OpenFile {
     reader: Option<Box<dyn BlobReader>>,
     /// The reader's position.
     pos: u64,
+    /// Offsets of the reads that arrived and are not done yet.
+    pending: Vec<u64>,
 }
 
 /// A snapshot of the root's entries (basename, inode), sorted by name.
@@ -100,17 +102,22 @@ type RootListing = Vec<(Bytes, Ino)>;
 /// An open file shared by the frontend threads serving its reads.
 struct FileSlot {
     state: Mutex<OpenFile>,
-    /// Signalled whenever the reader's position moved.
+    /// Signalled whenever the reader's position moved or a read arrived.
     moved: Condvar,
 }
 
-/// How far ahead of the reader's position a read may be and still wait for the reads before
-/// it: the kernel sends read-ahead requests for one file in parallel, and worker threads pick
-/// them up in any order; serving them in order keeps the blob reader sequential (and its
-/// read-ahead alive) instead of seeking back and forth.
-const REORDER_WINDOW: u64 = 16 * 1024 * 1024;
-/// Longest a read waits for the reads before it (they may never come: the reader may skip).
+/// The kernel sends a file's read-ahead requests in parallel and worker threads pick them up in
+/// any order; serving them in offset order keeps the blob reader sequential (and its read-ahead
+/// alive) instead of seeking back and forth. A read ahead of the reader's position therefore
+/// waits while reads for the bytes before it are known to be under way (at most
+/// [`REORDER_WAIT`]), and, when none is known yet but it looks like the next request of a
+/// sequential stream (within [`REORDER_NEAR`]), for [`REORDER_GRACE`] for one to arrive.
+/// Reads far ahead (a jump) never wait.
 const REORDER_WAIT: Duration = Duration::from_millis(20);
+/// See [`REORDER_WAIT`]: twice the largest FUSE read.
+const REORDER_NEAR: u64 = 2 * 1024 * 1024;
+/// See [`REORDER_WAIT`].
+const REORDER_GRACE: Duration = Duration::from_millis(2);
 
 /// How many per-inode readers (for reads without a handle) are kept; each holds at most its
 /// current chunk and read-ahead, and is dropped once read to the end.
@@ -465,7 +472,7 @@ impl StoreFs {
             Some(Node::Symlink { .. }) => return Err(FsError::NotSymlink(ino)),
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let file = OpenFile { ino, digest, size, reader: None, pos: 0 };
+        let file = OpenFile { ino, digest, size, reader: None, pos: 0, pending: Vec::new() };
         self.files.lock().insert(fh, Arc::new(FileSlot { state: Mutex::new(file), moved: Condvar::new() }));
         Ok(Opened { fh, keep_cache: true })
     }
@@ -498,12 +505,32 @@ impl StoreFs {
         if offset >= file.size || size == 0 {
             return Ok(Bytes::new());
         }
-        let deadline = std::time::Instant::now() + REORDER_WAIT;
-        while file.reader.is_some()
-            && offset > file.pos
-            && offset - file.pos <= REORDER_WINDOW
-            && !slot.moved.wait_until(&mut file, deadline).timed_out()
-        {}
+        file.pending.push(offset);
+        // Reads waiting for earlier ones re-check: this may be one of those.
+        slot.moved.notify_all();
+        let start = std::time::Instant::now();
+        loop {
+            if file.reader.is_none() || offset <= file.pos {
+                break;
+            }
+            let pos = file.pos;
+            let before_us = file.pending.iter().any(|&o| o >= pos && o < offset);
+            let limit = if before_us {
+                REORDER_WAIT
+            } else if offset - pos <= REORDER_NEAR {
+                REORDER_GRACE
+            } else {
+                break;
+            };
+            let deadline = start + limit;
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            slot.moved.wait_until(&mut file, deadline);
+        }
+        if let Some(i) = file.pending.iter().position(|&o| o == offset) {
+            file.pending.swap_remove(i);
+        }
         let result = self.read_locked(&mut file, offset, size);
         if file.pos >= file.size {
             // Read to the end: free the reader's buffers now rather than at release.
@@ -558,7 +585,7 @@ impl StoreFs {
             Some(Node::Symlink { .. }) => return Err(FsError::NotSymlink(ino)),
             _ => return Err(FsError::IsDirectory(ino)),
         };
-        let file = OpenFile { ino, digest, size, reader: None, pos: 0 };
+        let file = OpenFile { ino, digest, size, reader: None, pos: 0, pending: Vec::new() };
         let slot = Arc::new(FileSlot { state: Mutex::new(file), moved: Condvar::new() });
         if slots.len() >= INODE_READERS {
             slots.pop_front();
