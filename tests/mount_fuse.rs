@@ -19,6 +19,8 @@ fn mounted_tree_equals_source() {
     let src = tempfile::tempdir().unwrap();
     let tree = src.path().join("tree");
     make_tree(&tree, 1);
+    // A real ELF executable: the loader maps it, so its pages are read through page faults.
+    fs::copy("/usr/bin/sort", tree.join("bin/sort")).expect("copying /usr/bin/sort (coreutils)");
     let store = Store::memory();
     let sp = store.ingest(&tree, "hello-1.0");
     let mount = Mount::new(&store, Options::default(), 4);
@@ -38,6 +40,7 @@ fn mounted_tree_equals_source() {
     // Executables run straight out of the store.
     assert_eq!(sh(&q(&m.join("bin/hello"))), "hello from the store 1\n");
     assert_eq!(sh(&q(&m.join("bin/hello-link"))), "hello from the store 1\n");
+    assert_eq!(sh(&format!("printf 'b\\na\\n' | {}", q(&m.join("bin/sort")))), "a\nb\n");
 }
 
 #[test]
