@@ -114,6 +114,8 @@ fn force_unmount(path: &Path) {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let path = check_mountpoint(&args.path)?;
     let services = args.services.open(Role::Owner).await?;
+    // Owning the default store means serving it to other commands (import...) meanwhile.
+    let owner_socket = tvix_store::server::serve_owner_socket(&services).await?;
     let options = Options {
         list_root: args.list_root,
         show_xattr: args.show_xattr,
@@ -164,6 +166,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let result = tokio::task::spawn_blocking(move || worker.join()).await?;
+    if let Some(owner) = owner_socket {
+        if let Err(e) = owner.shutdown().await {
+            tracing::warn!("stopping the store socket: {e}");
+        }
+    }
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e).with_context(|| format!("serving the mount on {}", path.display())),
