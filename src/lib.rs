@@ -16,4 +16,5 @@ pub mod nar;
 pub mod grpc;
 pub mod server;
 pub mod redb;
+pub mod fs;
 pub mod import;
