@@ -13,3 +13,4 @@ pub mod url;
 pub mod defaultstore;
 pub mod services;
 pub mod nar;
+pub mod virtiofs;
