@@ -13,4 +13,5 @@ pub mod url;
 pub mod defaultstore;
 pub mod services;
 pub mod nar;
+pub mod fs;
 pub mod virtiofs;

@@ -1,0 +1,99 @@
+//! Errors of the filesystem core, each mapping to one errno.
+
+use std::time::Duration;
+
+use super::Ino;
+use crate::castore;
+
+/// Why a filesystem operation failed. [`FsError::errno`] gives the value to reply with.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// No such entry (ENOENT).
+    #[error("no such entry")]
+    NotFound,
+    /// The inode number was never handed out (ENOENT).
+    #[error("unknown inode {0}")]
+    UnknownInode(Ino),
+    /// A directory operation on something else (ENOTDIR).
+    #[error("inode {0} is not a directory")]
+    NotDirectory(Ino),
+    /// A file operation on a directory (EISDIR).
+    #[error("inode {0} is a directory")]
+    IsDirectory(Ino),
+    /// readlink on something else (EINVAL).
+    #[error("inode {0} is not a symlink")]
+    NotSymlink(Ino),
+    /// The file handle is not open (EBADF).
+    #[error("file handle {0} is not open")]
+    BadHandle(u64),
+    /// Any write, create, or metadata change (EROFS).
+    #[error("the store is mounted read-only")]
+    ReadOnly,
+    /// The mount root was opened for listing without `--list-root` (EPERM).
+    #[error("the mount root is not listable (mount with --list-root)")]
+    RootNotListable,
+    /// No such extended attribute (ENODATA).
+    #[error("no such extended attribute")]
+    NoXattr,
+    /// The extended attribute value does not fit the caller's buffer (ERANGE).
+    #[error("extended attribute value is {len} bytes, the buffer {size}")]
+    XattrRange {
+        /// Value length.
+        len: usize,
+        /// Caller's buffer size.
+        size: u32,
+    },
+    /// A service call took longer than the configured timeout (EIO).
+    #[error("{what}: no answer from the store within {after:?}")]
+    Timeout {
+        /// What was being done.
+        what: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// A service call failed (EIO).
+    #[error("{what}: {source}")]
+    Store {
+        /// What was being done.
+        what: String,
+        /// The service's error.
+        source: castore::Error,
+    },
+    /// Reading blob bytes failed (EIO).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The reader's error.
+        source: std::io::Error,
+    },
+}
+
+impl FsError {
+    /// The errno to reply with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound | FsError::UnknownInode(_) => libc::ENOENT,
+            FsError::NotDirectory(_) => libc::ENOTDIR,
+            FsError::IsDirectory(_) => libc::EISDIR,
+            FsError::NotSymlink(_) => libc::EINVAL,
+            FsError::BadHandle(_) => libc::EBADF,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::RootNotListable => libc::EPERM,
+            FsError::NoXattr => libc::ENODATA,
+            FsError::XattrRange { .. } => libc::ERANGE,
+            FsError::Timeout { .. } | FsError::Store { .. } | FsError::Io { .. } => libc::EIO,
+        }
+    }
+
+    /// Whether the error is about the backing store rather than the request (worth logging).
+    pub fn is_store_failure(&self) -> bool {
+        matches!(self, FsError::Timeout { .. } | FsError::Store { .. } | FsError::Io { .. })
+    }
+}
+
+impl From<FsError> for std::io::Error {
+    fn from(e: FsError) -> Self {
+        std::io::Error::from_raw_os_error(e.errno())
+    }
+}

@@ -1,0 +1,1 @@
+//! The FUSE frontend (fuser): a thin adapter from fuser callbacks to [`super::StoreFs`].

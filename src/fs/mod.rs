@@ -1,0 +1,573 @@
+//! The filesystem core: the store as a read-only tree, independent of any FUSE library.
+//!
+//! [`StoreFs`] answers lookup/getattr/readdir/read... with its own types ([`Attr`], [`Entry`],
+//! [`DirEntry`], [`FsError`]); the FUSE frontend ([`fuse`]) and the virtiofs frontend are thin
+//! adapters over it. Its API is synchronous because both FUSE libraries call filesystems from
+//! their own worker threads: service calls run on a tokio runtime through a [`Handle`], so
+//! methods must never be called from inside that runtime (its worker threads stay free for the
+//! chunk fetches and read-ahead the blob readers spawn).
+//!
+//! The mount root holds one entry per store path, found by asking the PathInfoService for the
+//! digest in the looked-up name. A store path's whole directory graph is fetched with one
+//! recursive Get the first time it is needed and cached, as are inode numbers (never reused).
+
+mod attr;
+mod error;
+pub mod fuse;
+mod inodes;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use parking_lot::{Mutex, RwLock};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::runtime::Handle;
+
+pub use attr::{
+    Attr, BLKSIZE, DirEntry, Entry, FileKind, Ino, MTIME_SECS, Opened, ROOT_INO, StatFs, XattrReply,
+};
+pub use error::FsError;
+
+use crate::castore::blobservice::{BlobReader, BlobService};
+use crate::castore::directoryservice::DirectoryService;
+use crate::castore::{self, B3Digest, Node};
+use crate::pathinfo::PathInfoService;
+use crate::storepath::StorePath;
+use inodes::{InodeTable, Listing, Slot};
+
+/// Extended attribute carrying a regular file's blob digest (`b3:` + base64, as tvix prints
+/// digests), shown with [`Options::show_xattr`].
+pub const XATTR_BLOB_DIGEST: &str = "user.tvix.castore.blob.digest";
+/// Extended attribute carrying a directory's digest, shown with [`Options::show_xattr`].
+pub const XATTR_DIRECTORY_DIGEST: &str = "user.tvix.castore.directory.digest";
+
+/// How the filesystem behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// List the PathInfoService's store paths in the root; otherwise opendir on the root fails
+    /// with EPERM (lookups still work).
+    pub list_root: bool,
+    /// Expose blob and directory digests as extended attributes.
+    pub show_xattr: bool,
+    /// Upper bound for every call to the services (and every read): past it the operation
+    /// fails with EIO instead of hanging when a backing daemon is gone.
+    pub call_timeout: Duration,
+    /// Entry and attribute TTL for everything that exists: content is immutable.
+    pub ttl: Duration,
+    /// Negative-entry TTL for misses in the root, so store paths added later show up soon.
+    pub root_negative_ttl: Duration,
+    /// Owner shown for every inode.
+    pub uid: u32,
+    /// Group shown for every inode.
+    pub gid: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            list_root: false,
+            show_xattr: false,
+            call_timeout: Duration::from_secs(5),
+            ttl: Duration::from_secs(3600),
+            root_negative_ttl: Duration::from_secs(1),
+            uid: 0,
+            gid: 0,
+        }
+    }
+}
+
+/// One open regular file: a blob reader kept across reads, so sequential reads continue where
+/// the last one stopped (with the reader's read-ahead) and only jumps seek.
+struct OpenFile {
+    ino: Ino,
+    digest: B3Digest,
+    size: u64,
+    /// Opened on first read; dropped after a failure so the next read starts afresh.
+    reader: Option<Box<dyn BlobReader>>,
+    /// The reader's position.
+    pos: u64,
+}
+
+/// The store as a read-only filesystem. Cheap to share: wrap it in an `Arc` and call it from
+/// any number of frontend threads.
+pub struct StoreFs {
+    blob: Arc<dyn BlobService>,
+    directory: Arc<dyn DirectoryService>,
+    path_info: Arc<dyn PathInfoService>,
+    runtime: Handle,
+    options: Options,
+    inodes: RwLock<InodeTable>,
+    /// Directory listings by digest; filled a whole store path at a time.
+    listings: RwLock<HashMap<B3Digest, Arc<Listing>>>,
+    files: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
+    /// Snapshots of the root listing, per open root directory handle.
+    root_dirs: Mutex<HashMap<u64, Arc<Vec<(Bytes, Ino)>>>>,
+    next_fh: AtomicU64,
+}
+
+impl StoreFs {
+    /// A filesystem over these services; `runtime` runs their async calls.
+    pub fn new(
+        blob: Arc<dyn BlobService>,
+        directory: Arc<dyn DirectoryService>,
+        path_info: Arc<dyn PathInfoService>,
+        runtime: Handle,
+        options: Options,
+    ) -> Self {
+        Self {
+            blob,
+            directory,
+            path_info,
+            runtime,
+            options,
+            inodes: RwLock::new(InodeTable::new()),
+            listings: RwLock::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+            root_dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    /// The options this filesystem was built with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Runs a service call on the runtime, bounded by the call timeout.
+    fn call<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        fut: impl Future<Output = Result<T, castore::Error>>,
+    ) -> Result<T, FsError> {
+        match self.runtime.block_on(tokio::time::timeout(self.options.call_timeout, fut)) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => Err(FsError::Store { what: what(), source }),
+            Err(_) => Err(FsError::Timeout { what: what(), after: self.options.call_timeout }),
+        }
+    }
+
+    /// The listing of the directory with this digest, fetching the whole graph below it with
+    /// one recursive Get if it is not cached yet.
+    fn listing(&self, digest: &B3Digest) -> Result<Arc<Listing>, FsError> {
+        if let Some(l) = self.listings.read().get(digest) {
+            return Ok(l.clone());
+        }
+        let directory = self.directory.clone();
+        let dirs: Vec<castore::Directory> = self.call(
+            || format!("fetching directory {digest}"),
+            async move { directory.get_recursive(digest).try_collect().await },
+        )?;
+        let mut listings = self.listings.write();
+        for dir in &dirs {
+            listings.entry(dir.digest()).or_insert_with(|| Arc::new(Listing::new(dir)));
+        }
+        listings.get(digest).cloned().ok_or_else(|| FsError::Store {
+            what: format!("fetching directory {digest}"),
+            source: castore::Error::NotFound(format!("directory {digest} was not returned")),
+        })
+    }
+
+    fn node_of(&self, ino: Ino) -> Result<Option<Node>, FsError> {
+        match self.inodes.read().get(ino) {
+            None => Err(FsError::UnknownInode(ino)),
+            Some(Slot::Root) => Ok(None),
+            Some(Slot::Node { node, .. }) => Ok(Some(node.clone())),
+        }
+    }
+
+    fn root_attr(&self) -> Attr {
+        Attr {
+            ino: ROOT_INO,
+            size: 0,
+            blocks: 0,
+            kind: FileKind::Directory,
+            perm: 0o555,
+            nlink: 2,
+            uid: self.options.uid,
+            gid: self.options.gid,
+            mtime_secs: MTIME_SECS,
+            blksize: BLKSIZE,
+        }
+    }
+
+    /// Attributes of inode `ino` holding `node`; directories need their listing (link count).
+    fn attr_of_node(&self, ino: Ino, node: &Node) -> Result<Attr, FsError> {
+        let (kind, size, perm, nlink) = match node {
+            Node::Directory { digest, .. } => {
+                let listing = self.listing(digest)?;
+                (FileKind::Directory, 0, 0o555, 2u32.saturating_add(listing.subdirs))
+            }
+            Node::File { size, executable, .. } => {
+                (FileKind::RegularFile, *size, if *executable { 0o555 } else { 0o444 }, 1)
+            }
+            Node::Symlink { target } => (FileKind::Symlink, target.as_bytes().len() as u64, 0o777, 1),
+        };
+        Ok(Attr {
+            ino,
+            size,
+            blocks: attr::blocks_of(size),
+            kind,
+            perm,
+            nlink,
+            uid: self.options.uid,
+            gid: self.options.gid,
+            mtime_secs: MTIME_SECS,
+            blksize: BLKSIZE,
+        })
+    }
+
+    fn entry(&self, attr: Attr) -> Entry {
+        Entry { ino: attr.ino, attr, entry_ttl: self.options.ttl, attr_ttl: self.options.ttl }
+    }
+
+    /// Looks `name` up in directory `parent`. In the root, `name` must be a store path
+    /// basename `<hash>-<name>`; the PathInfoService is asked for it unless already known.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Entry, FsError> {
+        if parent == ROOT_INO {
+            return self.lookup_root(name);
+        }
+        let node = self.node_of(parent)?.ok_or(FsError::UnknownInode(parent))?;
+        let Node::Directory { digest, .. } = node else {
+            return Err(FsError::NotDirectory(parent));
+        };
+        let listing = self.listing(&digest)?;
+        let index = listing.find(name).ok_or(FsError::NotFound)?;
+        let base = self.children_base(parent, &listing)?;
+        let ino = base + index as u64;
+        let attr = self.attr_of_node(ino, &listing.entries[index].1)?;
+        Ok(self.entry(attr))
+    }
+
+    fn children_base(&self, parent: Ino, listing: &Listing) -> Result<Ino, FsError> {
+        if let Some(base) = self.inodes.read().children_base(parent) {
+            return Ok(base);
+        }
+        self.inodes.write().children_of(parent, listing).ok_or(FsError::NotDirectory(parent))
+    }
+
+    fn lookup_root(&self, name: &[u8]) -> Result<Entry, FsError> {
+        let Ok(path) = StorePath::from_basename_bytes(name) else {
+            return Err(FsError::NotFound);
+        };
+        let known = self.inodes.read().root_child(path.digest()).map(|(n, ino)| (n == path.name(), ino));
+        let ino = match known {
+            Some((true, ino)) => ino,
+            Some((false, _)) => return Err(FsError::NotFound),
+            None => {
+                let path_info = self.path_info.clone();
+                let digest = *path.digest();
+                let info = self
+                    .call(|| format!("looking up {}", path.to_basename()), async move {
+                        path_info.get(digest).await
+                    })?
+                    .ok_or(FsError::NotFound)?;
+                if info.store_path.name() != path.name() {
+                    return Err(FsError::NotFound);
+                }
+                self.inodes.write().add_root_child(digest, path.name(), info.node)
+            }
+        };
+        self.getattr(ino).map(|attr| self.entry(attr))
+    }
+
+    /// How long the kernel may remember that `name` does not exist in `parent`: short in the
+    /// root (paths get added), long elsewhere (store paths never change).
+    pub fn negative_ttl(&self, parent: Ino) -> Duration {
+        if parent == ROOT_INO { self.options.root_negative_ttl } else { self.options.ttl }
+    }
+
+    /// Attributes of an inode.
+    pub fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
+        match self.node_of(ino)? {
+            None => Ok(self.root_attr()),
+            Some(node) => self.attr_of_node(ino, &node),
+        }
+    }
+
+    /// How long the kernel may cache attributes.
+    pub fn attr_ttl(&self) -> Duration {
+        self.options.ttl
+    }
+
+    /// The kernel forgets `nlookup` lookups of `ino`. Inodes are never recycled (their number
+    /// is a position in an immutable tree), so there is nothing to free.
+    pub fn forget(&self, _ino: Ino, _nlookup: u64) {}
+
+    /// The target of a symlink.
+    pub fn readlink(&self, ino: Ino) -> Result<Bytes, FsError> {
+        match self.node_of(ino)? {
+            Some(Node::Symlink { target }) => Ok(target.to_bytes()),
+            _ => Err(FsError::NotSymlink(ino)),
+        }
+    }
+
+    /// Opens a directory for reading; returns the handle to pass to readdir/releasedir. The
+    /// root is only listable with [`Options::list_root`]; its listing is taken once per handle
+    /// so offsets stay valid while paths are added.
+    pub fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
+        match self.node_of(ino)? {
+            None => {
+                if !self.options.list_root {
+                    return Err(FsError::RootNotListable);
+                }
+                let path_info = self.path_info.clone();
+                let infos: Vec<crate::pathinfo::PathInfo> = self
+                    .call(|| "listing store paths".to_string(), async move {
+                        path_info.list().try_collect().await
+                    })?;
+                let mut entries = Vec::with_capacity(infos.len());
+                {
+                    let mut inodes = self.inodes.write();
+                    for info in infos {
+                        let name = info.store_path.to_basename();
+                        let ino =
+                            inodes.add_root_child(*info.store_path.digest(), info.store_path.name(), info.node);
+                        entries.push((Bytes::from(name), ino));
+                    }
+                }
+                entries.sort();
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.root_dirs.lock().insert(fh, Arc::new(entries));
+                Ok(fh)
+            }
+            Some(Node::Directory { digest, .. }) => {
+                self.listing(&digest)?;
+                Ok(0)
+            }
+            Some(_) => Err(FsError::NotDirectory(ino)),
+        }
+    }
+
+    /// Lists directory `ino` from `offset` (0 at the start, else a previous entry's
+    /// `next_offset`), passing entries to `add` until it returns false (the entry it returned
+    /// false for was not taken) or the directory ends. Entries are `.`, `..`, then children in
+    /// name order.
+    pub fn readdir(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        add: &mut dyn FnMut(DirEntry) -> bool,
+    ) -> Result<(), FsError> {
+        let (parent, node) = match self.inodes.read().get(ino) {
+            None => return Err(FsError::UnknownInode(ino)),
+            Some(Slot::Root) => (ROOT_INO, None),
+            Some(Slot::Node { node, parent, .. }) => (*parent, Some(node.clone())),
+        };
+        let self_attr = self.getattr(ino)?;
+        let dots = |off: u64| -> Result<Option<DirEntry>, FsError> {
+            Ok(match off {
+                0 => Some(DirEntry { name: Bytes::from_static(b"."), next_offset: 1, entry: self.entry(self_attr) }),
+                1 => Some(DirEntry {
+                    name: Bytes::from_static(b".."),
+                    next_offset: 2,
+                    entry: self.entry(self.getattr(parent)?),
+                }),
+                _ => None,
+            })
+        };
+        let mut off = offset;
+        while let Some(e) = dots(off)? {
+            if !add(e) {
+                return Ok(());
+            }
+            off += 1;
+        }
+        let start = usize::try_from(off - 2).unwrap_or(usize::MAX);
+        match node {
+            None => {
+                let entries = self.root_dirs.lock().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
+                for (i, (name, child)) in entries.iter().enumerate().skip(start) {
+                    let entry = self.entry(self.getattr(*child)?);
+                    if !add(DirEntry { name: name.clone(), next_offset: i as u64 + 3, entry }) {
+                        break;
+                    }
+                }
+            }
+            Some(Node::Directory { digest, .. }) => {
+                let listing = self.listing(&digest)?;
+                let base = self.children_base(ino, &listing)?;
+                for (i, (name, node)) in listing.entries.iter().enumerate().skip(start) {
+                    let entry = self.entry(self.attr_of_node(base + i as u64, node)?);
+                    if !add(DirEntry { name: name.to_bytes(), next_offset: i as u64 + 3, entry }) {
+                        break;
+                    }
+                }
+            }
+            Some(_) => return Err(FsError::NotDirectory(ino)),
+        }
+        Ok(())
+    }
+
+    /// Closes a directory handle from [`Self::opendir`].
+    pub fn releasedir(&self, fh: u64) {
+        self.root_dirs.lock().remove(&fh);
+    }
+
+    /// Opens a regular file for reading; `flags` are the open(2) flags. Asking for write
+    /// access fails with EROFS.
+    pub fn open(&self, ino: Ino, flags: i32) -> Result<Opened, FsError> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Err(FsError::ReadOnly);
+        }
+        let (digest, size) = match self.node_of(ino)? {
+            Some(Node::File { digest, size, .. }) => (digest, size),
+            Some(Node::Directory { .. }) | None => return Err(FsError::IsDirectory(ino)),
+            Some(Node::Symlink { .. }) => return Err(FsError::NotSymlink(ino)),
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let file = OpenFile { ino, digest, size, reader: None, pos: 0 };
+        self.files.lock().insert(fh, Arc::new(Mutex::new(file)));
+        Ok(Opened { fh, keep_cache: true })
+    }
+
+    /// Reads up to `size` bytes at `offset` from an open file; fewer only at the end of the
+    /// file. Fails with EIO (after at most the call timeout) when the store cannot deliver.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+        let file = self.files.lock().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
+        let mut file = file.lock();
+        if offset >= file.size || size == 0 {
+            return Ok(Bytes::new());
+        }
+        let want = (file.size - offset).min(u64::from(size)) as usize;
+        let blob = self.blob.clone();
+        let digest = file.digest;
+        let timeout = self.options.call_timeout;
+        let result = self.runtime.block_on(tokio::time::timeout(timeout, async {
+            // One retry with a fresh reader: a reader whose connection broke (daemon restarted)
+            // fails once, a new one works.
+            let mut last = None;
+            for _ in 0..2 {
+                match read_at(&blob, &digest, &mut *file, offset, want).await {
+                    Ok(buf) => return Ok(buf),
+                    Err(e) => {
+                        file.reader = None;
+                        last = Some(e);
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| std::io::Error::other("read failed")))
+        }));
+        let ino = file.ino;
+        let what = || format!("reading {want} bytes at offset {offset} of blob {digest} (inode {ino})");
+        match result {
+            Ok(Ok(buf)) => Ok(buf),
+            Ok(Err(source)) => Err(FsError::Io { what: what(), source }),
+            Err(_) => {
+                file.reader = None;
+                Err(FsError::Timeout { what: what(), after: timeout })
+            }
+        }
+    }
+
+    /// Closes a file handle from [`Self::open`].
+    pub fn release(&self, fh: u64) {
+        self.files.lock().remove(&fh);
+    }
+
+    fn xattrs(&self, ino: Ino) -> Result<Vec<(&'static str, String)>, FsError> {
+        if !self.options.show_xattr {
+            self.node_of(ino)?;
+            return Ok(Vec::new());
+        }
+        Ok(match self.node_of(ino)? {
+            Some(Node::File { digest, .. }) => vec![(XATTR_BLOB_DIGEST, digest.to_string())],
+            Some(Node::Directory { digest, .. }) => vec![(XATTR_DIRECTORY_DIGEST, digest.to_string())],
+            _ => Vec::new(),
+        })
+    }
+
+    /// The value of extended attribute `name` ([`XATTR_BLOB_DIGEST`],
+    /// [`XATTR_DIRECTORY_DIGEST`]); `size` 0 asks for its length only.
+    pub fn getxattr(&self, ino: Ino, name: &[u8], size: u32) -> Result<XattrReply, FsError> {
+        let value = self
+            .xattrs(ino)?
+            .into_iter()
+            .find(|(n, _)| n.as_bytes() == name)
+            .map(|(_, v)| v.into_bytes())
+            .ok_or(FsError::NoXattr)?;
+        xattr_reply(value, size)
+    }
+
+    /// The NUL-terminated names of the extended attributes of `ino`; `size` 0 asks for the
+    /// length only.
+    pub fn listxattr(&self, ino: Ino, size: u32) -> Result<XattrReply, FsError> {
+        let mut names = Vec::new();
+        for (name, _) in self.xattrs(ino)? {
+            names.extend_from_slice(name.as_bytes());
+            names.push(0);
+        }
+        xattr_reply(names, size)
+    }
+
+    /// Filesystem statistics.
+    pub fn statfs(&self) -> StatFs {
+        StatFs {
+            blocks: 0,
+            bfree: 0,
+            bavail: 0,
+            files: self.inodes.read().len(),
+            ffree: 0,
+            bsize: BLKSIZE,
+            namelen: 255,
+            frsize: BLKSIZE,
+        }
+    }
+}
+
+fn xattr_reply(value: Vec<u8>, size: u32) -> Result<XattrReply, FsError> {
+    if size == 0 {
+        return Ok(XattrReply::Size(value.len() as u32));
+    }
+    if value.len() > size as usize {
+        return Err(FsError::XattrRange { len: value.len(), size });
+    }
+    Ok(XattrReply::Data(value))
+}
+
+/// Reads `want` bytes at `offset` through the file's kept reader, opening it if needed and
+/// seeking only when the offset is not where the last read stopped.
+async fn read_at(
+    blob: &Arc<dyn BlobService>,
+    digest: &B3Digest,
+    file: &mut OpenFile,
+    offset: u64,
+    want: usize,
+) -> std::io::Result<Bytes> {
+    if file.reader.is_none() {
+        let reader = blob.open_read(digest).await.map_err(std::io::Error::from)?.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("blob {digest} is not in the store"))
+        })?;
+        file.reader = Some(reader);
+        file.pos = 0;
+    }
+    let Some(reader) = file.reader.as_mut() else {
+        return Err(std::io::Error::other("no reader"));
+    };
+    if file.pos != offset {
+        reader.seek(std::io::SeekFrom::Start(offset)).await?;
+        file.pos = offset;
+    }
+    let mut buf = vec![0u8; want];
+    let mut filled = 0;
+    while filled < want {
+        let n = reader.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    file.pos += filled as u64;
+    if filled < want {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("blob {digest} ended at {} bytes, shorter than its recorded size", file.pos),
+        ));
+    }
+    Ok(Bytes::from(buf))
+}
