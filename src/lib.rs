@@ -15,3 +15,4 @@ pub mod services;
 pub mod nar;
 pub mod fs;
 pub mod virtiofs;
+pub mod redb;

@@ -35,6 +35,11 @@ pub async fn from_addr(addr: &str) -> Result<Arc<dyn PathInfoService>, crate::ur
     let url = crate::url::parse(addr)?;
     match url.scheme() {
         "memory" => Ok(Arc::new(MemoryPathInfoService::default())),
+        "redb" => {
+            let service = crate::redb::RedbPathInfoService::open(&crate::url::local_path(&url)?)
+                .map_err(|e| crate::url::AddrError::Open(addr.to_string(), e.to_string()))?;
+            Ok(Arc::new(service))
+        }
         other => Err(crate::url::AddrError::UnsupportedScheme(other.to_string(), "path-info")),
     }
 }

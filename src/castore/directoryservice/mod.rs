@@ -55,6 +55,11 @@ pub async fn from_addr(addr: &str) -> Result<Arc<dyn DirectoryService>, crate::u
     let url = crate::url::parse(addr)?;
     match url.scheme() {
         "memory" => Ok(Arc::new(StoredDirectoryService::new(MemoryDirectoryStore::default()))),
+        "redb" => {
+            let store = crate::redb::RedbDirectoryStore::open(&crate::url::local_path(&url)?)
+                .map_err(|e| crate::url::AddrError::Open(addr.to_string(), e.to_string()))?;
+            Ok(Arc::new(StoredDirectoryService::new(store)))
+        }
         other => Err(crate::url::AddrError::UnsupportedScheme(other.to_string(), "directory")),
     }
 }

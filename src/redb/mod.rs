@@ -1,0 +1,155 @@
+//! `redb:///path/to/file.redb`: directories and PathInfo in an embedded redb database.
+//!
+//! redb is synchronous, so every call runs on the blocking thread pool; each write is one
+//! transaction committed with redb's default (immediate, fsynced) durability, which is what
+//! makes "nothing of a rejected or interrupted put becomes visible" hold across crashes.
+
+mod directory;
+mod pathinfo;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use directory::RedbDirectoryStore;
+pub use pathinfo::RedbPathInfoService;
+
+use crate::castore::Error;
+
+/// Why a redb file could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenRedbError {
+    #[error("redb database {0} is in use by another process (is a tvix-store daemon or mount running on it?)")]
+    Locked(String),
+    #[error("redb database {0} is corrupt or not a redb file: {1}")]
+    Corrupt(String, String),
+    #[error("cannot open redb database {0}: {1}")]
+    Io(String, String),
+}
+
+/// Opens (creating if needed) the database at `path`, with its tables created.
+pub(crate) fn open_database(
+    path: &Path,
+    create_tables: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::TableError>,
+) -> Result<Arc<redb::Database>, OpenRedbError> {
+    let name = path.display().to_string();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| OpenRedbError::Io(name.clone(), e.to_string()))?;
+    }
+    let db = redb::Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
+            OpenRedbError::Locked(name.clone())
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => OpenRedbError::Io(name.clone(), io.to_string()),
+        other => OpenRedbError::Corrupt(name.clone(), other.to_string()),
+    })?;
+    let txn = db.begin_write().map_err(|e| OpenRedbError::Io(name.clone(), e.to_string()))?;
+    create_tables(&txn).map_err(|e| OpenRedbError::Corrupt(name.clone(), e.to_string()))?;
+    txn.commit().map_err(|e| OpenRedbError::Io(name.clone(), e.to_string()))?;
+    Ok(Arc::new(db))
+}
+
+/// Runs a synchronous redb operation on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Storage(format!("redb task failed: {e}")))?
+}
+
+/// Wraps any redb failure as a storage error naming the database.
+pub(crate) fn storage_err(db: &str) -> impl Fn(redb::Error) -> Error + '_ {
+    move |e| Error::Storage(format!("redb database {db}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::TryStreamExt;
+
+    use crate::castore::directoryservice;
+    use crate::castore::{B3Digest, Directory, Error, Node, PathComponent};
+    use crate::pathinfo::{self, PathInfo};
+    use crate::storepath::StorePath;
+
+    fn info(i: u32) -> PathInfo {
+        let mut digest = [0u8; 20];
+        digest[..4].copy_from_slice(&i.to_be_bytes());
+        PathInfo {
+            store_path: StorePath::from_parts(digest, &format!("path-{i}")).unwrap(),
+            node: Node::file(B3Digest::of(&i.to_be_bytes()), 4, false),
+            references: vec![],
+            nar_size: 100 + i as u64,
+            nar_sha256: [7; 32],
+            signatures: vec![],
+            deriver: None,
+            ca: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn pathinfo_persists_lists_in_pages_and_reports_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("redb://{}/p.redb", dir.path().display());
+        {
+            let service = pathinfo::from_addr(&addr).await.unwrap();
+            for i in 0..600 {
+                service.put(info(i)).await.unwrap();
+            }
+            // A second opener while the first holds the file gets a clear "in use" error.
+            let err = pathinfo::from_addr(&addr).await.err().expect("second open must fail");
+            assert!(err.to_string().contains("in use"), "{err}");
+        }
+        let service = pathinfo::from_addr(&addr).await.unwrap();
+        assert_eq!(service.get(*info(42).store_path.digest()).await.unwrap(), Some(info(42)));
+        assert_eq!(service.get([9; 20]).await.unwrap(), None);
+        let all: Vec<PathInfo> = service.list().try_collect().await.unwrap();
+        assert_eq!(all.len(), 600);
+        assert_eq!(all, (0..600).map(info).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn corrupt_file_gives_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.redb");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = directoryservice::from_addr(&format!("redb://{}", path.display()))
+            .await
+            .err()
+            .expect("garbage must not open");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    }
+
+    #[tokio::test]
+    async fn directories_persist_and_rejected_graphs_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("redb://{}/d.redb", dir.path().display());
+        let mut leaf = Directory::new();
+        leaf.add(PathComponent::try_from("f").unwrap(), Node::file(B3Digest::of(b"x"), 1, false)).unwrap();
+        let mut root = Directory::new();
+        root.add(PathComponent::try_from("sub").unwrap(), Node::directory(leaf.digest(), leaf.size())).unwrap();
+        let root_digest = {
+            let service = directoryservice::from_addr(&addr).await.unwrap();
+            let mut putter = service.put_multiple_start();
+            putter.put(leaf.clone()).await.unwrap();
+            putter.put(root.clone()).await.unwrap();
+            putter.close().await.unwrap()
+        };
+        let service = directoryservice::from_addr(&addr).await.unwrap();
+        let got: Vec<Directory> = service.get_recursive(&root_digest).try_collect().await.unwrap();
+        assert_eq!(got, vec![root.clone(), leaf.clone()]);
+
+        // A root referring to a directory nobody sent is refused, and not stored.
+        let mut orphan_parent = Directory::new();
+        orphan_parent
+            .add(PathComponent::try_from("gone").unwrap(), Node::directory(B3Digest::of(b"nothing"), 0))
+            .unwrap();
+        let mut putter = service.put_multiple_start();
+        let refused = match putter.put(orphan_parent.clone()).await {
+            Err(e) => e,
+            Ok(()) => putter.close().await.err().expect("unknown child must be refused"),
+        };
+        drop(putter);
+        assert!(matches!(refused, Error::InvalidRequest(_) | Error::NotFound(_)), "{refused}");
+        assert_eq!(service.get(&orphan_parent.digest()).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,115 @@
+//! PathInfo in redb, keyed by the store path's 20-byte digest, stored as the wire message.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use prost::Message;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{OpenRedbError, blocking, open_database, storage_err};
+use crate::castore::Error;
+use crate::pathinfo::{PathInfo, PathInfoService};
+use crate::proto::store as pb;
+use crate::storepath::DIGEST_LEN;
+
+const PATH_INFOS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pathinfos");
+
+/// PathInfo storage in a redb file.
+pub struct RedbPathInfoService {
+    db: Arc<redb::Database>,
+    name: Arc<str>,
+}
+
+impl RedbPathInfoService {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, OpenRedbError> {
+        let db = open_database(path, |txn| txn.open_table(PATH_INFOS).map(drop))?;
+        Ok(Self { db, name: path.display().to_string().into() })
+    }
+}
+
+fn decode(name: &str, key: &[u8], bytes: &[u8]) -> Result<PathInfo, Error> {
+    let corrupt = |why: String| {
+        Error::Corrupt(format!("PathInfo under key {} in {name}: {why}", data_encoding::HEXLOWER.encode(key)))
+    };
+    let message = pb::PathInfo::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let info = PathInfo::from_proto(message).map_err(|e| corrupt(e.to_string()))?;
+    if info.store_path.digest().as_slice() != key {
+        return Err(corrupt(format!("it is for {}", info.store_path)));
+    }
+    Ok(info)
+}
+
+#[async_trait]
+impl PathInfoService for RedbPathInfoService {
+    async fn get(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfo>, Error> {
+        let (db, name) = (self.db.clone(), self.name.clone());
+        blocking(move || {
+            let err = storage_err(&name);
+            let txn = db.begin_read().map_err(|e| err(e.into()))?;
+            let table = txn.open_table(PATH_INFOS).map_err(|e| err(e.into()))?;
+            match table.get(digest.as_slice()).map_err(|e| err(e.into()))? {
+                None => Ok(None),
+                Some(bytes) => decode(&name, &digest, bytes.value()).map(Some),
+            }
+        })
+        .await
+    }
+
+    async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {
+        let (db, name) = (self.db.clone(), self.name.clone());
+        let bytes = info.to_proto().encode_to_vec();
+        let key = *info.store_path.digest();
+        blocking(move || {
+            let err = storage_err(&name);
+            let txn = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                let mut table = txn.open_table(PATH_INFOS).map_err(|e| err(e.into()))?;
+                table.insert(key.as_slice(), bytes.as_slice()).map_err(|e| err(e.into()))?;
+            }
+            txn.commit().map_err(|e| err(e.into()))
+        })
+        .await?;
+        Ok(info)
+    }
+
+    fn list(&self) -> BoxStream<'_, Result<PathInfo, Error>> {
+        let (db, name) = (self.db.clone(), self.name.clone());
+        // redb's iterators borrow the transaction, so entries are read in pages on the blocking
+        // pool and handed to the stream; a page bounds memory for stores with many paths.
+        const PAGE: usize = 256;
+        Box::pin(async_stream::try_stream! {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let (db, name, start) = (db.clone(), name.clone(), after.clone());
+                let page: Vec<PathInfo> = blocking(move || {
+                    let err = storage_err(&name);
+                    let txn = db.begin_read().map_err(|e| err(e.into()))?;
+                    let table = txn.open_table(PATH_INFOS).map_err(|e| err(e.into()))?;
+                    let range = match &start {
+                        None => table.iter(),
+                        Some(key) => table.range::<&[u8]>((std::ops::Bound::Excluded(key.as_slice()), std::ops::Bound::Unbounded)),
+                    }
+                    .map_err(|e| err(e.into()))?;
+                    let mut page = Vec::with_capacity(PAGE);
+                    for entry in range.take(PAGE) {
+                        let (key, value) = entry.map_err(|e| err(e.into()))?;
+                        page.push(decode(&name, key.value(), value.value())?);
+                    }
+                    Ok(page)
+                })
+                .await?;
+                let done = page.len() < PAGE;
+                after = page.last().map(|info| info.store_path.digest().to_vec());
+                for info in page {
+                    yield info;
+                }
+                if done {
+                    break;
+                }
+            }
+        })
+    }
+}
