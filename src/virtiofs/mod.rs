@@ -8,12 +8,14 @@
 //! reboots and disconnects ([`daemon`]), and the adapter from fuse-backend-rs's
 //! `FileSystem` trait onto the shared filesystem core ([`adapter`]).
 
+pub mod adapter;
 pub mod backend;
 pub mod daemon;
 pub mod error;
 pub mod queue;
 pub mod socket;
 
+pub use adapter::VirtioStoreFs;
 pub use daemon::{DaemonConfig, serve};
 pub use error::VirtiofsError;
 pub use socket::{DEFAULT_SOCKET_MODE, SocketListener};
