@@ -58,7 +58,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let config = DaemonConfig { request_queues: usize::from(args.request_queues) };
+    let config = DaemonConfig {
+        request_queues: usize::from(args.request_queues),
+        runtime: Some(tokio::runtime::Handle::current()),
+    };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     // The vhost-user machinery blocks (accept, epoll); it gets its own threads, and the
     // filesystem core calls back into this runtime from them.

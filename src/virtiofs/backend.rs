@@ -28,13 +28,26 @@ pub struct FsBackend<F: FileSystem + Sync> {
     mem: AtomicMem,
     request_queues: usize,
     event_idx: AtomicBool,
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> FsBackend<F> {
     /// A backend with the high-priority queue plus `request_queues` request queues
-    /// (at least one), reading guest memory through `mem`.
-    pub fn new(server: Arc<Server<F>>, mem: AtomicMem, request_queues: usize) -> Self {
-        FsBackend { server, mem, request_queues: request_queues.max(1), event_idx: AtomicBool::new(false) }
+    /// (at least one), reading guest memory through `mem`. Requests are handled inside
+    /// `runtime`'s context when one is given.
+    pub fn new(
+        server: Arc<Server<F>>,
+        mem: AtomicMem,
+        request_queues: usize,
+        runtime: Option<tokio::runtime::Handle>,
+    ) -> Self {
+        FsBackend {
+            server,
+            mem,
+            request_queues: request_queues.max(1),
+            event_idx: AtomicBool::new(false),
+            runtime,
+        }
     }
 }
 
@@ -105,6 +118,7 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for FsBackend<F> {
             tracing::warn!(device_event, thread_id, "virtiofs: event for an unknown queue");
             return Ok(());
         };
+        let _runtime = self.runtime.as_ref().map(|h| h.enter());
         if let Err(e) = queue::drain(&self.server, &self.mem, vring, self.event_idx.load(Ordering::Acquire)) {
             // Returning the error would end this queue's thread for the rest of the
             // connection; a broken ring is the guest's problem, so log and keep listening.

@@ -20,11 +20,14 @@ pub struct DaemonConfig {
     /// Number of request queues offered (besides the high-priority queue). Guests may use
     /// fewer; Linux before 6.11 uses one.
     pub request_queues: usize,
+    /// A tokio runtime the queue threads enter while handling requests, for filesystems whose
+    /// futures need a runtime context (timers) even when driven with `Handle::block_on`.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        DaemonConfig { request_queues: 4 }
+        DaemonConfig { request_queues: 4, runtime: None }
     }
 }
 
@@ -45,7 +48,7 @@ where
         connection += 1;
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
         let server = Arc::new(Server::new(make_fs()));
-        let backend = Arc::new(FsBackend::new(server, mem.clone(), config.request_queues));
+        let backend = Arc::new(FsBackend::new(server, mem.clone(), config.request_queues, config.runtime.clone()));
         let mut daemon = VhostUserDaemon::new("tvix-store-virtiofs".into(), backend, mem)
             .map_err(|e| VirtiofsError::Daemon(e.to_string()))?;
         if let Err(e) = daemon.start(&mut listener) {
