@@ -16,3 +16,4 @@ pub mod nar;
 pub mod fs;
 pub mod virtiofs;
 pub mod redb;
+pub mod import;

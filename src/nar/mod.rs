@@ -1,9 +1,11 @@
 //! The NAR (Nix ARchive) format: a streaming reader and writer that are byte-exact with
 //! `nix-store --dump`, plus a hashing sink for computing NAR hashes without storing NARs.
 
+mod calculator;
 mod error;
 mod hashing;
 mod reader;
+mod render;
 mod transcode;
 mod wire;
 mod writer;
@@ -15,3 +17,5 @@ pub use hashing::NarHasher;
 pub use reader::{FileContents, NarEvent, NarReader};
 pub use writer::NarWriter;
 pub use transcode::{TranscodeError, transcode};
+pub use calculator::NarCalculator;
+pub use render::{RenderError, write_nar};

@@ -88,6 +88,12 @@ impl<R: AsyncRead + Unpin> NarReader<R> {
         self.pos
     }
 
+    /// The underlying stream. Bytes read ahead but not consumed are dropped; once `next` has
+    /// returned `None` there are none, because the reader has seen the end of the stream.
+    pub fn into_inner(self) -> R {
+        self.inner.into_inner()
+    }
+
     /// Depth of open directories (0 at the root level).
     pub fn depth(&self) -> usize {
         self.stack.len()

@@ -1,0 +1,233 @@
+//! Copying a closure from the local /nix/store, described the way Nix's
+//! `exportReferencesGraph` describes it in a `__structuredAttrs` JSON file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use data_encoding::{BASE64, HEXLOWER_PERMISSIVE};
+
+use super::{ImportError, Progress, ingest_path};
+use crate::castore::blobservice::BlobService;
+use crate::castore::directoryservice::DirectoryService;
+use crate::pathinfo::{CaKind, ContentAddress, PathInfo, PathInfoService};
+use crate::storepath::{InvalidStorePath, StorePath, nixbase32};
+
+/// One store path of a closure, as `exportReferencesGraph` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosureEntry {
+    /// The store path.
+    pub path: StorePath,
+    /// SHA-256 of its NAR, as Nix registered it.
+    pub nar_sha256: [u8; 32],
+    /// Size of its NAR, as Nix registered it.
+    pub nar_size: u64,
+    /// Its references.
+    pub references: Vec<StorePath>,
+    /// Its content address, if it has one.
+    pub ca: Option<ContentAddress>,
+    /// The derivation that built it, if listed.
+    pub deriver: Option<StorePath>,
+}
+
+/// Why a closure description or a closure copy was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ClosureError {
+    /// The file is not JSON.
+    #[error("not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The JSON has no usable `closure` key.
+    #[error("{0}")]
+    Shape(String),
+    /// A field holds an invalid value.
+    #[error("closure entry {index}: {field}: {reason}")]
+    Field {
+        /// Position in the `closure` list.
+        index: usize,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The local copy of a path does not have the NAR hash or size Nix registered.
+    #[error("{path}: local contents have NAR {what} {got}, the closure says {expected}")]
+    Mismatch {
+        /// The store path.
+        path: StorePath,
+        /// `hash` or `size`.
+        what: &'static str,
+        /// What we computed.
+        got: String,
+        /// What the closure description says.
+        expected: String,
+    },
+    /// Ingesting a path failed.
+    #[error("{path}: {source}")]
+    Import {
+        /// The store path.
+        path: StorePath,
+        /// Why.
+        #[source]
+        source: ImportError,
+    },
+    /// Registering a path failed.
+    #[error("registering {path}: {source}")]
+    Register {
+        /// The store path.
+        path: StorePath,
+        /// Why.
+        #[source]
+        source: crate::castore::Error,
+    },
+}
+
+/// Parses the `closure` key of a `__structuredAttrs` JSON document.
+pub fn parse_closure(json: &[u8]) -> Result<Vec<ClosureEntry>, ClosureError> {
+    let doc: serde_json::Value = serde_json::from_slice(json)?;
+    let list = doc
+        .get("closure")
+        .ok_or_else(|| ClosureError::Shape("no `closure` key (exportReferencesGraph.closure)".into()))?
+        .as_array()
+        .ok_or_else(|| ClosureError::Shape("`closure` is not a list".into()))?;
+    list.iter().enumerate().map(|(index, e)| parse_entry(index, e)).collect()
+}
+
+fn parse_entry(index: usize, e: &serde_json::Value) -> Result<ClosureEntry, ClosureError> {
+    let err = |field: &'static str, reason: String| ClosureError::Field { index, field, reason };
+    let string = |field: &'static str| -> Result<&str, ClosureError> {
+        e.get(field)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| err(field, "missing or not a string".into()))
+    };
+    let store_path = |field: &'static str, s: &str| {
+        StorePath::from_absolute_path(s).map_err(|e: InvalidStorePath| err(field, e.to_string()))
+    };
+    let path = store_path("path", string("path")?)?;
+    let nar_sha256 = parse_sha256(string("narHash")?).map_err(|r| err("narHash", r))?;
+    let nar_size = e
+        .get("narSize")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| err("narSize", "missing or not a number".into()))?;
+    let references = e
+        .get("references")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| err("references", "missing or not a list".into()))?
+        .iter()
+        .map(|r| {
+            r.as_str()
+                .ok_or_else(|| err("references", "not a string".into()))
+                .and_then(|s| store_path("references", s))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ca = match e.get("ca").and_then(|v| v.as_str()) {
+        Some(s) => Some(parse_ca(s).map_err(|r| err("ca", r))?),
+        None => None,
+    };
+    let deriver = match e.get("deriver").and_then(|v| v.as_str()) {
+        Some(s) => {
+            // PathInfo keeps the deriver's name without `.drv`, as the wire format does.
+            let drv = store_path("deriver", s)?;
+            let name = drv.name().strip_suffix(".drv").unwrap_or(drv.name());
+            Some(StorePath::from_parts(*drv.digest(), name).map_err(|e| err("deriver", e.to_string()))?)
+        }
+        None => None,
+    };
+    Ok(ClosureEntry { path, nar_sha256, nar_size, references, ca, deriver })
+}
+
+/// Parses a SHA-256 in any form Nix prints: `sha256:<nixbase32>`, `sha256:<hex>`,
+/// `sha256-<base64>` (SRI).
+pub fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
+    let raw = if let Some(b64) = s.strip_prefix("sha256-") {
+        BASE64.decode(b64.as_bytes()).map_err(|e| format!("{s:?}: {e}"))?
+    } else {
+        let body = s.strip_prefix("sha256:").ok_or_else(|| format!("{s:?} is not a sha256 hash"))?;
+        decode_digest(body, 32)?
+    };
+    raw.try_into().map_err(|_| format!("{s:?} is not 32 bytes"))
+}
+
+fn decode_digest(body: &str, len: usize) -> Result<Vec<u8>, String> {
+    if body.len() == len * 2 {
+        HEXLOWER_PERMISSIVE.decode(body.as_bytes()).map_err(|e| format!("{body:?}: {e}"))
+    } else {
+        nixbase32::decode(body.as_bytes(), len).map_err(|e| format!("{body:?}: {e}"))
+    }
+}
+
+/// Parses a narinfo-style content address (`fixed:r:sha256:…`, `text:sha256:…`, ...).
+pub fn parse_ca(s: &str) -> Result<ContentAddress, String> {
+    const KINDS: [CaKind; 9] = [
+        CaKind::NarSha256,
+        CaKind::NarSha1,
+        CaKind::NarSha512,
+        CaKind::NarMd5,
+        CaKind::TextSha256,
+        CaKind::FlatSha1,
+        CaKind::FlatMd5,
+        CaKind::FlatSha256,
+        CaKind::FlatSha512,
+    ];
+    for kind in KINDS {
+        if let Some(body) = s.strip_prefix(kind.prefix()).and_then(|r| r.strip_prefix(':')) {
+            let digest = decode_digest(body, kind.digest_len())?;
+            return Ok(ContentAddress { kind, digest: digest.into() });
+        }
+    }
+    Err(format!("{s:?} is not a content address Nix knows"))
+}
+
+/// Copies `closure` from the local store directory `store_dir` (normally `/nix/store`):
+/// each path is ingested from the file system, checked against the NAR hash and size Nix
+/// registered, and registered with its references. Paths already registered with the same
+/// NAR hash are skipped. Returns the PathInfo of every path, in `closure` order.
+pub async fn copy_closure(
+    blob: Arc<dyn BlobService>,
+    directory: Arc<dyn DirectoryService>,
+    path_info: &dyn PathInfoService,
+    closure: &[ClosureEntry],
+    store_dir: &Path,
+    progress: Option<Arc<Progress>>,
+) -> Result<Vec<PathInfo>, ClosureError> {
+    let mut out = Vec::with_capacity(closure.len());
+    for entry in closure {
+        let register = |source| ClosureError::Register { path: entry.path.clone(), source };
+        if let Some(known) = path_info.get(*entry.path.digest()).await.map_err(register)?
+            && known.nar_sha256 == entry.nar_sha256
+        {
+            out.push(known);
+            continue;
+        }
+        let local = store_dir.join(entry.path.to_basename());
+        let ingested = ingest_path(blob.clone(), directory.clone(), &local, progress.clone())
+            .await
+            .map_err(|source| ClosureError::Import { path: entry.path.clone(), source })?;
+        if ingested.nar_sha256 != entry.nar_sha256 {
+            return Err(ClosureError::Mismatch {
+                path: entry.path.clone(),
+                what: "hash",
+                got: format!("sha256:{}", nixbase32::encode(&ingested.nar_sha256)),
+                expected: format!("sha256:{}", nixbase32::encode(&entry.nar_sha256)),
+            });
+        }
+        if ingested.nar_size != entry.nar_size {
+            return Err(ClosureError::Mismatch {
+                path: entry.path.clone(),
+                what: "size",
+                got: ingested.nar_size.to_string(),
+                expected: entry.nar_size.to_string(),
+            });
+        }
+        let info = PathInfo {
+            store_path: entry.path.clone(),
+            node: ingested.node,
+            references: entry.references.clone(),
+            nar_size: ingested.nar_size,
+            nar_sha256: ingested.nar_sha256,
+            signatures: Vec::new(),
+            deriver: entry.deriver.clone(),
+            ca: entry.ca.clone(),
+        };
+        out.push(path_info.put(info).await.map_err(register)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,203 @@
+//! Local path ingestion: walk a file tree once, in NAR order, uploading its blobs and
+//! directories and computing the NAR hash and size on the way, without writing a NAR.
+//!
+//! The walk runs on a blocking thread (plain `std::fs` I/O, SHA-256 of the NAR stream) while
+//! the blob service chunks, BLAKE3-hashes and stores on the runtime: two cores busy for one
+//! large file, many uploads in flight for many small ones.
+
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::runtime::Handle;
+
+use super::upload::{SMALL_BLOB, Uploader};
+use super::{ImportError, Ingested, Progress};
+use crate::castore::blobservice::BlobService;
+use crate::castore::directoryservice::{DirectoryPutter, DirectoryService};
+use crate::castore::{B3Digest, Directory, Node, PathComponent, SymlinkTarget};
+use crate::nar::{NarHasher, NarWriter};
+
+/// Size of the pieces a large file is read and uploaded in.
+const READ_BUF: usize = 256 * 1024;
+
+/// Ingests the tree at `path` (not following a symlink at `path` itself, as Nix does):
+/// blobs into `blob`, directories into `directory` (one leaves-first upload, made visible only
+/// when everything else succeeded). Returns the root node and the NAR size and SHA-256.
+pub async fn ingest_path(
+    blob: Arc<dyn BlobService>,
+    directory: Arc<dyn DirectoryService>,
+    path: &Path,
+    progress: Option<Arc<Progress>>,
+) -> Result<Ingested, ImportError> {
+    let path = path.to_path_buf();
+    let handle = Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let nar = futures::executor::block_on(NarWriter::new(NarHasher::new()))?;
+        let mut putter = directory.put_multiple_start();
+        let mut walker = Walker {
+            rt: handle.clone(),
+            blob: blob.clone(),
+            putter: &mut *putter,
+            nar,
+            uploads: Uploader::new(blob),
+            buf: vec![0; READ_BUF],
+            progress,
+            any_directory: false,
+        };
+        let node = walker.node(&path, None)?;
+        let Walker { nar, uploads, any_directory, .. } = walker;
+        let hasher = futures::executor::block_on(nar.finish())?;
+        let (nar_size, nar_sha256) = hasher.finalize();
+        // Directories may only become visible once every blob below them is stored.
+        handle.block_on(uploads.finish())?;
+        if any_directory {
+            handle.block_on(putter.close())?;
+        }
+        Ok(Ingested { node, nar_size, nar_sha256 })
+    })
+    .await
+    .map_err(|e| ImportError::Task(e.to_string()))?
+}
+
+struct Walker<'a> {
+    rt: Handle,
+    blob: Arc<dyn BlobService>,
+    putter: &'a mut (dyn DirectoryPutter + 'a),
+    nar: NarWriter<NarHasher>,
+    uploads: Uploader,
+    buf: Vec<u8>,
+    progress: Option<Arc<Progress>>,
+    any_directory: bool,
+}
+
+/// The NAR writer's sink never blocks, so its futures complete on the first poll.
+fn now<F: std::future::Future>(f: F) -> F::Output {
+    futures::executor::block_on(f)
+}
+
+impl Walker<'_> {
+    fn node(&mut self, path: &Path, name: Option<&[u8]>) -> Result<Node, ImportError> {
+        let meta = std::fs::symlink_metadata(path).map_err(ImportError::io(path))?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = std::fs::read_link(path).map_err(ImportError::io(path))?;
+            let target = target.as_os_str().as_bytes();
+            let target = SymlinkTarget::try_from(target).map_err(|e| invalid(path, e))?;
+            now(self.nar.symlink(name, target.as_bytes()))?;
+            self.count();
+            Ok(Node::Symlink { target })
+        } else if ft.is_file() {
+            let executable = meta.permissions().mode() & 0o100 != 0;
+            self.file(path, name, executable, meta.len())
+        } else if ft.is_dir() {
+            self.directory(path, name)
+        } else {
+            let kind = if ft.is_socket() {
+                "socket"
+            } else if ft.is_fifo() {
+                "FIFO"
+            } else if ft.is_block_device() {
+                "block device"
+            } else if ft.is_char_device() {
+                "character device"
+            } else {
+                "file of unknown type"
+            };
+            Err(ImportError::UnsupportedType { path: path.to_path_buf(), kind })
+        }
+    }
+
+    fn directory(&mut self, path: &Path, name: Option<&[u8]>) -> Result<Node, ImportError> {
+        let mut entries: Vec<(Vec<u8>, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(ImportError::io(path))? {
+            let entry = entry.map_err(ImportError::io(path))?;
+            entries.push((entry.file_name().as_bytes().to_vec(), entry.path()));
+        }
+        // NAR order is by name bytes, which is also castore's order.
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        now(self.nar.directory_start(name))?;
+        let mut dir = Directory::new();
+        for (child_name, child_path) in entries {
+            let component =
+                PathComponent::try_from(&child_name[..]).map_err(|e| invalid(&child_path, e))?;
+            let node = self.node(&child_path, Some(&child_name))?;
+            dir.add(component, node).map_err(|e| invalid(&child_path, e))?;
+        }
+        now(self.nar.directory_end())?;
+        let node = Node::directory(dir.digest(), dir.size());
+        self.rt.block_on(self.putter.put(dir))?;
+        self.any_directory = true;
+        self.count();
+        Ok(node)
+    }
+
+    fn file(
+        &mut self,
+        path: &Path,
+        name: Option<&[u8]>,
+        executable: bool,
+        size: u64,
+    ) -> Result<Node, ImportError> {
+        let mut file = std::fs::File::open(path).map_err(ImportError::io(path))?;
+        now(self.nar.file_start(name, executable, size))?;
+        let changed = |read| ImportError::Changed { path: path.to_path_buf(), expected: size, read };
+        let digest = if size <= SMALL_BLOB {
+            let mut data = Vec::with_capacity(size as usize);
+            (&mut file).take(size + 1).read_to_end(&mut data).map_err(ImportError::io(path))?;
+            if data.len() as u64 != size {
+                return Err(changed(data.len() as u64));
+            }
+            now(self.nar.file_write(&data))?;
+            let digest = B3Digest::from(blake3::hash(&data));
+            self.rt.block_on(self.uploads.submit(digest, Bytes::from(data)))?;
+            digest
+        } else {
+            let mut writer = self.rt.block_on(self.blob.open_write());
+            let mut read = 0u64;
+            loop {
+                let n = file.read(&mut self.buf).map_err(ImportError::io(path))?;
+                if n == 0 {
+                    break;
+                }
+                read += n as u64;
+                if read > size {
+                    return Err(changed(read));
+                }
+                now(self.nar.file_write(&self.buf[..n]))?;
+                self.rt
+                    .block_on(writer.write_all(&self.buf[..n]))
+                    .map_err(|e| crate::castore::Error::Storage(format!("uploading {}: {e}", path.display())))?;
+                if let Some(p) = &self.progress {
+                    p.add_bytes(n as u64);
+                }
+            }
+            if read != size {
+                return Err(changed(read));
+            }
+            self.rt.block_on(writer.close())?
+        };
+        now(self.nar.file_end())?;
+        if size <= SMALL_BLOB {
+            if let Some(p) = &self.progress {
+                p.add_bytes(size);
+            }
+        }
+        self.count();
+        Ok(Node::file(digest, size, executable))
+    }
+
+    fn count(&self) {
+        if let Some(p) = &self.progress {
+            p.add_entry();
+        }
+    }
+}
+
+fn invalid(path: &Path, e: impl std::fmt::Display) -> ImportError {
+    ImportError::Invalid { path: path.to_path_buf(), reason: e.to_string() }
+}

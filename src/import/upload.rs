@@ -1,0 +1,85 @@
+//! Concurrent upload of small blobs, bounded by count and by bytes in flight.
+//!
+//! Over gRPC every blob Put is a round trip; uploading small files one after the other would
+//! make ingestion latency-bound. The caller computes the digest itself (so it can build
+//! directories right away) and hands the bytes over; the uploader checks the service agrees.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::ImportError;
+use crate::castore::B3Digest;
+use crate::castore::blobservice::BlobService;
+
+/// Blobs up to this size are read whole and uploaded in the background; larger ones stream.
+pub const SMALL_BLOB: u64 = 1024 * 1024;
+/// Most uploads in flight at once.
+pub const MAX_UPLOADS: usize = 64;
+/// Most bytes held by uploads in flight at once.
+pub const MAX_BYTES_IN_FLIGHT: usize = 32 * 1024 * 1024;
+
+/// See the module docs.
+pub struct Uploader {
+    blob: Arc<dyn BlobService>,
+    count: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    tasks: JoinSet<Result<(), ImportError>>,
+}
+
+impl Uploader {
+    /// An uploader storing into `blob`.
+    pub fn new(blob: Arc<dyn BlobService>) -> Self {
+        Self {
+            blob,
+            count: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            bytes: Arc::new(Semaphore::new(MAX_BYTES_IN_FLIGHT)),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Queues `data` (whose BLAKE3 is `digest`) for upload, waiting while the limits are
+    /// reached. Fails early with the error of an upload that already failed.
+    pub async fn submit(&mut self, digest: B3Digest, data: Bytes) -> Result<(), ImportError> {
+        while let Some(done) = self.tasks.try_join_next() {
+            flatten(done)?;
+        }
+        let count = self.count.clone().acquire_owned().await.map_err(closed)?;
+        let weight = data.len().clamp(1, MAX_BYTES_IN_FLIGHT) as u32;
+        let bytes = self.bytes.clone().acquire_many_owned(weight).await.map_err(closed)?;
+        let blob = self.blob.clone();
+        self.tasks.spawn(async move {
+            let _permits = (count, bytes);
+            let mut w = blob.open_write().await;
+            w.write_all(&data).await.map_err(|e| ImportError::Store(crate::castore::Error::Storage(format!("uploading blob {digest}: {e}"))))?;
+            let got = w.close().await?;
+            if got != digest {
+                return Err(ImportError::DigestMismatch { expected: digest, got });
+            }
+            Ok(())
+        });
+        Ok(())
+    }
+
+    /// Waits for every queued upload; the first failure wins and the rest are cancelled.
+    pub async fn finish(mut self) -> Result<(), ImportError> {
+        while let Some(done) = self.tasks.join_next().await {
+            if let Err(e) = flatten(done) {
+                self.tasks.abort_all();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn flatten(r: Result<Result<(), ImportError>, tokio::task::JoinError>) -> Result<(), ImportError> {
+    r.map_err(|e| ImportError::Task(e.to_string()))?
+}
+
+fn closed(e: tokio::sync::AcquireError) -> ImportError {
+    ImportError::Task(e.to_string())
+}

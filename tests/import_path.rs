@@ -1,0 +1,127 @@
+//! Local path ingestion against the real Nix: `import` gives `nix-store --add`'s store path,
+//! the NAR hash and size agree with `nix-hash` and `nix-store --dump`, and rendering the
+//! stored tree gives `nix-store --dump`'s bytes. Bad trees fail naming the path, with nothing
+//! registered.
+
+mod nar_common;
+
+use std::path::Path;
+
+use futures::TryStreamExt;
+use nar_common::*;
+use tvix_store::castore::Node;
+use tvix_store::import::{ImportError, import_path, ingest_path};
+use tvix_store::nar::{NarCalculator, write_nar};
+use tvix_store::pathinfo::NarCalculationService;
+use tvix_store::storepath::nixbase32;
+
+#[tokio::test]
+async fn import_matches_nix_store_add_and_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let (blob, directory, path_info) = memory_services().await;
+    let calculator = NarCalculator::new(blob.clone(), directory.clone());
+    for tree in trees(dir.path()) {
+        let info = import_path(blob.clone(), directory.clone(), path_info.as_ref(), &tree, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", tree.display()));
+        let shown = tree.display();
+        assert_eq!(info.store_path.to_absolute_path(), nix_add(&tree), "{shown}: store path");
+        let dump = nix_dump(&tree);
+        assert_eq!(info.nar_size, dump.len() as u64, "{shown}: NAR size");
+        assert_eq!(data_encoding::HEXLOWER.encode(&info.nar_sha256), nix_hash(&tree), "{shown}: NAR hash");
+        assert_eq!(
+            info.ca.as_ref().map(|c| c.to_nix_string()),
+            Some(format!("fixed:r:sha256:{}", nixbase32::encode(&info.nar_sha256))),
+        );
+        let stored = path_info.get(*info.store_path.digest()).await.unwrap().expect("registered");
+        assert_eq!(stored, info);
+
+        let rendered = write_nar(Vec::new(), &info.node, blob.as_ref(), directory.as_ref())
+            .await
+            .unwrap_or_else(|e| panic!("{shown}: render: {e}"));
+        assert!(rendered == dump, "{shown}: rendered NAR differs from nix-store --dump");
+        let (size, sha) = calculator.calculate_nar(&info.node).await.unwrap();
+        assert_eq!((size, sha), (info.nar_size, info.nar_sha256), "{shown}: NarCalculator");
+    }
+}
+
+#[tokio::test]
+async fn cli_import_prints_nix_store_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = trees(dir.path());
+    let picked: Vec<_> = all.iter().filter(|p| !p.ends_with("many")).collect();
+    let out = tvix_store()
+        .arg("import")
+        .args(&picked)
+        .args(["--blob-service-addr", "memory://"])
+        .args(["--directory-service-addr", "memory://"])
+        .args(["--path-info-service-addr", "memory://"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
+    let expected: String = picked.iter().map(|p| nix_add(p) + "\n").collect();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
+    assert!(out.stderr.is_empty(), "stderr is not a terminal: no progress output expected");
+}
+
+/// Ingests `good` alone into fresh services: the digest its directory gets.
+async fn directory_digest_of(good: &Path) -> tvix_store::castore::B3Digest {
+    let (blob, directory, _) = memory_services().await;
+    match ingest_path(blob, directory, good, None).await.unwrap().node {
+        Node::Directory { digest, .. } => digest,
+        other => panic!("expected a directory, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn special_files_fail_naming_the_path_and_register_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("with-special");
+    // "a-good" sorts first, so it is completely ingested before the walk reaches the bad entry.
+    std::fs::create_dir_all(root.join("a-good/inner")).unwrap();
+    write_file(&root.join("a-good/inner/f"), 100, false);
+    let fifo = root.join("b-fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let good_digest = directory_digest_of(&root.join("a-good")).await;
+
+    let (blob, directory, path_info) = memory_services().await;
+    let err = import_path(blob.clone(), directory.clone(), path_info.as_ref(), &root, None)
+        .await
+        .expect_err("a FIFO cannot be imported");
+    assert!(matches!(&err, ImportError::UnsupportedType { path, kind: "FIFO" } if *path == fifo), "{err:?}");
+    assert!(err.to_string().contains(&*fifo.to_string_lossy()), "{err}");
+    assert!(path_info.list().try_collect::<Vec<_>>().await.unwrap().is_empty());
+    assert_eq!(directory.get(&good_digest).await.unwrap(), None, "partial tree became visible");
+
+    let sock_dir = dir.path().join("with-socket");
+    std::fs::create_dir(&sock_dir).unwrap();
+    let sock = sock_dir.join("s");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let err = import_path(blob.clone(), directory.clone(), path_info.as_ref(), &sock_dir, None)
+        .await
+        .expect_err("a socket cannot be imported");
+    assert!(matches!(&err, ImportError::UnsupportedType { path, kind: "socket" } if *path == sock), "{err:?}");
+
+    let err = import_path(blob, directory, path_info.as_ref(), Path::new("/dev/null"), None)
+        .await
+        .expect_err("a device cannot be imported");
+    assert!(err.to_string().contains("/dev/null") && err.to_string().contains("character device"), "{err}");
+}
+
+#[tokio::test]
+async fn missing_path_and_bad_names_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (blob, directory, path_info) = memory_services().await;
+    let missing = dir.path().join("does-not-exist");
+    let err = import_path(blob.clone(), directory.clone(), path_info.as_ref(), &missing, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, ImportError::Io { path, .. } if *path == missing), "{err:?}");
+
+    let spaced = dir.path().join("has space");
+    std::fs::write(&spaced, b"x").unwrap();
+    let err = import_path(blob, directory, path_info.as_ref(), &spaced, None).await.unwrap_err();
+    assert!(matches!(err, ImportError::Name { .. }), "{err:?}");
+}
