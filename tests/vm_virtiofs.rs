@@ -132,7 +132,7 @@ fn many_parallel_readers_in_the_guest_agree_with_the_host() {
     let tree = tmp.path().join("tree");
     make_sample_tree(&tree);
     make_wide_tree(&tree.join("wide"), 200);
-    fs::write(tree.join("big.bin"), pseudo_random_bytes(99, 24 * 1024 * 1024 + 5)).expect("write");
+    fs::write(tree.join("big.bin"), pseudo_random_bytes(99, 8 * 1024 * 1024 + 5)).expect("write");
     let b = import(&store, &tree);
 
     let daemon = TvixVirtiofs::start(&store, &tmp.path().join("vfs.sock"), &[]);

@@ -124,7 +124,7 @@ impl Guest {
 
         // The daemon's queue threads run inside the runtime's context; so does this one.
         let _rt = self.runtime.enter();
-        drain(&self.server, &self.mem, &self.vring, false).expect("drain must not fail");
+        drain(&self.server, &self.mem, &self.vring, false, None).expect("drain must not fail");
 
         let mem = self.mem.memory();
         let used_idx: u16 = mem.read_obj(GuestAddress(USED_RING + 2)).expect("used idx");

@@ -28,6 +28,10 @@ pub struct Args {
     /// Request queues offered to the guest (plus the high-priority queue); one thread each.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     request_queues: u16,
+    /// Threads handling requests concurrently (0: each queue's thread handles its requests
+    /// in order, as virtiofsd does by default).
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
     #[command(flatten)]
     services: ServiceArgs,
 }
@@ -61,6 +65,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = DaemonConfig {
         request_queues: usize::from(args.request_queues),
         runtime: Some(tokio::runtime::Handle::current()),
+        threads: args.threads,
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     // The vhost-user machinery blocks (accept, epoll); it gets its own threads, and the

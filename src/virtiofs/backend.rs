@@ -29,25 +29,33 @@ pub struct FsBackend<F: FileSystem + Sync> {
     request_queues: usize,
     event_idx: AtomicBool,
     runtime: Option<tokio::runtime::Handle>,
+    pool: Option<queue::Pool>,
 }
 
 impl<F: FileSystem + Send + Sync + 'static> FsBackend<F> {
     /// A backend with the high-priority queue plus `request_queues` request queues
     /// (at least one), reading guest memory through `mem`. Requests are handled inside
-    /// `runtime`'s context when one is given.
+    /// `runtime`'s context when one is given; with `pool_threads` > 0 by that many threads
+    /// shared by all queues, else by each queue's own thread.
     pub fn new(
         server: Arc<Server<F>>,
         mem: AtomicMem,
         request_queues: usize,
         runtime: Option<tokio::runtime::Handle>,
-    ) -> Self {
-        FsBackend {
+        pool_threads: usize,
+    ) -> io::Result<Self> {
+        let pool = match pool_threads {
+            0 => None,
+            n => Some(queue::Pool::start(server.clone(), n, runtime.clone())?),
+        };
+        Ok(FsBackend {
             server,
             mem,
             request_queues: request_queues.max(1),
             event_idx: AtomicBool::new(false),
             runtime,
-        }
+            pool,
+        })
     }
 }
 
@@ -119,7 +127,8 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for FsBackend<F> {
             return Ok(());
         };
         let _runtime = self.runtime.as_ref().map(|h| h.enter());
-        if let Err(e) = queue::drain(&self.server, &self.mem, vring, self.event_idx.load(Ordering::Acquire)) {
+        let event_idx = self.event_idx.load(Ordering::Acquire);
+        if let Err(e) = queue::drain(&self.server, &self.mem, vring, event_idx, self.pool.as_ref()) {
             // Returning the error would end this queue's thread for the rest of the
             // connection; a broken ring is the guest's problem, so log and keep listening.
             tracing::warn!(error = %e, queue = thread_id, "virtiofs: cannot process queue");

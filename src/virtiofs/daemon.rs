@@ -23,11 +23,14 @@ pub struct DaemonConfig {
     /// A tokio runtime the queue threads enter while handling requests, for filesystems whose
     /// futures need a runtime context (timers) even when driven with `Handle::block_on`.
     pub runtime: Option<tokio::runtime::Handle>,
+    /// Threads handling requests, shared by all queues; 0 handles each request on its
+    /// queue's thread (in order).
+    pub threads: usize,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        DaemonConfig { request_queues: 4, runtime: None }
+        DaemonConfig { request_queues: 4, runtime: None, threads: 4 }
     }
 }
 
@@ -48,7 +51,9 @@ where
         connection += 1;
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
         let server = Arc::new(Server::new(make_fs()));
-        let backend = Arc::new(FsBackend::new(server, mem.clone(), config.request_queues, config.runtime.clone()));
+        let backend = FsBackend::new(server, mem.clone(), config.request_queues, config.runtime.clone(), config.threads)
+            .map_err(VirtiofsError::Setup)?;
+        let backend = Arc::new(backend);
         let mut daemon = VhostUserDaemon::new("tvix-store-virtiofs".into(), backend, mem)
             .map_err(|e| VirtiofsError::Daemon(e.to_string()))?;
         if let Err(e) = daemon.start(&mut listener) {

@@ -7,6 +7,7 @@
 
 use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, mpsc};
 
 use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader, Opcode};
 use fuse_backend_rs::api::filesystem::FileSystem;
@@ -22,7 +23,8 @@ pub type GuestMem = GuestMemoryMmap<()>;
 pub type AtomicMem = GuestMemoryAtomic<GuestMem>;
 type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMem>>;
 
-/// Drains `vring`: every available request is handled and returned to the used ring.
+/// Drains `vring`: every available request is handled (inline, or by `pool` when given) and
+/// returned to the used ring.
 ///
 /// With `event_idx`, guest notifications stay off while draining and the guest is only
 /// interrupted when it asked to be (the used-event index); the final re-enable re-checks the
@@ -32,6 +34,7 @@ pub fn drain<F: FileSystem + Sync>(
     mem: &AtomicMem,
     vring: &VringRwLock<AtomicMem>,
     event_idx: bool,
+    pool: Option<&Pool>,
 ) -> io::Result<()> {
     let mem = mem.memory();
     loop {
@@ -41,15 +44,93 @@ pub fn drain<F: FileSystem + Sync>(
         loop {
             let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem.clone());
             let Some(chain) = chain else { break };
-            let head = chain.head_index();
-            let used_len = handle_request(server, &mem, chain);
-            complete(&mut vring.get_mut(), head, used_len, event_idx)?;
+            match pool {
+                Some(pool) => pool.submit(Job { chain, mem: mem.clone(), vring: vring.clone(), event_idx }),
+                None => {
+                    let head = chain.head_index();
+                    let used_len = handle_request(server, &mem, chain);
+                    complete(&mut vring.get_mut(), head, used_len, event_idx)?;
+                }
+            }
         }
         if !event_idx || !vring.enable_notification().map_err(queue_err)? {
             break;
         }
     }
     Ok(())
+}
+
+/// One popped request for a pool thread.
+pub struct Job {
+    chain: Chain,
+    mem: GuestMemoryLoadGuard<GuestMem>,
+    vring: VringRwLock<AtomicMem>,
+    event_idx: bool,
+}
+
+/// Threads that handle requests concurrently, so that one slow request (a blob fetched over
+/// the network) does not hold up the others queued behind it on the same virtqueue, and
+/// read-ahead requests overlap. Completion order does not matter to FUSE.
+pub struct Pool {
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Pool {
+    /// Starts `threads` threads answering with `server`, inside `runtime`'s context if given.
+    pub fn start<F: FileSystem + Send + Sync + 'static>(
+        server: Arc<Server<F>>,
+        threads: usize,
+        runtime: Option<tokio::runtime::Handle>,
+    ) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let (server, rx, runtime) = (server.clone(), rx.clone(), runtime.clone());
+            let handle = std::thread::Builder::new().name(format!("virtiofs-worker-{i}")).spawn(move || {
+                let _runtime = runtime.as_ref().map(|h| h.enter());
+                loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    let head = job.chain.head_index();
+                    let used_len = handle_request(&server, &job.mem, job.chain);
+                    if let Err(e) = complete(&mut job.vring.get_mut(), head, used_len, job.event_idx) {
+                        tracing::warn!(error = %e, "virtiofs: cannot complete a request");
+                    }
+                }
+            })?;
+            handles.push(handle);
+        }
+        Ok(Pool { tx: Mutex::new(Some(tx)), threads: Mutex::new(handles) })
+    }
+
+    fn submit(&self, job: Job) {
+        let sent = match self.tx.lock() {
+            Ok(tx) => tx.as_ref().map(|tx| tx.send(job).is_ok()),
+            Err(_) => None,
+        };
+        if sent != Some(true) {
+            tracing::error!("virtiofs: worker pool is gone; request dropped");
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the channel ends the threads once they finish what they hold.
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Ok(mut threads) = self.threads.lock() {
+            for t in threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 fn queue_err(e: virtio_queue::Error) -> io::Error {
