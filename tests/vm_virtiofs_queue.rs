@@ -11,7 +11,7 @@ use fuse_backend_rs::abi::fuse_abi::{
 use fuse_backend_rs::api::server::Server;
 use tvix_store::fs::{Options, StoreFs};
 use tvix_store::virtiofs::VirtioStoreFs;
-use tvix_store::virtiofs::queue::{AtomicMem, GuestMem, drain};
+use tvix_store::virtiofs::queue::{AtomicMem, GuestMem, Pool, drain};
 use vhost_user_backend::{VringRwLock, VringT};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
@@ -31,6 +31,7 @@ struct Guest {
     mem: AtomicMem,
     vring: VringRwLock<AtomicMem>,
     server: Server<VirtioStoreFs>,
+    fs: Arc<StoreFs>,
     runtime: tokio::runtime::Runtime,
     next_desc: u16,
     avail_idx: u16,
@@ -66,7 +67,8 @@ impl Guest {
             let pi = tvix_store::pathinfo::from_addr("memory://").await.expect("pathinfo");
             StoreFs::new(blob, dir, pi, tokio::runtime::Handle::current(), Options::default())
         });
-        let server = Server::new(VirtioStoreFs::new(Arc::new(fs)));
+        let fs = Arc::new(fs);
+        let server = Server::new(VirtioStoreFs::new(fs.clone()));
         let map = GuestMem::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
         let mem = GuestMemoryAtomic::new(map);
         let vring = VringRwLock::new(mem.clone(), QUEUE_SIZE).expect("vring");
@@ -78,6 +80,7 @@ impl Guest {
             mem,
             vring,
             server,
+            fs,
             runtime,
             next_desc: 0,
             avail_idx: 0,
@@ -101,8 +104,8 @@ impl Guest {
         addr
     }
 
-    /// Puts a chain on the avail ring, drains the queue, returns the used-ring entry.
-    fn submit(&mut self, descs: &[Desc]) -> Completion {
+    /// Puts a chain on the avail ring; returns its head index.
+    fn push(&mut self, descs: &[Desc]) -> u16 {
         let head = self.next_desc;
         for (i, d) in descs.iter().enumerate() {
             let idx = (self.next_desc + i as u16) % QUEUE_SIZE;
@@ -121,20 +124,38 @@ impl Guest {
         self.write_at(AVAIL_RING + 4 + 2 * u64::from(slot), &head.to_le_bytes());
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.write_at(AVAIL_RING + 2, &self.avail_idx.to_le_bytes());
+        head
+    }
 
+    fn drain(&self, pool: Option<&Pool>) {
         // The daemon's queue threads run inside the runtime's context; so does this one.
         let _rt = self.runtime.enter();
-        drain(&self.server, &self.mem, &self.vring, false, None).expect("drain must not fail");
+        drain(&self.server, &self.mem, &self.vring, false, pool).expect("drain must not fail");
+    }
 
+    fn used_idx(&self) -> u16 {
+        self.mem.memory().read_obj(GuestAddress(USED_RING + 2)).expect("used idx")
+    }
+
+    /// The next used-ring entry: (descriptor head, length).
+    fn next_used(&mut self) -> (u16, u32) {
         let mem = self.mem.memory();
-        let used_idx: u16 = mem.read_obj(GuestAddress(USED_RING + 2)).expect("used idx");
-        assert_eq!(used_idx, self.used_seen.wrapping_add(1), "exactly one request must be completed");
         let slot = self.used_seen % QUEUE_SIZE;
-        self.used_seen = used_idx;
+        self.used_seen = self.used_seen.wrapping_add(1);
         let id: u32 = mem.read_obj(GuestAddress(USED_RING + 4 + 8 * u64::from(slot))).expect("used id");
         let len: u32 = mem.read_obj(GuestAddress(USED_RING + 8 + 8 * u64::from(slot))).expect("used len");
-        assert_eq!(id, u32::from(head), "used ring must return the chain's head");
+        (id as u16, len)
+    }
+
+    /// Puts a chain on the avail ring, drains the queue inline, returns the used-ring entry.
+    fn submit(&mut self, descs: &[Desc]) -> Completion {
+        let head = self.push(descs);
+        self.drain(None);
+        assert_eq!(self.used_idx(), self.used_seen.wrapping_add(1), "exactly one request must be completed");
+        let (id, len) = self.next_used();
+        assert_eq!(id, head, "used ring must return the chain's head");
         let reply_addr = descs.iter().find(|d| d.write).map(|d| d.addr).unwrap_or(0);
+        let mem = self.mem.memory();
         let reply = (len as usize >= size_of::<OutHeader>())
             .then(|| mem.read_obj::<OutHeader>(GuestAddress(reply_addr)).expect("reply header"));
         Completion { len, reply, reply_addr }
@@ -334,4 +355,45 @@ fn forget_of_unknown_inode_needs_no_reply() {
     let (_, c) = g.request(Opcode::Forget as u32, 0xdead, &5u64.to_le_bytes(), 0);
     assert_eq!(c.len, 0);
     g.still_serving("forget");
+}
+
+#[test]
+fn worker_pool_answers_every_request_of_a_batch() {
+    let mut g = Guest::new();
+    g.init();
+    let server = Arc::new(Server::new(VirtioStoreFs::new(g.fs.clone())));
+    let pool = Pool::start(server, 3, Some(g.runtime.handle().clone())).expect("pool");
+    let mut sent = std::collections::HashMap::new();
+    for i in 0..7u64 {
+        // Alternate good and bad requests: the root's attributes, and an unknown inode.
+        let nodeid = if i % 2 == 0 { 1 } else { 0xbad0 + i };
+        let h = g.header(Opcode::Getattr as u32, nodeid, size_of::<GetattrIn>());
+        let mut msg = h.as_slice().to_vec();
+        msg.extend_from_slice(GetattrIn::default().as_slice());
+        let req = g.alloc(&msg, msg.len());
+        let rep = g.alloc(&[], 4096);
+        let head = g.push(&[
+            Desc { addr: req, len: msg.len() as u32, write: false },
+            Desc { addr: rep, len: 4096, write: true },
+        ]);
+        sent.insert(head, (h, rep));
+    }
+    g.drain(Some(&pool));
+    let target = g.used_seen.wrapping_add(7);
+    let start = std::time::Instant::now();
+    while g.used_idx() != target {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "pool completed only {}", g.used_idx());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for _ in 0..7 {
+        let (head, len) = g.next_used();
+        let (h, rep) = sent.remove(&head).expect("completion for a submitted head, once");
+        let reply: OutHeader = g.mem.memory().read_obj(GuestAddress(rep)).expect("reply");
+        assert_eq!(reply.unique, h.unique);
+        assert_eq!(reply.len, len);
+        let want = if h.nodeid == 1 { 0 } else { -libc::ENOENT };
+        assert_eq!(reply.error, want, "nodeid {}", h.nodeid);
+    }
+    assert!(sent.is_empty());
+    drop(pool);
 }
