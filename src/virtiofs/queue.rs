@@ -42,10 +42,14 @@ pub fn drain<F: FileSystem + Sync>(
             vring.disable_notification().map_err(queue_err)?;
         }
         loop {
-            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem.clone());
+            let (chain, layout) = {
+                let mut state = vring.get_mut();
+                let q = state.get_queue_mut();
+                (q.pop_descriptor_chain(mem.clone()), Layout::of(q))
+            };
             let Some(chain) = chain else { break };
             match pool {
-                Some(pool) => pool.submit(Job { chain, mem: mem.clone(), vring: vring.clone(), event_idx }),
+                Some(pool) => pool.submit(Job { chain, mem: mem.clone(), vring: vring.clone(), event_idx, layout }),
                 None => {
                     let head = chain.head_index();
                     let used_len = handle_request(server, &mem, chain);
@@ -60,12 +64,28 @@ pub fn drain<F: FileSystem + Sync>(
     Ok(())
 }
 
+/// Where a queue lived when a request was popped off it. A request finished by a pool thread
+/// after the guest reset the queue (reboot) must not be written into the new queue.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
+}
+
+impl Layout {
+    fn of(q: &virtio_queue::Queue) -> Self {
+        Layout { desc_table: q.desc_table(), avail_ring: q.avail_ring(), used_ring: q.used_ring() }
+    }
+}
+
 /// One popped request for a pool thread.
 pub struct Job {
     chain: Chain,
     mem: GuestMemoryLoadGuard<GuestMem>,
     vring: VringRwLock<AtomicMem>,
     event_idx: bool,
+    layout: Layout,
 }
 
 /// Threads that handle requests concurrently, so that one slow request (a blob fetched over
@@ -98,7 +118,13 @@ impl Pool {
                     let Ok(job) = job else { return };
                     let head = job.chain.head_index();
                     let used_len = handle_request(&server, &job.mem, job.chain);
-                    if let Err(e) = complete(&mut job.vring.get_mut(), head, used_len, job.event_idx) {
+                    let mut state = job.vring.get_mut();
+                    let q = state.get_queue();
+                    if !q.ready() || Layout::of(q) != job.layout {
+                        tracing::debug!("virtiofs: queue was reset while a request ran; dropping its reply");
+                        continue;
+                    }
+                    if let Err(e) = complete(&mut state, head, used_len, job.event_idx) {
                         tracing::warn!(error = %e, "virtiofs: cannot complete a request");
                     }
                 }
