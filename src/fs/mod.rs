@@ -144,7 +144,9 @@ impl StoreFs {
         what: impl FnOnce() -> String,
         fut: impl Future<Output = Result<T, castore::Error>>,
     ) -> Result<T, FsError> {
-        match self.runtime.block_on(tokio::time::timeout(self.options.call_timeout, fut)) {
+        let timeout = self.options.call_timeout;
+        // The timer must be created inside the runtime: enter it before building the timeout.
+        match self.runtime.block_on(async move { tokio::time::timeout(timeout, fut).await }) {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(source)) => Err(FsError::Store { what: what(), source }),
             Err(_) => Err(FsError::Timeout { what: what(), after: self.options.call_timeout }),
@@ -180,7 +182,8 @@ impl StoreFs {
         }
     }
 
-    fn root_attr(&self) -> Attr {
+    /// Attributes of the mount root.
+    pub fn root_attr(&self) -> Attr {
         Attr {
             ino: ROOT_INO,
             size: 0,
@@ -438,7 +441,7 @@ impl StoreFs {
         let blob = self.blob.clone();
         let digest = file.digest;
         let timeout = self.options.call_timeout;
-        let result = self.runtime.block_on(tokio::time::timeout(timeout, async {
+        let result = self.runtime.block_on(async { tokio::time::timeout(timeout, async {
             // One retry with a fresh reader: a reader whose connection broke (daemon restarted)
             // fails once, a new one works.
             let mut last = None;
@@ -452,7 +455,7 @@ impl StoreFs {
                 }
             }
             Err(last.unwrap_or_else(|| std::io::Error::other("read failed")))
-        }));
+        }).await });
         let ino = file.ino;
         let what = || format!("reading {want} bytes at offset {offset} of blob {digest} (inode {ino})");
         match result {

@@ -1,0 +1,165 @@
+//! `tvix-store mount` as a command: clear errors for bad mount points, clean unmount on
+//! SIGINT/SIGTERM and when the process dies. Needs root (or fusermount3) and /dev/fuse.
+
+mod mount_common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mount_common::*;
+
+fn tvix_store(store_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tvix-store"));
+    cmd.env("TVIX_STORE_DIR", store_dir).env_remove("BLOB_SERVICE_ADDR").env_remove("DIRECTORY_SERVICE_ADDR");
+    cmd.env_remove("PATH_INFO_SERVICE_ADDR");
+    cmd
+}
+
+/// A running `tvix-store mount`; killed and unmounted on drop.
+struct MountProcess {
+    child: Child,
+    path: std::path::PathBuf,
+}
+
+impl MountProcess {
+    fn start(store_dir: &Path, path: &Path, extra: &[&str]) -> Self {
+        let child = tvix_store(store_dir)
+            .arg("mount")
+            .arg(path)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut p = MountProcess { child, path: path.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(path) {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                panic!("tvix-store mount exited with {status} before mounting");
+            }
+            assert!(Instant::now() < deadline, "{} not mounted after 20 s", path.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "tvix-store mount did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for MountProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if is_mounted(&self.path) {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+fn wait_unmounted(path: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    while is_mounted(path) {
+        assert!(Instant::now() < deadline, "{} still mounted after {within:?}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_mount_points_get_clear_errors() {
+    require_tools(&["fusermount3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+
+    let out = tvix_store(&store_dir).arg("mount").arg(dir.path().join("missing")).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mount point") && err.contains("missing") && err.contains("No such file"), "{err}");
+
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = tvix_store(&store_dir).arg("mount").arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a directory"), "{err}");
+
+    // Busy: something (our own first mount) is already mounted there.
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _first = MountProcess::start(&dir.path().join("store1"), &mnt, &[]);
+    let out = tvix_store(&dir.path().join("store2")).arg("mount").arg(&mnt).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("busy"), "{err}");
+}
+
+#[test]
+fn signals_unmount_cleanly() {
+    require_tools(&["fusermount3"]);
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mut p = MountProcess::start(&dir.path().join("store"), &mnt, &["--list-root", "--threads", "3"]);
+        assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0, "empty store lists nothing");
+        p.signal(sig);
+        let status = p.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "exit status after signal {sig}: {status}");
+        wait_unmounted(&mnt, Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn signal_to_the_whole_process_group_still_unmounts() {
+    // Service managers signal every process of a unit: the fusermount3 helper dies with us.
+    require_tools(&["fusermount3", "setsid"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let child = Command::new("setsid")
+        .arg(env!("CARGO_BIN_EXE_tvix-store"))
+        .arg("mount")
+        .arg(&mnt)
+        .env("TVIX_STORE_DIR", dir.path().join("store"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut p = MountProcess { child, path: mnt.clone() };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "not mounted after 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // setsid made the child a process group leader: signal the group.
+    // SAFETY: kill(2) on the group we created.
+    assert_eq!(unsafe { libc::kill(-(p.child.id() as i32), libc::SIGTERM) }, 0);
+    p.wait_exit(Duration::from_secs(10));
+    wait_unmounted(&mnt, Duration::from_secs(2));
+}
+
+#[test]
+fn killed_process_leaves_no_mount_behind() {
+    require_tools(&["fusermount3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut p = MountProcess::start(&dir.path().join("store"), &mnt, &[]);
+    p.signal(libc::SIGKILL);
+    p.wait_exit(Duration::from_secs(5));
+    // The auto_unmount helper notices the dead session and unmounts.
+    wait_unmounted(&mnt, Duration::from_secs(5));
+}
