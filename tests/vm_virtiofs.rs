@@ -49,7 +49,7 @@ fn guest_sees_imported_store_paths_exactly_as_the_host() {
     let script = format!("ls /nix/store\n{}", manifests_script(&[&a, &b]));
     let out = Guest::with_socket(&daemon.socket).run(&script);
 
-    let mut listing = vec![a.clone(), b.clone()];
+    let mut listing = [a.clone(), b.clone()];
     listing.sort();
     let expected = format!("{}\n{}", listing.join("\n"), expected_manifests(&[(&a, &sample), (&b, &wide)]));
     assert_eq!(out, expected);
