@@ -15,5 +15,7 @@ pub mod services;
 pub mod nar;
 pub mod fs;
 pub mod virtiofs;
+pub mod grpc;
+pub mod server;
 pub mod redb;
 pub mod import;

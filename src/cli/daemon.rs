@@ -1,16 +1,67 @@
 //! `tvix-store daemon`.
 
+use tvix_store::defaultstore::SOCKET_NAME;
+use tvix_store::server::{self, Handlers, ListenAddr, Listener};
+use tvix_store::services::Role;
+
 use super::ServiceArgs;
+
+/// Where the daemon listens when no address is given and the services are not the default store
+/// (tvix-store's default).
+const DEFAULT_LISTEN: &str = "[::1]:8000";
 
 /// Arguments of `tvix-store daemon`.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     services: ServiceArgs,
+    /// Where to listen: host:port (127.0.0.1:8000, [::1]:8000) or a unix socket path. Default: the
+    /// default store's socket (<store dir>/daemon.sock) when serving the default store, else
+    /// [::1]:8000.
+    #[arg(short = 'l', long)]
+    listen_address: Option<String>,
 }
 
-/// Runs the command.
+/// Runs the command: serves until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let _ = args.services;
-    anyhow::bail!("`tvix-store daemon` is not built yet")
+    let services = args.services.open(Role::Owner).await?;
+    let owned_dir = services.store_lock.as_ref().map(|lock| lock.dir().to_path_buf());
+    let listen: ListenAddr = match (&args.listen_address, &owned_dir) {
+        (Some(addr), _) => addr.parse()?,
+        (None, Some(dir)) => ListenAddr::Unix(dir.join(SOCKET_NAME)),
+        (None, None) => DEFAULT_LISTEN.parse()?,
+    };
+    // Owning the default store means serving it on its socket too, so that other commands on
+    // the store can use it while we hold the lock.
+    let owner_socket = match &owned_dir {
+        Some(dir) if listen != ListenAddr::Unix(dir.join(SOCKET_NAME)) => server::serve_owner_socket(&services).await?,
+        _ => None,
+    };
+    let listener = Listener::bind(&listen).await?;
+    eprintln!("tvix-store daemon listening on {}", listener.describe());
+    if let Some(owner) = &owner_socket {
+        eprintln!("serving the default store on {}", owner.path().display());
+    }
+    server::serve(listener, Handlers::from_services(&services), shutdown_signal()).await?;
+    if let Some(owner) = owner_socket {
+        owner.shutdown().await?;
+    }
+    // Dropping the services closes the stores and releases the store lock.
+    drop(services);
+    eprintln!("tvix-store daemon stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM. If the handlers cannot be installed, never resolves (the
+/// default disposition still terminates the process).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::error!("cannot install signal handlers; SIGINT/SIGTERM will not shut down cleanly");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
 }

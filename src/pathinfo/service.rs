@@ -35,6 +35,7 @@ pub async fn from_addr(addr: &str) -> Result<Arc<dyn PathInfoService>, crate::ur
     let url = crate::url::parse(addr)?;
     match url.scheme() {
         "memory" => Ok(Arc::new(MemoryPathInfoService::default())),
+        "grpc+unix" | "grpc+http" => Ok(Arc::new(crate::grpc::GrpcPathInfoService::new(crate::grpc::channel(addr)?))),
         "redb" => {
             let service = crate::redb::RedbPathInfoService::open(&crate::url::local_path(&url)?)
                 .map_err(|e| crate::url::AddrError::Open(addr.to_string(), e.to_string()))?;

@@ -73,6 +73,7 @@ pub async fn from_addr(addr: &str) -> Result<Arc<dyn BlobService>, crate::url::A
                 .map_err(|e| crate::url::AddrError::Open(addr.to_string(), e.to_string()))?;
             Ok(Arc::new(ChunkedBlobService::new(store)))
         }
+        "grpc+unix" | "grpc+http" => Ok(Arc::new(crate::grpc::GrpcBlobService::new(crate::grpc::channel(addr)?))),
         other => Err(crate::url::AddrError::UnsupportedScheme(other.to_string(), "blob")),
     }
 }

@@ -55,6 +55,7 @@ pub async fn from_addr(addr: &str) -> Result<Arc<dyn DirectoryService>, crate::u
     let url = crate::url::parse(addr)?;
     match url.scheme() {
         "memory" => Ok(Arc::new(StoredDirectoryService::new(MemoryDirectoryStore::default()))),
+        "grpc+unix" | "grpc+http" => Ok(Arc::new(crate::grpc::GrpcDirectoryService::new(crate::grpc::channel(addr)?))),
         "redb" => {
             let store = crate::redb::RedbDirectoryStore::open(&crate::url::local_path(&url)?)
                 .map_err(|e| crate::url::AddrError::Open(addr.to_string(), e.to_string()))?;

@@ -1,0 +1,172 @@
+//! Blob put/read throughput of BlobService backends, each as a ratio to reading the same bytes
+//! from plain files, measured in the same run. Driven by `scripts/bench-castore`, which builds
+//! it in release mode, prepares the data and starts the daemon.
+//!
+//! Usage: `bench_castore BIG_FILE SMALL_DIR LABEL=ADDR...`
+//!   BIG_FILE   one large file (1 GiB in the script), put and read as one blob;
+//!   SMALL_DIR  a directory of small files (10,000 in the script), each put and read as a blob;
+//!   LABEL=ADDR a BlobService address to measure, e.g. `local=objectstore+file:///tmp/b`,
+//!              `daemon=grpc+unix:///tmp/d.sock`.
+//!
+//! Every read goes through the service's verifying reader and is checked against the digest the
+//! put returned, so a fast but wrong path cannot win. Reads (the baseline's too) are repeated
+//! ROUNDS times and the best round counts: on a shared machine, other load only ever slows a
+//! round down, so the best one is the closest to what the code itself costs. Puts are measured
+//! once (each stores new data, fsynced).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tvix_store::castore::B3Digest;
+use tvix_store::castore::blobservice::{self, BlobService};
+
+const BUF: usize = 1024 * 1024;
+const ROUNDS: usize = 3;
+
+/// Reads everything from `r`, returning the byte count.
+async fn drain(mut r: impl AsyncRead + Unpin, buf: &mut [u8]) -> std::io::Result<u64> {
+    let mut n = 0u64;
+    loop {
+        let got = r.read(buf).await?;
+        if got == 0 {
+            return Ok(n);
+        }
+        n += got as u64;
+    }
+}
+
+async fn read_file(path: &Path, buf: &mut [u8]) -> u64 {
+    let file = tokio::fs::File::open(path).await.expect("open");
+    drain(file, buf).await.expect("read")
+}
+
+async fn put_file(service: &dyn BlobService, path: &Path, buf: &mut [u8]) -> B3Digest {
+    let mut file = tokio::fs::File::open(path).await.expect("open");
+    let mut w = service.open_write().await;
+    loop {
+        let n = file.read(buf).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        w.write_all(&buf[..n]).await.expect("write blob");
+    }
+    w.close().await.expect("close blob")
+}
+
+async fn read_blob(service: &dyn BlobService, digest: &B3Digest, buf: &mut [u8]) -> u64 {
+    let r = service.open_read(digest).await.expect("open_read").expect("blob present");
+    drain(r, buf).await.expect("read blob")
+}
+
+fn rate(bytes: u64, took: Duration) -> f64 {
+    bytes as f64 / took.as_secs_f64() / 1e6
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 3 {
+        eprintln!("usage: bench_castore BIG_FILE SMALL_DIR LABEL=ADDR...");
+        std::process::exit(2);
+    }
+    let big = PathBuf::from(&args[0]);
+    let mut small: Vec<PathBuf> = std::fs::read_dir(&args[1])
+        .expect("read SMALL_DIR")
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    small.sort();
+    let mut buf = vec![0u8; BUF];
+
+    // Baseline: plain file reads, page cache warm (as it is for everything measured after).
+    read_file(&big, &mut buf).await;
+    let mut big_bytes = 0;
+    let mut big_took = Duration::MAX;
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        big_bytes = read_file(&big, &mut buf).await;
+        big_took = big_took.min(t.elapsed());
+    }
+    let base_big = rate(big_bytes, big_took);
+    for p in &small {
+        read_file(p, &mut buf).await;
+    }
+    let mut small_bytes = 0;
+    let mut small_took = Duration::MAX;
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        small_bytes = 0;
+        for p in &small {
+            small_bytes += read_file(p, &mut buf).await;
+        }
+        small_took = small_took.min(t.elapsed());
+    }
+    let base_small = rate(small_bytes, small_took);
+    println!(
+        "baseline plain file read: 1 big file {:.0} MB/s ({} bytes); {} small files {:.0} MB/s ({} bytes)",
+        base_big,
+        big_bytes,
+        small.len(),
+        base_small,
+        small_bytes
+    );
+    println!("{:<8} {:<22} {:>10} {:>8}", "target", "operation", "MB/s", "ratio");
+    println!("(ratio: MB/s over the plain file read of the same bytes; reads: best of {ROUNDS} rounds)");
+
+    let results = std::cell::RefCell::new(Vec::<(String, &str, f64)>::new());
+    for target in &args[2..] {
+        let (label, addr) = target.split_once('=').expect("LABEL=ADDR");
+        let service = blobservice::from_addr(addr).await.expect("open service");
+        let line = |op: &'static str, mbs: f64, base: f64| {
+            println!("{label:<8} {op:<22} {mbs:>10.0} {:>8.2}", mbs / base);
+            results.borrow_mut().push((label.to_string(), op, mbs));
+        };
+
+        let t = Instant::now();
+        let digest = put_file(service.as_ref(), &big, &mut buf).await;
+        line("put 1 big blob", rate(big_bytes, t.elapsed()), base_big);
+        let mut took = Duration::MAX;
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            assert_eq!(read_blob(service.as_ref(), &digest, &mut buf).await, big_bytes);
+            took = took.min(t.elapsed());
+        }
+        line("read 1 big blob", rate(big_bytes, took), base_big);
+
+        let t = Instant::now();
+        let mut digests = Vec::with_capacity(small.len());
+        for p in &small {
+            digests.push(put_file(service.as_ref(), p, &mut buf).await);
+        }
+        line("put small blobs", rate(small_bytes, t.elapsed()), base_small);
+        let mut took = Duration::MAX;
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            let mut n = 0;
+            for d in &digests {
+                n += read_blob(service.as_ref(), d, &mut buf).await;
+            }
+            assert_eq!(n, small_bytes);
+            took = took.min(t.elapsed());
+        }
+        line("read small blobs", rate(small_bytes, took), base_small);
+        // The latency behind small-blob reads: one lookup (a Stat call through the daemon).
+        let t = Instant::now();
+        for d in &digests {
+            assert!(service.has(d).await.expect("has"));
+        }
+        println!("{label:<8} {:<22} {:>10.1?}", "has() per blob", t.elapsed() / digests.len() as u32);
+    }
+    // Each later target relative to the first (e.g. daemon over local).
+    let results = results.into_inner();
+    if let Some((first, _, _)) = results.first().cloned() {
+        for (label, op, mbs) in &results {
+            if *label == first {
+                continue;
+            }
+            if let Some((_, _, base)) = results.iter().find(|(l, o, _)| *l == first && o == op) {
+                println!("{label}/{first} {op}: {:.2}", mbs / base);
+            }
+        }
+    }
+}

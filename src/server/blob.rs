@@ -1,0 +1,114 @@
+//! The `tvix.castore.v1.BlobService` gRPC server over any [`BlobService`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::castore::blobservice::BlobService;
+use crate::castore::B3Digest;
+use crate::proto::castore as proto;
+
+/// Largest message a Read sends: the largest chunk, so a chunk read by its digest travels as
+/// one message without being copied into pieces.
+const READ_MESSAGE_SIZE: usize = 1024 * 1024;
+
+/// Serves a [`BlobService`] over gRPC.
+pub struct BlobServer {
+    blob: Arc<dyn BlobService>,
+}
+
+impl BlobServer {
+    /// Serves `blob`.
+    pub fn new(blob: Arc<dyn BlobService>) -> Self {
+        Self { blob }
+    }
+}
+
+/// Parses a digest from a request, naming the field in the error.
+pub(super) fn request_digest(field: &str, raw: &[u8]) -> Result<B3Digest, Status> {
+    B3Digest::try_from(raw).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+#[tonic::async_trait]
+impl proto::blob_service_server::BlobService for BlobServer {
+    async fn stat(&self, request: Request<proto::StatBlobRequest>) -> Result<Response<proto::StatBlobResponse>, Status> {
+        let request = request.into_inner();
+        let digest = request_digest("digest", &request.digest)?;
+        let not_found = || Status::not_found(format!("blob {digest}"));
+        let mut response = proto::StatBlobResponse::default();
+        if request.send_chunks {
+            let chunks = self.blob.chunks(&digest).await?.ok_or_else(not_found)?;
+            response.chunks = chunks
+                .into_iter()
+                .map(|c| proto::stat_blob_response::ChunkMeta {
+                    digest: c.digest.into(),
+                    size: c.size,
+                })
+                .collect();
+        } else if !self.blob.has(&digest).await? {
+            return Err(not_found());
+        }
+        // send_bao is not supported: an empty `bao` is what the protocol says to send then.
+        Ok(Response::new(response))
+    }
+
+    type ReadStream = Pin<Box<dyn Stream<Item = Result<proto::BlobChunk, Status>> + Send>>;
+
+    async fn read(&self, request: Request<proto::ReadBlobRequest>) -> Result<Response<Self::ReadStream>, Status> {
+        let digest = request_digest("digest", &request.into_inner().digest)?;
+        let mut reader = self
+            .blob
+            .open_read(&digest)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("blob {digest}")))?;
+        let stream = async_stream::try_stream! {
+            loop {
+                let mut buf = BytesMut::with_capacity(READ_MESSAGE_SIZE);
+                while buf.len() < READ_MESSAGE_SIZE {
+                    // The reader verifies every chunk (and the blob) before handing out its bytes,
+                    // so an error here means corruption or a backend failure: end the stream with it.
+                    let n = reader.read_buf(&mut buf).await.map_err(|e| read_error(&digest, e))?;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                if buf.is_empty() {
+                    break;
+                }
+                yield proto::BlobChunk { data: buf.freeze() };
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn put(&self, request: Request<Streaming<proto::BlobChunk>>) -> Result<Response<proto::PutBlobResponse>, Status> {
+        let mut incoming = request.into_inner();
+        let mut writer = self.blob.open_write().await;
+        while let Some(message) = incoming.next().await {
+            // On a broken stream the writer is dropped unclosed: nothing is stored under a digest.
+            let message = message?;
+            if let Err(e) = writer.write_all(&message.data).await {
+                // A write only fails when the storing task gave up; its error says why.
+                return Err(match writer.close().await {
+                    Err(cause) => cause.into(),
+                    Ok(_) => Status::internal(format!("storing blob: {e}")),
+                });
+            }
+        }
+        let digest = writer.close().await?;
+        Ok(Response::new(proto::PutBlobResponse { digest: digest.into() }))
+    }
+}
+
+fn read_error(digest: &B3Digest, e: std::io::Error) -> Status {
+    let message = format!("reading blob {digest}: {e}");
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Status::not_found(message),
+        std::io::ErrorKind::InvalidData => Status::data_loss(message),
+        _ => Status::internal(message),
+    }
+}

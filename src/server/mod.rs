@@ -1,0 +1,166 @@
+//! gRPC servers for our three services (wire-compatible with tvix), plus `grpc.health.v1` and
+//! server reflection (v1 and v1alpha), on a TCP address or a unix socket.
+
+mod blob;
+mod directory;
+mod listen;
+mod owner;
+mod pathinfo;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::Server;
+use tonic::transport::server::{Router, TcpIncoming};
+
+pub use blob::BlobServer;
+pub use directory::DirectoryServer;
+pub use listen::{ListenAddr, Listener, SocketFile};
+pub use owner::{OwnerSocket, serve_owner_socket};
+pub use pathinfo::{NoNarCalculation, PathInfoServer};
+
+use crate::castore::blobservice::BlobService;
+use crate::castore::directoryservice::DirectoryService;
+use crate::grpc::MAX_MESSAGE_SIZE;
+use crate::pathinfo::{NarCalculationService, PathInfoService};
+use crate::proto::castore::blob_service_server::BlobServiceServer;
+use crate::proto::castore::directory_service_server::DirectoryServiceServer;
+use crate::proto::store::path_info_service_server::PathInfoServiceServer;
+use crate::services::Services;
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid listen address {0:?}: expected host:port (e.g. 127.0.0.1:8000, [::1]:8000) or a socket path")]
+    InvalidAddr(String),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error("{0} exists and is not a socket; not replacing it")]
+    NotSocket(std::path::PathBuf),
+    #[error("another server is already listening on {0}")]
+    InUse(std::path::PathBuf),
+    #[error("gRPC server reflection: {0}")]
+    Reflection(String),
+    #[error("server task failed: {0}")]
+    Task(String),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// What a server serves.
+#[derive(Clone)]
+pub struct Handlers {
+    /// Blobs.
+    pub blob: Arc<dyn BlobService>,
+    /// Directories.
+    pub directory: Arc<dyn DirectoryService>,
+    /// PathInfo.
+    pub path_info: Arc<dyn PathInfoService>,
+    /// Answers CalculateNAR.
+    pub nar: Arc<dyn NarCalculationService>,
+}
+
+impl Handlers {
+    /// Serves `services`, with this build's NAR calculation over them.
+    pub fn from_services(services: &Services) -> Self {
+        Self {
+            blob: services.blob.clone(),
+            directory: services.directory.clone(),
+            path_info: services.path_info.clone(),
+            nar: nar_calculation(services),
+        }
+    }
+}
+
+/// The NAR calculation a server over `services` offers.
+pub fn nar_calculation(services: &Services) -> Arc<dyn NarCalculationService> {
+    Arc::new(crate::nar::NarCalculator::new(services.blob.clone(), services.directory.clone()))
+}
+
+/// Time connections get to finish their calls after shutdown was asked for; a client keeping a
+/// stream open must not keep the daemon (and the store lock) alive indefinitely.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The server pings idle clients too, so connections of vanished clients are closed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Same flow-control windows as our client (see grpc::channel).
+const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
+async fn router(handlers: Handlers) -> Result<Router, ServeError> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let blob = BlobServiceServer::new(BlobServer::new(handlers.blob))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let directory = DirectoryServiceServer::new(DirectoryServer::new(handlers.directory))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let path_info = PathInfoServiceServer::new(PathInfoServer::new(handlers.path_info, handlers.nar))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    health_reporter.set_serving::<BlobServiceServer<BlobServer>>().await;
+    health_reporter.set_serving::<DirectoryServiceServer<DirectoryServer>>().await;
+    health_reporter.set_serving::<PathInfoServiceServer<PathInfoServer>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    Ok(Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(blob)
+        .add_service(directory)
+        .add_service(path_info))
+}
+
+/// Serves `handlers` on `listener` until `shutdown` resolves; then lets calls in progress finish
+/// for a few seconds and returns. A unix socket file is removed on return.
+pub async fn serve(
+    listener: Listener,
+    handlers: Handlers,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let router = router(handlers).await?;
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signal = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.notify_one();
+        }
+    };
+    let grace = async {
+        stopping.notified().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tracing::warn!("calls still running {SHUTDOWN_GRACE:?} after shutdown; closing their connections");
+    };
+    match listener {
+        Listener::Tcp(l) => {
+            let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+            tokio::select! {
+                result = router.serve_with_incoming_shutdown(incoming, signal) => result?,
+                () = grace => {}
+            }
+        }
+        Listener::Unix(l, socket_file) => {
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+            tokio::select! {
+                result = router.serve_with_incoming_shutdown(incoming, signal) => result?,
+                () = grace => {}
+            }
+            drop(socket_file);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Serving the embedded default store on its socket while a long-running command owns it, so
+//! other commands on the same store talk to this process instead of waiting for the store lock.
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::{Handlers, ListenAddr, Listener, ServeError, SocketFile, serve};
+use crate::defaultstore::SOCKET_NAME;
+use crate::services::Services;
+
+/// The default store being served on `<store dir>/daemon.sock`. Dropping it stops serving and
+/// removes the socket file; [`OwnerSocket::shutdown`] does the same and waits for the server.
+pub struct OwnerSocket {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+    socket: SocketFile,
+}
+
+/// When `services` are the embedded default store opened as owner (`store_lock` is set), starts
+/// serving them on the store's socket in a background task and returns its guard; otherwise
+/// (services given by address) returns `None`. Must be called within a Tokio runtime.
+pub async fn serve_owner_socket(services: &Services) -> Result<Option<OwnerSocket>, ServeError> {
+    let Some(lock) = &services.store_lock else {
+        return Ok(None);
+    };
+    let addr = ListenAddr::Unix(lock.dir().join(SOCKET_NAME));
+    let listener = Listener::bind(&addr).await?;
+    let Listener::Unix(_, socket_file) = &listener else {
+        return Err(ServeError::InvalidAddr(addr.to_string()));
+    };
+    let socket = socket_file.twin();
+    let handlers = Handlers::from_services(services);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, handlers, async move {
+        let _ = stopped.await;
+    }));
+    tracing::info!("serving the store on {}", socket.path().display());
+    Ok(Some(OwnerSocket {
+        stop: Some(stop),
+        task: Some(task),
+        socket,
+    }))
+}
+
+impl OwnerSocket {
+    /// The socket path.
+    pub fn path(&self) -> &std::path::Path {
+        self.socket.path()
+    }
+
+    /// Stops serving, waits for calls in progress (a few seconds at most), removes the socket.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        self.socket.remove();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => match tokio::time::timeout(Duration::from_secs(10), task).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(e)) => Err(ServeError::Task(e.to_string())),
+                Err(_) => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for OwnerSocket {
+    fn drop(&mut self) {
+        // New clients must not find a socket for a store that is about to be released.
+        self.socket.remove();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The `tvix.store.v1.PathInfoService` gRPC server over any [`PathInfoService`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::castore::{Error, Node};
+use crate::pathinfo::{NarCalculationService, PathInfo, PathInfoService};
+use crate::proto::castore as castore_proto;
+use crate::proto::store as proto;
+use crate::storepath::{DIGEST_LEN, nixbase32};
+
+/// Serves a [`PathInfoService`] over gRPC, answering CalculateNAR with a
+/// [`NarCalculationService`].
+pub struct PathInfoServer {
+    path_info: Arc<dyn PathInfoService>,
+    nar: Arc<dyn NarCalculationService>,
+}
+
+impl PathInfoServer {
+    /// Serves `path_info`, computing NAR hashes with `nar`.
+    pub fn new(path_info: Arc<dyn PathInfoService>, nar: Arc<dyn NarCalculationService>) -> Self {
+        Self { path_info, nar }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::path_info_service_server::PathInfoService for PathInfoServer {
+    async fn get(&self, request: Request<proto::GetPathInfoRequest>) -> Result<Response<proto::PathInfo>, Status> {
+        let Some(proto::get_path_info_request::ByWhat::ByOutputHash(raw)) = request.into_inner().by_what else {
+            return Err(Status::invalid_argument("by_what: no by_output_hash given"));
+        };
+        let digest: [u8; DIGEST_LEN] = raw[..].try_into().map_err(|_| {
+            Status::invalid_argument(format!(
+                "by_output_hash is {} bytes long, expected {DIGEST_LEN}",
+                raw.len()
+            ))
+        })?;
+        let info = self.path_info.get(digest).await?.ok_or_else(|| {
+            Status::not_found(format!("no PathInfo for store path digest {}", nixbase32::encode(&digest)))
+        })?;
+        Ok(Response::new(info.to_proto()))
+    }
+
+    async fn put(&self, request: Request<proto::PathInfo>) -> Result<Response<proto::PathInfo>, Status> {
+        let info = PathInfo::from_proto(request.into_inner())
+            .map_err(|e| Status::invalid_argument(format!("invalid PathInfo: {e}")))?;
+        let stored = self.path_info.put(info).await?;
+        Ok(Response::new(stored.to_proto()))
+    }
+
+    async fn calculate_nar(&self, request: Request<castore_proto::Node>) -> Result<Response<proto::CalculateNarResponse>, Status> {
+        let (_name, node) = Node::from_proto(request.into_inner())
+            .map_err(|e| Status::invalid_argument(format!("invalid node: {e}")))?;
+        let (nar_size, sha256) = self.nar.calculate_nar(&node).await?;
+        Ok(Response::new(proto::CalculateNarResponse {
+            nar_size,
+            nar_sha256: Bytes::copy_from_slice(&sha256),
+        }))
+    }
+
+    type ListStream = Pin<Box<dyn Stream<Item = Result<proto::PathInfo, Status>> + Send>>;
+
+    async fn list(&self, _request: Request<proto::ListPathInfoRequest>) -> Result<Response<Self::ListStream>, Status> {
+        let service = self.path_info.clone();
+        let stream = async_stream::try_stream! {
+            let mut all = service.list();
+            while let Some(info) = all.next().await {
+                yield info.map_err(Status::from)?.to_proto();
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// A [`NarCalculationService`] for servers without one: CalculateNAR answers UNAVAILABLE.
+pub struct NoNarCalculation;
+
+#[tonic::async_trait]
+impl NarCalculationService for NoNarCalculation {
+    async fn calculate_nar(&self, _root: &Node) -> Result<(u64, [u8; 32]), Error> {
+        Err(Error::Unavailable("NAR calculation is not built into this server yet".into()))
+    }
+}

@@ -1,0 +1,323 @@
+//! BlobService over gRPC against real servers: the `tvix-store daemon` binary on a unix socket
+//! and on loopback TCP, and in-process servers over instrumented backends where the test needs
+//! to see which chunks were fetched or needs a server that lies.
+
+mod grpc_common;
+
+use std::collections::HashSet;
+use std::io::SeekFrom;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use grpc_common::{Daemon, data};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tvix_store::castore::blobservice::{self, BlobReader, BlobService, BlobWriter, ChunkMeta, CHUNK_MAX, CHUNK_MIN};
+use tvix_store::castore::{B3Digest, Error};
+use tvix_store::proto::castore as proto;
+use tvix_store::proto::castore::blob_service_client::BlobServiceClient;
+use tvix_store::server::{self, Handlers, ListenAddr, Listener, NoNarCalculation};
+
+async fn put(service: &dyn BlobService, content: &[u8]) -> B3Digest {
+    let mut w = service.open_write().await;
+    // Odd piece sizes, so message boundaries never line up with chunk boundaries.
+    for piece in content.chunks(77_777) {
+        w.write_all(piece).await.unwrap();
+    }
+    w.close().await.unwrap()
+}
+
+async fn read_all(service: &dyn BlobService, digest: &B3Digest) -> Vec<u8> {
+    let mut r = service.open_read(digest).await.unwrap().expect("blob must exist");
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).await.unwrap();
+    back
+}
+
+async fn roundtrip_sizes(addr: &str) {
+    let service = blobservice::from_addr(addr).await.unwrap();
+    let sizes = [0, 1, CHUNK_MIN - 1, CHUNK_MIN, CHUNK_MIN + 1, CHUNK_MAX - 1, CHUNK_MAX, CHUNK_MAX + 1, 7_654_321];
+    for (seed, len) in sizes.into_iter().enumerate() {
+        let content = data(len, seed as u32 + 1);
+        let digest = put(service.as_ref(), &content).await;
+        assert_eq!(digest, B3Digest::of(&content), "digest of a {len}-byte blob");
+        assert!(service.has(&digest).await.unwrap(), "has() after put of {len} bytes");
+        let chunks = service.chunks(&digest).await.unwrap().expect("chunk list");
+        assert_eq!(chunks.iter().map(|c| c.size).sum::<u64>(), len as u64, "chunk sizes of {len} bytes");
+        assert!(chunks.iter().all(|c| c.size <= CHUNK_MAX as u64));
+        if len > 2 * CHUNK_MAX {
+            assert!(chunks.len() > 2, "a {len}-byte blob must be cut into several chunks");
+        }
+        assert!(read_all(service.as_ref(), &digest).await == content, "content of {len} bytes differs");
+        // Every listed chunk can be read on its own, by its digest.
+        for c in &chunks {
+            let chunk = read_all(service.as_ref(), &c.digest).await;
+            assert_eq!(chunk.len() as u64, c.size);
+            assert_eq!(B3Digest::of(&chunk), c.digest);
+        }
+    }
+    let absent = B3Digest::of(b"never stored");
+    assert!(!service.has(&absent).await.unwrap());
+    assert!(service.open_read(&absent).await.unwrap().is_none());
+    assert!(service.chunks(&absent).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roundtrip_over_unix_socket() {
+    let daemon = Daemon::unix();
+    roundtrip_sizes(&daemon.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roundtrip_over_tcp() {
+    let daemon = Daemon::tcp();
+    roundtrip_sizes(&daemon.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seeking_reads_the_right_bytes() {
+    let daemon = Daemon::unix();
+    let service = blobservice::from_addr(&daemon.addr).await.unwrap();
+    let content = data(5_000_000, 99);
+    let digest = put(service.as_ref(), &content).await;
+    let mut r = service.open_read(&digest).await.unwrap().unwrap();
+    for at in [4_999_999u64, 0, 2_500_000, 1_048_576, 123] {
+        r.seek(SeekFrom::Start(at)).await.unwrap();
+        let mut buf = vec![0u8; 1000];
+        let n = r.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        assert_eq!(&buf[..n], &content[at as usize..at as usize + n], "bytes at {at}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_invalid_argument_or_not_found() {
+    let daemon = Daemon::unix();
+    let mut raw = BlobServiceClient::new(tvix_store::grpc::channel(&daemon.addr).unwrap());
+    let short = raw
+        .stat(proto::StatBlobRequest { digest: Bytes::from(vec![1u8; 31]), send_chunks: true, send_bao: false })
+        .await
+        .unwrap_err();
+    assert_eq!(short.code(), tonic::Code::InvalidArgument);
+    assert!(short.message().contains("31 bytes"), "message must name the length: {}", short.message());
+    let short = raw.read(proto::ReadBlobRequest { digest: Bytes::from(vec![1u8; 33]) }).await.unwrap_err();
+    assert_eq!(short.code(), tonic::Code::InvalidArgument);
+    assert!(short.message().contains("33 bytes"), "{}", short.message());
+    let absent = B3Digest::of(b"absent");
+    let missing = raw
+        .stat(proto::StatBlobRequest { digest: absent.into(), send_chunks: false, send_bao: false })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert!(missing.message().contains(&absent.to_string()), "{}", missing.message());
+    let missing = raw.read(proto::ReadBlobRequest { digest: absent.into() }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
+
+/// Counts the bytes a server-side reader handed out.
+struct Counting {
+    inner: Box<dyn BlobReader>,
+    count: Arc<AtomicU64>,
+}
+
+impl tokio::io::AsyncRead for Counting {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.count.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        result
+    }
+}
+
+impl tokio::io::AsyncSeek for Counting {
+    fn start_seek(mut self: std::pin::Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
+        std::pin::Pin::new(&mut self.inner).start_seek(position)
+    }
+    fn poll_complete(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<u64>> {
+        std::pin::Pin::new(&mut self.inner).poll_complete(cx)
+    }
+}
+
+/// A blob service wrapper that records which digests were opened for reading (and how many
+/// bytes were read of them), and can lie.
+struct Instrumented {
+    inner: Arc<dyn BlobService>,
+    reads: Mutex<Vec<B3Digest>>,
+    served: Mutex<Vec<(B3Digest, Arc<AtomicU64>)>>,
+    /// Chunk list answered for every blob instead of the real one (Some(vec![]) = "no chunks").
+    chunk_list: Option<Vec<ChunkMeta>>,
+    /// Bytes served instead of the stored ones.
+    serve_instead: Option<Vec<u8>>,
+}
+
+#[async_trait]
+impl BlobService for Instrumented {
+    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
+        self.inner.has(digest).await
+    }
+    async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
+        self.reads.lock().push(*digest);
+        if let Some(bytes) = &self.serve_instead {
+            return Ok(Some(Box::new(std::io::Cursor::new(bytes.clone()))));
+        }
+        let Some(inner) = self.inner.open_read(digest).await? else {
+            return Ok(None);
+        };
+        let count = Arc::new(AtomicU64::new(0));
+        self.served.lock().push((*digest, count.clone()));
+        Ok(Some(Box::new(Counting { inner, count })))
+    }
+    async fn open_write(&self) -> Box<dyn BlobWriter> {
+        self.inner.open_write().await
+    }
+    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
+        match (&self.chunk_list, self.inner.chunks(digest).await?) {
+            (Some(list), Some(_)) => Ok(Some(list.clone())),
+            (_, real) => Ok(real),
+        }
+    }
+}
+
+/// Serves `blob` in-process on a unix socket; returns the client address and a stop handle.
+async fn in_process(blob: Arc<dyn BlobService>, dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let socket = dir.join("inproc.sock");
+    let listener = Listener::bind(&ListenAddr::Unix(socket.clone())).await.unwrap();
+    let handlers = Handlers {
+        blob,
+        directory: tvix_store::castore::directoryservice::from_addr("memory://").await.unwrap(),
+        path_info: tvix_store::pathinfo::from_addr("memory://").await.unwrap(),
+        nar: Arc::new(NoNarCalculation),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(listener, handlers, async move {
+        let _ = stopped.await;
+    }));
+    (format!("grpc+unix://{}", socket.display()), stop)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ranged_read_fetches_only_the_covering_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = blobservice::from_addr("memory://").await.unwrap();
+    let content = data(24_000_000, 7);
+    let digest = put(backend.as_ref(), &content).await;
+    let chunks = backend.chunks(&digest).await.unwrap().unwrap();
+    assert!(chunks.len() >= 8, "need several chunks, got {}", chunks.len());
+    let instrumented = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: None, serve_instead: None });
+    let (addr, _stop) = in_process(instrumented.clone(), dir.path()).await;
+    let client = blobservice::from_addr(&addr).await.unwrap();
+
+    // The client's chunk list is the server's.
+    assert_eq!(client.chunks(&digest).await.unwrap().unwrap(), chunks);
+
+    // Opening tries one whole-blob read (the fast path for small blobs), which a large blob
+    // cancels early: the server must not have read much of the 24 MB.
+    let mut r = client.open_read(&digest).await.unwrap().unwrap();
+    let probed: u64 = instrumented
+        .served
+        .lock()
+        .iter()
+        .filter(|(d, _)| *d == digest)
+        .map(|(_, n)| n.load(Ordering::Relaxed))
+        .sum();
+    assert!(probed <= 6 * 1024 * 1024, "whole-blob probe read {probed} bytes of the blob");
+    instrumented.reads.lock().clear();
+
+    // 100 bytes from the middle of the third chunk.
+    let start: u64 = chunks[..2].iter().map(|c| c.size).sum::<u64>() + chunks[2].size / 2;
+    r.seek(SeekFrom::Start(start)).await.unwrap();
+    let mut buf = vec![0u8; 100];
+    r.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf[..], &content[start as usize..start as usize + 100]);
+    drop(r);
+    let reads: HashSet<B3Digest> = instrumented.reads.lock().iter().copied().collect();
+    assert_eq!(reads, HashSet::from([chunks[2].digest]), "only the covering chunk may be fetched");
+
+    // A read spanning the boundary of chunks 3 and 4 fetches those two; having moved forward
+    // chunk by chunk, the reader may also fetch (up to 3) following chunks ahead, but nothing
+    // before the range and never the whole blob.
+    let boundary: u64 = chunks[..4].iter().map(|c| c.size).sum();
+    let mut r = client.open_read(&digest).await.unwrap().unwrap();
+    instrumented.reads.lock().clear();
+    r.seek(SeekFrom::Start(boundary - 10)).await.unwrap();
+    let mut buf = vec![0u8; 20];
+    r.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf[..], &content[boundary as usize - 10..boundary as usize + 10]);
+    drop(r);
+    let reads: HashSet<B3Digest> = instrumented.reads.lock().iter().copied().collect();
+    assert!(reads.contains(&chunks[3].digest) && reads.contains(&chunks[4].digest), "{reads:?}");
+    let allowed: HashSet<B3Digest> = chunks[3..chunks.len().min(8)].iter().map(|c| c.digest).collect();
+    assert!(reads.is_subset(&allowed), "fetched chunks outside the range and read-ahead: {reads:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn small_blob_is_read_with_one_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = blobservice::from_addr("memory://").await.unwrap();
+    let content = data(700_000, 8);
+    let digest = put(backend.as_ref(), &content).await;
+    assert!(backend.chunks(&digest).await.unwrap().unwrap().len() > 1, "want a multi-chunk small blob");
+    let instrumented = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: None, serve_instead: None });
+    let (addr, _stop) = in_process(instrumented.clone(), dir.path()).await;
+    let client = blobservice::from_addr(&addr).await.unwrap();
+    assert!(read_all(client.as_ref(), &digest).await == content);
+    assert_eq!(*instrumented.reads.lock(), vec![digest], "one whole-blob Read, no chunk reads");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_without_chunks_is_read_whole_and_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = blobservice::from_addr("memory://").await.unwrap();
+    let content = data(3_000_000, 11);
+    let digest = put(backend.as_ref(), &content).await;
+    let honest = Arc::new(Instrumented { inner: backend.clone(), reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: Some(vec![]), serve_instead: None });
+    let (addr, _stop) = in_process(honest.clone(), dir.path()).await;
+    let client = blobservice::from_addr(&addr).await.unwrap();
+    assert!(read_all(client.as_ref(), &digest).await == content);
+    let reads = honest.reads.lock().clone();
+    assert!(!reads.is_empty() && reads.iter().all(|d| *d == digest), "only whole-blob reads: {reads:?}");
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut wrong = content.clone();
+    wrong[1_234_567] ^= 1;
+    let liar = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: Some(vec![]), serve_instead: Some(wrong) });
+    let (addr, _stop2) = in_process(liar, dir2.path()).await;
+    let client = blobservice::from_addr(&addr).await.unwrap();
+    let err = match client.open_read(&digest).await {
+        Err(e) => e,
+        Ok(_) => panic!("a blob whose bytes do not match its digest must not be readable"),
+    };
+    assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupt_bytes_from_server_are_refused() {
+    // A small blob (read whole) and a large one (read chunk-wise).
+    for len in [200_000, 3_000_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = blobservice::from_addr("memory://").await.unwrap();
+        let content = data(len, 5);
+        let digest = put(backend.as_ref(), &content).await;
+        let mut wrong = content.clone();
+        wrong[len / 2] ^= 0xff;
+        let liar = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: None, serve_instead: Some(wrong) });
+        let (addr, _stop) = in_process(liar, dir.path()).await;
+        let client = blobservice::from_addr(&addr).await.unwrap();
+        match client.open_read(&digest).await {
+            Err(err) => assert!(matches!(err, Error::Corrupt(_)), "{len} bytes: {err:?}"),
+            Ok(None) => panic!("{len} bytes: blob reported absent"),
+            Ok(Some(mut r)) => {
+                let mut back = Vec::new();
+                let err = r.read_to_end(&mut back).await.unwrap_err();
+                assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{len} bytes: {err}");
+                assert!(back.is_empty(), "no unverified byte may be handed out");
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Shared helpers of the gRPC tests: the real `tvix-store daemon` binary as a child process,
+//! and deterministic test data.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `tvix-store daemon` child process, killed when dropped.
+pub struct Daemon {
+    child: Child,
+    /// The gRPC address clients use (`grpc+unix://...` or `grpc+http://...`).
+    pub addr: String,
+    listen: String,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    /// Temporary directory holding the socket and on-disk backends.
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Backend arguments: blobs on disk in `dir`, directories and PathInfo in memory.
+fn backend_args(dir: &Path) -> Vec<String> {
+    vec![
+        "--blob-service-addr".into(),
+        format!("objectstore+file://{}/blobs", dir.display()),
+        "--directory-service-addr".into(),
+        "memory://".into(),
+        "--path-info-service-addr".into(),
+        "memory://".into(),
+    ]
+}
+
+impl Daemon {
+    /// A daemon on a unix socket in a fresh temporary directory.
+    pub fn unix() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let socket = dir.join("test.sock");
+        let mut args = backend_args(&dir);
+        args.extend(["-l".into(), socket.display().to_string()]);
+        Self::start(args, vec![], format!("grpc+unix://{}", socket.display()), socket.display().to_string(), dir, Some(tmp))
+    }
+
+    /// A daemon on a free loopback TCP port.
+    pub fn tcp() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = backend_args(&dir);
+        args.extend(["-l".into(), listen.clone()]);
+        Self::start(args, vec![], format!("grpc+http://{listen}"), listen, dir, Some(tmp))
+    }
+
+    /// `tvix-store daemon` with no addresses on the default store in `store_dir`.
+    pub fn default_store(store_dir: &Path) -> Self {
+        let socket = store_dir.join("daemon.sock");
+        Self::start(
+            vec![],
+            vec![("TVIX_STORE_DIR".into(), store_dir.display().to_string())],
+            format!("grpc+unix://{}", socket.display()),
+            socket.display().to_string(),
+            store_dir.to_path_buf(),
+            None,
+        )
+    }
+
+    fn start(
+        args: Vec<String>,
+        envs: Vec<(String, String)>,
+        addr: String,
+        listen: String,
+        dir: PathBuf,
+        tmp: Option<tempfile::TempDir>,
+    ) -> Self {
+        let child = spawn(&args, &envs);
+        let mut daemon = Self { child, addr, listen, args, envs, dir, _tmp: tmp };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = if self.listen.contains('/') {
+                std::os::unix::net::UnixStream::connect(&self.listen).is_ok()
+            } else {
+                std::net::TcpStream::connect(&self.listen).is_ok()
+            };
+            if up {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("tvix-store daemon exited before listening on {}: {status}", self.listen);
+            }
+            assert!(Instant::now() < deadline, "tvix-store daemon did not listen on {} within 30 s", self.listen);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// Kills the daemon with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the daemon to exit (at most 20 s) and returns its exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "tvix-store daemon did not exit within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the same daemon again (same arguments, same address) after it was killed.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(&self.args, &self.envs);
+        self.wait_ready();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(args: &[String], envs: &[(String, String)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tvix-store"))
+        .arg("daemon")
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_remove("BLOB_SERVICE_ADDR")
+        .env_remove("DIRECTORY_SERVICE_ADDR")
+        .env_remove("PATH_INFO_SERVICE_ADDR")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn tvix-store daemon")
+}
+
+/// A loopback TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Deterministic, incompressible-looking bytes; `seed` makes different blobs.
+pub fn data(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}

@@ -1,0 +1,287 @@
+//! The `tvix-store daemon` process: health and reflection, clean shutdown, stale and busy
+//! sockets, clients surviving a daemon crash, and the embedded default store shared between a
+//! running daemon and other commands.
+
+mod grpc_common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use grpc_common::{Daemon, data};
+use tokio::io::AsyncWriteExt;
+use tvix_store::castore::blobservice::{self, BlobService};
+use tvix_store::castore::{B3Digest, Error};
+
+const OUR_SERVICES: [&str; 3] = [
+    "tvix.castore.v1.BlobService",
+    "tvix.castore.v1.DirectoryService",
+    "tvix.store.v1.PathInfoService",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_reports_serving() {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    for daemon in [Daemon::unix(), Daemon::tcp()] {
+        let mut health = HealthClient::new(tvix_store::grpc::channel(&daemon.addr).unwrap());
+        for service in std::iter::once("").chain(OUR_SERVICES) {
+            let response = health
+                .check(HealthCheckRequest { service: service.to_string() })
+                .await
+                .unwrap_or_else(|s| panic!("health check of {service:?}: {s:?}"))
+                .into_inner();
+            assert_eq!(response.status, ServingStatus::Serving as i32, "health of {service:?}");
+        }
+        let unknown = health
+            .check(HealthCheckRequest { service: "no.such.Service".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reflection_v1_and_v1alpha_list_and_describe_our_services() {
+    let daemon = Daemon::unix();
+    let channel = tvix_store::grpc::channel(&daemon.addr).unwrap();
+
+    use tonic_reflection::pb::v1 as r1;
+    let request = r1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = r1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().expect("a reflection response");
+    let Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = response.message_response
+    else {
+        panic!("expected a service list, got {:?}", response.message_response);
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in OUR_SERVICES.into_iter().chain(["grpc.health.v1.Health"]) {
+        assert!(names.iter().any(|n| n == service), "v1 reflection must list {service}: {names:?}");
+    }
+
+    // Describing a service needs its file descriptor: what grpcurl does for `describe`.
+    let request = r1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "tvix.store.v1.PathInfoService".into(),
+        )),
+    };
+    let mut responses = r1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().expect("a reflection response");
+    let Some(r1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) = response.message_response
+    else {
+        panic!("expected file descriptors, got {:?}", response.message_response);
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+
+    use tonic_reflection::pb::v1alpha as ra;
+    let request = ra::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(ra::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ra::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().expect("a reflection response");
+    let Some(ra::server_reflection_response::MessageResponse::ListServicesResponse(list)) = response.message_response
+    else {
+        panic!("expected a service list, got {:?}", response.message_response);
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in OUR_SERVICES {
+        assert!(names.iter().any(|n| n == service), "v1alpha reflection must list {service}: {names:?}");
+    }
+}
+
+#[test]
+fn sigterm_and_sigint_shut_down_cleanly_and_remove_the_socket() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut daemon = Daemon::unix();
+        let socket = daemon.addr.trim_start_matches("grpc+unix://").to_string();
+        assert!(Path::new(&socket).exists());
+        daemon.signal(signal);
+        let status = daemon.wait_exit();
+        assert!(status.success(), "daemon exit after signal {signal}: {status}");
+        assert!(!Path::new(&socket).exists(), "socket {socket} must be removed on shutdown");
+    }
+}
+
+#[test]
+fn stale_socket_is_replaced_but_a_live_one_is_not() {
+    let mut first = Daemon::unix();
+    let socket = first.addr.trim_start_matches("grpc+unix://").to_string();
+    // SIGKILL leaves the socket file behind; a new daemon must take its place.
+    first.kill();
+    assert!(Path::new(&socket).exists(), "a killed daemon cannot remove its socket");
+    first.restart();
+    // While it runs, a second daemon on the same socket must refuse to start.
+    let out = Command::new(env!("CARGO_BIN_EXE_tvix-store"))
+        .args(["daemon", "--blob-service-addr", "memory://", "--directory-service-addr", "memory://"])
+        .args(["--path-info-service-addr", "memory://", "-l", &socket])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a second daemon on a live socket must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already listening"), "stderr: {stderr}");
+    // Nor does it replace a file that is not a socket.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-socket");
+    std::fs::write(&file, b"keep me").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tvix-store"))
+        .args(["daemon", "--blob-service-addr", "memory://", "--directory-service-addr", "memory://"])
+        .args(["--path-info-service-addr", "memory://", "-l"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}
+
+async fn put(service: &dyn BlobService, content: &[u8]) -> Result<B3Digest, Error> {
+    let mut w = service.open_write().await;
+    w.write_all(content).await.map_err(|e| Error::Storage(e.to_string()))?;
+    w.close().await
+}
+
+/// Runs `call` and requires it to fail (not hang) within 10 s; returns how long it took.
+async fn fails_promptly<T: std::fmt::Debug>(what: &str, call: impl std::future::Future<Output = Result<T, Error>>) -> Duration {
+    let start = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Err(_) => panic!("{what}: hung for 10 s instead of failing"),
+        Ok(Ok(v)) => panic!("{what}: succeeded without a daemon: {v:?}"),
+        Ok(Err(e)) => assert!(matches!(e, Error::Unavailable(_)), "{what}: {e:?}"),
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_fail_promptly_when_the_daemon_dies_and_recover_when_it_returns() {
+    for mut daemon in [Daemon::unix(), Daemon::tcp()] {
+        let client = blobservice::from_addr(&daemon.addr).await.unwrap();
+        let content = data(3_000_000, 3);
+        let digest = put(client.as_ref(), &content).await.unwrap();
+
+        daemon.kill();
+        fails_promptly("has() after SIGKILL", client.has(&digest)).await;
+        fails_promptly("put() after SIGKILL", put(client.as_ref(), b"x")).await;
+
+        daemon.restart();
+        // Same client object: it reconnects by itself. (The daemon's blobs are on disk.)
+        assert!(client.has(&digest).await.unwrap());
+        assert_eq!(put(client.as_ref(), &content).await.unwrap(), digest);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_to_a_hung_daemon_fail_instead_of_hanging() {
+    let daemon = Daemon::unix();
+    let client = blobservice::from_addr(&daemon.addr).await.unwrap();
+    let digest = put(client.as_ref(), b"hello").await.unwrap();
+    // A stopped process keeps its socket open but never answers: only HTTP/2 keepalive notices.
+    daemon.signal(libc::SIGSTOP);
+    let took = fails_promptly("has() on a stopped daemon", client.has(&digest)).await;
+    eprintln!("call to a stopped daemon failed after {took:?}");
+    // A new client, which has to connect first, must not hang either.
+    let fresh = blobservice::from_addr(&daemon.addr).await.unwrap();
+    let took = fails_promptly("has() on a stopped daemon, new connection", fresh.has(&digest)).await;
+    eprintln!("new connection to a stopped daemon failed after {took:?}");
+    daemon.signal(libc::SIGCONT);
+    let mut recovered = false;
+    for _ in 0..50 {
+        if client.has(&digest).await.unwrap_or(false) {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "client must work again once the daemon continues");
+}
+
+/// Runs a tvix-store command on the default store in `store_dir`. A command that did not find
+/// the owner's socket would wait for the store lock forever: it gets 60 s, then fails the test.
+fn tvix_store(store_dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tvix-store"))
+        .args(args)
+        .env("TVIX_STORE_DIR", store_dir)
+        .env_remove("BLOB_SERVICE_ADDR")
+        .env_remove("DIRECTORY_SERVICE_ADDR")
+        .env_remove("PATH_INFO_SERVICE_ADDR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tvix-store");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!("tvix-store {args:?} hung (waiting for the store lock?): {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("wait")
+}
+
+fn import(store_dir: &Path, path: &Path) -> String {
+    let out = tvix_store(store_dir, &["import", path.to_str().unwrap()]);
+    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn path_info_ok(store_dir: &Path, store_path: &str) -> bool {
+    let out = tvix_store(store_dir, &["path-info", store_path]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("path-info output is not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    json[0]["valid"] != serde_json::Value::Bool(false) && json[0]["narHash"].is_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn default_store_is_shared_between_the_daemon_and_other_commands() {
+    let store = tempfile::tempdir().unwrap();
+    let store_dir = store.path();
+    let src = tempfile::tempdir().unwrap();
+    let file_a = src.path().join("a.txt");
+    let file_b = src.path().join("b.txt");
+    std::fs::write(&file_a, b"imported while the daemon owns the store\n").unwrap();
+    std::fs::write(&file_b, b"imported with no daemon running\n").unwrap();
+
+    // With a daemon owning the store, other commands go through its socket: they would
+    // otherwise block waiting for the store lock the daemon holds.
+    let mut daemon = Daemon::default_store(store_dir);
+    assert!(store_dir.join("daemon.sock").exists());
+    let path_a = import(store_dir, &file_a);
+    assert!(path_a.starts_with("/nix/store/"), "{path_a}");
+    assert!(path_info_ok(store_dir, &path_a));
+    // What the command stored went to the daemon, which serves it on the store's socket.
+    let path_info = tvix_store::pathinfo::from_addr(&tvix_store::defaultstore::socket_addr(store_dir)).await.unwrap();
+    let basename = path_a.trim_start_matches("/nix/store/");
+    let sp = tvix_store::storepath::StorePath::from_basename(basename).unwrap();
+    let info = path_info.get(*sp.digest()).await.unwrap().expect("PathInfo via the owner's socket");
+    assert_eq!(info.store_path, sp);
+
+    // Clean shutdown releases the lock and removes the socket ...
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit().success());
+    assert!(!store_dir.join("daemon.sock").exists());
+    // ... and then a command opens the store's files itself.
+    let path_b = import(store_dir, &file_b);
+    assert!(path_info_ok(store_dir, &path_a), "data written through the daemon persists");
+    assert!(path_info_ok(store_dir, &path_b));
+
+    // A new daemon serves what the command stored on its own.
+    daemon.restart();
+    assert!(path_info_ok(store_dir, &path_b));
+}
