@@ -47,6 +47,10 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 /// Runs the command: serves VMM connections until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let services = args.services.open(Role::Owner).await?;
+    // Other commands on the default store (import while guests run) talk to us over its socket.
+    let owner = tvix_store::server::serve_owner_socket(&services)
+        .await
+        .context("cannot serve the default store to other commands")?;
     let options = Options { list_root: args.list_root, show_xattr: args.show_xattr, ..Options::default() };
     let fs = Arc::new(StoreFs::new(
         services.blob.clone(),
@@ -89,6 +93,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The accept thread owns the listener and never returns; remove the socket ourselves so
     // no VMM connects to a daemon that is going away.
     let _ = std::fs::remove_file(&socket_path);
+    if let Some(owner) = owner
+        && let Err(e) = owner.shutdown().await
+    {
+        tracing::warn!(error = %e, "stopping the default store's socket");
+    }
     drop(services);
     result
 }
