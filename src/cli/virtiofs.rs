@@ -46,6 +46,9 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 /// Runs the command: serves VMM connections until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Handlers first: once the socket exists, SIGINT/SIGTERM must end us cleanly.
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let services = args.services.open(Role::Owner).await?;
     // Other commands on the default store (import while guests run) talk to us over its socket.
     let owner = tvix_store::server::serve_owner_socket(&services)
@@ -64,8 +67,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let socket_path = socket.path().to_owned();
     tracing::info!(socket = %socket_path.display(), "virtiofs: waiting for a VMM");
 
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let config = DaemonConfig {
         request_queues: usize::from(args.request_queues),
         runtime: Some(tokio::runtime::Handle::current()),
