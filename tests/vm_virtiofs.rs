@@ -175,3 +175,34 @@ fn daemon_serves_guest_reboots_and_reconnects_then_exits_cleanly_on_sigterm() {
     assert!(status.success(), "SIGTERM must end the daemon cleanly, got {status}");
     assert!(!socket.exists(), "the socket must be removed on exit");
 }
+
+#[test]
+fn daemon_survives_a_guest_that_dies_in_the_middle_of_reads() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    let tree = tmp.path().join("tree");
+    make_sample_tree(&tree);
+    let b = import(&store, &tree);
+    let mut daemon = TvixVirtiofs::start(&store, &tmp.path().join("vfs.sock"), &[]);
+
+    // Readers loop over the largest file while the guest powers off without unmounting, so
+    // the VMM goes away with requests in flight.
+    let script = format!(
+        "for i in 1 2 3 4; do (while :; do cat /nix/store/{b}/lib/libbig.so > /dev/null; done) & done\n\
+         sleep 3\n\
+         echo o > /proc/sysrq-trigger\n\
+         sleep 30\n"
+    );
+    let r = Guest::with_socket(&daemon.socket).timeout_secs(240).try_run(&script);
+    assert!(
+        r.status != 0 && r.stderr.contains("results"),
+        "the guest was meant to die without a result; status {}, stderr:\n{}",
+        r.status,
+        r.stderr
+    );
+    daemon.assert_running("after its guest died mid-read");
+
+    let out = Guest::with_socket(&daemon.socket).run(&manifests_script(&[&b]));
+    assert_eq!(out, format!("## {b}\n{}", host_manifest(&tree)));
+    daemon.assert_running("after serving the next guest");
+}
