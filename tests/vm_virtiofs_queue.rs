@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, GetattrIn, InHeader, InitIn, InitOut, Opcode, OutHeader, ReadIn,
+    AttrOut, EntryOut, GetattrIn, GetxattrIn, InHeader, InitIn, InitOut, OpenIn, OpenOut, Opcode, OutHeader,
+    ReadIn,
 };
 use fuse_backend_rs::api::server::Server;
 use tvix_store::fs::{Options, StoreFs};
@@ -56,16 +57,29 @@ struct Completion {
 
 impl Guest {
     fn new() -> Self {
+        Self::with_tree(None, Options::default()).0
+    }
+
+    /// A guest whose store holds `tree` (if given) imported as a store path, whose basename is
+    /// returned.
+    fn with_tree(tree: Option<&std::path::Path>, options: Options) -> (Self, String) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
-        let fs = runtime.block_on(async {
+        let (fs, basename) = runtime.block_on(async {
             let blob = tvix_store::castore::blobservice::from_addr("memory://").await.expect("blob");
             let dir = tvix_store::castore::directoryservice::from_addr("memory://").await.expect("dir");
             let pi = tvix_store::pathinfo::from_addr("memory://").await.expect("pathinfo");
-            StoreFs::new(blob, dir, pi, tokio::runtime::Handle::current(), Options::default())
+            let mut basename = String::new();
+            if let Some(tree) = tree {
+                let info = tvix_store::import::import_path(blob.clone(), dir.clone(), pi.as_ref(), tree, None)
+                    .await
+                    .expect("import");
+                basename = info.store_path.to_basename();
+            }
+            (StoreFs::new(blob, dir, pi, tokio::runtime::Handle::current(), options), basename)
         });
         let fs = Arc::new(fs);
         let server = Server::new(VirtioStoreFs::new(fs.clone()));
@@ -76,7 +90,7 @@ impl Guest {
         vring.set_queue_info(DESC_TABLE, AVAIL_RING, USED_RING).expect("queue addresses");
         vring.set_queue_ready(true);
         vring.set_enabled(true);
-        Guest {
+        let guest = Guest {
             mem,
             vring,
             server,
@@ -87,7 +101,28 @@ impl Guest {
             used_seen: 0,
             next_buf: BUFFERS,
             unique: 100,
-        }
+        };
+        (guest, basename)
+    }
+
+    /// The reply body after the header.
+    fn body<T: ByteValued>(&self, c: &Completion) -> T {
+        self.mem
+            .memory()
+            .read_obj(GuestAddress(c.reply_addr + size_of::<OutHeader>() as u64))
+            .expect("reply body")
+    }
+
+    /// LOOKUP of `name` in `parent`; returns the inode.
+    fn lookup(&mut self, parent: u64, name: &str) -> u64 {
+        let mut body = name.as_bytes().to_vec();
+        body.push(0);
+        let (h, c) = self.request(Opcode::Lookup as u32, parent, &body, 4096);
+        let reply = c.reply.expect("lookup reply");
+        assert_eq!((reply.unique, reply.error), (h.unique, 0), "lookup {name}");
+        let entry: EntryOut = self.body(&c);
+        assert_ne!(entry.nodeid, 0, "lookup {name}: negative entry");
+        entry.nodeid
     }
 
     fn write_at(&self, addr: u64, data: &[u8]) {
@@ -396,4 +431,60 @@ fn worker_pool_answers_every_request_of_a_batch() {
     }
     assert!(sent.is_empty());
     drop(pool);
+}
+
+#[test]
+fn reads_past_the_end_return_nothing_and_xattrs_answer() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tree = tmp.path().join("pkg");
+    std::fs::create_dir_all(tree.join("share")).expect("mkdir");
+    std::fs::write(tree.join("share/data"), b"0123456789").expect("write");
+    let options = Options { show_xattr: true, ..Options::default() };
+    let (mut g, basename) = Guest::with_tree(Some(&tree), options);
+    g.init();
+    let pkg = g.lookup(1, &basename);
+    let share = g.lookup(pkg, "share");
+    let file = g.lookup(share, "data");
+
+    let open = OpenIn { flags: libc::O_RDONLY as u32, fuse_flags: 0 };
+    let (h, c) = g.request(Opcode::Open as u32, file, open.as_slice(), 4096);
+    assert_eq!(c.reply.map(|r| (r.unique, r.error)), Some((h.unique, 0)), "open");
+    let fh = g.body::<OpenOut>(&c).fh;
+
+    let read = |g: &mut Guest, offset: u64, size: u32| {
+        let body = ReadIn { fh, offset, size, flags: libc::O_RDONLY as u32, ..Default::default() };
+        let (h, c) = g.request(Opcode::Read as u32, file, body.as_slice(), 4096);
+        let reply = c.reply.expect("read reply");
+        assert_eq!((reply.unique, reply.error), (h.unique, 0), "read at {offset}");
+        let n = reply.len as usize - size_of::<OutHeader>();
+        let mut data = vec![0u8; n];
+        g.mem
+            .memory()
+            .read_slice(&mut data, GuestAddress(c.reply_addr + size_of::<OutHeader>() as u64))
+            .expect("read data");
+        data
+    };
+    assert_eq!(read(&mut g, 0, 4096), b"0123456789");
+    assert_eq!(read(&mut g, 7, 4096), b"789");
+    assert_eq!(read(&mut g, 10, 4096), b"", "read at the end");
+    assert_eq!(read(&mut g, 1 << 40, 4096), b"", "read far past the end");
+    assert_eq!(read(&mut g, u64::MAX - 1, u32::MAX), b"", "read at the largest offset");
+    // A read asking for more than the reply buffer holds (1 MiB into 4 KiB) gets the file rest.
+    assert_eq!(read(&mut g, 2, 1 << 20), b"23456789");
+
+    let mut name = tvix_store::fs::XATTR_BLOB_DIGEST.as_bytes().to_vec();
+    name.push(0);
+    let mut body = GetxattrIn { size: 0, padding: 0 }.as_slice().to_vec();
+    body.extend_from_slice(&name);
+    let (h, c) = g.request(Opcode::Getxattr as u32, file, &body, 4096);
+    assert_eq!(c.reply.map(|r| (r.unique, r.error)), Some((h.unique, 0)), "getxattr size query");
+    let mut body = GetxattrIn { size: 1, padding: 0 }.as_slice().to_vec();
+    body.extend_from_slice(&name);
+    let (h, c) = g.request(Opcode::Getxattr as u32, file, &body, 4096);
+    g.expect_error(h, &c, libc::ERANGE, "getxattr into a 1-byte buffer");
+    let mut body = GetxattrIn { size: 64, padding: 0 }.as_slice().to_vec();
+    body.extend_from_slice(b"user.nonexistent\0");
+    let (h, c) = g.request(Opcode::Getxattr as u32, file, &body, 4096);
+    g.expect_error(h, &c, libc::ENODATA, "getxattr of an unknown name");
+    g.still_serving("reads and xattrs");
 }
