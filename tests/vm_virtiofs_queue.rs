@@ -439,6 +439,8 @@ fn reads_past_the_end_return_nothing_and_xattrs_answer() {
     let tree = tmp.path().join("pkg");
     std::fs::create_dir_all(tree.join("share")).expect("mkdir");
     std::fs::write(tree.join("share/data"), b"0123456789").expect("write");
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(tree.join("share/big"), &big).expect("write");
     let options = Options { show_xattr: true, ..Options::default() };
     let (mut g, basename) = Guest::with_tree(Some(&tree), options);
     g.init();
@@ -469,8 +471,25 @@ fn reads_past_the_end_return_nothing_and_xattrs_answer() {
     assert_eq!(read(&mut g, 10, 4096), b"", "read at the end");
     assert_eq!(read(&mut g, 1 << 40, 4096), b"", "read far past the end");
     assert_eq!(read(&mut g, u64::MAX - 1, u32::MAX), b"", "read at the largest offset");
-    // A read asking for more than the reply buffer holds (1 MiB into 4 KiB) gets the file rest.
+    // Asking for more than the small file has: the rest of it.
     assert_eq!(read(&mut g, 2, 1 << 20), b"23456789");
+
+    // Asking for more than the guest's reply buffer holds: what fits, from the right offset.
+    let big_ino = g.lookup(share, "big");
+    let (_, c) = g.request(Opcode::Open as u32, big_ino, open.as_slice(), 4096);
+    let big_fh = g.body::<OpenOut>(&c).fh;
+    let body = ReadIn { fh: big_fh, offset: 1000, size: 1 << 20, flags: libc::O_RDONLY as u32, ..Default::default() };
+    let (h, c) = g.request(Opcode::Read as u32, big_ino, body.as_slice(), 4096);
+    let reply = c.reply.expect("read reply");
+    assert_eq!((reply.unique, reply.error), (h.unique, 0), "oversized read");
+    let n = reply.len as usize - size_of::<OutHeader>();
+    assert_eq!(n, 4096 - size_of::<OutHeader>(), "the whole reply buffer is used, no more");
+    let mut data = vec![0u8; n];
+    g.mem
+        .memory()
+        .read_slice(&mut data, GuestAddress(c.reply_addr + size_of::<OutHeader>() as u64))
+        .expect("read data");
+    assert_eq!(data, big[1000..1000 + n]);
 
     let mut name = tvix_store::fs::XATTR_BLOB_DIGEST.as_bytes().to_vec();
     name.push(0);
