@@ -239,7 +239,7 @@ impl FileSystem for VirtioStoreFs {
     fn read(
         &self,
         _ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         w: &mut dyn ZeroCopyWriter,
         size: u32,
@@ -249,7 +249,7 @@ impl FileSystem for VirtioStoreFs {
     ) -> io::Result<usize> {
         // A guest may ask for more than its buffers hold; never write past them.
         let size = size.min(u32::try_from(w.available_bytes()).unwrap_or(u32::MAX));
-        let data = self.fs.read(handle, offset, size).map_err(fail)?;
+        let data = self.fs.read(inode, handle, offset, size).map_err(fail)?;
         w.write_all(&data)?;
         Ok(data.len())
     }
