@@ -3,83 +3,13 @@
 //! file system by our writer (must be identical). Bad inputs get the right error and offset.
 
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use tokio::io::AsyncReadExt;
 use tvix_store::nar::{NarEvent, NarReadError, NarReader, NarWriter, transcode};
 
-/// Runs the referee. Missing Nix is a test failure, never a skip.
-fn nix_dump(path: &Path) -> Vec<u8> {
-    let out = Command::new("nix-store")
-        .arg("--dump")
-        .arg(path)
-        .output()
-        .expect("nix-store must be installed (Debian package nix-bin) to run these tests");
-    assert!(
-        out.status.success(),
-        "nix-store --dump {} failed: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-fn write_file(path: &Path, len: usize, executable: bool) {
-    let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
-    std::fs::write(path, data).unwrap();
-    let mode = if executable { 0o755 } else { 0o644 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// Named trees covering every NAR feature.
-fn trees(base: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut mk = |name: &str| {
-        let p = base.join(name);
-        out.push(p.clone());
-        p
-    };
-
-    write_file(&mk("root-file"), 5, false);
-    write_file(&mk("root-empty-file"), 0, false);
-    write_file(&mk("root-exec"), 8, true);
-    symlink("/nix/store/target", mk("root-symlink")).unwrap();
-    std::fs::create_dir(mk("empty-dir")).unwrap();
-
-    let d = mk("mixed");
-    std::fs::create_dir(&d).unwrap();
-    for len in [0, 1, 7, 8, 9, 15, 16, 17, 4095, 4096, 4097, 65535, 65536, 65537] {
-        write_file(&d.join(format!("f{len}")), len, len % 2 == 1);
-    }
-    symlink("../relative/target", d.join("rel")).unwrap();
-    symlink("/absolute/target", d.join("abs")).unwrap();
-    symlink("dangling-nowhere", d.join("dangling")).unwrap();
-    std::fs::create_dir(d.join("empty")).unwrap();
-    std::fs::create_dir_all(d.join("sub/subsub")).unwrap();
-    write_file(&d.join("sub/subsub/leaf"), 3, false);
-    write_file(&d.join("sub/a b c"), 3, false);
-    write_file(&d.join("sub/ünïcödé ✓"), 12, true);
-    // Sorting is by bytes: uppercase before lowercase, '-' before digits.
-    for n in ["B", "a", "-", "0", "a.", "a-"] {
-        write_file(&d.join("sub").join(n), 1, false);
-    }
-
-    let deep = mk("deep");
-    let mut p = deep.clone();
-    for i in 0..60 {
-        p = p.join(format!("level{i}"));
-    }
-    std::fs::create_dir_all(&p).unwrap();
-    write_file(&p.join("bottom"), 10, false);
-
-    let many = mk("many");
-    std::fs::create_dir(&many).unwrap();
-    for i in 0..3000 {
-        write_file(&many.join(format!("entry-{i}")), i % 20, false);
-    }
-    out
-}
+mod nar_common;
+use nar_common::{nix_dump, trees, write_file};
 
 /// Independent writer check: walks the file system directly, sorted by name bytes.
 fn write_tree<'a>(

@@ -122,13 +122,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         call_timeout: Duration::from_secs(args.timeout),
         ..Options::default()
     };
-    let fs = Arc::new(StoreFs::new(
-        services.blob.clone(),
-        services.directory.clone(),
-        services.path_info.clone(),
-        tokio::runtime::Handle::current(),
-        options,
-    ));
+    let fs = Arc::new(StoreFs::over(&services, options));
     let mount_options = MountOptions { threads: usize::from(args.threads), allow_other: args.allow_other };
     let mut session = {
         let target = path.clone();

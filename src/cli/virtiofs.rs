@@ -55,13 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("cannot serve the default store to other commands")?;
     let options = Options { list_root: args.list_root, show_xattr: args.show_xattr, ..Options::default() };
-    let fs = Arc::new(StoreFs::new(
-        services.blob.clone(),
-        services.directory.clone(),
-        services.path_info.clone(),
-        tokio::runtime::Handle::current(),
-        options,
-    ));
+    let fs = Arc::new(StoreFs::over(&services, options));
     let mut socket = SocketListener::bind(&args.socket, args.socket_mode)
         .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
     let socket_path = socket.path().to_owned();

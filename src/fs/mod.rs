@@ -172,6 +172,17 @@ impl StoreFs {
         }
     }
 
+    /// A filesystem over a command's services, run on the current tokio runtime.
+    pub fn over(services: &crate::services::Services, options: Options) -> Self {
+        Self::new(
+            services.blob.clone(),
+            services.directory.clone(),
+            services.path_info.clone(),
+            Handle::current(),
+            options,
+        )
+    }
+
     /// The options this filesystem was built with.
     pub fn options(&self) -> &Options {
         &self.options
