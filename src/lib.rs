@@ -3,18 +3,26 @@
 //! - [`castore`]: blobs and directories addressed by BLAKE3, and the services storing them;
 //! - [`storepath`]: Nix store paths and nixbase32;
 //! - [`pathinfo`]: a store path's root node and narinfo, and the services storing them;
-//! - [`proto`]: the wire protocol (`tvix.castore.v1`, `tvix.store.v1`).
+//! - [`redb`]: the redb backends for directories and PathInfo;
+//! - [`proto`]: the wire protocol (`tvix.castore.v1`, `tvix.store.v1`);
+//! - [`grpc`], [`server`]: gRPC clients and servers for the three services;
+//! - [`nar`], [`import`]: the NAR codec, and ingestion of NARs and local paths;
+//! - [`fs`]: the filesystem core shared by the FUSE mount and the virtiofs frontend;
+//! - [`virtiofs`]: the vhost-user-fs frontend;
+//! - [`url`], [`defaultstore`], [`services`]: opening services from addresses or the embedded
+//!   default store.
 
 pub mod castore;
+pub mod defaultstore;
+pub mod fs;
+pub mod grpc;
+pub mod import;
+pub mod nar;
 pub mod pathinfo;
 pub mod proto;
+pub mod redb;
+pub mod server;
+pub mod services;
 pub mod storepath;
 pub mod url;
-pub mod defaultstore;
-pub mod services;
-pub mod nar;
-pub mod grpc;
-pub mod server;
-pub mod redb;
-pub mod fs;
-pub mod import;
+pub mod virtiofs;

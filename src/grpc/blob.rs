@@ -172,15 +172,23 @@ impl BlobService for GrpcBlobService {
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {
         let mut client = self.client.clone();
-        Box::new(ChannelBlobWriter::spawn(move |mut rx| async move {
+        Box::new(ChannelBlobWriter::spawn(move |mut incoming| async move {
             // Hashed here as well, so a server storing something else than what we sent is caught.
             let hasher = Arc::new(parking_lot::Mutex::new(blake3::Hasher::new()));
             let outgoing = {
                 let hasher = hasher.clone();
                 async_stream::stream! {
-                    while let Some(data) = rx.recv().await {
-                        hasher.lock().update(&data);
-                        yield proto::BlobChunk { data };
+                    loop {
+                        match incoming.next().await {
+                            Ok(Some(data)) => {
+                                hasher.lock().update(&data);
+                                yield proto::BlobChunk { data };
+                            }
+                            Ok(None) => break,
+                            // Abandoned: never end the request stream cleanly (the server would
+                            // store the prefix); the call is cancelled when this task is dropped.
+                            Err(_) => std::future::pending::<()>().await,
+                        }
                     }
                 }
             };

@@ -58,7 +58,9 @@ pub struct Guest {
     boots: u32,
     timeout_secs: u32,
     mem_mb: u32,
+    smp: u32,
     files: Vec<(PathBuf, String)>,
+    serial_log: Option<PathBuf>,
 }
 
 /// What a guest run produced.
@@ -79,7 +81,16 @@ impl Guest {
 
     /// A guest with no virtiofs device.
     pub fn without_device() -> Self {
-        Guest { socket: None, tag: "store".into(), boots: 1, timeout_secs: 300, mem_mb: 512, files: vec![] }
+        Guest {
+            socket: None,
+            tag: "store".into(),
+            boots: 1,
+            timeout_secs: 300,
+            mem_mb: 512,
+            smp: 2,
+            files: vec![],
+            serial_log: None,
+        }
     }
 
     /// Number of boots in one QEMU process (the guest reboots in between).
@@ -100,6 +111,19 @@ impl Guest {
         self
     }
 
+    /// Number of guest CPUs.
+    pub fn smp(mut self, n: u32) -> Self {
+        self.smp = n;
+        self
+    }
+
+    /// Keeps the serial console log at `path`, written while the guest runs (a guest script
+    /// can signal the host by writing to /dev/ttyS0).
+    pub fn serial_log(mut self, path: &Path) -> Self {
+        self.serial_log = Some(path.to_owned());
+        self
+    }
+
     /// Copies host file `src` into the guest initramfs at `dest`.
     pub fn file(mut self, src: &Path, dest: &str) -> Self {
         self.files.push((src.to_owned(), dest.to_owned()));
@@ -117,7 +141,11 @@ impl Guest {
         cmd.args(["--tag", &self.tag])
             .args(["--boots", &self.boots.to_string()])
             .args(["--timeout", &self.timeout_secs.to_string()])
-            .args(["--mem", &self.mem_mb.to_string()]);
+            .args(["--mem", &self.mem_mb.to_string()])
+            .args(["--smp", &self.smp.to_string()]);
+        if let Some(log) = &self.serial_log {
+            cmd.arg("--serial-log").arg(log);
+        }
         for (src, dest) in &self.files {
             let mut spec = src.clone().into_os_string();
             spec.push(":");
@@ -254,4 +282,166 @@ pub fn make_sample_tree(root: &Path) {
     fs::create_dir_all(root.join("empty-dir")).expect("mkdir");
     symlink("../README", root.join("bin/readme-link")).expect("symlink");
     symlink("does/not/exist", root.join("dangling")).expect("symlink");
+}
+
+/// The `tvix-store` binary under test.
+pub fn tvix_store_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tvix-store"))
+}
+
+/// What `vm-tests/prepare` made (it fails loudly if the kernel or busybox cannot be fetched).
+pub struct Prepared {
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// The static busybox from Debian's busybox-static.
+    pub busybox: PathBuf,
+}
+
+/// Runs `vm-tests/prepare` (cached after the first run), or panics with its diagnostics.
+pub fn prepare() -> Prepared {
+    let out = Command::new(repo_path("vm-tests/prepare")).output().expect("run vm-tests/prepare");
+    assert!(
+        out.status.success(),
+        "vm-tests/prepare failed (needs apt package lists, qemu-system-x86, cpio):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let var = |name: &str| -> PathBuf {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("vm-tests/prepare did not print {name}:\n{text}"))
+    };
+    Prepared { kernel: var("VM_KERNEL"), busybox: var("VM_BUSYBOX") }
+}
+
+/// Runs `tvix-store` with the default store in `store_dir`, returning its stdout; panics
+/// (with stderr) when it fails.
+pub fn tvix_store(store_dir: &Path, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(tvix_store_bin())
+        .args(args)
+        .env("TVIX_STORE_DIR", store_dir)
+        .output()
+        .expect("run tvix-store");
+    assert!(
+        out.status.success(),
+        "tvix-store {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("tvix-store prints UTF-8")
+}
+
+/// Imports `path` into the store at `store_dir`; returns the store path's basename.
+pub fn import(store_dir: &Path, path: &Path) -> String {
+    let out = tvix_store(store_dir, &["import".as_ref(), path.as_os_str()]);
+    let line = out.trim();
+    line.strip_prefix("/nix/store/")
+        .unwrap_or_else(|| panic!("tvix-store import printed {line:?}, not a store path"))
+        .to_owned()
+}
+
+/// The basename `path` will get when imported, computed in a throwaway in-memory store.
+pub fn store_basename_of(path: &Path) -> String {
+    let out = Command::new(tvix_store_bin())
+        .arg("import")
+        .args(["--blob-service-addr", "memory://"])
+        .args(["--directory-service-addr", "memory://"])
+        .args(["--path-info-service-addr", "memory://"])
+        .arg(path)
+        .output()
+        .expect("run tvix-store import");
+    assert!(out.status.success(), "import into memory failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    text.trim().strip_prefix("/nix/store/").expect("a store path").to_owned()
+}
+
+/// A running `tvix-store virtiofs` over the default store in a directory; SIGTERM on drop.
+pub struct TvixVirtiofs {
+    child: Option<Child>,
+    /// Its vhost-user socket.
+    pub socket: PathBuf,
+}
+
+impl TvixVirtiofs {
+    /// Starts the daemon with the default store in `store_dir` and waits for its socket.
+    pub fn start(store_dir: &Path, socket: &Path, extra_args: &[&str]) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        // A stale socket file may be there already; wait for the daemon's own.
+        let inode_of = |p: &Path| fs::symlink_metadata(p).ok().map(|m| m.ino());
+        let stale = inode_of(socket);
+        let child = Command::new(tvix_store_bin())
+            .arg("virtiofs")
+            .arg(socket)
+            .args(extra_args)
+            .env("TVIX_STORE_DIR", store_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tvix-store virtiofs");
+        let mut d = TvixVirtiofs { child: Some(child), socket: socket.to_owned() };
+        let start = Instant::now();
+        while inode_of(socket).is_none() || inode_of(socket) == stale {
+            if let Some(status) = d.child_mut().try_wait().expect("poll daemon") {
+                panic!("tvix-store virtiofs exited with {status} before creating its socket");
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "no socket at {} after 30 s", socket.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("daemon handle present until terminate")
+    }
+
+    /// Panics unless the daemon is still running.
+    pub fn assert_running(&mut self, when: &str) {
+        if let Some(status) = self.child_mut().try_wait().expect("poll daemon") {
+            panic!("tvix-store virtiofs died ({status}) {when}");
+        }
+    }
+
+    /// Sends SIGTERM and waits (at most 10 s) for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon handle");
+        signal_and_wait(&mut child)
+    }
+}
+
+fn signal_and_wait(child: &mut Child) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("poll daemon") {
+            return status;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tvix-store virtiofs did not exit within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for TvixVirtiofs {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until `needle` shows up in the file at `path` (a serial log), or panics.
+pub fn wait_for_text(path: &Path, needle: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        if fs::read(path).map(|b| String::from_utf8_lossy(&b).contains(needle)).unwrap_or(false) {
+            return;
+        }
+        assert!(start.elapsed() < limit, "{needle:?} did not appear in {} within {limit:?}", path.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

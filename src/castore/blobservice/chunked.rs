@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::chunker::{CHUNK_MAX, final_chunk_lengths};
-use super::{BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader};
+use super::{BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader, IncomingBlob};
 use crate::castore::{B3Digest, Error};
 
 /// Storage of chunks (by their digest) and of the chunk lists of multi-chunk blobs (by the
@@ -66,7 +65,7 @@ impl<S: ChunkStore> BlobService for ChunkedBlobService<S> {
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {
         let store = self.store.clone();
-        Box::new(ChannelBlobWriter::spawn(move |rx| store_blob(store, rx)))
+        Box::new(ChannelBlobWriter::spawn(move |incoming| store_blob(store, incoming)))
     }
 
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
@@ -83,14 +82,14 @@ impl<S: ChunkStore> BlobService for ChunkedBlobService<S> {
 
 /// Cuts the incoming bytes into chunks, stores them (a few at a time), and stores the chunk
 /// list last, so a blob's digest is only visible once everything it needs is durable.
-async fn store_blob<S: ChunkStore>(store: Arc<S>, mut rx: mpsc::Receiver<Bytes>) -> Result<B3Digest, Error> {
+async fn store_blob<S: ChunkStore>(store: Arc<S>, mut incoming: IncomingBlob) -> Result<B3Digest, Error> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = BytesMut::new();
     let mut in_flight: VecDeque<JoinHandle<Result<ChunkMeta, Error>>> = VecDeque::new();
     let mut chunks = Vec::new();
     let mut eof = false;
     while !eof {
-        match rx.recv().await {
+        match incoming.next().await? {
             Some(data) => {
                 hasher.update(&data);
                 buf.extend_from_slice(&data);

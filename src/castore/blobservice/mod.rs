@@ -20,7 +20,7 @@ pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 pub use memory::MemoryChunkStore;
 pub use objectstore::ObjectStoreChunkStore;
 pub use reader::{ChunkSource, ChunkedReader};
-pub use writer::ChannelBlobWriter;
+pub use writer::{ChannelBlobWriter, IncomingBlob};
 
 use super::{B3Digest, Error};
 
@@ -109,6 +109,23 @@ mod tests {
             let mut tail = Vec::new();
             r.read_to_end(&mut tail).await.unwrap();
             assert!(tail == content[at as usize..]);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn dropped_writer_stores_nothing() {
+        let service = from_addr("memory://").await.unwrap();
+        for i in 0..50u32 {
+            let content = data(300_000 + i as usize);
+            let mut w = service.open_write().await;
+            w.write_all(&content).await.unwrap();
+            w.flush().await.unwrap();
+            if i % 2 == 0 {
+                tokio::task::yield_now().await;
+            }
+            drop(w);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            assert!(!service.has(&B3Digest::of(&content)).await.unwrap(), "abandoned blob {i} is visible");
         }
     }
 

@@ -23,27 +23,48 @@ const MESSAGE_SIZE: usize = 256 * 1024;
 /// Messages queued between producer and storing task: bounds memory per open writer.
 const QUEUE_DEPTH: usize = 8;
 
+/// The bytes of a blob being written, as its storing task receives them. The end of the blob is
+/// an explicit message: a writer dropped unclosed must never look like a finished blob, even to
+/// a storing task that is running at the very moment of the drop.
+pub struct IncomingBlob {
+    receiver: mpsc::Receiver<Option<Bytes>>,
+}
+
+impl IncomingBlob {
+    /// The next piece of the blob; `Ok(None)` once the writer closed it, an error when the writer
+    /// was dropped unclosed (then nothing may be stored under a digest).
+    pub async fn next(&mut self) -> Result<Option<Bytes>, Error> {
+        match self.receiver.recv().await {
+            Some(piece) => Ok(piece),
+            None => Err(Error::InvalidRequest("the blob writer was dropped before close".into())),
+        }
+    }
+}
+
 /// A [`BlobWriter`] feeding a storing task.
 pub struct ChannelBlobWriter {
-    sender: PollSender<Bytes>,
+    sender: PollSender<Option<Bytes>>,
+    /// Whether the end-of-blob message has been sent.
+    ended: bool,
     staging: BytesMut,
     task: Option<JoinHandle<Result<B3Digest, Error>>>,
     result: Option<Result<B3Digest, Error>>,
 }
 
 impl ChannelBlobWriter {
-    /// Spawns `store`, which receives the blob's bytes in order until the channel closes and
-    /// returns the digest once they are durable.
+    /// Spawns `store`, which receives the blob's bytes in order until their end and returns the
+    /// digest once they are durable.
     pub fn spawn<F, Fut>(store: F) -> Self
     where
-        F: FnOnce(mpsc::Receiver<Bytes>) -> Fut,
+        F: FnOnce(IncomingBlob) -> Fut,
         Fut: Future<Output = Result<B3Digest, Error>> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         Self {
             sender: PollSender::new(tx),
+            ended: false,
             staging: BytesMut::new(),
-            task: Some(tokio::spawn(store(rx))),
+            task: Some(tokio::spawn(store(IncomingBlob { receiver: rx }))),
             result: None,
         }
     }
@@ -56,7 +77,19 @@ impl ChannelBlobWriter {
         let hung_up = || io::Error::new(io::ErrorKind::BrokenPipe, "blob store task ended early");
         ready!(self.sender.poll_reserve(cx)).map_err(|_| hung_up())?;
         let message = self.staging.split().freeze();
-        self.sender.send_item(message).map_err(|_| hung_up())?;
+        self.sender.send_item(Some(message)).map_err(|_| hung_up())?;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends what is staged, then the end-of-blob message.
+    fn poll_send_end(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send_staging(cx))?;
+        if !self.ended {
+            let hung_up = || io::Error::new(io::ErrorKind::BrokenPipe, "blob store task ended early");
+            ready!(self.sender.poll_reserve(cx)).map_err(|_| hung_up())?;
+            self.sender.send_item(None).map_err(|_| hung_up())?;
+            self.ended = true;
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -78,9 +111,7 @@ impl AsyncWrite for ChannelBlobWriter {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_send_staging(cx))?;
-        self.sender.close();
-        Poll::Ready(Ok(()))
+        self.poll_send_end(cx)
     }
 }
 
@@ -91,8 +122,7 @@ impl BlobWriter for ChannelBlobWriter {
             return result.clone();
         }
         // A failed send means the task already ended; its own error is the one to report.
-        let _ = std::future::poll_fn(|cx| self.poll_send_staging(cx)).await;
-        self.sender.close();
+        let _ = std::future::poll_fn(|cx| self.poll_send_end(cx)).await;
         let result = match self.task.take() {
             Some(task) => task
                 .await
