@@ -46,12 +46,19 @@ fn owner_socket_serves_the_default_store_until_dropped() {
         let other = services::open(&by_addr, Role::Owner).await.unwrap();
         assert!(tvix_store::server::serve_owner_socket(&other).await.unwrap().is_none());
 
-        drop(guard);
-        assert!(!socket.exists(), "dropping the guard removes the socket");
+        // shutdown() waits for the server to stop; a bare drop only signals it (a call racing
+        // the drop may still be answered), which is what commands do on their way out.
+        guard.shutdown().await.unwrap();
+        assert!(!socket.exists(), "shutting down removes the socket");
         let call = tokio::time::timeout(Duration::from_secs(10), client.blob.has(&digest)).await;
         match call {
             Ok(Err(Error::Unavailable(_))) => {}
             other => panic!("a call after the owner stopped serving must fail as unavailable: {other:?}"),
         }
+
+        let again = tvix_store::server::serve_owner_socket(&owner).await.unwrap().expect("served again");
+        assert!(socket.exists());
+        drop(again);
+        assert!(!socket.exists(), "dropping the guard removes the socket");
     });
 }
