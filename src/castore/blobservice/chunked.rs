@@ -69,14 +69,13 @@ impl<S: ChunkStore> BlobService for ChunkedBlobService<S> {
     }
 
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
-        if let Some(list) = self.store.get_chunk_list(digest).await? {
-            return Ok(Some(list));
+        // Most blobs (the many small files of a store) are one chunk, so that is looked up
+        // first. A chunk stored under the blob's digest holds exactly the blob's bytes, so it
+        // answers correctly even for a blob that also has a chunk list.
+        if let Some(size) = self.store.chunk_size(digest).await? {
+            return Ok(Some(vec![ChunkMeta { digest: *digest, size }]));
         }
-        Ok(self
-            .store
-            .chunk_size(digest)
-            .await?
-            .map(|size| vec![ChunkMeta { digest: *digest, size }]))
+        self.store.get_chunk_list(digest).await
     }
 }
 

@@ -56,8 +56,10 @@ impl ChunkedReader {
             starts.push(size);
             size = size.saturating_add(c.size);
         }
-        // A single chunk carries the blob's own digest: verifying it verifies the blob.
-        let whole = (chunks.len() > 1).then(|| (blake3::Hasher::new(), 0));
+        // A single chunk carrying the blob's own digest is verified as the blob; anything else
+        // (several chunks, or a list naming a chunk under another digest) is hashed whole too.
+        let single = chunks.len() == 1 && chunks[0].digest == blob;
+        let whole = (!single).then(|| (blake3::Hasher::new(), 0));
         Self {
             source,
             blob,
