@@ -90,6 +90,10 @@ fn dtype_of(kind: FileKind) -> u32 {
     })
 }
 
+fn dir_entry_of(e: &DirEntry) -> FuseDirEntry<'_> {
+    FuseDirEntry { ino: e.entry.ino, offset: e.next_offset, type_: dtype_of(e.entry.attr.kind), name: &e.name }
+}
+
 fn entry_of(e: &Entry) -> FuseEntry {
     FuseEntry {
         inode: e.ino,
@@ -349,14 +353,7 @@ impl FileSystem for VirtioStoreFs {
         offset: u64,
         add_entry: &mut dyn FnMut(FuseDirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.list(inode, handle, offset, &mut |e| {
-            add_entry(FuseDirEntry {
-                ino: e.entry.ino,
-                offset: e.next_offset,
-                type_: dtype_of(e.entry.attr.kind),
-                name: &e.name,
-            })
-        })
+        self.list(inode, handle, offset, &mut |e| add_entry(dir_entry_of(e)))
     }
 
     fn readdirplus(
@@ -369,15 +366,7 @@ impl FileSystem for VirtioStoreFs {
         add_entry: &mut dyn FnMut(FuseDirEntry, FuseEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
         self.list(inode, handle, offset, &mut |e| {
-            add_entry(
-                FuseDirEntry {
-                    ino: e.entry.ino,
-                    offset: e.next_offset,
-                    type_: dtype_of(e.entry.attr.kind),
-                    name: &e.name,
-                },
-                entry_of(&e.entry),
-            )
+            add_entry(dir_entry_of(e), entry_of(&e.entry))
         })
     }
 

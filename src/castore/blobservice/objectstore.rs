@@ -34,37 +34,31 @@ pub struct ObjectStoreChunkStore {
 /// Batches the durability requests of concurrent writers into shared `syncfs` calls.
 struct GroupSync {
     dir: Arc<std::fs::File>,
-    location: String,
     /// Number of syncs started so far; a writer needs one that starts after its writes.
     started: AtomicU64,
-    /// Number of the last sync that completed.
-    completed: AtomicU64,
-    running: tokio::sync::Mutex<()>,
+    /// Number of the last sync that completed; held while a sync runs.
+    completed: tokio::sync::Mutex<u64>,
 }
 
 impl GroupSync {
-    fn open(dir: &std::path::Path) -> Result<Self, Error> {
-        let file = std::fs::File::open(dir)
-            .map_err(|e| Error::storage(format!("cannot open blob directory {}", dir.display()), e))?;
+    fn open(dir: &std::path::Path) -> std::io::Result<Self> {
         Ok(Self {
-            dir: Arc::new(file),
-            location: dir.display().to_string(),
+            dir: Arc::new(std::fs::File::open(dir)?),
             started: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
-            running: tokio::sync::Mutex::new(()),
+            completed: tokio::sync::Mutex::new(0),
         })
     }
 
-    async fn sync(&self) -> Result<(), Error> {
+    async fn sync(&self) -> std::io::Result<()> {
         // Any sync numbered `needed` or later starts after this point, i.e. after our writes.
         let needed = self.started.load(Ordering::SeqCst) + 1;
-        let _running = self.running.lock().await;
-        if self.completed.load(Ordering::SeqCst) >= needed {
+        let mut completed = self.completed.lock().await;
+        if *completed >= needed {
             return Ok(());
         }
         let number = self.started.fetch_add(1, Ordering::SeqCst) + 1;
         let dir = self.dir.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             // SAFETY: the descriptor is valid for the lifetime of `dir`, which the closure owns.
             if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
                 Ok(())
@@ -73,9 +67,8 @@ impl GroupSync {
             }
         })
         .await
-        .map_err(|e| Error::Storage(format!("sync task failed: {e}")))?;
-        result.map_err(|e| Error::storage(format!("cannot sync blob store {}", self.location), e))?;
-        self.completed.store(number, Ordering::SeqCst);
+        .map_err(std::io::Error::other)??;
+        *completed = number;
         Ok(())
     }
 }
@@ -88,7 +81,8 @@ impl ObjectStoreChunkStore {
         let fs = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| Error::storage(format!("cannot open blob directory {}", dir.display()), e))?
             .with_fsync(false);
-        let sync = GroupSync::open(dir)?;
+        let sync = GroupSync::open(dir)
+            .map_err(|e| Error::storage(format!("cannot open blob directory {}", dir.display()), e))?;
         Ok(Self {
             store: Arc::new(fs),
             location: dir.display().to_string(),
@@ -158,6 +152,9 @@ impl ChunkStore for ObjectStoreChunkStore {
     }
 
     async fn sync(&self) -> Result<(), Error> {
-        self.sync.sync().await
+        self.sync
+            .sync()
+            .await
+            .map_err(|e| Error::storage(format!("cannot sync blob store {}", self.location), e))
     }
 }

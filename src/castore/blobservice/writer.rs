@@ -73,8 +73,6 @@ impl ChannelBlobWriter {
         if self.staging.is_empty() {
             return Poll::Ready(Ok(()));
         }
-        // The storing task only hangs up when it failed; close() reports its error.
-        let hung_up = || io::Error::new(io::ErrorKind::BrokenPipe, "blob store task ended early");
         ready!(self.sender.poll_reserve(cx)).map_err(|_| hung_up())?;
         let message = self.staging.split().freeze();
         self.sender.send_item(Some(message)).map_err(|_| hung_up())?;
@@ -85,13 +83,17 @@ impl ChannelBlobWriter {
     fn poll_send_end(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_send_staging(cx))?;
         if !self.ended {
-            let hung_up = || io::Error::new(io::ErrorKind::BrokenPipe, "blob store task ended early");
             ready!(self.sender.poll_reserve(cx)).map_err(|_| hung_up())?;
             self.sender.send_item(None).map_err(|_| hung_up())?;
             self.ended = true;
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// The storing task only hangs up when it failed; close() reports its error.
+fn hung_up() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "blob store task ended early")
 }
 
 impl AsyncWrite for ChannelBlobWriter {
