@@ -77,6 +77,19 @@ async fn roundtrip_over_tcp() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn one_huge_write_is_split_into_acceptable_messages() {
+    // 80 MiB in a single write_all is more than one gRPC message may carry (64 MiB): the writer
+    // must cut it into messages instead of sending a message the server refuses.
+    let daemon = Daemon::unix();
+    let service = blobservice::from_addr(&daemon.addr).await.unwrap();
+    let content = data(80 * 1024 * 1024, 99);
+    let mut w = service.open_write().await;
+    w.write_all(&content).await.unwrap();
+    assert_eq!(w.close().await.unwrap(), B3Digest::of(&content));
+    assert!(read_all(service.as_ref(), &B3Digest::of(&content)).await == content);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn seeking_reads_the_right_bytes() {
     let daemon = Daemon::unix();
     let service = blobservice::from_addr(&daemon.addr).await.unwrap();

@@ -104,8 +104,11 @@ impl AsyncWrite for ChannelBlobWriter {
         if self.staging.len() >= MESSAGE_SIZE {
             ready!(self.poll_send_staging(cx))?;
         }
-        self.staging.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
+        // A short write keeps every message at most MESSAGE_SIZE, however large the caller's
+        // buffer: one message must never exceed what a gRPC peer accepts, nor hold a whole blob.
+        let n = buf.len().min(MESSAGE_SIZE - self.staging.len());
+        self.staging.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
