@@ -10,7 +10,8 @@
 //! - [`fs`]: the filesystem core shared by the FUSE mount and the virtiofs frontend;
 //! - [`virtiofs`]: the vhost-user-fs frontend;
 //! - [`url`], [`defaultstore`], [`services`]: opening services from addresses or the embedded
-//!   default store.
+//!   default store;
+//! - [`tuning`]: process-wide settings our programs apply at start.
 
 pub mod castore;
 pub mod defaultstore;
@@ -24,5 +25,6 @@ pub mod redb;
 pub mod server;
 pub mod services;
 pub mod storepath;
+pub mod tuning;
 pub mod url;
 pub mod virtiofs;

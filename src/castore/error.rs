@@ -28,6 +28,23 @@ impl Error {
     pub fn storage(context: impl std::fmt::Display, err: impl std::fmt::Display) -> Self {
         Error::Storage(format!("{context}: {err}"))
     }
+
+    /// An I/O error from reading blob `blob`: the store error it carries (blob readers hand
+    /// ours out wrapped in `io::Error`), or else one classified by its kind.
+    pub fn from_io(blob: &super::B3Digest, e: std::io::Error) -> Self {
+        let kind = e.kind();
+        let message = match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+            Some(Ok(ours)) => return *ours,
+            Some(Err(other)) => other.to_string(),
+            None => kind.to_string(),
+        };
+        let message = format!("reading blob {blob}: {message}");
+        match kind {
+            std::io::ErrorKind::InvalidData => Error::Corrupt(message),
+            std::io::ErrorKind::NotFound => Error::NotFound(message),
+            _ => Error::Storage(message),
+        }
+    }
 }
 
 impl From<InvalidDirectory> for Error {

@@ -5,10 +5,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use super::channel::MAX_MESSAGE_SIZE;
-use crate::castore::blobservice::{CHUNK_MAX, BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader};
+use crate::castore::blobservice::{
+    BlobReader, BlobService, BlobWriter, CHUNK_MAX, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkStream, ChunkedReader,
+    READ_AHEAD, WholeBlob, verify_chunk,
+};
 use crate::castore::{B3Digest, Error};
 use crate::proto::castore::{self as proto, blob_service_client::BlobServiceClient};
 
@@ -101,11 +105,78 @@ enum WholeRead {
 /// chunk-wise instead. Equal to the largest chunk, so a small blob is one message from us.
 const WHOLE_READ_LIMIT: usize = CHUNK_MAX;
 
-/// Fetches chunks by digest with the Read RPC, for a [`ChunkedReader`].
+/// Fetches chunks by digest with the Read RPC, for a [`ChunkedReader`]; a reader starting at
+/// the beginning gets the whole blob from one Read call instead, cut into its chunks here.
 struct GrpcChunkSource(GrpcBlobService);
+
+impl GrpcChunkSource {
+    /// Reads the whole blob with one call and sends it on as verified chunks, cut where `chunks`
+    /// says. A chunk that lies within one message is sent without a copy.
+    async fn feed(&self, blob: &B3Digest, chunks: &[ChunkMeta], to: &mpsc::Sender<Result<Bytes, Error>>) -> Result<(), Error> {
+        let request = proto::ReadBlobRequest { digest: (*blob).into() };
+        let mut stream = self.0.client.clone().read(request).await.map_err(super::error)?.into_inner();
+        let mut index = 0;
+        // Bytes of a chunk that spans messages, gathered until it is complete.
+        let mut partial = BytesMut::new();
+        loop {
+            // Empty chunks need no bytes: sent as soon as they are next.
+            while let Some(meta) = chunks.get(index).filter(|m| m.size == 0 && partial.is_empty()) {
+                verify_chunk(blob, meta, &[])?;
+                if to.send(Ok(Bytes::new())).await.is_err() {
+                    return Ok(());
+                }
+                index += 1;
+            }
+            let Some(message) = stream.next().await else {
+                break;
+            };
+            let mut data = message.map_err(super::error)?.data;
+            while !data.is_empty() {
+                let meta = chunks.get(index).ok_or_else(|| {
+                    Error::Corrupt(format!("server sent more bytes for blob {blob} than its chunk list adds up to"))
+                })?;
+                let missing = meta.size as usize - partial.len();
+                let chunk = if partial.is_empty() && data.len() >= missing {
+                    data.split_to(missing)
+                } else {
+                    partial.extend_from_slice(&data.split_to(missing.min(data.len())));
+                    if partial.len() < meta.size as usize {
+                        continue;
+                    }
+                    partial.split().freeze()
+                };
+                verify_chunk(blob, meta, &chunk)?;
+                if to.send(Ok(chunk)).await.is_err() {
+                    // The reader is gone (or went elsewhere): dropping the stream cancels the call.
+                    return Ok(());
+                }
+                index += 1;
+            }
+        }
+        if index < chunks.len() {
+            return Err(Error::Corrupt(format!(
+                "server's stream of blob {blob} ended after {index} of its {} chunks",
+                chunks.len()
+            )));
+        }
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl ChunkSource for GrpcChunkSource {
+    fn stream_chunks(&self, blob: &B3Digest, chunks: &Arc<[ChunkMeta]>) -> Option<ChunkStream> {
+        let (to, stream) = mpsc::channel(READ_AHEAD);
+        let source = GrpcChunkSource(self.0.clone());
+        let (blob, chunks) = (*blob, chunks.clone());
+        tokio::spawn(async move {
+            if let Err(e) = source.feed(&blob, &chunks, &to).await {
+                let _ = to.send(Err(e)).await;
+            }
+        });
+        Some(stream)
+    }
+
     async fn get_chunk(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error> {
         // A chunk is small (ours at most 1 MiB); a server streaming far more for one is broken,
         // and must not make us buffer without bound.
@@ -147,6 +218,15 @@ fn parse_chunks(blob: &B3Digest, chunks: Vec<proto::stat_blob_response::ChunkMet
 impl BlobService for GrpcBlobService {
     async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
         Ok(self.stat(digest, false).await?.is_some())
+    }
+
+    async fn read_whole(&self, digest: &B3Digest, limit: u64) -> Result<WholeBlob, Error> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        Ok(match self.read_verified(digest, Some(limit)).await? {
+            WholeRead::Absent => WholeBlob::Absent,
+            WholeRead::Complete(data) => WholeBlob::Verified(data),
+            WholeRead::TooLarge => WholeBlob::TooLarge,
+        })
     }
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {

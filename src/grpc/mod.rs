@@ -8,6 +8,7 @@ mod pathinfo;
 
 pub use blob::GrpcBlobService;
 pub use channel::{MAX_MESSAGE_SIZE, channel};
+pub(crate) use channel::widen_send_buffer;
 pub use directory::GrpcDirectoryService;
 pub use pathinfo::GrpcPathInfoService;
 

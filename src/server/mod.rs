@@ -158,7 +158,12 @@ pub async fn serve(
             }
         }
         Listener::Unix(l, socket_file) => {
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+            let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::UnixListenerStream::new(l), |stream| {
+                if let Ok(stream) = &stream {
+                    crate::grpc::widen_send_buffer(stream);
+                }
+                stream
+            });
             tokio::select! {
                 result = router.serve_with_incoming_shutdown(incoming, signal) => result?,
                 () = grace => {}

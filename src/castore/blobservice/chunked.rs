@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
 use super::chunker::{CHUNK_MAX, final_chunk_lengths};
-use super::{BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader, IncomingBlob};
+use super::reader::verify_chunk;
+use super::{BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader, IncomingBlob, WholeBlob};
 use crate::castore::{B3Digest, Error};
 
 /// Storage of chunks (by their digest) and of the chunk lists of multi-chunk blobs (by the
@@ -56,11 +58,36 @@ impl<S: ChunkStore> BlobService for ChunkedBlobService<S> {
     }
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
-        let Some(chunks) = self.chunks(digest).await? else {
+        // A blob of one chunk (most files of a store) is that chunk: fetched and verified at
+        // once, with one lookup instead of a size lookup followed by a fetch.
+        if let Some(data) = self.single_chunk(digest).await? {
+            return Ok(Some(Box::new(std::io::Cursor::new(data))));
+        }
+        let Some(chunks) = self.store.get_chunk_list(digest).await? else {
             return Ok(None);
         };
         let source: Arc<dyn ChunkSource> = self.store.clone();
         Ok(Some(Box::new(ChunkedReader::new(source, *digest, chunks))))
+    }
+
+    async fn read_whole(&self, digest: &B3Digest, limit: u64) -> Result<WholeBlob, Error> {
+        if let Some(data) = self.single_chunk(digest).await? {
+            return Ok(if data.len() as u64 > limit { WholeBlob::TooLarge } else { WholeBlob::Verified(data) });
+        }
+        let Some(chunks) = self.store.get_chunk_list(digest).await? else {
+            return Ok(WholeBlob::Absent);
+        };
+        let size: u64 = chunks.iter().map(|c| c.size).sum();
+        if size > limit {
+            return Ok(WholeBlob::TooLarge);
+        }
+        let source: Arc<dyn ChunkSource> = self.store.clone();
+        let mut data = Vec::with_capacity(size as usize);
+        ChunkedReader::new(source, *digest, chunks)
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| Error::from_io(digest, e))?;
+        Ok(WholeBlob::Verified(data.into()))
     }
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {
@@ -76,6 +103,17 @@ impl<S: ChunkStore> BlobService for ChunkedBlobService<S> {
             return Ok(Some(vec![ChunkMeta { digest: *digest, size }]));
         }
         self.store.get_chunk_list(digest).await
+    }
+}
+
+impl<S: ChunkStore> ChunkedBlobService<S> {
+    /// The verified bytes of the blob if it is stored as a single chunk (under its own digest).
+    async fn single_chunk(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error> {
+        let Some(data) = self.store.get_chunk(digest).await? else {
+            return Ok(None);
+        };
+        verify_chunk(digest, &ChunkMeta { digest: *digest, size: data.len() as u64 }, &data)?;
+        Ok(Some(data))
     }
 }
 

@@ -13,13 +13,15 @@ mod writer;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite};
 
 pub use chunked::{ChunkStore, ChunkedBlobService};
 pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 pub use memory::MemoryChunkStore;
 pub use objectstore::ObjectStoreChunkStore;
-pub use reader::{ChunkSource, ChunkedReader};
+pub use reader::{ChunkSource, ChunkStream, ChunkedReader, READ_AHEAD};
+pub(crate) use reader::verify_chunk;
 pub use writer::{ChannelBlobWriter, IncomingBlob};
 
 use super::{B3Digest, Error};
@@ -60,6 +62,44 @@ pub trait BlobService: Send + Sync {
     /// The chunks of a blob in order; `None` when absent. A blob stored as a single chunk lists
     /// itself; an empty list means the backend does not expose chunks for it.
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error>;
+
+    /// The whole blob as one verified buffer, if it is at most `limit` bytes long. Most blobs of
+    /// a store (and every chunk) are small: for them this is one lookup and one buffer, where
+    /// a reader costs a chunk-list lookup, a fetch task and a copy per read. Backends override
+    /// it where they can do better than reading through [`BlobService::open_read`].
+    async fn read_whole(&self, digest: &B3Digest, limit: u64) -> Result<WholeBlob, Error> {
+        use tokio::io::AsyncReadExt;
+        // The chunk list tells the size without reading: a large blob costs no bytes here.
+        match self.chunks(digest).await? {
+            None => return Ok(WholeBlob::Absent),
+            Some(chunks) if chunks.iter().map(|c| c.size).sum::<u64>() > limit => return Ok(WholeBlob::TooLarge),
+            Some(_) => {}
+        }
+        let Some(reader) = self.open_read(digest).await? else {
+            return Ok(WholeBlob::Absent);
+        };
+        let mut data = Vec::new();
+        reader
+            .take(limit.saturating_add(1))
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| Error::from_io(digest, e))?;
+        if data.len() as u64 > limit {
+            return Ok(WholeBlob::TooLarge);
+        }
+        Ok(WholeBlob::Verified(data.into()))
+    }
+}
+
+/// Outcome of [`BlobService::read_whole`].
+#[derive(Debug)]
+pub enum WholeBlob {
+    /// No blob by that digest.
+    Absent,
+    /// All of the blob's bytes, verified against its digest.
+    Verified(Bytes),
+    /// The blob is longer than the limit asked for.
+    TooLarge,
 }
 
 /// Builds a BlobService from its URL: `memory://`, `objectstore+file:///path`,
