@@ -280,11 +280,18 @@ async fn sequential_read_of_a_large_blob_is_one_call() {
     let (addr, _stop) = in_process(instrumented.clone(), dir.path()).await;
     let client = blobservice::from_addr(&addr).await.unwrap();
     let mut r = client.open_read(&digest).await.unwrap().unwrap();
-    instrumented.reads.lock().clear();
     let mut back = Vec::new();
     r.read_to_end(&mut back).await.unwrap();
     assert!(back == content);
-    // One Read of the whole blob, cut into verified chunks by the client; no call per chunk.
+    // One Read of the whole blob (the one open_read started to see whether the blob is small),
+    // cut into verified chunks by the client; no call per chunk.
+    assert_eq!(*instrumented.reads.lock(), vec![digest]);
+    // Read again from the start by the same reader: a new call for the whole blob.
+    r.seek(SeekFrom::Start(0)).await.unwrap();
+    instrumented.reads.lock().clear();
+    back.clear();
+    r.read_to_end(&mut back).await.unwrap();
+    assert!(back == content);
     assert_eq!(*instrumented.reads.lock(), vec![digest]);
 }
 
@@ -353,6 +360,61 @@ async fn corrupt_bytes_from_server_are_refused() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupt_chunk_on_the_servers_disk_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs");
+    let backend = blobservice::from_addr(&format!("objectstore+file://{}", blobs.display())).await.unwrap();
+    let small = data(8_000, 11);
+    let large = data(3_000_000, 12);
+    let small_digest = put(backend.as_ref(), &small).await;
+    let large_digest = put(backend.as_ref(), &large).await;
+    let chunks = backend.chunks(&large_digest).await.unwrap().unwrap();
+    assert!(chunks.len() >= 3);
+    let flip = |digest: &B3Digest| {
+        let hex = digest.to_hex();
+        let path = blobs.join("chunks").join(&hex[..2]).join(&hex);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+    };
+    flip(&small_digest);
+    flip(&chunks[1].digest);
+    let (addr, _stop) = in_process(backend, dir.path()).await;
+    let client = blobservice::from_addr(&addr).await.unwrap();
+
+    // The server refuses (DATA_LOSS), the client reports corruption.
+    let err = client.open_read(&small_digest).await.err().expect("a corrupt small blob must not open");
+    assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
+    // The error may come at open (the first Read call already runs into the corrupt chunk) or
+    // while reading, after the good first chunk.
+    match client.open_read(&large_digest).await {
+        Err(err) => assert!(matches!(err, Error::Corrupt(_)), "{err:?}"),
+        Ok(None) => panic!("blob reported absent"),
+        Ok(Some(mut r)) => {
+            let mut back = Vec::new();
+            let err = r.read_to_end(&mut back).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+            assert!(back.len() as u64 <= chunks[0].size && large.starts_with(&back), "bytes of the corrupt chunk were served");
+        }
+    }
+    // Reading from the middle fetches the corrupt chunk by itself.
+    let err = client.open_read(&chunks[1].digest).await.err().expect("a corrupt chunk must not open");
+    assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
+    let mut raw = BlobServiceClient::new(tvix_store::grpc::channel(&addr).unwrap());
+    let mut stream = raw.read(proto::ReadBlobRequest { digest: large_digest.into() }).await.unwrap().into_inner();
+    let mut status = None;
+    while let Some(message) = futures::StreamExt::next(&mut stream).await {
+        if let Err(s) = message {
+            status = Some(s);
+            break;
+        }
+    }
+    let status = status.expect("the stream must end in an error");
+    assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+    assert!(status.message().contains(&chunks[1].digest.to_string()), "{}", status.message());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use super::channel::MAX_MESSAGE_SIZE;
 use crate::castore::blobservice::{
     BlobReader, BlobService, BlobWriter, CHUNK_MAX, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkStream, ChunkedReader,
-    READ_AHEAD, WholeBlob, verify_chunk,
+    ParkedStream, READ_AHEAD, WholeBlob, verify_chunk,
 };
 use crate::castore::{B3Digest, Error};
 use crate::proto::castore::{self as proto, blob_service_client::BlobServiceClient};
@@ -45,36 +45,26 @@ impl GrpcBlobService {
         }
     }
 
-    /// Reads a whole blob (or chunk) with one Read call; gives up (cancelling the call) once
-    /// more than `limit` bytes arrived. Bytes are unverified.
+    /// Reads a whole blob (or chunk) with one Read call; stops once more than `limit` bytes
+    /// arrived, handing back the call (still open) with what arrived. Bytes are unverified.
     async fn read_up_to(&self, digest: &B3Digest, limit: Option<usize>) -> Result<WholeRead, Error> {
         let request = proto::ReadBlobRequest { digest: (*digest).into() };
-        let mut stream = match self.client.clone().read(request).await {
+        let stream = match self.client.clone().read(request).await {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == tonic::Code::NotFound => return Ok(WholeRead::Absent),
             Err(status) => return Err(super::error(status)),
         };
-        let mut first: Option<Bytes> = None;
-        let mut buf = BytesMut::new();
+        let mut probe = Probe { received: Vec::new(), stream };
         let mut total = 0usize;
-        while let Some(message) = stream.next().await {
+        while let Some(message) = probe.stream.next().await {
             let data = message.map_err(super::error)?.data;
             total += data.len();
+            probe.received.push(data);
             if limit.is_some_and(|limit| total > limit) {
-                return Ok(WholeRead::TooLarge);
-            }
-            // The common case of a chunk arriving in one message needs no copy.
-            match first.take() {
-                None if buf.is_empty() => first = Some(data),
-                Some(previous) => {
-                    buf.reserve(previous.len() + data.len());
-                    buf.extend_from_slice(&previous);
-                    buf.extend_from_slice(&data);
-                }
-                None => buf.extend_from_slice(&data),
+                return Ok(WholeRead::TooLarge(probe));
             }
         }
-        Ok(WholeRead::Complete(first.unwrap_or_else(|| buf.freeze())))
+        Ok(WholeRead::Complete(concat(probe.received)))
     }
 
     /// Reads and verifies a whole blob of at most `limit` bytes.
@@ -96,7 +86,36 @@ impl GrpcBlobService {
 enum WholeRead {
     Absent,
     Complete(Bytes),
-    TooLarge,
+    TooLarge(Probe),
+}
+
+/// A Read call of a whole blob stopped after its first messages, still open: a reader that
+/// then reads the blob from its start continues it instead of making a new call.
+struct Probe {
+    received: Vec<Bytes>,
+    stream: tonic::Streaming<proto::BlobChunk>,
+}
+
+impl Probe {
+    /// Receives the rest of the blob.
+    async fn finish(mut self) -> Result<Bytes, Error> {
+        while let Some(message) = self.stream.next().await {
+            self.received.push(message.map_err(super::error)?.data);
+        }
+        Ok(concat(self.received))
+    }
+}
+
+/// The messages of a blob as one buffer; the common case of a single message needs no copy.
+fn concat(mut parts: Vec<Bytes>) -> Bytes {
+    if parts.len() == 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let mut buf = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+    for part in parts {
+        buf.extend_from_slice(&part);
+    }
+    buf.freeze()
 }
 
 /// Blobs up to this size are read with a single Read call and verified as a whole, instead of
@@ -112,9 +131,22 @@ struct GrpcChunkSource(GrpcBlobService);
 impl GrpcChunkSource {
     /// Reads the whole blob with one call and sends it on as verified chunks, cut where `chunks`
     /// says. A chunk that lies within one message is sent without a copy.
-    async fn feed(&self, blob: &B3Digest, chunks: &[ChunkMeta], to: &mpsc::Sender<Result<Bytes, Error>>) -> Result<(), Error> {
-        let request = proto::ReadBlobRequest { digest: (*blob).into() };
-        let mut stream = self.0.client.clone().read(request).await.map_err(super::error)?.into_inner();
+    async fn feed(
+        &self,
+        blob: &B3Digest,
+        chunks: &[ChunkMeta],
+        probe: Option<Probe>,
+        to: &mpsc::Sender<Result<Bytes, Error>>,
+    ) -> Result<(), Error> {
+        let Probe { received, mut stream } = match probe {
+            Some(probe) => probe,
+            None => {
+                let request = proto::ReadBlobRequest { digest: (*blob).into() };
+                let stream = self.0.client.clone().read(request).await.map_err(super::error)?.into_inner();
+                Probe { received: Vec::new(), stream }
+            }
+        };
+        let mut received = received.into_iter();
         let mut index = 0;
         // Bytes of a chunk that spans messages, gathered until it is complete.
         let mut partial = BytesMut::new();
@@ -127,10 +159,13 @@ impl GrpcChunkSource {
                 }
                 index += 1;
             }
-            let Some(message) = stream.next().await else {
-                break;
+            let mut data = match received.next() {
+                Some(data) => data,
+                None => match stream.next().await {
+                    Some(message) => message.map_err(super::error)?.data,
+                    None => break,
+                },
             };
-            let mut data = message.map_err(super::error)?.data;
             while !data.is_empty() {
                 let meta = chunks.get(index).ok_or_else(|| {
                     Error::Corrupt(format!("server sent more bytes for blob {blob} than its chunk list adds up to"))
@@ -161,20 +196,25 @@ impl GrpcChunkSource {
         }
         Ok(())
     }
+
+    /// Starts [`GrpcChunkSource::feed`] in a task; its chunks arrive on the returned stream.
+    fn spawn_feed(&self, blob: &B3Digest, chunks: &Arc<[ChunkMeta]>, probe: Option<Probe>) -> ChunkStream {
+        let (to, stream) = mpsc::channel(READ_AHEAD);
+        let source = GrpcChunkSource(self.0.clone());
+        let (blob, chunks) = (*blob, chunks.clone());
+        tokio::spawn(async move {
+            if let Err(e) = source.feed(&blob, &chunks, probe, &to).await {
+                let _ = to.send(Err(e)).await;
+            }
+        });
+        stream
+    }
 }
 
 #[async_trait]
 impl ChunkSource for GrpcChunkSource {
     fn stream_chunks(&self, blob: &B3Digest, chunks: &Arc<[ChunkMeta]>) -> Option<ChunkStream> {
-        let (to, stream) = mpsc::channel(READ_AHEAD);
-        let source = GrpcChunkSource(self.0.clone());
-        let (blob, chunks) = (*blob, chunks.clone());
-        tokio::spawn(async move {
-            if let Err(e) = source.feed(&blob, &chunks, &to).await {
-                let _ = to.send(Err(e)).await;
-            }
-        });
-        Some(stream)
+        Some(self.spawn_feed(blob, chunks, None))
     }
 
     async fn get_chunk(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error> {
@@ -183,7 +223,7 @@ impl ChunkSource for GrpcChunkSource {
         match self.0.read_up_to(digest, Some(MAX_MESSAGE_SIZE)).await? {
             WholeRead::Complete(data) => Ok(Some(data)),
             WholeRead::Absent => Ok(None),
-            WholeRead::TooLarge => Err(Error::Corrupt(format!(
+            WholeRead::TooLarge(_) => Err(Error::Corrupt(format!(
                 "server sent more than {MAX_MESSAGE_SIZE} bytes for chunk {digest}"
             ))),
         }
@@ -225,29 +265,39 @@ impl BlobService for GrpcBlobService {
         Ok(match self.read_verified(digest, Some(limit)).await? {
             WholeRead::Absent => WholeBlob::Absent,
             WholeRead::Complete(data) => WholeBlob::Verified(data),
-            WholeRead::TooLarge => WholeBlob::TooLarge,
+            WholeRead::TooLarge(_) => WholeBlob::TooLarge,
         })
     }
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
-        match self.read_verified(digest, Some(WHOLE_READ_LIMIT)).await? {
+        let probe = match self.read_verified(digest, Some(WHOLE_READ_LIMIT)).await? {
             WholeRead::Absent => return Ok(None),
             WholeRead::Complete(data) => return Ok(Some(Box::new(std::io::Cursor::new(data)))),
-            WholeRead::TooLarge => {}
-        }
+            WholeRead::TooLarge(probe) => probe,
+        };
         let Some(chunks) = self.chunks(digest).await? else {
             return Ok(None);
         };
         if chunks.is_empty() {
             // A server that does not chunk gives us no way to verify part of the blob before all
             // of it arrived, so the whole blob is fetched and checked before any byte is handed out.
-            return match self.read_verified(digest, None).await? {
-                WholeRead::Complete(data) => Ok(Some(Box::new(std::io::Cursor::new(data)))),
-                WholeRead::Absent | WholeRead::TooLarge => Ok(None),
-            };
+            let data = probe.finish().await?;
+            if B3Digest::of(&data) != *digest {
+                return Err(Error::Corrupt(format!(
+                    "server sent {} bytes for blob {digest} that do not match its digest",
+                    data.len()
+                )));
+            }
+            return Ok(Some(Box::new(std::io::Cursor::new(data))));
         }
-        let source: Arc<dyn ChunkSource> = Arc::new(GrpcChunkSource(self.clone()));
-        Ok(Some(Box::new(ChunkedReader::new(source, *digest, chunks))))
+        let source = Arc::new(GrpcChunkSource(self.clone()));
+        // The probe's call goes on feeding the reader if it reads from the start; a reader going
+        // elsewhere first drops (cancels) it and fetches the chunks it needs.
+        let parked: ParkedStream = {
+            let source = source.clone();
+            Box::new(move |blob, chunks| source.spawn_feed(blob, chunks, Some(probe)))
+        };
+        Ok(Some(Box::new(ChunkedReader::new(source, *digest, chunks).with_parked_stream(parked))))
     }
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {

@@ -70,6 +70,14 @@ impl<S: ChunkStore> BlobService for ChunkedBlobService<S> {
         Ok(Some(Box::new(ChunkedReader::new(source, *digest, chunks))))
     }
 
+    async fn open_chunked(&self, digest: &B3Digest) -> Result<Option<ChunkedReader>, Error> {
+        let Some(chunks) = self.chunks(digest).await? else {
+            return Ok(None);
+        };
+        let source: Arc<dyn ChunkSource> = self.store.clone();
+        Ok(Some(ChunkedReader::new(source, *digest, chunks)))
+    }
+
     async fn read_whole(&self, digest: &B3Digest, limit: u64) -> Result<WholeBlob, Error> {
         if let Some(data) = self.single_chunk(digest).await? {
             return Ok(if data.len() as u64 > limit { WholeBlob::TooLarge } else { WholeBlob::Verified(data) });

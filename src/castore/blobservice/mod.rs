@@ -20,7 +20,7 @@ pub use chunked::{ChunkStore, ChunkedBlobService};
 pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 pub use memory::MemoryChunkStore;
 pub use objectstore::ObjectStoreChunkStore;
-pub use reader::{ChunkSource, ChunkStream, ChunkedReader, READ_AHEAD};
+pub use reader::{ChunkSource, ChunkStream, ChunkedReader, ParkedStream, READ_AHEAD};
 pub(crate) use reader::verify_chunk;
 pub use writer::{ChannelBlobWriter, IncomingBlob};
 
@@ -62,6 +62,15 @@ pub trait BlobService: Send + Sync {
     /// The chunks of a blob in order; `None` when absent. A blob stored as a single chunk lists
     /// itself; an empty list means the backend does not expose chunks for it.
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error>;
+
+    /// A reader handing out the blob's verified chunk buffers themselves
+    /// ([`ChunkedReader::next_piece`]), for a sender that passes them on without copying;
+    /// `None` when the backend has no such reader or the blob is absent (then use
+    /// [`BlobService::open_read`]).
+    async fn open_chunked(&self, digest: &B3Digest) -> Result<Option<ChunkedReader>, Error> {
+        let _ = digest;
+        Ok(None)
+    }
 
     /// The whole blob as one verified buffer, if it is at most `limit` bytes long. Most blobs of
     /// a store (and every chunk) are small: for them this is one lookup and one buffer, where

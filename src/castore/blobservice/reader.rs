@@ -37,6 +37,10 @@ pub trait ChunkSource: Send + Sync + 'static {
 /// [`READ_AHEAD`] chunks ahead of the reader. Dropping it stops the sender.
 pub type ChunkStream = tokio::sync::mpsc::Receiver<Result<Bytes, Error>>;
 
+/// Starts a [`ChunkStream`] from something already under way (e.g. a call the opener made),
+/// given the blob and its chunks; see [`ChunkedReader::with_parked_stream`].
+pub type ParkedStream = Box<dyn FnOnce(&B3Digest, &Arc<[ChunkMeta]>) -> ChunkStream + Send>;
+
 /// How many chunks past the one being read are fetched ahead while reading sequentially. With 3,
 /// a cold `tvix-store dump` of a 300 MB path took 0.7-1.05 s; deeper read-ahead hides more of
 /// the per-chunk fetch and verify latency (16: 0.45-0.67 s). 8 keeps most of that gain while a
@@ -74,6 +78,9 @@ pub struct ChunkedReader {
     /// The source's stream of chunks and the index of the next chunk it sends, while the blob is
     /// read in order from its start; a read anywhere else drops it (cancelling it).
     stream: Option<(usize, ChunkStream)>,
+    /// Started instead of [`ChunkSource::stream_chunks`] if the first read is at the start;
+    /// dropped by any other first read.
+    parked: Option<ParkedStream>,
 }
 
 impl ChunkedReader {
@@ -100,7 +107,14 @@ impl ChunkedReader {
             inflight: VecDeque::new(),
             whole,
             stream: None,
+            parked: None,
         }
+    }
+
+    /// Makes `parked` the stream a read from the start uses, instead of asking the source.
+    pub fn with_parked_stream(mut self, parked: ParkedStream) -> Self {
+        self.parked = Some(parked);
+        self
     }
 
     /// Total length of the blob.
@@ -155,9 +169,22 @@ impl ChunkedReader {
     /// The next chunk from the source's stream if the stream is at `index`: starts it when the
     /// reader begins at the start of the blob, drops it when the reader went elsewhere.
     fn poll_streamed(&mut self, cx: &mut Context<'_>, index: usize) -> Poll<Option<Result<Bytes, Error>>> {
-        if index == 0 && self.current.is_none() && self.inflight.is_empty() && self.stream.is_none() {
-            self.stream = self.source.stream_chunks(&self.blob, &self.chunks).map(|stream| (0, stream));
+        // Reading (again) from the start, not continuing within the first chunk.
+        let at_start = index == 0 && !matches!(self.current, Some((0, _)));
+        if at_start && !matches!(self.stream, Some((0, _))) {
+            let started = match self.parked.take() {
+                Some(start) => Some(start(&self.blob, &self.chunks)),
+                None => self.source.stream_chunks(&self.blob, &self.chunks),
+            };
+            if let Some(stream) = started {
+                self.stream = Some((0, stream));
+                // Fetches for other positions are not needed any more.
+                for (_, task) in self.inflight.drain(..) {
+                    task.abort();
+                }
+            }
         }
+        self.parked = None;
         let Some((next, stream)) = &mut self.stream else {
             return Poll::Ready(None);
         };
@@ -205,24 +232,44 @@ impl ChunkedReader {
     }
 }
 
-impl AsyncRead for ChunkedReader {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.pos >= self.size || buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
+impl ChunkedReader {
+    /// Up to `max` bytes from the current position, within one chunk, as a slice of the
+    /// verified chunk (no copy); `None` at the end of the blob.
+    fn poll_piece(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Result<Option<Bytes>, Error>> {
+        if self.pos >= self.size {
+            return Poll::Ready(Ok(None));
         }
         let index = self.chunk_index(self.pos);
-        let have = matches!(&self.current, Some((i, _)) if *i == index);
-        if !have {
-            let data = ready!(self.poll_chunk(cx, index)).map_err(io::Error::from)?;
-            self.current = Some((index, data));
-        }
-        let offset = (self.pos - self.starts[index]) as usize;
-        let Some((_, data)) = &self.current else {
-            return Poll::Ready(Ok(()));
+        let data = match &self.current {
+            Some((i, data)) if *i == index => data.clone(),
+            _ => {
+                let data = ready!(self.poll_chunk(cx, index))?;
+                self.current = Some((index, data.clone()));
+                data
+            }
         };
-        let n = buf.remaining().min(data.len() - offset);
-        buf.put_slice(&data[offset..offset + n]);
+        let offset = (self.pos - self.starts[index]) as usize;
+        let n = max.min(data.len() - offset);
         self.pos += n as u64;
+        Poll::Ready(Ok(Some(data.slice(offset..offset + n))))
+    }
+
+    /// The rest of the current chunk (the whole chunk when reading from a chunk boundary), then
+    /// the next: a blob's bytes as the verified chunk buffers themselves, for a sender that
+    /// passes them on without copying. `None` at the end of the blob.
+    pub async fn next_piece(&mut self) -> Result<Option<Bytes>, Error> {
+        std::future::poll_fn(|cx| self.poll_piece(cx, usize::MAX)).await
+    }
+}
+
+impl AsyncRead for ChunkedReader {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(piece) = ready!(self.poll_piece(cx, buf.remaining())).map_err(io::Error::from)? {
+            buf.put_slice(&piece);
+        }
         Poll::Ready(Ok(()))
     }
 }
