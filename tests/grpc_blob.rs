@@ -169,6 +169,34 @@ struct Instrumented {
     serve_instead: Option<Vec<u8>>,
 }
 
+impl Instrumented {
+    /// An honest wrapper around `inner`.
+    fn over(inner: Arc<dyn BlobService>) -> Self {
+        Self { inner, reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: None, serve_instead: None }
+    }
+}
+
+/// `content` stored in a memory backend and served in-process through an [`Instrumented`]
+/// wrapper, with a client of that server.
+struct Served {
+    instrumented: Arc<Instrumented>,
+    client: Arc<dyn BlobService>,
+    digest: B3Digest,
+    chunks: Vec<ChunkMeta>,
+    _server: (tempfile::TempDir, tokio::sync::oneshot::Sender<()>),
+}
+
+async fn serve_instrumented(content: &[u8]) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = blobservice::from_addr("memory://").await.unwrap();
+    let digest = put(backend.as_ref(), content).await;
+    let chunks = backend.chunks(&digest).await.unwrap().unwrap();
+    let instrumented = Arc::new(Instrumented::over(backend));
+    let (addr, stop) = in_process(instrumented.clone(), dir.path()).await;
+    let client = blobservice::from_addr(&addr).await.unwrap();
+    Served { instrumented, client, digest, chunks, _server: (dir, stop) }
+}
+
 #[async_trait]
 impl BlobService for Instrumented {
     async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
@@ -216,15 +244,9 @@ async fn in_process(blob: Arc<dyn BlobService>, dir: &std::path::Path) -> (Strin
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ranged_read_fetches_only_the_covering_chunk() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = blobservice::from_addr("memory://").await.unwrap();
     let content = data(24_000_000, 7);
-    let digest = put(backend.as_ref(), &content).await;
-    let chunks = backend.chunks(&digest).await.unwrap().unwrap();
+    let Served { instrumented, client, digest, chunks, _server } = serve_instrumented(&content).await;
     assert!(chunks.len() >= 8, "need several chunks, got {}", chunks.len());
-    let instrumented = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: None, serve_instead: None });
-    let (addr, _stop) = in_process(instrumented.clone(), dir.path()).await;
-    let client = blobservice::from_addr(&addr).await.unwrap();
 
     // The client's chunk list is the server's.
     assert_eq!(client.chunks(&digest).await.unwrap().unwrap(), chunks);
@@ -271,14 +293,9 @@ async fn ranged_read_fetches_only_the_covering_chunk() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sequential_read_of_a_large_blob_is_one_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = blobservice::from_addr("memory://").await.unwrap();
     let content = data(24_000_000, 9);
-    let digest = put(backend.as_ref(), &content).await;
-    assert!(backend.chunks(&digest).await.unwrap().unwrap().len() >= 8);
-    let instrumented = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: None, serve_instead: None });
-    let (addr, _stop) = in_process(instrumented.clone(), dir.path()).await;
-    let client = blobservice::from_addr(&addr).await.unwrap();
+    let Served { instrumented, client, digest, chunks, _server } = serve_instrumented(&content).await;
+    assert!(chunks.len() >= 8);
     let mut r = client.open_read(&digest).await.unwrap().unwrap();
     let mut back = Vec::new();
     r.read_to_end(&mut back).await.unwrap();
@@ -297,14 +314,9 @@ async fn sequential_read_of_a_large_blob_is_one_call() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn small_blob_is_read_with_one_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = blobservice::from_addr("memory://").await.unwrap();
     let content = data(700_000, 8);
-    let digest = put(backend.as_ref(), &content).await;
-    assert!(backend.chunks(&digest).await.unwrap().unwrap().len() > 1, "want a multi-chunk small blob");
-    let instrumented = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: None, serve_instead: None });
-    let (addr, _stop) = in_process(instrumented.clone(), dir.path()).await;
-    let client = blobservice::from_addr(&addr).await.unwrap();
+    let Served { instrumented, client, digest, chunks, _server } = serve_instrumented(&content).await;
+    assert!(chunks.len() > 1, "want a multi-chunk small blob");
     assert!(read_all(client.as_ref(), &digest).await == content);
     assert_eq!(*instrumented.reads.lock(), vec![digest], "one whole-blob Read, no chunk reads");
 }
@@ -315,7 +327,7 @@ async fn server_without_chunks_is_read_whole_and_verified() {
     let backend = blobservice::from_addr("memory://").await.unwrap();
     let content = data(3_000_000, 11);
     let digest = put(backend.as_ref(), &content).await;
-    let honest = Arc::new(Instrumented { inner: backend.clone(), reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: Some(vec![]), serve_instead: None });
+    let honest = Arc::new(Instrumented { chunk_list: Some(vec![]), ..Instrumented::over(backend.clone()) });
     let (addr, _stop) = in_process(honest.clone(), dir.path()).await;
     let client = blobservice::from_addr(&addr).await.unwrap();
     assert!(read_all(client.as_ref(), &digest).await == content);
@@ -325,7 +337,7 @@ async fn server_without_chunks_is_read_whole_and_verified() {
     let dir2 = tempfile::tempdir().unwrap();
     let mut wrong = content.clone();
     wrong[1_234_567] ^= 1;
-    let liar = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: Some(vec![]), serve_instead: Some(wrong) });
+    let liar = Arc::new(Instrumented { chunk_list: Some(vec![]), serve_instead: Some(wrong), ..Instrumented::over(backend) });
     let (addr, _stop2) = in_process(liar, dir2.path()).await;
     let client = blobservice::from_addr(&addr).await.unwrap();
     let err = match client.open_read(&digest).await {
@@ -333,6 +345,21 @@ async fn server_without_chunks_is_read_whole_and_verified() {
         Ok(_) => panic!("a blob whose bytes do not match its digest must not be readable"),
     };
     assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
+}
+
+/// Reading `digest` fails as corrupt, either at open or while reading; in the latter case only
+/// a prefix of the real `content` of at most `good` bytes was handed out before the error.
+async fn assert_corrupt_read_stops_before(client: &dyn BlobService, digest: &B3Digest, content: &[u8], good: u64) {
+    match client.open_read(digest).await {
+        Err(err) => assert!(matches!(err, Error::Corrupt(_)), "{err:?}"),
+        Ok(None) => panic!("blob {digest} reported absent"),
+        Ok(Some(mut r)) => {
+            let mut back = Vec::new();
+            let err = r.read_to_end(&mut back).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+            assert!(back.len() as u64 <= good && content.starts_with(&back), "unverified bytes of {digest} were handed out");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -345,20 +372,11 @@ async fn corrupt_bytes_from_server_are_refused() {
         let digest = put(backend.as_ref(), &content).await;
         let mut wrong = content.clone();
         wrong[len / 2] ^= 0xff;
-        let liar = Arc::new(Instrumented { inner: backend, reads: Mutex::new(vec![]), served: Mutex::new(vec![]), chunk_list: None, serve_instead: Some(wrong) });
+        let liar = Arc::new(Instrumented { serve_instead: Some(wrong), ..Instrumented::over(backend) });
         let (addr, _stop) = in_process(liar, dir.path()).await;
         let client = blobservice::from_addr(&addr).await.unwrap();
-        match client.open_read(&digest).await {
-            Err(err) => assert!(matches!(err, Error::Corrupt(_)), "{len} bytes: {err:?}"),
-            Ok(None) => panic!("{len} bytes: blob reported absent"),
-            Ok(Some(mut r)) => {
-                let mut back = Vec::new();
-                let err = r.read_to_end(&mut back).await.unwrap_err();
-                assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{len} bytes: {err}");
-                // Chunks before the corrupt one verify and may be handed out; the corrupt one not.
-                assert!(back.len() <= len / 2 && content.starts_with(&back), "{len} bytes: unverified bytes were handed out");
-            }
-        }
+        // Chunks before the corrupt one verify and may be handed out; the corrupt one not.
+        assert_corrupt_read_stops_before(client.as_ref(), &digest, &content, len as u64 / 2).await;
     }
 }
 
@@ -390,16 +408,7 @@ async fn corrupt_chunk_on_the_servers_disk_is_not_served() {
     assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
     // The error may come at open (the first Read call already runs into the corrupt chunk) or
     // while reading, after the good first chunk.
-    match client.open_read(&large_digest).await {
-        Err(err) => assert!(matches!(err, Error::Corrupt(_)), "{err:?}"),
-        Ok(None) => panic!("blob reported absent"),
-        Ok(Some(mut r)) => {
-            let mut back = Vec::new();
-            let err = r.read_to_end(&mut back).await.unwrap_err();
-            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
-            assert!(back.len() as u64 <= chunks[0].size && large.starts_with(&back), "bytes of the corrupt chunk were served");
-        }
-    }
+    assert_corrupt_read_stops_before(client.as_ref(), &large_digest, &large, chunks[0].size).await;
     // Reading from the middle fetches the corrupt chunk by itself.
     let err = client.open_read(&chunks[1].digest).await.err().expect("a corrupt chunk must not open");
     assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
