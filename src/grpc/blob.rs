@@ -170,6 +170,14 @@ impl GrpcChunkSource {
                 let meta = chunks.get(index).ok_or_else(|| {
                     Error::Corrupt(format!("server sent more bytes for blob {blob} than its chunk list adds up to"))
                 })?;
+                // A chunk is gathered in memory: as with chunk reads, a listed size beyond what
+                // one message may carry is refused rather than buffered.
+                if meta.size > MAX_MESSAGE_SIZE as u64 {
+                    return Err(Error::Corrupt(format!(
+                        "server lists chunk {} of blob {blob} with {} bytes, more than {MAX_MESSAGE_SIZE}",
+                        meta.digest, meta.size
+                    )));
+                }
                 let missing = meta.size as usize - partial.len();
                 let chunk = if partial.is_empty() && data.len() >= missing {
                     data.split_to(missing)
