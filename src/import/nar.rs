@@ -71,7 +71,7 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
                     uploads.submit(digest, Bytes::from(data)).await?;
                     digest
                 } else {
-                    let mut writer = blob.open_write().await;
+                    let mut writer = blob.open_write_deferred().await;
                     let mut contents = reader.contents();
                     copy_contents(&mut contents, &mut writer, offset).await?;
                     writer.close().await?
@@ -104,6 +104,9 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
     let hashing = reader.into_inner();
     let nar_sha256: [u8; 32] = hashing.hasher.finalize().into();
     uploads.finish().await?;
+    // Blobs were written deferred: durable before any directory (or the caller's PathInfo)
+    // refers to them.
+    blob.sync().await?;
     if any_directory {
         putter.close().await?;
     }

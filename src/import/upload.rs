@@ -3,6 +3,11 @@
 //! Over gRPC every blob Put is a round trip; uploading small files one after the other would
 //! make ingestion latency-bound. The caller computes the digest itself (so it can build
 //! directories right away) and hands the bytes over; the uploader checks the service agrees.
+//!
+//! Blobs are written with deferred durability ([`BlobService::open_write_deferred`]): a local
+//! store then does not wait for the disk once per file. The caller must call
+//! [`BlobService::sync`] after [`Uploader::finish`] and before storing anything that refers to
+//! the blobs.
 
 use std::sync::Arc;
 
@@ -53,7 +58,7 @@ impl Uploader {
         let blob = self.blob.clone();
         self.tasks.spawn(async move {
             let _permits = (count, bytes);
-            let mut w = blob.open_write().await;
+            let mut w = blob.open_write_deferred().await;
             w.write_all(&data).await.map_err(|e| ImportError::Store(crate::castore::Error::Storage(format!("uploading blob {digest}: {e}"))))?;
             let got = w.close().await?;
             if got != digest {
@@ -64,7 +69,8 @@ impl Uploader {
         Ok(())
     }
 
-    /// Waits for every queued upload; the first failure wins and the rest are cancelled.
+    /// Waits for every queued upload; the first failure wins and the rest are cancelled. The
+    /// blobs are not necessarily durable yet (see the module docs).
     pub async fn finish(mut self) -> Result<(), ImportError> {
         while let Some(done) = self.tasks.join_next().await {
             if let Err(e) = flatten(done) {

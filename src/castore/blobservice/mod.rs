@@ -54,8 +54,27 @@ pub trait BlobService: Send + Sync {
     /// Opens a blob for reading; `None` when absent.
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error>;
 
-    /// Starts writing a new blob.
+    /// Starts writing a new blob. Its writer's `close()` returns the digest only once the blob
+    /// is durably stored.
     async fn open_write(&self) -> Box<dyn BlobWriter>;
+
+    /// Starts writing a new blob whose durability is deferred to the next [`BlobService::sync`]:
+    /// the writer's `close()` may return the digest before the blob is durable, and the blob may
+    /// not be visible (`has`, `open_read`, `chunks`) before that sync returns.
+    ///
+    /// For bulk ingestion, which would otherwise wait for the disk once per blob: write all
+    /// blobs this way, then call `sync()` once, and only then store anything that refers to
+    /// them (a Directory, a PathInfo). Backends that cannot defer return a normal writer.
+    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
+        self.open_write().await
+    }
+
+    /// Makes every blob whose deferred writer was closed before this call durable and visible.
+    /// A no-op for backends whose writers are always durable on close (e.g. the gRPC client:
+    /// the server's Put returns only once the blob is durable).
+    async fn sync(&self) -> Result<(), Error> {
+        Ok(())
+    }
 
     /// The chunks of a blob in order; `None` when absent. A blob stored as a single chunk lists
     /// itself; an empty list means the backend does not expose chunks for it.
