@@ -185,6 +185,10 @@ fn create_fan_out(dir: &std::path::Path) -> Result<(), Error> {
             // Created in order, so the last one existing means all do.
             continue;
         }
+        let top = dir.join(kind);
+        std::fs::create_dir_all(&top)
+            .map_err(|e| Error::storage(format!("cannot create blob directory {}", top.display()), e))?;
+        spread_subdirectories(&top);
         for byte in 0..=255u8 {
             let sub = dir.join(kind).join(format!("{byte:02x}"));
             std::fs::create_dir_all(&sub)
@@ -192,6 +196,30 @@ fn create_fan_out(dir: &std::path::Path) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Marks `dir` as the top of a directory hierarchy (ext4's `FS_TOPDIR_FL`, `chattr +T`), so the
+/// file system spreads its subdirectories, our fan-out directories, over its block groups
+/// instead of packing them into the group of their parent. ext4 places a new file's inode in
+/// its directory's group, and without a journal it skips every inode of that group deleted in
+/// the last minute, one by one, on each allocation: with all fan-out directories in one group,
+/// creating a store's files right after another store was deleted cost seconds of system time
+/// (measured: an import of 2,000 files took 2.0-2.5 s instead of 1.1-1.4 s). Other file
+/// systems ignore or refuse the flag; either way only placement changes.
+fn spread_subdirectories(dir: &std::path::Path) {
+    const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+    let Ok(file) = std::fs::File::open(dir) else {
+        return;
+    };
+    let mut flags: libc::c_int = 0;
+    // SAFETY: the descriptor is valid while `file` lives; both ioctls read or write one int
+    // through a pointer to a live local.
+    unsafe {
+        if libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) == 0 {
+            flags |= FS_TOPDIR_FL;
+            libc::ioctl(file.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags);
+        }
+    }
 }
 
 /// Distinguishes the temporary files of concurrent writes of the same digest in this process.
@@ -214,7 +242,8 @@ fn write_file_blocking(
     {
         return Ok(());
     }
-    let pid = std::process::id();
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
     let (temp, mut file) = loop {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         // A leftover of a crashed process with our pid may hold the name: take the next one.
