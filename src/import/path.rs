@@ -160,6 +160,8 @@ impl Walker<'_> {
             digest
         } else {
             let mut writer = self.rt.block_on(self.blob.open_write_deferred());
+            // Hashed here too, so the walk need not wait for the store to close the blob.
+            let mut hasher = blake3::Hasher::new();
             let mut read = 0u64;
             loop {
                 let n = file.read(&mut self.buf).map_err(ImportError::io(path))?;
@@ -171,6 +173,7 @@ impl Walker<'_> {
                     return Err(changed(read));
                 }
                 now(self.nar.file_write(&self.buf[..n]))?;
+                hasher.update(&self.buf[..n]);
                 self.rt
                     .block_on(writer.write_all(&self.buf[..n]))
                     .map_err(|e| crate::castore::Error::Storage(format!("uploading {}: {e}", path.display())))?;
@@ -181,7 +184,9 @@ impl Walker<'_> {
             if read != size {
                 return Err(changed(read));
             }
-            self.rt.block_on(writer.close())?
+            let digest = B3Digest::from(hasher.finalize());
+            self.rt.block_on(self.uploads.submit_writer(digest, writer))?;
+            digest
         };
         now(self.nar.file_end())?;
         if size <= SMALL_BLOB

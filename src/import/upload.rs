@@ -18,10 +18,13 @@ use tokio::task::JoinSet;
 
 use super::ImportError;
 use crate::castore::B3Digest;
-use crate::castore::blobservice::BlobService;
+use crate::castore::blobservice::{BlobService, BlobWriter};
 
 /// Blobs up to this size are read whole and uploaded in the background; larger ones stream.
-pub const SMALL_BLOB: u64 = 1024 * 1024;
+/// A streamed blob holds up the walk until its store confirms it (over gRPC: a round trip and
+/// the server's sync), so files of a few MB, common in store paths, go in the background too;
+/// their memory is bounded by [`MAX_BYTES_IN_FLIGHT`].
+pub const SMALL_BLOB: u64 = 8 * 1024 * 1024;
 /// Most uploads in flight at once.
 pub const MAX_UPLOADS: usize = 64;
 /// Most bytes held by uploads in flight at once.
@@ -61,6 +64,25 @@ impl Uploader {
             let mut w = blob.open_write_deferred().await;
             w.write_all(&data).await.map_err(|e| ImportError::Store(crate::castore::Error::Storage(format!("uploading blob {digest}: {e}"))))?;
             let got = w.close().await?;
+            if got != digest {
+                return Err(ImportError::DigestMismatch { expected: digest, got });
+            }
+            Ok(())
+        });
+        Ok(())
+    }
+
+    /// Hands over a streamed blob whose bytes are all written (`digest` computed by the caller
+    /// from them): it is closed in the background, so the caller can go on while the store
+    /// finishes it (over gRPC, while the server makes it durable).
+    pub async fn submit_writer(&mut self, digest: B3Digest, mut writer: Box<dyn BlobWriter>) -> Result<(), ImportError> {
+        while let Some(done) = self.tasks.try_join_next() {
+            flatten(done)?;
+        }
+        let count = self.count.clone().acquire_owned().await.map_err(closed)?;
+        self.tasks.spawn(async move {
+            let _permit = count;
+            let got = writer.close().await?;
             if got != digest {
                 return Err(ImportError::DigestMismatch { expected: digest, got });
             }
