@@ -148,6 +148,60 @@ mod tests {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread")]
+    async fn deferred_blobs_become_visible_with_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let services: Vec<Arc<dyn BlobService>> = vec![
+            from_addr("memory://").await.unwrap(),
+            from_addr(&format!("objectstore+file://{}", dir.path().display())).await.unwrap(),
+        ];
+        for service in services {
+            let small = data(1000);
+            let large = data(5_000_000);
+            let mut digests = Vec::new();
+            for content in [&small, &large] {
+                let mut w = service.open_write_deferred().await;
+                w.write_all(content).await.unwrap();
+                let digest = w.close().await.unwrap();
+                assert_eq!(digest, B3Digest::of(content));
+                digests.push(digest);
+            }
+            // A multi-chunk blob's list only appears once its chunks are durable.
+            assert!(!service.has(&digests[1]).await.unwrap(), "deferred multi-chunk blob visible before sync");
+            service.sync().await.unwrap();
+            for (digest, content) in digests.iter().zip([&small, &large]) {
+                assert!(service.has(digest).await.unwrap());
+                let mut back = Vec::new();
+                service.open_read(digest).await.unwrap().unwrap().read_to_end(&mut back).await.unwrap();
+                assert!(&back == content, "content of {digest} differs after sync");
+            }
+            // A second sync has nothing left to do and still succeeds.
+            service.sync().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn objectstore_replaces_a_chunk_of_the_wrong_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = from_addr(&format!("objectstore+file://{}", dir.path().display())).await.unwrap();
+        let content = data(10_000);
+        let digest = B3Digest::of(&content);
+        let hex = digest.to_hex();
+        // What a crash between writing a chunk and syncing it can leave behind.
+        let path = dir.path().join("chunks").join(&hex[..2]).join(&hex);
+        std::fs::write(&path, &content[..100]).unwrap();
+        let mut w = service.open_write().await;
+        w.write_all(&content).await.unwrap();
+        assert_eq!(w.close().await.unwrap(), digest);
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+
     #[tokio::test]
     async fn memory_and_objectstore_roundtrip() {
         let dir = tempfile::tempdir().unwrap();
