@@ -12,7 +12,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -62,7 +61,7 @@ impl Uploader {
         self.tasks.spawn(async move {
             let _permits = (count, bytes);
             let mut w = blob.open_write_deferred().await;
-            w.write_all(&data).await.map_err(|e| ImportError::Store(crate::castore::Error::Storage(format!("uploading blob {digest}: {e}"))))?;
+            w.write_bytes(data).await.map_err(|e| ImportError::Store(crate::castore::Error::Storage(format!("uploading blob {digest}: {e}"))))?;
             let got = w.close().await?;
             if got != digest {
                 return Err(ImportError::DigestMismatch { expected: digest, got });

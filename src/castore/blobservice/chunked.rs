@@ -136,6 +136,10 @@ async fn store_blob<S: ChunkStore>(
 ) -> Result<B3Digest, Error> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = BytesMut::new();
+    // A piece received while nothing else is buffered is kept as it is, so a blob arriving in
+    // one piece (most small files; a whole file handed over with `write_bytes`) is cut into
+    // chunks without being copied.
+    let mut first: Option<Bytes> = None;
     let mut in_flight: VecDeque<JoinHandle<Result<ChunkMeta, Error>>> = VecDeque::new();
     let mut chunks = Vec::new();
     let mut total = 0u64;
@@ -146,15 +150,37 @@ async fn store_blob<S: ChunkStore>(
             Some(data) => {
                 hasher.update(&data);
                 total += data.len() as u64;
-                buf.extend_from_slice(&data);
-                if buf.len() < 2 * CHUNK_MAX {
+                if buf.is_empty() && first.is_none() {
+                    first = Some(data);
+                } else {
+                    if let Some(previous) = first.take() {
+                        buf.extend_from_slice(&previous);
+                    }
+                    buf.extend_from_slice(&data);
+                }
+                let buffered = buf.len() + first.as_ref().map_or(0, Bytes::len);
+                if buffered < 2 * CHUNK_MAX {
                     continue;
                 }
             }
             None => eof = true,
         }
-        for len in final_chunk_lengths(&buf, eof) {
-            let chunk = buf.split_to(len).freeze();
+        let mut pieces = Vec::new();
+        if let Some(data) = first.take() {
+            let mut offset = 0;
+            for len in final_chunk_lengths(&data, eof) {
+                pieces.push(data.slice(offset..offset + len));
+                offset += len;
+            }
+            // The held-back end waits for more bytes; `buf` is empty while `first` is held.
+            buf.extend_from_slice(&data[offset..]);
+        } else {
+            for len in final_chunk_lengths(&buf, eof) {
+                pieces.push(buf.split_to(len).freeze());
+            }
+        }
+        for chunk in pieces {
+            let len = chunk.len();
             // A blob of one chunk (most files) is hashed once: the chunk's digest is the blob's.
             let known = if eof && len as u64 == total {
                 let digest = B3Digest::from(hasher.finalize());

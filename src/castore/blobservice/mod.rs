@@ -40,6 +40,13 @@ impl<T: AsyncRead + AsyncSeek + Send + Unpin> BlobReader for T {}
 /// Receives the bytes of a new blob.
 #[async_trait]
 pub trait BlobWriter: AsyncWrite + Send + Unpin {
+    /// Writes `data` (like `write_all`), without copying it where the writer can hand the
+    /// buffer on as it is: for callers that already hold the bytes in a [`Bytes`].
+    async fn write_bytes(&mut self, data: bytes::Bytes) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.write_all(&data).await
+    }
+
     /// Finishes the blob and returns its digest once it is durably stored. Calling it again
     /// returns the same digest.
     async fn close(&mut self) -> Result<B3Digest, Error>;
