@@ -72,6 +72,10 @@ pub trait BlobService: Send + Sync {
     /// For bulk ingestion, which would otherwise wait for the disk once per blob: write all
     /// blobs this way, then call `sync()` once, and only then store anything that refers to
     /// them (a Directory, a PathInfo). Backends that cannot defer return a normal writer.
+    ///
+    /// The caller hashes the bytes itself and must check the digest `close()` returns against
+    /// its own: a backend may leave that check to the caller instead of hashing again (the gRPC
+    /// client does, saving a BLAKE3 pass per blob on the importing side).
     async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
         self.open_write().await
     }
