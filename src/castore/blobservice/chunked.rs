@@ -43,7 +43,7 @@ pub struct ChunkedBlobService<S> {
     store: Arc<S>,
     /// Chunk lists of deferred multi-chunk blobs, stored by the next sync once their chunks are
     /// durable: a stored list must never refer to a chunk that a crash could still lose.
-    pending: Arc<parking_lot::Mutex<Vec<(B3Digest, Vec<ChunkMeta>)>>>,
+    pending: PendingLists,
     /// Held for a whole sync, so a sync returns only after the lists an earlier, concurrent
     /// sync took over are stored too.
     syncing: tokio::sync::Mutex<()>,
@@ -60,12 +60,15 @@ impl<S: ChunkStore> ChunkedBlobService<S> {
     }
 }
 
+/// Chunk lists waiting for the next sync, by blob digest.
+type PendingLists = Arc<parking_lot::Mutex<Vec<(B3Digest, Vec<ChunkMeta>)>>>;
+
 /// When a blob writer's close() may return.
 enum Durability {
     /// Once the blob is durable and visible.
     Now,
     /// Once its chunks are written; its chunk list (if any) goes here for the next sync.
-    Deferred(Arc<parking_lot::Mutex<Vec<(B3Digest, Vec<ChunkMeta>)>>>),
+    Deferred(PendingLists),
 }
 
 #[async_trait]
