@@ -14,7 +14,7 @@
 //! in a fan-out directory that may not exist yet before creating it. Here the fan-out directories
 //! are created when the store is opened, and each file's writeback is started as soon as it is
 //! written (`sync_file_range`), so the disk works while the importer hashes and reads further,
-//! and the group sync finds little left to write.
+//! and the group sync finds less left to write.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
