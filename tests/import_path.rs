@@ -125,3 +125,92 @@ async fn missing_path_and_bad_names_fail_clearly() {
     let err = import_path(blob, directory, path_info.as_ref(), &spaced, None).await.unwrap_err();
     assert!(matches!(err, ImportError::Name { .. }), "{err:?}");
 }
+
+/// A DirectoryService that refuses to store a directory graph while a file it names is not
+/// yet visible in the blob service: ingestion writes blobs with deferred durability, and must
+/// sync them before any directory refers to them.
+struct RequiresBlobsFirst {
+    inner: std::sync::Arc<dyn tvix_store::castore::directoryservice::DirectoryService>,
+    blob: std::sync::Arc<dyn tvix_store::castore::blobservice::BlobService>,
+    checked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct CheckingPutter<'a> {
+    inner: Box<dyn tvix_store::castore::directoryservice::DirectoryPutter + 'a>,
+    blob: std::sync::Arc<dyn tvix_store::castore::blobservice::BlobService>,
+    files: Vec<tvix_store::castore::B3Digest>,
+    checked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl tvix_store::castore::directoryservice::DirectoryService for RequiresBlobsFirst {
+    async fn get(&self, digest: &tvix_store::castore::B3Digest) -> Result<Option<tvix_store::castore::Directory>, tvix_store::castore::Error> {
+        self.inner.get(digest).await
+    }
+    fn get_recursive(
+        &self,
+        root: &tvix_store::castore::B3Digest,
+    ) -> futures::stream::BoxStream<'_, Result<tvix_store::castore::Directory, tvix_store::castore::Error>> {
+        self.inner.get_recursive(root)
+    }
+    fn put_multiple_start(&self) -> Box<dyn tvix_store::castore::directoryservice::DirectoryPutter + '_> {
+        Box::new(CheckingPutter {
+            inner: self.inner.put_multiple_start(),
+            blob: self.blob.clone(),
+            files: Vec::new(),
+            checked: self.checked.clone(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl tvix_store::castore::directoryservice::DirectoryPutter for CheckingPutter<'_> {
+    async fn put(&mut self, directory: tvix_store::castore::Directory) -> Result<(), tvix_store::castore::Error> {
+        for (_, node) in directory.entries() {
+            if let Node::File { digest, .. } = node {
+                self.files.push(*digest);
+            }
+        }
+        self.inner.put(directory).await
+    }
+    async fn close(&mut self) -> Result<tvix_store::castore::B3Digest, tvix_store::castore::Error> {
+        for digest in &self.files {
+            if !self.blob.has(digest).await? {
+                return Err(tvix_store::castore::Error::InvalidRequest(format!(
+                    "directory stored before its blob {digest} is durable"
+                )));
+            }
+            self.checked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.close().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blobs_are_durable_before_directories_refer_to_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    // Multi-chunk blobs (their chunk lists only appear with the sync) on both upload paths:
+    // read whole in the background, and streamed.
+    let bytes = |len: usize, seed: u32| -> Vec<u8> {
+        (0..len as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8).collect()
+    };
+    std::fs::write(tree.join("sub/background"), bytes(3_000_000, 1)).unwrap();
+    std::fs::write(tree.join("sub/streamed"), bytes(9_000_000, 2)).unwrap();
+    std::fs::write(tree.join("small"), b"small").unwrap();
+    let (blob, inner, _) = memory_services().await;
+    let checked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let directory = std::sync::Arc::new(RequiresBlobsFirst { inner, blob: blob.clone(), checked: checked.clone() });
+    let ingested = ingest_path(blob.clone(), directory.clone(), &tree, None).await.unwrap();
+    assert_eq!(checked.load(std::sync::atomic::Ordering::SeqCst), 3, "every file checked at the directory upload");
+
+    // The same through NAR ingestion.
+    checked.store(0, std::sync::atomic::Ordering::SeqCst);
+    let (blob2, inner2, _) = memory_services().await;
+    let directory2 = std::sync::Arc::new(RequiresBlobsFirst { inner: inner2, blob: blob2.clone(), checked: checked.clone() });
+    let nar = write_nar(Vec::new(), &ingested.node, blob.as_ref(), directory.as_ref()).await.unwrap();
+    let again = tvix_store::import::ingest_nar(blob2, directory2, &nar[..], None).await.unwrap();
+    assert_eq!(again.node, ingested.node);
+    assert_eq!(checked.load(std::sync::atomic::Ordering::SeqCst), 3, "every file checked at the directory upload");
+}

@@ -309,6 +309,27 @@ impl BlobService for GrpcBlobService {
     }
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {
+        self.put(true)
+    }
+
+    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
+        // The server's Put is durable by itself, so only the hashing can be left out: the
+        // caller checks the returned digest (see the trait).
+        self.put(false)
+    }
+
+    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
+        match self.stat(digest, true).await? {
+            Some(response) => Ok(Some(parse_chunks(digest, response.chunks)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl GrpcBlobService {
+    /// A writer uploading with one Put call; with `verify`, it hashes what it sends and fails
+    /// when the server stored something else.
+    fn put(&self, verify: bool) -> Box<dyn BlobWriter> {
         let mut client = self.client.clone();
         Box::new(ChannelBlobWriter::spawn(move |mut incoming| async move {
             // Hashed here as well, so a server storing something else than what we sent is caught.
@@ -319,7 +340,9 @@ impl BlobService for GrpcBlobService {
                     loop {
                         match incoming.next().await {
                             Ok(Some(data)) => {
-                                hasher.lock().update(&data);
+                                if verify {
+                                    hasher.lock().update(&data);
+                                }
                                 yield proto::BlobChunk { data };
                             }
                             Ok(None) => break,
@@ -334,19 +357,12 @@ impl BlobService for GrpcBlobService {
             let returned = B3Digest::try_from(&response.digest)
                 .map_err(|e| Error::Corrupt(format!("server returned an invalid blob digest: {e}")))?;
             let ours = B3Digest::from(hasher.lock().finalize());
-            if returned != ours {
+            if verify && returned != ours {
                 return Err(Error::Corrupt(format!(
                     "server stored the blob as {returned}, but the bytes sent have digest {ours}"
                 )));
             }
             Ok(returned)
         }))
-    }
-
-    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
-        match self.stat(digest, true).await? {
-            Some(response) => Ok(Some(parse_chunks(digest, response.chunks)?)),
-            None => Ok(None),
-        }
     }
 }

@@ -71,10 +71,14 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
                     uploads.submit(digest, Bytes::from(data)).await?;
                     digest
                 } else {
-                    let mut writer = blob.open_write().await;
+                    let mut writer = blob.open_write_deferred().await;
                     let mut contents = reader.contents();
-                    copy_contents(&mut contents, &mut writer, offset).await?;
-                    writer.close().await?
+                    let digest = copy_contents(&mut contents, &mut writer, offset).await?;
+                    let got = writer.close().await?;
+                    if got != digest {
+                        return Err(ImportError::DigestMismatch { expected: digest, got });
+                    }
+                    digest
                 };
                 if let Some(p) = &progress {
                     p.add_bytes(size);
@@ -104,25 +108,31 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
     let hashing = reader.into_inner();
     let nar_sha256: [u8; 32] = hashing.hasher.finalize().into();
     uploads.finish().await?;
+    // Blobs were written deferred: durable before any directory (or the caller's PathInfo)
+    // refers to them.
+    blob.sync().await?;
     if any_directory {
         putter.close().await?;
     }
     Ok(Ingested { node, nar_size: hashing.size, nar_sha256 })
 }
 
-/// Streams one file's contents into a blob writer, keeping NAR errors typed.
+/// Streams one file's contents into a blob writer, keeping NAR errors typed. Returns the
+/// contents' BLAKE3, for checking the digest the (deferred) writer returns.
 async fn copy_contents<R: AsyncRead + Unpin>(
     contents: &mut R,
     writer: &mut Box<dyn crate::castore::blobservice::BlobWriter>,
     offset: u64,
-) -> Result<(), ImportError> {
+) -> Result<B3Digest, ImportError> {
     use tokio::io::AsyncWriteExt;
     let mut buf = vec![0u8; 256 * 1024];
+    let mut hasher = blake3::Hasher::new();
     loop {
         let n = contents.read(&mut buf).await.map_err(|e| NarReadError::from_io(e, offset))?;
         if n == 0 {
-            return Ok(());
+            return Ok(B3Digest::from(hasher.finalize()));
         }
+        hasher.update(&buf[..n]);
         writer
             .write_all(&buf[..n])
             .await

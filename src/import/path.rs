@@ -44,7 +44,7 @@ pub async fn ingest_path(
             blob: blob.clone(),
             putter: &mut *putter,
             nar,
-            uploads: Uploader::new(blob),
+            uploads: Uploader::new(blob.clone()),
             buf: vec![0; READ_BUF],
             progress,
             any_directory: false,
@@ -53,8 +53,10 @@ pub async fn ingest_path(
         let Walker { nar, uploads, any_directory, .. } = walker;
         let hasher = futures::executor::block_on(nar.finish())?;
         let (nar_size, nar_sha256) = hasher.finalize();
-        // Directories may only become visible once every blob below them is stored.
+        // Directories (and the PathInfo our caller registers) may only become visible once
+        // every blob below them is durable; the blobs were written deferred, so sync once here.
         handle.block_on(uploads.finish())?;
+        handle.block_on(blob.sync())?;
         if any_directory {
             handle.block_on(putter.close())?;
         }
@@ -157,7 +159,9 @@ impl Walker<'_> {
             self.rt.block_on(self.uploads.submit(digest, Bytes::from(data)))?;
             digest
         } else {
-            let mut writer = self.rt.block_on(self.blob.open_write());
+            let mut writer = self.rt.block_on(self.blob.open_write_deferred());
+            // Hashed here too, so the walk need not wait for the store to close the blob.
+            let mut hasher = blake3::Hasher::new();
             let mut read = 0u64;
             loop {
                 let n = file.read(&mut self.buf).map_err(ImportError::io(path))?;
@@ -169,6 +173,7 @@ impl Walker<'_> {
                     return Err(changed(read));
                 }
                 now(self.nar.file_write(&self.buf[..n]))?;
+                hasher.update(&self.buf[..n]);
                 self.rt
                     .block_on(writer.write_all(&self.buf[..n]))
                     .map_err(|e| crate::castore::Error::Storage(format!("uploading {}: {e}", path.display())))?;
@@ -179,7 +184,9 @@ impl Walker<'_> {
             if read != size {
                 return Err(changed(read));
             }
-            self.rt.block_on(writer.close())?
+            let digest = B3Digest::from(hasher.finalize());
+            self.rt.block_on(self.uploads.submit_writer(digest, writer))?;
+            digest
         };
         now(self.nar.file_end())?;
         if size <= SMALL_BLOB

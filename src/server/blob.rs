@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use futures::{Stream, StreamExt};
 use std::io::SeekFrom;
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::castore::blobservice::{BlobService, WholeBlob};
@@ -117,7 +117,7 @@ impl proto::blob_service_server::BlobService for BlobServer {
         while let Some(message) = incoming.next().await {
             // On a broken stream the writer is dropped unclosed: nothing is stored under a digest.
             let message = message?;
-            if let Err(e) = writer.write_all(&message.data).await {
+            if let Err(e) = writer.write_bytes(message.data).await {
                 // A write only fails when the storing task gave up; its error says why.
                 return Err(match writer.close().await {
                     Err(cause) => cause.into(),

@@ -21,7 +21,8 @@ pub trait ChunkStore: ChunkSource {
     /// Length of a stored chunk; `None` when absent.
     async fn chunk_size(&self, digest: &B3Digest) -> Result<Option<u64>, Error>;
     /// Stores a chunk; durable once [`ChunkStore::sync`] returns. The digest has been computed
-    /// by the caller from `data`.
+    /// by the caller from `data`. A chunk of the wrong length (left behind by a crash before its
+    /// sync) must be replaced; one of the right length may be kept as it is.
     async fn put_chunk(&self, digest: &B3Digest, data: Bytes) -> Result<(), Error>;
     /// The chunk list of a multi-chunk blob; `None` when there is none.
     async fn get_chunk_list(&self, blob: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error>;
@@ -42,13 +43,34 @@ const STORES_IN_FLIGHT: usize = 4;
 /// A [`BlobService`] over a [`ChunkStore`].
 pub struct ChunkedBlobService<S> {
     store: Arc<S>,
+    /// Chunk lists of deferred multi-chunk blobs, stored by the next sync once their chunks are
+    /// durable: a stored list must never refer to a chunk that a crash could still lose.
+    pending: PendingLists,
+    /// Held for a whole sync, so a sync returns only after the lists an earlier, concurrent
+    /// sync took over are stored too.
+    syncing: tokio::sync::Mutex<()>,
 }
 
 impl<S: ChunkStore> ChunkedBlobService<S> {
     /// Serves blobs out of `store`.
     pub fn new(store: S) -> Self {
-        Self { store: Arc::new(store) }
+        Self {
+            store: Arc::new(store),
+            pending: Arc::default(),
+            syncing: tokio::sync::Mutex::new(()),
+        }
     }
+}
+
+/// Chunk lists waiting for the next sync, by blob digest.
+type PendingLists = Arc<parking_lot::Mutex<Vec<(B3Digest, Vec<ChunkMeta>)>>>;
+
+/// When a blob writer's close() may return.
+enum Durability {
+    /// Once the blob is durable and visible.
+    Now,
+    /// Once its chunks are written; its chunk list (if any) goes here for the next sync.
+    Deferred(PendingLists),
 }
 
 #[async_trait]
@@ -100,7 +122,35 @@ impl<S: ChunkStore> BlobService for ChunkedBlobService<S> {
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {
         let store = self.store.clone();
-        Box::new(ChannelBlobWriter::spawn(move |incoming| store_blob(store, incoming)))
+        Box::new(ChannelBlobWriter::spawn(move |incoming| store_blob(store, incoming, Durability::Now)))
+    }
+
+    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
+        let store = self.store.clone();
+        let durability = Durability::Deferred(self.pending.clone());
+        Box::new(ChannelBlobWriter::spawn(move |incoming| store_blob(store, incoming, durability)))
+    }
+
+    async fn sync(&self) -> Result<(), Error> {
+        let _syncing = self.syncing.lock().await;
+        let mut lists = std::mem::take(&mut *self.pending.lock());
+        let any_list = !lists.is_empty();
+        // The chunks of every deferred blob closed so far, then the lists referring to them.
+        let mut result = self.store.sync().await;
+        while result.is_ok()
+            && let Some((blob, chunks)) = lists.last()
+        {
+            result = self.store.put_chunk_list(blob, chunks).await;
+            if result.is_ok() {
+                lists.pop();
+            }
+        }
+        if result.is_ok() {
+            return if any_list { self.store.sync().await } else { Ok(()) };
+        }
+        // What was not stored is retried by the next sync.
+        self.pending.lock().extend(lists);
+        result
     }
 
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
@@ -126,63 +176,115 @@ impl<S: ChunkStore> ChunkedBlobService<S> {
 }
 
 /// Cuts the incoming bytes into chunks, stores them (a few at a time), and stores the chunk
-/// list last, so a blob's digest is only visible once everything it needs is durable.
-async fn store_blob<S: ChunkStore>(store: Arc<S>, mut incoming: IncomingBlob) -> Result<B3Digest, Error> {
+/// list last, so a blob's digest is only visible once everything it needs is durable (with
+/// [`Durability::Deferred`], once the next sync made it so).
+async fn store_blob<S: ChunkStore>(
+    store: Arc<S>,
+    mut incoming: IncomingBlob,
+    durability: Durability,
+) -> Result<B3Digest, Error> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = BytesMut::new();
+    // A piece received while nothing else is buffered is kept as it is, so a blob arriving in
+    // one piece (most small files; a whole file handed over with `write_bytes`) is cut into
+    // chunks without being copied.
+    let mut first: Option<Bytes> = None;
     let mut in_flight: VecDeque<JoinHandle<Result<ChunkMeta, Error>>> = VecDeque::new();
     let mut chunks = Vec::new();
+    let mut total = 0u64;
     let mut eof = false;
+    let mut whole: Option<B3Digest> = None;
     while !eof {
         match incoming.next().await? {
             Some(data) => {
                 hasher.update(&data);
-                buf.extend_from_slice(&data);
-                if buf.len() < 2 * CHUNK_MAX {
+                total += data.len() as u64;
+                if buf.is_empty() && first.is_none() {
+                    first = Some(data);
+                } else {
+                    if let Some(previous) = first.take() {
+                        buf.extend_from_slice(&previous);
+                    }
+                    buf.extend_from_slice(&data);
+                }
+                let buffered = buf.len() + first.as_ref().map_or(0, Bytes::len);
+                if buffered < 2 * CHUNK_MAX {
                     continue;
                 }
             }
             None => eof = true,
         }
-        for len in final_chunk_lengths(&buf, eof) {
-            let chunk = buf.split_to(len).freeze();
+        let mut pieces = Vec::new();
+        if let Some(data) = first.take() {
+            let mut offset = 0;
+            for len in final_chunk_lengths(&data, eof) {
+                pieces.push(data.slice(offset..offset + len));
+                offset += len;
+            }
+            // The held-back end waits for more bytes; `buf` is empty while `first` is held.
+            buf.extend_from_slice(&data[offset..]);
+        } else {
+            for len in final_chunk_lengths(&buf, eof) {
+                pieces.push(buf.split_to(len).freeze());
+            }
+        }
+        for chunk in pieces {
+            let len = chunk.len();
+            // A blob of one chunk (most files) is hashed once: the chunk's digest is the blob's.
+            let known = if eof && len as u64 == total {
+                let digest = B3Digest::from(hasher.finalize());
+                whole = Some(digest);
+                Some(digest)
+            } else {
+                None
+            };
             if in_flight.len() >= STORES_IN_FLIGHT
                 && let Some(task) = in_flight.pop_front()
             {
                 chunks.push(join(task).await?);
             }
-            in_flight.push_back(tokio::spawn(store_chunk(store.clone(), chunk)));
+            in_flight.push_back(tokio::spawn(store_chunk(store.clone(), chunk, known)));
         }
     }
     for task in in_flight {
         chunks.push(join(task).await?);
     }
-    let digest = B3Digest::from(hasher.finalize());
+    let digest = whole.unwrap_or_else(|| B3Digest::from(hasher.finalize()));
     if chunks.is_empty() {
         // The empty blob is stored as one empty chunk, so that it, too, is `has`-able.
-        store_chunk(store.clone(), Bytes::new()).await?;
+        store_chunk(store.clone(), Bytes::new(), Some(digest)).await?;
     }
-    // The chunks must be durable before the list that makes the blob visible refers to them.
-    store.sync().await?;
-    if chunks.len() > 1 {
-        store.put_chunk_list(&digest, &chunks).await?;
-        store.sync().await?;
+    match durability {
+        Durability::Now => {
+            // The chunks must be durable before the list that makes the blob visible refers to them.
+            store.sync().await?;
+            if chunks.len() > 1 {
+                store.put_chunk_list(&digest, &chunks).await?;
+                store.sync().await?;
+            }
+        }
+        Durability::Deferred(pending) => {
+            if chunks.len() > 1 {
+                pending.lock().push((digest, chunks));
+            }
+        }
     }
     Ok(digest)
 }
 
-async fn store_chunk<S: ChunkStore>(store: Arc<S>, data: Bytes) -> Result<ChunkMeta, Error> {
+/// Stores one chunk; `known` is its digest when the caller already computed it.
+async fn store_chunk<S: ChunkStore>(store: Arc<S>, data: Bytes, known: Option<B3Digest>) -> Result<ChunkMeta, Error> {
     let size = data.len() as u64;
-    let digest = {
-        let data = data.clone();
-        tokio::task::spawn_blocking(move || B3Digest::of(&data))
-            .await
-            .map_err(|e| Error::Storage(format!("hashing task failed: {e}")))?
+    let digest = match known {
+        Some(digest) => digest,
+        None => {
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || B3Digest::of(&data))
+                .await
+                .map_err(|e| Error::Storage(format!("hashing task failed: {e}")))?
+        }
     };
-    // A chunk of the wrong length can be left behind by a crash before its sync: rewrite it.
-    if store.chunk_size(&digest).await? != Some(size) {
-        store.put_chunk(&digest, data).await?;
-    }
+    store.put_chunk(&digest, data).await?;
     Ok(ChunkMeta { digest, size })
 }
 

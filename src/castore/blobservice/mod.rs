@@ -42,6 +42,13 @@ impl<T: AsyncRead + AsyncSeek + Send + Unpin> BlobReader for T {}
 /// Receives the bytes of a new blob.
 #[async_trait]
 pub trait BlobWriter: AsyncWrite + Send + Unpin {
+    /// Writes `data` (like `write_all`), without copying it where the writer can hand the
+    /// buffer on as it is: for callers that already hold the bytes in a [`Bytes`].
+    async fn write_bytes(&mut self, data: bytes::Bytes) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.write_all(&data).await
+    }
+
     /// Finishes the blob and returns its digest once it is durably stored. Calling it again
     /// returns the same digest.
     async fn close(&mut self) -> Result<B3Digest, Error>;
@@ -56,8 +63,31 @@ pub trait BlobService: Send + Sync {
     /// Opens a blob for reading; `None` when absent.
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error>;
 
-    /// Starts writing a new blob.
+    /// Starts writing a new blob. Its writer's `close()` returns the digest only once the blob
+    /// is durably stored.
     async fn open_write(&self) -> Box<dyn BlobWriter>;
+
+    /// Starts writing a new blob whose durability is deferred to the next [`BlobService::sync`]:
+    /// the writer's `close()` may return the digest before the blob is durable, and the blob may
+    /// not be visible (`has`, `open_read`, `chunks`) before that sync returns.
+    ///
+    /// For bulk ingestion, which would otherwise wait for the disk once per blob: write all
+    /// blobs this way, then call `sync()` once, and only then store anything that refers to
+    /// them (a Directory, a PathInfo). Backends that cannot defer return a normal writer.
+    ///
+    /// The caller hashes the bytes itself and must check the digest `close()` returns against
+    /// its own: a backend may leave that check to the caller instead of hashing again (the gRPC
+    /// client does, saving a BLAKE3 pass per blob on the importing side).
+    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
+        self.open_write().await
+    }
+
+    /// Makes every blob whose deferred writer was closed before this call durable and visible.
+    /// A no-op for backends whose writers are always durable on close (e.g. the gRPC client:
+    /// the server's Put returns only once the blob is durable).
+    async fn sync(&self) -> Result<(), Error> {
+        Ok(())
+    }
 
     /// The chunks of a blob in order; `None` when absent. A blob stored as a single chunk lists
     /// itself; an empty list means the backend does not expose chunks for it.
@@ -176,6 +206,60 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             assert!(!service.has(&B3Digest::of(&content)).await.unwrap(), "abandoned blob {i} is visible");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn deferred_blobs_become_visible_with_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let services: Vec<Arc<dyn BlobService>> = vec![
+            from_addr("memory://").await.unwrap(),
+            from_addr(&format!("objectstore+file://{}", dir.path().display())).await.unwrap(),
+        ];
+        for service in services {
+            let small = data(1000);
+            let large = data(5_000_000);
+            let mut digests = Vec::new();
+            for content in [&small, &large] {
+                let mut w = service.open_write_deferred().await;
+                w.write_all(content).await.unwrap();
+                let digest = w.close().await.unwrap();
+                assert_eq!(digest, B3Digest::of(content));
+                digests.push(digest);
+            }
+            // A multi-chunk blob's list only appears once its chunks are durable.
+            assert!(!service.has(&digests[1]).await.unwrap(), "deferred multi-chunk blob visible before sync");
+            service.sync().await.unwrap();
+            for (digest, content) in digests.iter().zip([&small, &large]) {
+                assert!(service.has(digest).await.unwrap());
+                let mut back = Vec::new();
+                service.open_read(digest).await.unwrap().unwrap().read_to_end(&mut back).await.unwrap();
+                assert!(&back == content, "content of {digest} differs after sync");
+            }
+            // A second sync has nothing left to do and still succeeds.
+            service.sync().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn objectstore_replaces_a_chunk_of_the_wrong_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = from_addr(&format!("objectstore+file://{}", dir.path().display())).await.unwrap();
+        let content = data(10_000);
+        let digest = B3Digest::of(&content);
+        let hex = digest.to_hex();
+        // What a crash between writing a chunk and syncing it can leave behind.
+        let path = dir.path().join("chunks").join(&hex[..2]).join(&hex);
+        std::fs::write(&path, &content[..100]).unwrap();
+        let mut w = service.open_write().await;
+        w.write_all(&content).await.unwrap();
+        assert_eq!(w.close().await.unwrap(), digest);
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
 
     #[tokio::test]

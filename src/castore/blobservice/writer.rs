@@ -122,6 +122,20 @@ impl AsyncWrite for ChannelBlobWriter {
 
 #[async_trait]
 impl BlobWriter for ChannelBlobWriter {
+    async fn write_bytes(&mut self, data: Bytes) -> io::Result<()> {
+        if self.task.is_none() {
+            return Err(io::Error::other("blob writer already closed"));
+        }
+        if data.len() < MESSAGE_SIZE / 4 && self.staging.len() + data.len() <= MESSAGE_SIZE {
+            // Small pieces are still gathered: one channel hop for many of them.
+            self.staging.extend_from_slice(&data);
+            return Ok(());
+        }
+        std::future::poll_fn(|cx| self.poll_send_staging(cx)).await?;
+        std::future::poll_fn(|cx| self.sender.poll_reserve(cx)).await.map_err(|_| hung_up())?;
+        self.sender.send_item(Some(data)).map_err(|_| hung_up())
+    }
+
     async fn close(&mut self) -> Result<B3Digest, Error> {
         if let Some(result) = &self.result {
             return result.clone();
