@@ -87,6 +87,11 @@ async fn one_huge_write_is_split_into_acceptable_messages() {
     w.write_all(&content).await.unwrap();
     assert_eq!(w.close().await.unwrap(), B3Digest::of(&content));
     assert!(read_all(service.as_ref(), &B3Digest::of(&content)).await == content);
+    // The same handed over as one buffer.
+    let content = data(80 * 1024 * 1024, 98);
+    let mut w = service.open_write().await;
+    w.write_bytes(Bytes::from(content.clone())).await.unwrap();
+    assert_eq!(w.close().await.unwrap(), B3Digest::of(&content));
 }
 
 #[tokio::test(flavor = "multi_thread")]

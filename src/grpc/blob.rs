@@ -118,6 +118,9 @@ fn concat(mut parts: Vec<Bytes>) -> Bytes {
     buf.freeze()
 }
 
+/// Largest message of a Put: what the server receives in one piece (our largest chunk).
+const PUT_MESSAGE_SIZE: usize = CHUNK_MAX;
+
 /// Blobs up to this size are read with a single Read call and verified as a whole, instead of
 /// Stat followed by chunk reads: one round trip instead of two for the many small files of a
 /// store. A larger blob is noticed after at most this many bytes (plus one message) and read
@@ -339,11 +342,16 @@ impl GrpcBlobService {
                 async_stream::stream! {
                     loop {
                         match incoming.next().await {
-                            Ok(Some(data)) => {
+                            Ok(Some(mut data)) => {
                                 if verify {
                                     hasher.lock().update(&data);
                                 }
-                                yield proto::BlobChunk { data };
+                                // A writer may hand over a large buffer whole (write_bytes):
+                                // it goes out in messages of at most 1 MiB, without copying.
+                                while !data.is_empty() {
+                                    let piece = data.split_to(data.len().min(PUT_MESSAGE_SIZE));
+                                    yield proto::BlobChunk { data: piece };
+                                }
                             }
                             Ok(None) => break,
                             // Abandoned: never end the request stream cleanly (the server would
