@@ -208,14 +208,18 @@ mod tests {
         }
     }
 
+    /// A memory and an objectstore+file service (the latter in `dir`).
+    async fn local_services(dir: &std::path::Path) -> Vec<Arc<dyn BlobService>> {
+        vec![
+            from_addr("memory://").await.unwrap(),
+            from_addr(&format!("objectstore+file://{}", dir.display())).await.unwrap(),
+        ]
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn deferred_blobs_become_visible_with_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let services: Vec<Arc<dyn BlobService>> = vec![
-            from_addr("memory://").await.unwrap(),
-            from_addr(&format!("objectstore+file://{}", dir.path().display())).await.unwrap(),
-        ];
-        for service in services {
+        for service in local_services(dir.path()).await {
             let small = data(1000);
             let large = data(5_000_000);
             let mut digests = Vec::new();
@@ -265,11 +269,7 @@ mod tests {
     #[tokio::test]
     async fn memory_and_objectstore_roundtrip() {
         let dir = tempfile::tempdir().unwrap();
-        let services: Vec<Arc<dyn BlobService>> = vec![
-            from_addr("memory://").await.unwrap(),
-            from_addr(&format!("objectstore+file://{}", dir.path().display())).await.unwrap(),
-        ];
-        for service in services {
+        for service in local_services(dir.path()).await {
             for len in [0, 1, 65_536, 5_000_000] {
                 roundtrip(service.as_ref(), len).await;
             }
