@@ -46,19 +46,22 @@ async fn reflection_v1_and_v1alpha_list_and_describe_our_services() {
     let channel = tvix_store::grpc::channel(&daemon.addr).unwrap();
 
     use tonic_reflection::pb::v1 as r1;
-    let request = r1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = r1::server_reflection_client::ServerReflectionClient::new(channel.clone())
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.message().await.unwrap().expect("a reflection response");
-    let Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = response.message_response
-    else {
-        panic!("expected a service list, got {:?}", response.message_response);
+    /// Sends one v1 reflection request and returns the answer.
+    async fn ask_v1(
+        channel: &tonic::transport::Channel,
+        request: r1::server_reflection_request::MessageRequest,
+    ) -> Option<r1::server_reflection_response::MessageResponse> {
+        let request = r1::ServerReflectionRequest { host: String::new(), message_request: Some(request) };
+        let mut responses = r1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        responses.message().await.unwrap().expect("a reflection response").message_response
+    }
+    let answer = ask_v1(&channel, r1::server_reflection_request::MessageRequest::ListServices(String::new())).await;
+    let Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = answer else {
+        panic!("expected a service list, got {answer:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     for service in OUR_SERVICES.into_iter().chain(["grpc.health.v1.Health"]) {
@@ -66,21 +69,10 @@ async fn reflection_v1_and_v1alpha_list_and_describe_our_services() {
     }
 
     // Describing a service needs its file descriptor: what grpcurl does for `describe`.
-    let request = r1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(r1::server_reflection_request::MessageRequest::FileContainingSymbol(
-            "tvix.store.v1.PathInfoService".into(),
-        )),
-    };
-    let mut responses = r1::server_reflection_client::ServerReflectionClient::new(channel.clone())
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.message().await.unwrap().expect("a reflection response");
-    let Some(r1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) = response.message_response
-    else {
-        panic!("expected file descriptors, got {:?}", response.message_response);
+    let symbol = r1::server_reflection_request::MessageRequest::FileContainingSymbol("tvix.store.v1.PathInfoService".into());
+    let answer = ask_v1(&channel, symbol).await;
+    let Some(r1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) = answer else {
+        panic!("expected file descriptors, got {answer:?}");
     };
     assert!(!files.file_descriptor_proto.is_empty());
 

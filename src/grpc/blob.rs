@@ -61,7 +61,7 @@ impl GrpcBlobService {
             total += data.len();
             probe.received.push(data);
             if limit.is_some_and(|limit| total > limit) {
-                return Ok(WholeRead::TooLarge(probe));
+                return Ok(WholeRead::TooLarge(Box::new(probe)));
             }
         }
         Ok(WholeRead::Complete(concat(probe.received)))
@@ -70,23 +70,30 @@ impl GrpcBlobService {
     /// Reads and verifies a whole blob of at most `limit` bytes.
     async fn read_verified(&self, digest: &B3Digest, limit: Option<usize>) -> Result<WholeRead, Error> {
         let read = self.read_up_to(digest, limit).await?;
-        if let WholeRead::Complete(data) = &read
-            && B3Digest::of(data) != *digest
-        {
-            return Err(Error::Corrupt(format!(
-                "server sent {} bytes for blob {digest} that do not match its digest",
-                data.len()
-            )));
+        if let WholeRead::Complete(data) = &read {
+            verify_whole(digest, data)?;
         }
         Ok(read)
     }
+}
+
+/// Checks bytes the server sent as all of blob `digest`.
+fn verify_whole(digest: &B3Digest, data: &[u8]) -> Result<(), Error> {
+    if B3Digest::of(data) != *digest {
+        return Err(Error::Corrupt(format!(
+            "server sent {} bytes for blob {digest} that do not match its digest",
+            data.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Outcome of reading a whole blob with one call.
 enum WholeRead {
     Absent,
     Complete(Bytes),
-    TooLarge(Probe),
+    /// Boxed: a call in progress is large, and most reads complete.
+    TooLarge(Box<Probe>),
 }
 
 /// A Read call of a whole blob stopped after its first messages, still open: a reader that
@@ -284,7 +291,7 @@ impl BlobService for GrpcBlobService {
         let probe = match self.read_verified(digest, Some(WHOLE_READ_LIMIT)).await? {
             WholeRead::Absent => return Ok(None),
             WholeRead::Complete(data) => return Ok(Some(Box::new(std::io::Cursor::new(data)))),
-            WholeRead::TooLarge(probe) => probe,
+            WholeRead::TooLarge(probe) => *probe,
         };
         let Some(chunks) = self.chunks(digest).await? else {
             return Ok(None);
@@ -293,12 +300,7 @@ impl BlobService for GrpcBlobService {
             // A server that does not chunk gives us no way to verify part of the blob before all
             // of it arrived, so the whole blob is fetched and checked before any byte is handed out.
             let data = probe.finish().await?;
-            if B3Digest::of(&data) != *digest {
-                return Err(Error::Corrupt(format!(
-                    "server sent {} bytes for blob {digest} that do not match its digest",
-                    data.len()
-                )));
-            }
+            verify_whole(digest, &data)?;
             return Ok(Some(Box::new(std::io::Cursor::new(data))));
         }
         let source = Arc::new(GrpcChunkSource(self.clone()));

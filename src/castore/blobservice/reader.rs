@@ -230,9 +230,7 @@ impl ChunkedReader {
         }
         Poll::Ready(Ok(data))
     }
-}
 
-impl ChunkedReader {
     /// Up to `max` bytes from the current position, within one chunk, as a slice of the
     /// verified chunk (no copy); `None` at the end of the blob.
     fn poll_piece(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Result<Option<Bytes>, Error>> {
