@@ -2,6 +2,7 @@
 //! PathInfo rejected with INVALID_ARGUMENT naming the problem, with nothing stored.
 
 mod grpc_common;
+mod nix_referee;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -170,19 +171,14 @@ async fn calculate_nar_matches_nix_store_dump() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("f");
     std::fs::write(&path, &content).unwrap();
-    let dump = std::process::Command::new("nix-store")
-        .arg("--dump")
-        .arg(&path)
-        .output()
-        .expect("nix-store must be installed (Debian package nix-bin) to run this test");
-    assert!(dump.status.success(), "nix-store --dump failed");
-    let want: [u8; 32] = sha2::Sha256::digest(&dump.stdout).into();
+    let dump = nix_referee::nix("nix-store", &["--dump".as_ref(), path.as_os_str()]);
+    let want: [u8; 32] = sha2::Sha256::digest(&dump).into();
 
     let mut w = tvix_store::castore::blobservice::BlobService::open_write(&blobs).await;
     w.write_all(&content).await.unwrap();
     let digest = w.close().await.unwrap();
     let node = Node::file(digest, content.len() as u64, false);
-    assert_eq!(client.calculate_nar(&node).await.unwrap(), (dump.stdout.len() as u64, want));
+    assert_eq!(client.calculate_nar(&node).await.unwrap(), (dump.len() as u64, want));
 
     // An invalid node is refused before any calculation.
     let status = raw_client(&daemon.addr)

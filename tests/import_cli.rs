@@ -50,7 +50,7 @@ impl Store {
 
 /// `nix path-info --json`, without the fields only a Nix database has.
 fn nix_path_info(paths: &[&str]) -> Value {
-    let mut args: Vec<&std::ffi::OsStr> = ["--extra-experimental-features", "nix-command", "--option", "substituters", "", "path-info", "--json"]
+    let mut args: Vec<&std::ffi::OsStr> = ["path-info", "--json"]
         .into_iter()
         .map(std::ffi::OsStr::new)
         .collect();
@@ -131,16 +131,7 @@ in derivation {
     .unwrap();
     let out = nix(
         "nix-build",
-        &[
-            "--no-out-link".as_ref(),
-            "--option".as_ref(),
-            "sandbox".as_ref(),
-            "false".as_ref(),
-            "--option".as_ref(),
-            "substituters".as_ref(),
-            "".as_ref(),
-            expr.as_os_str(),
-        ],
+        &["--no-out-link".as_ref(), expr.as_os_str()],
     );
     let path = s(&out).trim().to_string();
     *built = Some(path.clone());
@@ -242,9 +233,24 @@ fn multi_hundred_megabyte_file() {
     let printed = s(&store.run(&["import", tree.to_str().unwrap()]));
     let path = nix_add(&tree);
     assert_eq!(printed.trim_end(), path);
-    let mut nix_cmd = Command::new("nix-store");
+    let mut nix_cmd = nix_command("nix-store");
     nix_cmd.arg("--dump").arg(&tree);
     let theirs = hash_stdout(nix_cmd);
     assert!(theirs.0 > 300 << 20);
     assert_eq!(hash_stdout(store.cmd(&["dump", &path])), theirs, "dump differs from nix-store --dump");
+}
+
+/// The referee never depends on how the machine's Nix is configured: Debian's compiled-in
+/// `build-users-group = nixbld` names a group a fresh machine lacks, and its default
+/// substituter is out of reach here. If the referee read the machine's settings, this fails.
+#[test]
+fn referee_runs_under_the_tests_own_nix_configuration() {
+    let shown = s(&nix("nix", &["show-config".as_ref()]));
+    let setting = |name: &str| -> String {
+        let line = shown.lines().find(|l| l.starts_with(&format!("{name} = "))).unwrap_or_else(|| panic!("no {name} in:\n{shown}"));
+        line[name.len() + 3..].trim().to_string()
+    };
+    assert_eq!(setting("build-users-group"), "", "the referee must not need a build users group");
+    assert_eq!(setting("substituters"), "", "the referee must not substitute");
+    assert_eq!(setting("sandbox"), "false");
 }

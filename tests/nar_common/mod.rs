@@ -4,25 +4,15 @@
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "../nix_referee/mod.rs"]
+pub mod nix_referee;
+pub use nix_referee::{nix, nix_command};
 use std::sync::Arc;
 
 use tvix_store::castore::blobservice::{self, BlobService};
 use tvix_store::castore::directoryservice::{self, DirectoryService};
 use tvix_store::pathinfo::{self, PathInfoService};
-
-/// Runs a Nix command; a missing Nix is a test failure, never a skip.
-pub fn nix(program: &str, args: &[&std::ffi::OsStr]) -> Vec<u8> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} must be installed (Debian package nix-bin): {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 /// `nix-store --dump PATH`.
 pub fn nix_dump(path: &Path) -> Vec<u8> {

@@ -183,7 +183,8 @@ impl Guest {
     }
 }
 
-/// Finds the reference `virtiofsd` ($VIRTIOFSD, PATH, ~/.cargo/bin, /usr/libexec), or panics.
+/// Finds the reference `virtiofsd` ($VIRTIOFSD, PATH, then the C one Debian's qemu-system-common
+/// ships in /usr/lib/qemu), or panics.
 pub fn virtiofsd_path() -> PathBuf {
     if let Some(p) = std::env::var_os("VIRTIOFSD") {
         return PathBuf::from(p);
@@ -191,17 +192,35 @@ pub fn virtiofsd_path() -> PathBuf {
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).map(|d| d.join("virtiofsd")).collect())
         .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(Path::new(&home).join(".cargo/bin/virtiofsd"));
-    }
     candidates.push("/usr/libexec/virtiofsd".into());
     candidates.push("/usr/lib/qemu/virtiofsd".into());
     candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!(
-            "reference virtiofsd not found (set VIRTIOFSD, or: apt-get install libcap-ng-dev \
-             libseccomp-dev && cargo install virtiofsd)"
-        )
+        panic!("reference virtiofsd not found (set VIRTIOFSD, or apt-get install qemu-system-x86, which ships /usr/lib/qemu/virtiofsd)")
     })
+}
+
+/// The command line that makes `virtiofsd` share `dir` read-only on `socket`. The C virtiofsd
+/// (QEMU <= 7.2, Debian 12) and the Rust one (`cargo install virtiofsd`) spell it differently.
+fn virtiofsd_args(program: &Path, dir: &Path, socket: &Path) -> Vec<std::ffi::OsString> {
+    let help = Command::new(program).arg("--help").output().expect("running virtiofsd --help");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned() + &String::from_utf8_lossy(&help.stderr);
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if help.contains("-o source=") {
+        // The C virtiofsd has no read-only switch; the tests never write through it.
+        let mut source = std::ffi::OsString::from("source=");
+        source.push(dir);
+        let mut socket_arg = std::ffi::OsString::from("--socket-path=");
+        socket_arg.push(socket);
+        args.push(socket_arg);
+        for opt in [source, "cache=auto".into(), "sandbox=chroot".into()] {
+            args.push("-o".into());
+            args.push(opt);
+        }
+    } else {
+        args.extend(["--shared-dir".into(), dir.as_os_str().to_owned(), "--socket-path".into(), socket.as_os_str().to_owned()]);
+        args.extend(["--sandbox", "none", "--seccomp", "none", "--readonly", "--cache", "auto"].map(Into::into));
+    }
+    args
 }
 
 /// A running reference `virtiofsd` sharing a host directory; killed on drop.
@@ -216,12 +235,9 @@ impl Virtiofsd {
     /// It serves one guest connection and then exits, so start one per boot.
     pub fn start(dir: &Path, socket: &Path) -> Self {
         let _ = fs::remove_file(socket);
-        let child = Command::new(virtiofsd_path())
-            .arg("--shared-dir")
-            .arg(dir)
-            .arg("--socket-path")
-            .arg(socket)
-            .args(["--sandbox", "none", "--seccomp", "none", "--readonly", "--cache", "auto"])
+        let program = virtiofsd_path();
+        let child = Command::new(&program)
+            .args(virtiofsd_args(&program, dir, socket))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
