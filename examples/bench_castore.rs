@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tvix_store::castore::B3Digest;
-use tvix_store::castore::blobservice::{self, BlobService};
+use tvix_store::castore::blobservice::BlobService;
 
 const BUF: usize = 1024 * 1024;
 const ROUNDS: usize = 3;
@@ -140,7 +140,7 @@ async fn main() {
     let results = std::cell::RefCell::new(Vec::<(String, &str, f64)>::new());
     for target in &args[2..] {
         let (label, addr) = target.split_once('=').expect("LABEL=ADDR");
-        let service = blobservice::from_addr(addr).await.expect("open service");
+        let service = tvix_store::compose::blob_service(addr).expect("open service");
         let line = |op: &'static str, mbs: f64, base: f64| {
             println!("{label:<8} {op:<22} {mbs:>10.0} {:>8.2}", mbs / base);
             results.borrow_mut().push((label.to_string(), op, mbs));

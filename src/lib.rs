@@ -4,17 +4,17 @@
 //! - [`storepath`]: Nix store paths and nixbase32;
 //! - [`pathinfo`]: a store path's root node and narinfo, and the services storing them;
 //! - [`redb`]: the redb backends for directories and PathInfo;
+//! - [`compose`]: building the services from store URLs, a composition file or the embedded
+//!   default store; the only module that knows URL schemes;
 //! - [`proto`]: the wire protocol (`tvix.castore.v1`, `tvix.store.v1`);
 //! - [`grpc`], [`server`]: gRPC clients and servers for the three services;
 //! - [`nar`], [`import`]: the NAR codec, and ingestion of NARs and local paths;
 //! - [`fs`]: the filesystem core shared by the FUSE mount and the virtiofs frontend;
 //! - [`virtiofs`]: the vhost-user-fs frontend;
-//! - [`url`], [`defaultstore`], [`services`]: opening services from addresses or the embedded
-//!   default store;
 //! - [`tuning`]: process-wide settings our programs apply at start.
 
 pub mod castore;
-pub mod defaultstore;
+pub mod compose;
 pub mod fs;
 pub mod grpc;
 pub mod import;
@@ -23,8 +23,6 @@ pub mod pathinfo;
 pub mod proto;
 pub mod redb;
 pub mod server;
-pub mod services;
 pub mod storepath;
 pub mod tuning;
-pub mod url;
 pub mod virtiofs;

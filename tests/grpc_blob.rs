@@ -14,7 +14,7 @@ use bytes::Bytes;
 use grpc_common::{Daemon, data};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tvix_store::castore::blobservice::{self, BlobReader, BlobService, BlobWriter, ChunkMeta, CHUNK_MAX, CHUNK_MIN};
+use tvix_store::castore::blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta, CHUNK_MAX, CHUNK_MIN};
 use tvix_store::castore::{B3Digest, Error};
 use tvix_store::proto::castore as proto;
 use tvix_store::proto::castore::blob_service_client::BlobServiceClient;
@@ -37,7 +37,7 @@ async fn read_all(service: &dyn BlobService, digest: &B3Digest) -> Vec<u8> {
 }
 
 async fn roundtrip_sizes(addr: &str) {
-    let service = blobservice::from_addr(addr).await.unwrap();
+    let service = tvix_store::compose::blob_service(addr).unwrap();
     let sizes = [0, 1, CHUNK_MIN - 1, CHUNK_MIN, CHUNK_MIN + 1, CHUNK_MAX - 1, CHUNK_MAX, CHUNK_MAX + 1, 7_654_321];
     for (seed, len) in sizes.into_iter().enumerate() {
         let content = data(len, seed as u32 + 1);
@@ -81,7 +81,7 @@ async fn one_huge_write_is_split_into_acceptable_messages() {
     // 80 MiB in a single write_all is more than one gRPC message may carry (64 MiB): the writer
     // must cut it into messages instead of sending a message the server refuses.
     let daemon = Daemon::unix();
-    let service = blobservice::from_addr(&daemon.addr).await.unwrap();
+    let service = tvix_store::compose::blob_service(&daemon.addr).unwrap();
     let content = data(80 * 1024 * 1024, 99);
     let mut w = service.open_write().await;
     w.write_all(&content).await.unwrap();
@@ -97,7 +97,7 @@ async fn one_huge_write_is_split_into_acceptable_messages() {
 #[tokio::test(flavor = "multi_thread")]
 async fn seeking_reads_the_right_bytes() {
     let daemon = Daemon::unix();
-    let service = blobservice::from_addr(&daemon.addr).await.unwrap();
+    let service = tvix_store::compose::blob_service(&daemon.addr).unwrap();
     let content = data(5_000_000, 99);
     let digest = put(service.as_ref(), &content).await;
     let mut r = service.open_read(&digest).await.unwrap().unwrap();
@@ -113,7 +113,7 @@ async fn seeking_reads_the_right_bytes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_invalid_argument_or_not_found() {
     let daemon = Daemon::unix();
-    let mut raw = BlobServiceClient::new(tvix_store::grpc::channel(&daemon.addr).unwrap());
+    let mut raw = BlobServiceClient::new(tvix_store::compose::channel(&daemon.addr).unwrap());
     let short = raw
         .stat(proto::StatBlobRequest { digest: Bytes::from(vec![1u8; 31]), send_chunks: true, send_bao: false })
         .await
@@ -193,12 +193,12 @@ struct Served {
 
 async fn serve_instrumented(content: &[u8]) -> Served {
     let dir = tempfile::tempdir().unwrap();
-    let backend = blobservice::from_addr("memory://").await.unwrap();
+    let backend = tvix_store::compose::blob_service("memory://").unwrap();
     let digest = put(backend.as_ref(), content).await;
     let chunks = backend.chunks(&digest).await.unwrap().unwrap();
     let instrumented = Arc::new(Instrumented::over(backend));
     let (addr, stop) = in_process(instrumented.clone(), dir.path()).await;
-    let client = blobservice::from_addr(&addr).await.unwrap();
+    let client = tvix_store::compose::blob_service(&addr).unwrap();
     Served { instrumented, client, digest, chunks, _server: (dir, stop) }
 }
 
@@ -222,6 +222,12 @@ impl BlobService for Instrumented {
     async fn open_write(&self) -> Box<dyn BlobWriter> {
         self.inner.open_write().await
     }
+    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
+        self.inner.open_write_deferred().await
+    }
+    async fn sync(&self) -> Result<(), Error> {
+        self.inner.sync().await
+    }
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
         match (&self.chunk_list, self.inner.chunks(digest).await?) {
             (Some(list), Some(_)) => Ok(Some(list.clone())),
@@ -236,8 +242,8 @@ async fn in_process(blob: Arc<dyn BlobService>, dir: &std::path::Path) -> (Strin
     let listener = Listener::bind(&ListenAddr::Unix(socket.clone())).await.unwrap();
     let handlers = Handlers {
         blob,
-        directory: tvix_store::castore::directoryservice::from_addr("memory://").await.unwrap(),
-        path_info: tvix_store::pathinfo::from_addr("memory://").await.unwrap(),
+        directory: tvix_store::compose::directory_service("memory://").unwrap(),
+        path_info: tvix_store::compose::path_info_service("memory://").unwrap(),
         nar: Arc::new(NoNarCalculation),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -329,12 +335,12 @@ async fn small_blob_is_read_with_one_call() {
 #[tokio::test(flavor = "multi_thread")]
 async fn server_without_chunks_is_read_whole_and_verified() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = blobservice::from_addr("memory://").await.unwrap();
+    let backend = tvix_store::compose::blob_service("memory://").unwrap();
     let content = data(3_000_000, 11);
     let digest = put(backend.as_ref(), &content).await;
     let honest = Arc::new(Instrumented { chunk_list: Some(vec![]), ..Instrumented::over(backend.clone()) });
     let (addr, _stop) = in_process(honest.clone(), dir.path()).await;
-    let client = blobservice::from_addr(&addr).await.unwrap();
+    let client = tvix_store::compose::blob_service(&addr).unwrap();
     assert!(read_all(client.as_ref(), &digest).await == content);
     let reads = honest.reads.lock().clone();
     assert!(!reads.is_empty() && reads.iter().all(|d| *d == digest), "only whole-blob reads: {reads:?}");
@@ -344,7 +350,7 @@ async fn server_without_chunks_is_read_whole_and_verified() {
     wrong[1_234_567] ^= 1;
     let liar = Arc::new(Instrumented { chunk_list: Some(vec![]), serve_instead: Some(wrong), ..Instrumented::over(backend) });
     let (addr, _stop2) = in_process(liar, dir2.path()).await;
-    let client = blobservice::from_addr(&addr).await.unwrap();
+    let client = tvix_store::compose::blob_service(&addr).unwrap();
     let err = match client.open_read(&digest).await {
         Err(e) => e,
         Ok(_) => panic!("a blob whose bytes do not match its digest must not be readable"),
@@ -372,14 +378,14 @@ async fn corrupt_bytes_from_server_are_refused() {
     // A small blob (read whole) and a large one (read chunk-wise).
     for len in [200_000, 3_000_000] {
         let dir = tempfile::tempdir().unwrap();
-        let backend = blobservice::from_addr("memory://").await.unwrap();
+        let backend = tvix_store::compose::blob_service("memory://").unwrap();
         let content = data(len, 5);
         let digest = put(backend.as_ref(), &content).await;
         let mut wrong = content.clone();
         wrong[len / 2] ^= 0xff;
         let liar = Arc::new(Instrumented { serve_instead: Some(wrong), ..Instrumented::over(backend) });
         let (addr, _stop) = in_process(liar, dir.path()).await;
-        let client = blobservice::from_addr(&addr).await.unwrap();
+        let client = tvix_store::compose::blob_service(&addr).unwrap();
         // Chunks before the corrupt one verify and may be handed out; the corrupt one not.
         assert_corrupt_read_stops_before(client.as_ref(), &digest, &content, len as u64 / 2).await;
     }
@@ -389,7 +395,7 @@ async fn corrupt_bytes_from_server_are_refused() {
 async fn corrupt_chunk_on_the_servers_disk_is_not_served() {
     let dir = tempfile::tempdir().unwrap();
     let blobs = dir.path().join("blobs");
-    let backend = blobservice::from_addr(&format!("objectstore+file://{}", blobs.display())).await.unwrap();
+    let backend = tvix_store::compose::blob_service(&format!("objectstore+file://{}", blobs.display())).unwrap();
     let small = data(8_000, 11);
     let large = data(3_000_000, 12);
     let small_digest = put(backend.as_ref(), &small).await;
@@ -406,7 +412,7 @@ async fn corrupt_chunk_on_the_servers_disk_is_not_served() {
     flip(&small_digest);
     flip(&chunks[1].digest);
     let (addr, _stop) = in_process(backend, dir.path()).await;
-    let client = blobservice::from_addr(&addr).await.unwrap();
+    let client = tvix_store::compose::blob_service(&addr).unwrap();
 
     // The server refuses (DATA_LOSS), the client reports corruption.
     let err = client.open_read(&small_digest).await.err().expect("a corrupt small blob must not open");
@@ -417,7 +423,7 @@ async fn corrupt_chunk_on_the_servers_disk_is_not_served() {
     // Reading from the middle fetches the corrupt chunk by itself.
     let err = client.open_read(&chunks[1].digest).await.err().expect("a corrupt chunk must not open");
     assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
-    let mut raw = BlobServiceClient::new(tvix_store::grpc::channel(&addr).unwrap());
+    let mut raw = BlobServiceClient::new(tvix_store::compose::channel(&addr).unwrap());
     let mut stream = raw.read(proto::ReadBlobRequest { digest: large_digest.into() }).await.unwrap().into_inner();
     let mut status = None;
     while let Some(message) = futures::StreamExt::next(&mut stream).await {
@@ -434,7 +440,7 @@ async fn corrupt_chunk_on_the_servers_disk_is_not_served() {
 #[tokio::test(flavor = "multi_thread")]
 async fn abandoned_upload_stores_nothing() {
     let daemon = Daemon::unix();
-    let service = blobservice::from_addr(&daemon.addr).await.unwrap();
+    let service = tvix_store::compose::blob_service(&daemon.addr).unwrap();
     let mut prefixes = Vec::new();
     for i in 0..10u32 {
         let prefix = data(100_000 + i as usize, 1000 + i);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use grpc_common::{Daemon, data};
 use tokio::io::AsyncWriteExt;
-use tvix_store::castore::blobservice::{self, BlobService};
+use tvix_store::castore::blobservice::BlobService;
 use tvix_store::castore::{B3Digest, Error};
 
 const OUR_SERVICES: [&str; 3] = [
@@ -23,7 +23,7 @@ const OUR_SERVICES: [&str; 3] = [
 async fn health_reports_serving() {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
     for daemon in [Daemon::unix(), Daemon::tcp()] {
-        let mut health = HealthClient::new(tvix_store::grpc::channel(&daemon.addr).unwrap());
+        let mut health = HealthClient::new(tvix_store::compose::channel(&daemon.addr).unwrap());
         for service in std::iter::once("").chain(OUR_SERVICES) {
             let response = health
                 .check(HealthCheckRequest { service: service.to_string() })
@@ -43,7 +43,7 @@ async fn health_reports_serving() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reflection_v1_and_v1alpha_list_and_describe_our_services() {
     let daemon = Daemon::unix();
-    let channel = tvix_store::grpc::channel(&daemon.addr).unwrap();
+    let channel = tvix_store::compose::channel(&daemon.addr).unwrap();
 
     use tonic_reflection::pb::v1 as r1;
     /// Sends one v1 reflection request and returns the answer.
@@ -162,7 +162,7 @@ async fn fails_promptly<T: std::fmt::Debug>(what: &str, call: impl std::future::
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_fail_promptly_when_the_daemon_dies_and_recover_when_it_returns() {
     for mut daemon in [Daemon::unix(), Daemon::tcp()] {
-        let client = blobservice::from_addr(&daemon.addr).await.unwrap();
+        let client = tvix_store::compose::blob_service(&daemon.addr).unwrap();
         let content = data(3_000_000, 3);
         let digest = put(client.as_ref(), &content).await.unwrap();
 
@@ -180,14 +180,14 @@ async fn clients_fail_promptly_when_the_daemon_dies_and_recover_when_it_returns(
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_to_a_hung_daemon_fail_instead_of_hanging() {
     let daemon = Daemon::unix();
-    let client = blobservice::from_addr(&daemon.addr).await.unwrap();
+    let client = tvix_store::compose::blob_service(&daemon.addr).unwrap();
     let digest = put(client.as_ref(), b"hello").await.unwrap();
     // A stopped process keeps its socket open but never answers: only HTTP/2 keepalive notices.
     daemon.stop();
     let took = fails_promptly("has() on a stopped daemon", client.has(&digest)).await;
     eprintln!("call to a stopped daemon failed after {took:?}");
     // A new client, which has to connect first, must not hang either.
-    let fresh = blobservice::from_addr(&daemon.addr).await.unwrap();
+    let fresh = tvix_store::compose::blob_service(&daemon.addr).unwrap();
     let took = fails_promptly("has() on a stopped daemon, new connection", fresh.has(&digest)).await;
     eprintln!("new connection to a stopped daemon failed after {took:?}");
     daemon.signal(libc::SIGCONT);
@@ -258,7 +258,7 @@ async fn default_store_is_shared_between_the_daemon_and_other_commands() {
     assert!(path_a.starts_with("/nix/store/"), "{path_a}");
     assert!(path_info_ok(store_dir, &path_a));
     // What the command stored went to the daemon, which serves it on the store's socket.
-    let path_info = tvix_store::pathinfo::from_addr(&tvix_store::defaultstore::socket_addr(store_dir)).await.unwrap();
+    let path_info = tvix_store::compose::path_info_service(&tvix_store::compose::defaultstore::socket_addr(store_dir)).unwrap();
     let basename = path_a.trim_start_matches("/nix/store/");
     let sp = tvix_store::storepath::StorePath::from_basename(basename).unwrap();
     let info = path_info.get(*sp.digest()).await.unwrap().expect("PathInfo via the owner's socket");

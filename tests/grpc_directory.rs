@@ -10,7 +10,6 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use grpc_common::Daemon;
 use prost::Message;
-use tvix_store::castore::directoryservice;
 use tvix_store::castore::{B3Digest, Directory, Error};
 use tvix_store::proto::castore as proto;
 use tvix_store::proto::castore::directory_service_client::DirectoryServiceClient;
@@ -50,7 +49,7 @@ fn unique_leaf(tag: &str) -> proto::Directory {
 }
 
 fn raw_client(addr: &str) -> DirectoryServiceClient<tonic::transport::Channel> {
-    DirectoryServiceClient::new(tvix_store::grpc::channel(addr).unwrap())
+    DirectoryServiceClient::new(tvix_store::compose::channel(addr).unwrap())
 }
 
 async fn raw_put(addr: &str, stream: Vec<proto::Directory>) -> Result<B3Digest, tonic::Status> {
@@ -86,7 +85,7 @@ async fn assert_rejected(addr: &str, stream: Vec<proto::Directory>, code: tonic:
 #[tokio::test(flavor = "multi_thread")]
 async fn graph_roundtrip_over_unix_socket_and_tcp() {
     for daemon in [Daemon::unix(), Daemon::tcp()] {
-        let service = directoryservice::from_addr(&daemon.addr).await.unwrap();
+        let service = tvix_store::compose::directory_service(&daemon.addr).unwrap();
         let leaf1 = unique_leaf("leaf1");
         let leaf2 = proto::Directory {
             symlinks: vec![proto::SymlinkNode { name: "l".into(), target: "../target".into() }],
@@ -248,7 +247,7 @@ async fn bad_get_requests() {
 #[tokio::test(flavor = "multi_thread")]
 async fn abandoned_upload_stores_nothing() {
     let daemon = Daemon::unix();
-    let service = directoryservice::from_addr(&daemon.addr).await.unwrap();
+    let service = tvix_store::compose::directory_service(&daemon.addr).unwrap();
     // Many times over: whether the server sees the call cancelled before or after the
     // directory arrived is a matter of timing, and either way it must store nothing.
     let leaves: Vec<proto::Directory> = (0..30).map(|i| unique_leaf(&format!("abandoned {i}"))).collect();

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tvix_store::castore::{B3Digest, Error};
-use tvix_store::defaultstore::SOCKET_NAME;
-use tvix_store::services::{self, Role, ServiceAddrs};
+use tvix_store::compose::defaultstore::SOCKET_NAME;
+use tvix_store::compose::{self, Role, StoreArgs};
 
 #[test]
 fn owner_socket_serves_the_default_store_until_dropped() {
@@ -19,7 +19,7 @@ fn owner_socket_serves_the_default_store_until_dropped() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let socket = store.path().join(SOCKET_NAME);
-        let owner = services::open(&ServiceAddrs::default(), Role::Owner).await.unwrap();
+        let owner = compose::open(&StoreArgs::default(), Role::Owner).await.unwrap();
         assert!(owner.store_lock.is_some());
         let guard = tvix_store::server::serve_owner_socket(&owner)
             .await
@@ -29,7 +29,7 @@ fn owner_socket_serves_the_default_store_until_dropped() {
         assert!(socket.exists());
 
         // A client (as a second command would open it) goes through the socket, not the files.
-        let client = services::open(&ServiceAddrs::default(), Role::Client).await.unwrap();
+        let client = compose::open(&StoreArgs::default(), Role::Client).await.unwrap();
         assert!(client.store_lock.is_none(), "the client must use the owner's socket");
         let mut w = client.blob.open_write().await;
         w.write_all(b"written by a client through the owner").await.unwrap();
@@ -38,12 +38,13 @@ fn owner_socket_serves_the_default_store_until_dropped() {
         assert!(owner.blob.has(&digest).await.unwrap(), "the owner's store has what the client wrote");
 
         // Services given by address are not the default store: nothing to serve.
-        let by_addr = ServiceAddrs {
+        let by_addr = StoreArgs {
             blob: Some("memory://".into()),
             directory: Some("memory://".into()),
             path_info: Some("memory://".into()),
+            config: None,
         };
-        let other = services::open(&by_addr, Role::Owner).await.unwrap();
+        let other = compose::open(&by_addr, Role::Owner).await.unwrap();
         assert!(tvix_store::server::serve_owner_socket(&other).await.unwrap().is_none());
 
         // shutdown() waits for the server to stop; a bare drop only signals it (a call racing

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use grpc_common::Daemon;
 use tvix_store::castore::{B3Digest, Error, Node};
-use tvix_store::pathinfo::{self, CaKind, ContentAddress, NarCalculationService, PathInfo, Signature};
+use tvix_store::pathinfo::{CaKind, ContentAddress, NarCalculationService, PathInfo, Signature};
 use tvix_store::proto::store as proto;
 use tvix_store::proto::store::path_info_service_client::PathInfoServiceClient;
 use tvix_store::storepath::StorePath;
@@ -31,13 +31,13 @@ fn info(seed: u8, name: &str, references: Vec<StorePath>) -> PathInfo {
 }
 
 fn raw_client(addr: &str) -> PathInfoServiceClient<tonic::transport::Channel> {
-    PathInfoServiceClient::new(tvix_store::grpc::channel(addr).unwrap())
+    PathInfoServiceClient::new(tvix_store::compose::channel(addr).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn put_get_list_over_unix_socket_and_tcp() {
     for daemon in [Daemon::unix(), Daemon::tcp()] {
-        let service = pathinfo::from_addr(&daemon.addr).await.unwrap();
+        let service = tvix_store::compose::path_info_service(&daemon.addr).unwrap();
         let dep = info(1, "dep-1.0", vec![]);
         let main = info(2, "main-2.0", vec![dep.store_path.clone(), store_path(2, "main-2.0")]);
         let dir_node = PathInfo {
@@ -162,7 +162,7 @@ async fn calculate_nar_matches_nix_store_dump() {
     use sha2::Digest;
     use tokio::io::AsyncWriteExt;
     let daemon = Daemon::unix();
-    let channel = tvix_store::grpc::channel(&daemon.addr).unwrap();
+    let channel = tvix_store::compose::channel(&daemon.addr).unwrap();
     let client = tvix_store::grpc::GrpcPathInfoService::new(channel.clone());
     let blobs = tvix_store::grpc::GrpcBlobService::new(channel);
 

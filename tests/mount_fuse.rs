@@ -282,6 +282,12 @@ impl tvix_store::castore::blobservice::BlobService for Flaky<dyn tvix_store::cas
     async fn open_write(&self) -> Box<dyn tvix_store::castore::blobservice::BlobWriter> {
         self.inner.open_write().await
     }
+    async fn open_write_deferred(&self) -> Box<dyn tvix_store::castore::blobservice::BlobWriter> {
+        self.inner.open_write_deferred().await
+    }
+    async fn sync(&self) -> Result<(), tvix_store::castore::Error> {
+        self.inner.sync().await
+    }
     async fn chunks(
         &self,
         d: &tvix_store::castore::B3Digest,

@@ -69,9 +69,9 @@ impl Guest {
             .build()
             .expect("runtime");
         let (fs, basename) = runtime.block_on(async {
-            let blob = tvix_store::castore::blobservice::from_addr("memory://").await.expect("blob");
-            let dir = tvix_store::castore::directoryservice::from_addr("memory://").await.expect("dir");
-            let pi = tvix_store::pathinfo::from_addr("memory://").await.expect("pathinfo");
+            let blob = tvix_store::compose::blob_service("memory://").expect("blob");
+            let dir = tvix_store::compose::directory_service("memory://").expect("dir");
+            let pi = tvix_store::compose::path_info_service("memory://").expect("pathinfo");
             let mut basename = String::new();
             if let Some(tree) = tree {
                 let info = tvix_store::import::import_path(blob.clone(), dir.clone(), pi.as_ref(), tree, None)

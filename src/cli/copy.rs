@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tvix_store::import::{Progress, copy_closure, parse_closure};
-use tvix_store::services::Role;
+use tvix_store::compose::Role;
 use tvix_store::storepath::STORE_DIR;
 
 use super::ServiceArgs;

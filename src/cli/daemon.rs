@@ -1,9 +1,8 @@
 //! `tvix-store daemon`.
 
-use anyhow::Context;
-use tvix_store::defaultstore::SOCKET_NAME;
+use tvix_store::compose::Role;
+use tvix_store::compose::defaultstore::SOCKET_NAME;
 use tvix_store::server::{self, Handlers, ListenAddr, Listener};
-use tvix_store::services::Role;
 
 use super::ServiceArgs;
 
@@ -25,7 +24,7 @@ pub struct Args {
 
 /// Runs the command: serves until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal()?;
+    let shutdown = super::shutdown_signal()?;
     let services = args.services.open(Role::Owner).await?;
     let owned_dir = services.store_lock.as_ref().map(|lock| lock.dir().to_path_buf());
     let listen: ListenAddr = match (&args.listen_address, &owned_dir) {
@@ -34,37 +33,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => DEFAULT_LISTEN.parse()?,
     };
     // Owning the default store means serving it on its socket too, so that other commands on
-    // the store can use it while we hold the lock.
-    let owner_socket = match &owned_dir {
-        Some(dir) if listen != ListenAddr::Unix(dir.join(SOCKET_NAME)) => server::serve_owner_socket(&services).await?,
-        _ => None,
+    // the store can use it while we hold the lock; unless that is where we listen anyway.
+    let store = match &owned_dir {
+        Some(dir) if listen != ListenAddr::Unix(dir.join(SOCKET_NAME)) => super::OpenStore::serving(services).await?,
+        _ => super::OpenStore::unserved(services),
     };
     let listener = Listener::bind(&listen).await?;
     eprintln!("tvix-store daemon listening on {}", listener.describe());
-    if let Some(owner) = &owner_socket {
-        eprintln!("serving the default store on {}", owner.path().display());
+    if let Some(socket) = store.owner_socket() {
+        eprintln!("serving the default store on {}", socket.display());
     }
-    server::serve(listener, Handlers::from_services(&services), shutdown).await?;
-    if let Some(owner) = owner_socket {
-        owner.shutdown().await?;
-    }
-    // Dropping the services closes the stores and releases the store lock.
-    drop(services);
+    server::serve(listener, Handlers::from_services(&store.services), shutdown).await?;
+    store.close().await;
     eprintln!("tvix-store daemon stopped");
     Ok(())
-}
-
-/// Installs SIGINT/SIGTERM handlers now (before anything is served, so that a signal arriving
-/// as soon as the socket exists already means "shut down cleanly"); the returned future
-/// resolves on either signal.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    })
 }

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 use tvix_store::nar::write_nar;
-use tvix_store::services::Role;
+use tvix_store::compose::Role;
 use tvix_store::storepath::StorePath;
 
 use super::ServiceArgs;

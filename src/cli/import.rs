@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tvix_store::import::{Progress, import_path};
-use tvix_store::services::Role;
+use tvix_store::compose::Role;
 
 use super::ServiceArgs;
 

@@ -9,7 +9,11 @@ mod path_info;
 mod virtiofs;
 
 use clap::{Parser, Subcommand};
-use tvix_store::services::{self, Role, ServiceAddrs, Services};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tvix_store::compose::{self, Role, Services, StoreArgs};
+use tvix_store::server::OwnerSocket;
 
 /// A content-addressed Nix store that presents /nix/store lazily.
 #[derive(Parser)]
@@ -52,11 +56,12 @@ impl Cli {
     }
 }
 
-/// Where the store's services are, for every subcommand. Without an address, the embedded
-/// default store is used (see README: "The default store").
+/// Where the store's services are, for every subcommand. Without an address or composition
+/// file, the embedded default store is used (see docs/default-store.md).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServiceArgs {
-    /// BlobService address (memory://, objectstore+file:///path, grpc+unix:///path, grpc+http://host:port).
+    /// BlobService address (memory://, objectstore+file:///path, objectstore+memory://,
+    /// grpc+unix:///path, grpc+http://host:port).
     #[arg(long, env = "BLOB_SERVICE_ADDR")]
     pub blob_service_addr: Option<String>,
     /// DirectoryService address (memory://, redb:///path, grpc+unix:///path, grpc+http://host:port).
@@ -65,17 +70,112 @@ pub struct ServiceArgs {
     /// PathInfoService address (memory://, redb:///path, grpc+unix:///path, grpc+http://host:port).
     #[arg(long, env = "PATH_INFO_SERVICE_ADDR")]
     pub path_info_service_addr: Option<String>,
+    /// A composition file (TOML) wiring layered services, e.g. a local cache in front of a
+    /// remote store (see docs/composition.md). Services it does not set come from the flags
+    /// above or the default store.
+    #[arg(long, env = "TVIX_STORE_CONFIG")]
+    pub store_config: Option<std::path::PathBuf>,
 }
 
 impl ServiceArgs {
     /// Opens the services these arguments name.
     pub async fn open(&self, role: Role) -> anyhow::Result<Services> {
-        let addrs = ServiceAddrs {
+        let args = StoreArgs {
             blob: self.blob_service_addr.clone(),
             directory: self.directory_service_addr.clone(),
             path_info: self.path_info_service_addr.clone(),
+            config: self.store_config.clone(),
         };
-        Ok(services::open(&addrs, role).await?)
+        Ok(compose::open(&args, role).await?)
+    }
+
+    /// Opens the services for a long-running command: when that makes this process the default
+    /// store's owner, it serves the store on the store's socket until [`OpenStore::close`].
+    pub async fn open_serving(&self) -> anyhow::Result<OpenStore> {
+        OpenStore::serving(self.open(Role::Client).await?).await
+    }
+}
+
+/// A long-running command's services, and the default store's socket while it owns the store.
+pub struct OpenStore {
+    /// The services.
+    pub services: Services,
+    owner: Option<OwnerSocket>,
+}
+
+impl OpenStore {
+    /// `services`, served on the default store's socket if they are the default store's own
+    /// files (this process holds its lock).
+    pub async fn serving(services: Services) -> anyhow::Result<Self> {
+        // Owning the default store means serving it to other commands (import...) meanwhile.
+        let owner = tvix_store::server::serve_owner_socket(&services)
+            .await
+            .context("cannot serve the default store to other commands")?;
+        Ok(Self { services, owner })
+    }
+
+    /// `services`, not served to others.
+    pub fn unserved(services: Services) -> Self {
+        Self { services, owner: None }
+    }
+
+    /// Where the default store is served, if this process owns it.
+    pub fn owner_socket(&self) -> Option<&std::path::Path> {
+        self.owner.as_ref().map(OwnerSocket::path)
+    }
+
+    /// Stops serving the store's socket (waiting for calls in progress), then closes the stores
+    /// and releases the store lock.
+    pub async fn close(self) {
+        if let Some(owner) = self.owner
+            && let Err(e) = owner.shutdown().await
+        {
+            tracing::warn!(error = %e, "stopping the default store's socket");
+        }
+        drop(self.services);
+    }
+}
+
+/// Installs SIGINT/SIGTERM handlers now (before anything is served, so that a signal arriving
+/// as soon as a socket or mount exists already means "shut down cleanly"); the returned future
+/// resolves on either signal.
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+/// What the filesystem frontends (mount, virtiofs) show, and how long they wait for the store.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FsArgs {
+    /// List all store paths in the root directory (otherwise the root is not listable, but
+    /// lookups of `<hash>-<name>` work).
+    #[arg(short = 'l', long)]
+    pub list_root: bool,
+    /// Show blob and directory digests as extended attributes
+    /// (user.tvix.castore.blob.digest, user.tvix.castore.directory.digest).
+    #[arg(long)]
+    pub show_xattr: bool,
+    /// Seconds after which a store call that got no answer fails with EIO.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+}
+
+impl FsArgs {
+    /// The filesystem core's options for these flags.
+    pub fn options(&self) -> tvix_store::fs::Options {
+        tvix_store::fs::Options {
+            list_root: self.list_root,
+            show_xattr: self.show_xattr,
+            call_timeout: Duration::from_secs(self.timeout),
+            ..tvix_store::fs::Options::default()
+        }
     }
 }
 

@@ -2,14 +2,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
+use tvix_store::fs::StoreFs;
 use tvix_store::fs::fuse::{self, MountOptions};
-use tvix_store::fs::{Options, StoreFs};
-use tvix_store::services::Role;
 
-use super::ServiceArgs;
+use super::{FsArgs, ServiceArgs};
 
 /// Arguments of `tvix-store mount`.
 #[derive(clap::Args)]
@@ -18,23 +16,14 @@ pub struct Args {
     services: ServiceArgs,
     /// Where to mount the store (an existing, empty directory, e.g. /nix/store).
     path: PathBuf,
-    /// List all store paths in the mount root (otherwise the root is not listable, but
-    /// lookups of `<hash>-<name>` work).
-    #[arg(short = 'l', long)]
-    list_root: bool,
+    #[command(flatten)]
+    fs: FsArgs,
     /// Number of threads handling FUSE requests.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
     /// Let all users access the mount (FUSE `allow_other`); otherwise the mounting user and root.
     #[arg(long)]
     allow_other: bool,
-    /// Show blob and directory digests as extended attributes
-    /// (user.tvix.castore.blob.digest, user.tvix.castore.directory.digest).
-    #[arg(long)]
-    show_xattr: bool,
-    /// Seconds after which a store call that got no answer fails with EIO.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    timeout: u64,
 }
 
 /// Refuses, with a clear message, the cases where mounting would fail with an obscure one.
@@ -110,19 +99,12 @@ fn force_unmount(path: &Path) {
     }
 }
 
-/// Runs the command.
+/// Runs the command: serves the mount until SIGINT or SIGTERM, or until it is unmounted.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = super::shutdown_signal()?;
     let path = check_mountpoint(&args.path)?;
-    let services = args.services.open(Role::Owner).await?;
-    // Owning the default store means serving it to other commands (import...) meanwhile.
-    let owner_socket = tvix_store::server::serve_owner_socket(&services).await?;
-    let options = Options {
-        list_root: args.list_root,
-        show_xattr: args.show_xattr,
-        call_timeout: Duration::from_secs(args.timeout),
-        ..Options::default()
-    };
-    let fs = Arc::new(StoreFs::over(&services, options));
+    let store = args.services.open_serving().await?;
+    let fs = Arc::new(StoreFs::over(&store.services, args.fs.options()));
     let mount_options = MountOptions { threads: usize::from(args.threads), allow_other: args.allow_other };
     let mut session = {
         let target = path.clone();
@@ -140,11 +122,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     raise_readahead(&path);
     eprintln!("mounted the store on {}", path.display());
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let signalled = tokio::select! {
-        _ = sigterm.recv() => true,
-        _ = sigint.recv() => true,
+        _ = shutdown => true,
         _ = done_rx => false,
     };
     if signalled {
@@ -160,11 +139,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let result = tokio::task::spawn_blocking(move || worker.join()).await?;
-    if let Some(owner) = owner_socket {
-        if let Err(e) = owner.shutdown().await {
-            tracing::warn!("stopping the store socket: {e}");
-        }
-    }
+    store.close().await;
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e).with_context(|| format!("serving the mount on {}", path.display())),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use data_encoding::BASE64;
 use serde::Serialize;
 use tvix_store::pathinfo::PathInfo;
-use tvix_store::services::Role;
+use tvix_store::compose::Role;
 use tvix_store::storepath::StorePath;
 
 use super::ServiceArgs;

@@ -4,24 +4,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
-use tvix_store::fs::{Options, StoreFs};
-use tvix_store::services::Role;
+use tvix_store::fs::StoreFs;
 use tvix_store::virtiofs::{self, DaemonConfig, SocketListener, VirtioStoreFs};
 
-use super::ServiceArgs;
+use super::{FsArgs, ServiceArgs};
 
 /// Arguments of `tvix-store virtiofs`.
 #[derive(clap::Args)]
 pub struct Args {
     /// Path of the vhost-user socket to create; point the VMM's vhost-user-fs device at it.
     socket: PathBuf,
-    /// List the store paths in the root directory (otherwise only lookups work there).
-    #[arg(short = 'l', long)]
-    list_root: bool,
-    /// Expose blob and directory digests as extended attributes.
-    #[arg(long)]
-    show_xattr: bool,
+    #[command(flatten)]
+    fs: FsArgs,
     /// Permission bits of the socket, in octal. Whoever can connect reads the whole store.
     #[arg(long, value_parser = parse_mode, default_value = "0600")]
     socket_mode: u32,
@@ -47,15 +41,9 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 /// Runs the command: serves VMM connections until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     // Handlers first: once the socket exists, SIGINT/SIGTERM must end us cleanly.
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let services = args.services.open(Role::Owner).await?;
-    // Other commands on the default store (import while guests run) talk to us over its socket.
-    let owner = tvix_store::server::serve_owner_socket(&services)
-        .await
-        .context("cannot serve the default store to other commands")?;
-    let options = Options { list_root: args.list_root, show_xattr: args.show_xattr, ..Options::default() };
-    let fs = Arc::new(StoreFs::over(&services, options));
+    let shutdown = super::shutdown_signal()?;
+    let store = args.services.open_serving().await?;
+    let fs = Arc::new(StoreFs::over(&store.services, args.fs.options()));
     let mut socket = SocketListener::bind(&args.socket, args.socket_mode)
         .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
     let socket_path = socket.path().to_owned();
@@ -78,8 +66,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the virtiofs thread")?;
 
     let result = tokio::select! {
-        _ = sigint.recv() => Ok(()),
-        _ = sigterm.recv() => Ok(()),
+        _ = shutdown => Ok(()),
         r = done_rx => match r {
             Ok(Err(e)) => Err(anyhow::Error::new(e)),
             _ => Err(anyhow::anyhow!("the virtiofs daemon stopped")),
@@ -88,11 +75,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The accept thread owns the listener and never returns; remove the socket ourselves so
     // no VMM connects to a daemon that is going away.
     let _ = std::fs::remove_file(&socket_path);
-    if let Some(owner) = owner
-        && let Err(e) = owner.shutdown().await
-    {
-        tracing::warn!(error = %e, "stopping the default store's socket");
-    }
-    drop(services);
+    store.close().await;
     result
 }

@@ -173,7 +173,7 @@ impl StoreFs {
     }
 
     /// A filesystem over a command's services, run on the current tokio runtime.
-    pub fn over(services: &crate::services::Services, options: Options) -> Self {
+    pub fn over(services: &crate::compose::Services, options: Options) -> Self {
         Self::new(
             services.blob.clone(),
             services.directory.clone(),

@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use super::channel::MAX_MESSAGE_SIZE;
 use crate::castore::blobservice::{
     BlobReader, BlobService, BlobWriter, CHUNK_MAX, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkStream, ChunkedReader,
-    ParkedStream, READ_AHEAD, WholeBlob, verify_chunk,
+    ParkedStream, READ_AHEAD, verify_chunk,
 };
 use crate::castore::{B3Digest, Error};
 use crate::proto::castore::{self as proto, blob_service_client::BlobServiceClient};
@@ -278,15 +278,6 @@ impl BlobService for GrpcBlobService {
         Ok(self.stat(digest, false).await?.is_some())
     }
 
-    async fn read_whole(&self, digest: &B3Digest, limit: u64) -> Result<WholeBlob, Error> {
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        Ok(match self.read_verified(digest, Some(limit)).await? {
-            WholeRead::Absent => WholeBlob::Absent,
-            WholeRead::Complete(data) => WholeBlob::Verified(data),
-            WholeRead::TooLarge(_) => WholeBlob::TooLarge,
-        })
-    }
-
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         let probe = match self.read_verified(digest, Some(WHOLE_READ_LIMIT)).await? {
             WholeRead::Absent => return Ok(None),
@@ -321,6 +312,11 @@ impl BlobService for GrpcBlobService {
         // The server's Put is durable by itself, so only the hashing can be left out: the
         // caller checks the returned digest (see the trait).
         self.put(false)
+    }
+
+    async fn sync(&self) -> Result<(), Error> {
+        // Every Put returned only once the server had stored the blob durably.
+        Ok(())
     }
 
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {

@@ -1,10 +1,8 @@
-//! The gRPC channel our clients talk over, from a `grpc+http://` or `grpc+unix://` address.
+//! The gRPC channel our clients talk over, to a unix socket or a TCP address.
 
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
-
-use crate::url::AddrError;
 
 /// Largest gRPC message we send or accept. Blob messages are at most 1 MiB of data, but a
 /// Directory or a chunk list of a large blob may be bigger; 64 MiB leaves ample room while still
@@ -31,15 +29,38 @@ pub(crate) const MAX_FRAME_SIZE: u32 = 1024 * 1024;
 /// Window shared by all calls of the connection: several chunk reads run in parallel.
 const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
-/// Builds a channel for `grpc+http://host:port` or `grpc+unix:///path/to/socket`.
+/// Where a gRPC channel connects to (parsed from a `grpc+unix://` or `grpc+http://` store URL
+/// by the composition layer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcTarget {
+    /// A unix socket path.
+    Unix(std::path::PathBuf),
+    /// A TCP host (name, IPv4, or bracketed IPv6) and port.
+    Tcp {
+        /// Host name or address, as it goes into an `http://` URI.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for GrpcTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrpcTarget::Unix(path) => write!(f, "grpc+unix://{}", path.display()),
+            GrpcTarget::Tcp { host, port } => write!(f, "grpc+http://{host}:{port}"),
+        }
+    }
+}
+
+/// Builds a channel to `target`.
 ///
 /// The channel connects lazily (a command starts even while the daemon is not up yet), and
 /// reconnects on the next call after the connection was lost.
-pub fn channel(addr: &str) -> Result<Channel, AddrError> {
-    let url = crate::url::parse(addr)?;
-    match url.scheme() {
-        "grpc+unix" => {
-            let path = crate::url::local_path(&url)?;
+pub fn channel(target: &GrpcTarget) -> Result<Channel, String> {
+    match target {
+        GrpcTarget::Unix(path) => {
+            let path = path.clone();
             // The URI is a placeholder: our connector dials the socket path itself.
             let endpoint = configure(Endpoint::from_static("http://tvix-store.sock"));
             Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |_: tonic::codegen::http::Uri| {
@@ -52,21 +73,10 @@ pub fn channel(addr: &str) -> Result<Channel, AddrError> {
                 }
             })))
         }
-        "grpc+http" => {
-            let host = url
-                .host_str()
-                .ok_or_else(|| AddrError::Parse(addr.to_string(), "no host given".into()))?;
-            let port = url
-                .port()
-                .ok_or_else(|| AddrError::Parse(addr.to_string(), "no port given".into()))?;
-            if url.path() != "" && url.path() != "/" {
-                return Err(AddrError::Parse(addr.to_string(), "grpc+http takes no path".into()));
-            }
-            let endpoint = Endpoint::from_shared(format!("http://{host}:{port}"))
-                .map_err(|e| AddrError::Parse(addr.to_string(), e.to_string()))?;
+        GrpcTarget::Tcp { host, port } => {
+            let endpoint = Endpoint::from_shared(format!("http://{host}:{port}")).map_err(|e| e.to_string())?;
             Ok(configure(endpoint).tcp_nodelay(true).connect_lazy())
         }
-        other => Err(AddrError::UnsupportedScheme(other.to_string(), "gRPC")),
     }
 }
 
@@ -104,20 +114,5 @@ pub(crate) fn widen_send_buffer(socket: &impl std::os::fd::AsRawFd) {
     };
     if result != 0 {
         tracing::debug!("cannot widen a unix socket's send buffer: {}", std::io::Error::last_os_error());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn accepts_both_schemes_and_rejects_others() {
-        assert!(channel("grpc+unix:///run/x.sock").is_ok());
-        assert!(channel("grpc+http://127.0.0.1:8000").is_ok());
-        assert!(channel("grpc+http://[::1]:8000").is_ok());
-        assert!(channel("grpc+http://localhost").is_err());
-        assert!(channel("grpc+unix://").is_err());
-        assert!(channel("http://localhost:1").is_err());
     }
 }

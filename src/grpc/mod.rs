@@ -1,5 +1,4 @@
-//! gRPC clients of our three services, usable wherever a service trait object is expected
-//! (`grpc+unix:///path/to/socket`, `grpc+http://host:port`).
+//! gRPC clients of our three services, usable wherever a service trait object is expected.
 
 mod blob;
 pub mod channel;
@@ -7,7 +6,7 @@ mod directory;
 mod pathinfo;
 
 pub use blob::GrpcBlobService;
-pub use channel::{MAX_MESSAGE_SIZE, channel};
+pub use channel::{GrpcTarget, MAX_MESSAGE_SIZE, channel};
 pub(crate) use channel::widen_send_buffer;
 pub use directory::GrpcDirectoryService;
 pub use pathinfo::GrpcPathInfoService;

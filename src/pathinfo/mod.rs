@@ -1,10 +1,12 @@
 //! PathInfo: a store path's root node plus the Nix metadata (narinfo) kept with it, and the
 //! services storing them.
 
+mod cache;
 mod memory;
 mod service;
 mod types;
 
+pub use cache::CachePathInfoService;
 pub use memory::MemoryPathInfoService;
-pub use service::{NarCalculationService, PathInfoService, from_addr};
+pub use service::{NarCalculationService, PathInfoService};
 pub use types::{CaKind, ContentAddress, InvalidPathInfo, PathInfo, Signature};

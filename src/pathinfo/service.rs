@@ -1,11 +1,9 @@
-//! The PathInfoService trait and its construction from a URL.
-
-use std::sync::Arc;
+//! The PathInfoService trait, and the NAR calculation a server offers beside it.
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use super::{MemoryPathInfoService, PathInfo};
+use super::PathInfo;
 use crate::castore::{Error, Node};
 use crate::storepath::DIGEST_LEN;
 
@@ -27,20 +25,4 @@ pub trait PathInfoService: Send + Sync {
 pub trait NarCalculationService: Send + Sync {
     /// NAR size and SHA-256 of `root` (all it refers to must be stored).
     async fn calculate_nar(&self, root: &Node) -> Result<(u64, [u8; 32]), Error>;
-}
-
-/// Builds a PathInfoService from its URL: `memory://`, `redb:///path/to/file.redb`,
-/// `grpc+unix:///path/to/socket`, `grpc+http://host:port`.
-pub async fn from_addr(addr: &str) -> Result<Arc<dyn PathInfoService>, crate::url::AddrError> {
-    let url = crate::url::parse(addr)?;
-    match url.scheme() {
-        "memory" => Ok(Arc::new(MemoryPathInfoService::default())),
-        "grpc+unix" | "grpc+http" => Ok(Arc::new(crate::grpc::GrpcPathInfoService::new(crate::grpc::channel(addr)?))),
-        "redb" => {
-            let service = crate::redb::RedbPathInfoService::open(&crate::url::local_path(&url)?)
-                .map_err(|e| crate::url::AddrError::Open(addr.to_string(), e.to_string()))?;
-            Ok(Arc::new(service))
-        }
-        other => Err(crate::url::AddrError::UnsupportedScheme(other.to_string(), "path-info")),
-    }
 }

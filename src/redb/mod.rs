@@ -66,9 +66,10 @@ pub(crate) fn storage_err(db: &str) -> impl Fn(redb::Error) -> Error + '_ {
 mod tests {
     use futures::TryStreamExt;
 
-    use crate::castore::directoryservice;
+    use super::{RedbDirectoryStore, RedbPathInfoService};
+    use crate::castore::directoryservice::{DirectoryService, StoredDirectoryService};
     use crate::castore::{B3Digest, Directory, Error, Node, PathComponent};
-    use crate::pathinfo::{self, PathInfo};
+    use crate::pathinfo::{PathInfo, PathInfoService};
     use crate::storepath::StorePath;
 
     fn info(i: u32) -> PathInfo {
@@ -89,17 +90,17 @@ mod tests {
     #[tokio::test]
     async fn pathinfo_persists_lists_in_pages_and_reports_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let addr = format!("redb://{}/p.redb", dir.path().display());
+        let path = dir.path().join("p.redb");
         {
-            let service = pathinfo::from_addr(&addr).await.unwrap();
+            let service = RedbPathInfoService::open(&path).unwrap();
             for i in 0..600 {
                 service.put(info(i)).await.unwrap();
             }
             // A second opener while the first holds the file gets a clear "in use" error.
-            let err = pathinfo::from_addr(&addr).await.err().expect("second open must fail");
+            let err = RedbPathInfoService::open(&path).err().expect("second open must fail");
             assert!(err.to_string().contains("in use"), "{err}");
         }
-        let service = pathinfo::from_addr(&addr).await.unwrap();
+        let service = RedbPathInfoService::open(&path).unwrap();
         assert_eq!(service.get(*info(42).store_path.digest()).await.unwrap(), Some(info(42)));
         assert_eq!(service.get([9; 20]).await.unwrap(), None);
         let all: Vec<PathInfo> = service.list().try_collect().await.unwrap();
@@ -112,29 +113,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.redb");
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
-        let err = directoryservice::from_addr(&format!("redb://{}", path.display()))
-            .await
-            .err()
-            .expect("garbage must not open");
+        let err = RedbDirectoryStore::open(&path).err().expect("garbage must not open");
         assert!(err.to_string().contains(&path.display().to_string()), "{err}");
     }
 
     #[tokio::test]
     async fn directories_persist_and_rejected_graphs_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let addr = format!("redb://{}/d.redb", dir.path().display());
+        let path = dir.path().join("d.redb");
+        let open = || StoredDirectoryService::new(RedbDirectoryStore::open(&path).unwrap());
         let mut leaf = Directory::new();
         leaf.add(PathComponent::try_from("f").unwrap(), Node::file(B3Digest::of(b"x"), 1, false)).unwrap();
         let mut root = Directory::new();
         root.add(PathComponent::try_from("sub").unwrap(), Node::directory(leaf.digest(), leaf.size())).unwrap();
         let root_digest = {
-            let service = directoryservice::from_addr(&addr).await.unwrap();
+            let service = open();
             let mut putter = service.put_multiple_start();
             putter.put(leaf.clone()).await.unwrap();
             putter.put(root.clone()).await.unwrap();
             putter.close().await.unwrap()
         };
-        let service = directoryservice::from_addr(&addr).await.unwrap();
+        let service = open();
         let got: Vec<Directory> = service.get_recursive(&root_digest).try_collect().await.unwrap();
         assert_eq!(got, vec![root.clone(), leaf.clone()]);
 

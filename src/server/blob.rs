@@ -62,25 +62,27 @@ impl proto::blob_service_server::BlobService for BlobServer {
 
     async fn read(&self, request: Request<proto::ReadBlobRequest>) -> Result<Response<Self::ReadStream>, Status> {
         let digest = request_digest("digest", &request.into_inner().digest)?;
-        // Small blobs and chunks (what chunk-wise readers ask for) go out as the verified
-        // buffer the store hands over, without a reader or a copy.
-        match self.blob.read_whole(&digest, READ_MESSAGE_SIZE as u64).await? {
-            WholeBlob::Absent => return Err(Status::not_found(format!("blob {digest}"))),
-            WholeBlob::Verified(data) => {
-                let message = Ok(proto::BlobChunk { data });
-                return Ok(Response::new(Box::pin(futures::stream::once(async { message }))));
-            }
-            WholeBlob::TooLarge => {}
-        }
-        // A chunked blob goes out one message per chunk, each the verified chunk buffer itself:
-        // no copy here, and a client cutting the stream into chunks finds them whole.
-        if let Some(mut reader) = self.blob.open_chunked(&digest).await? {
-            let stream = async_stream::try_stream! {
-                while let Some(data) = reader.next_piece().await.map_err(Status::from)? {
-                    yield proto::BlobChunk { data };
+        if let Some(serving) = self.blob.serving() {
+            // Small blobs and chunks (what chunk-wise readers ask for) go out as the verified
+            // buffer the store hands over, without a reader or a copy.
+            match serving.read_whole(&digest, READ_MESSAGE_SIZE as u64).await? {
+                WholeBlob::Absent => return Err(Status::not_found(format!("blob {digest}"))),
+                WholeBlob::Verified(data) => {
+                    let message = Ok(proto::BlobChunk { data });
+                    return Ok(Response::new(Box::pin(futures::stream::once(async { message }))));
                 }
-            };
-            return Ok(Response::new(Box::pin(stream)));
+                WholeBlob::TooLarge => {}
+            }
+            // A chunked blob goes out one message per chunk, each the verified chunk buffer
+            // itself: no copy here, and a client cutting the stream into chunks finds them whole.
+            if let Some(mut reader) = serving.open_chunked(&digest).await? {
+                let stream = async_stream::try_stream! {
+                    while let Some(data) = reader.next_piece().await.map_err(Status::from)? {
+                        yield proto::BlobChunk { data };
+                    }
+                };
+                return Ok(Response::new(Box::pin(stream)));
+            }
         }
         let mut reader = self
             .blob

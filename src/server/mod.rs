@@ -29,7 +29,7 @@ use crate::pathinfo::{NarCalculationService, PathInfoService};
 use crate::proto::castore::blob_service_server::BlobServiceServer;
 use crate::proto::castore::directory_service_server::DirectoryServiceServer;
 use crate::proto::store::path_info_service_server::PathInfoServiceServer;
-use crate::services::Services;
+use crate::compose::Services;
 
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::{Handlers, ListenAddr, Listener, ServeError, SocketFile, serve};
-use crate::defaultstore::SOCKET_NAME;
-use crate::services::Services;
+use crate::compose::defaultstore::SOCKET_NAME;
+use crate::compose::Services;
 
 /// The default store being served on `<store dir>/daemon.sock`. Dropping it stops serving and
 /// removes the socket file; [`OwnerSocket::shutdown`] does the same and waits for the server.

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
-use tvix_store::castore::blobservice::{self, BlobService};
-use tvix_store::castore::directoryservice::{self, DirectoryService};
+use tvix_store::castore::blobservice::BlobService;
+use tvix_store::castore::directoryservice::DirectoryService;
 use tvix_store::castore::{B3Digest, Directory, Node, PathComponent, SymlinkTarget};
 use tvix_store::fs::fuse::{self, MountOptions};
 use tvix_store::fs::{Options, StoreFs};
-use tvix_store::pathinfo::{self, PathInfo, PathInfoService};
+use tvix_store::pathinfo::{PathInfo, PathInfoService};
 use tvix_store::storepath::StorePath;
 
 /// Deterministic pseudo-random bytes (no compressible runs, so chunking sees real content).
@@ -77,9 +77,9 @@ impl Store {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let (blob, directory, path_info) = runtime.block_on(async {
             (
-                blobservice::from_addr("memory://").await.unwrap(),
-                directoryservice::from_addr("memory://").await.unwrap(),
-                pathinfo::from_addr("memory://").await.unwrap(),
+                tvix_store::compose::blob_service("memory://").unwrap(),
+                tvix_store::compose::directory_service("memory://").unwrap(),
+                tvix_store::compose::path_info_service("memory://").unwrap(),
             )
         });
         Self { runtime, blob, directory, path_info }

@@ -7,12 +7,13 @@ use std::process::Command;
 
 #[path = "../nix_referee/mod.rs"]
 pub mod nix_referee;
+#[allow(unused_imports)]
 pub use nix_referee::{nix, nix_command};
 use std::sync::Arc;
 
-use tvix_store::castore::blobservice::{self, BlobService};
-use tvix_store::castore::directoryservice::{self, DirectoryService};
-use tvix_store::pathinfo::{self, PathInfoService};
+use tvix_store::castore::blobservice::BlobService;
+use tvix_store::castore::directoryservice::DirectoryService;
+use tvix_store::pathinfo::{PathInfoService};
 
 /// `nix-store --dump PATH`.
 pub fn nix_dump(path: &Path) -> Vec<u8> {
@@ -106,9 +107,9 @@ pub fn trees(base: &Path) -> Vec<PathBuf> {
 /// Fresh in-memory services.
 pub async fn memory_services() -> (Arc<dyn BlobService>, Arc<dyn DirectoryService>, Arc<dyn PathInfoService>) {
     (
-        blobservice::from_addr("memory://").await.unwrap(),
-        directoryservice::from_addr("memory://").await.unwrap(),
-        pathinfo::from_addr("memory://").await.unwrap(),
+        tvix_store::compose::blob_service("memory://").unwrap(),
+        tvix_store::compose::directory_service("memory://").unwrap(),
+        tvix_store::compose::path_info_service("memory://").unwrap(),
     )
 }
 

@@ -11,7 +11,10 @@ use tokio::task::JoinHandle;
 
 use super::chunker::{CHUNK_MAX, final_chunk_lengths};
 use super::reader::verify_chunk;
-use super::{BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader, IncomingBlob, WholeBlob};
+use super::{
+    BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader, IncomingBlob, ServingReads,
+    WholeBlob,
+};
 use crate::castore::{B3Digest, Error};
 
 /// Storage of chunks (by their digest) and of the chunk lists of multi-chunk blobs (by the
@@ -29,11 +32,9 @@ pub trait ChunkStore: ChunkSource {
     /// Stores the chunk list of a blob, after all its chunks are durable; durable once
     /// [`ChunkStore::sync`] returns.
     async fn put_chunk_list(&self, blob: &B3Digest, chunks: &[ChunkMeta]) -> Result<(), Error>;
-    /// Makes everything stored before this call durable. Backends whose puts are durable by
-    /// themselves keep the default.
-    async fn sync(&self) -> Result<(), Error> {
-        Ok(())
-    }
+    /// Makes everything stored before this call durable. Required: a backend whose puts are
+    /// durable by themselves says so in its own (empty) implementation.
+    async fn sync(&self) -> Result<(), Error>;
 }
 
 /// Chunks stored concurrently per blob being written: enough to overlap hashing and storage I/O
@@ -92,34 +93,6 @@ impl<S: ChunkStore> BlobService for ChunkedBlobService<S> {
         Ok(Some(Box::new(ChunkedReader::new(source, *digest, chunks))))
     }
 
-    async fn open_chunked(&self, digest: &B3Digest) -> Result<Option<ChunkedReader>, Error> {
-        let Some(chunks) = self.chunks(digest).await? else {
-            return Ok(None);
-        };
-        let source: Arc<dyn ChunkSource> = self.store.clone();
-        Ok(Some(ChunkedReader::new(source, *digest, chunks)))
-    }
-
-    async fn read_whole(&self, digest: &B3Digest, limit: u64) -> Result<WholeBlob, Error> {
-        if let Some(data) = self.single_chunk(digest).await? {
-            return Ok(if data.len() as u64 > limit { WholeBlob::TooLarge } else { WholeBlob::Verified(data) });
-        }
-        let Some(chunks) = self.store.get_chunk_list(digest).await? else {
-            return Ok(WholeBlob::Absent);
-        };
-        let size: u64 = chunks.iter().map(|c| c.size).sum();
-        if size > limit {
-            return Ok(WholeBlob::TooLarge);
-        }
-        let source: Arc<dyn ChunkSource> = self.store.clone();
-        let mut data = Vec::with_capacity(size as usize);
-        ChunkedReader::new(source, *digest, chunks)
-            .read_to_end(&mut data)
-            .await
-            .map_err(|e| Error::from_io(digest, e))?;
-        Ok(WholeBlob::Verified(data.into()))
-    }
-
     async fn open_write(&self) -> Box<dyn BlobWriter> {
         let store = self.store.clone();
         Box::new(ChannelBlobWriter::spawn(move |incoming| store_blob(store, incoming, Durability::Now)))
@@ -161,6 +134,41 @@ impl<S: ChunkStore> BlobService for ChunkedBlobService<S> {
             return Ok(Some(vec![ChunkMeta { digest: *digest, size }]));
         }
         self.store.get_chunk_list(digest).await
+    }
+
+    fn serving(&self) -> Option<&dyn ServingReads> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl<S: ChunkStore> ServingReads for ChunkedBlobService<S> {
+    async fn open_chunked(&self, digest: &B3Digest) -> Result<Option<ChunkedReader>, Error> {
+        let Some(chunks) = self.chunks(digest).await? else {
+            return Ok(None);
+        };
+        let source: Arc<dyn ChunkSource> = self.store.clone();
+        Ok(Some(ChunkedReader::new(source, *digest, chunks)))
+    }
+
+    async fn read_whole(&self, digest: &B3Digest, limit: u64) -> Result<WholeBlob, Error> {
+        if let Some(data) = self.single_chunk(digest).await? {
+            return Ok(if data.len() as u64 > limit { WholeBlob::TooLarge } else { WholeBlob::Verified(data) });
+        }
+        let Some(chunks) = self.store.get_chunk_list(digest).await? else {
+            return Ok(WholeBlob::Absent);
+        };
+        let size: u64 = chunks.iter().map(|c| c.size).sum();
+        if size > limit {
+            return Ok(WholeBlob::TooLarge);
+        }
+        let source: Arc<dyn ChunkSource> = self.store.clone();
+        let mut data = Vec::with_capacity(size as usize);
+        ChunkedReader::new(source, *digest, chunks)
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| Error::from_io(digest, e))?;
+        Ok(WholeBlob::Verified(data.into()))
     }
 }
 

@@ -3,21 +3,23 @@
 //! Blobs are kept as content-defined chunks; a reader of a byte range fetches only the chunks
 //! that cover it, and every chunk is checked against its digest before its bytes are handed out.
 
+mod cache;
 mod chunked;
 mod chunker;
+mod local;
 mod memory;
 mod objectstore;
 mod reader;
 mod writer;
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite};
 
+pub use cache::CacheBlobService;
 pub use chunked::{ChunkStore, ChunkedBlobService};
 pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
+pub use local::LocalChunkStore;
 pub use memory::MemoryChunkStore;
 pub use objectstore::ObjectStoreChunkStore;
 pub use reader::{ChunkSource, ChunkStream, ChunkedReader, ParkedStream, READ_AHEAD};
@@ -78,59 +80,43 @@ pub trait BlobService: Send + Sync {
     /// The caller hashes the bytes itself and must check the digest `close()` returns against
     /// its own: a backend may leave that check to the caller instead of hashing again (the gRPC
     /// client does, saving a BLAKE3 pass per blob on the importing side).
-    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
-        self.open_write().await
-    }
+    ///
+    /// Required, like [`BlobService::sync`]: a wrapper that fell back to a default here would
+    /// silently drop the inner service's durability contract.
+    async fn open_write_deferred(&self) -> Box<dyn BlobWriter>;
 
     /// Makes every blob whose deferred writer was closed before this call durable and visible.
-    /// A no-op for backends whose writers are always durable on close (e.g. the gRPC client:
-    /// the server's Put returns only once the blob is durable).
-    async fn sync(&self) -> Result<(), Error> {
-        Ok(())
-    }
+    /// Backends whose writers are always durable on close (e.g. the gRPC client: the server's
+    /// Put returns only once the blob is durable) return at once, and say so where they do.
+    async fn sync(&self) -> Result<(), Error>;
 
     /// The chunks of a blob in order; `None` when absent. A blob stored as a single chunk lists
     /// itself; an empty list means the backend does not expose chunks for it.
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error>;
 
-    /// A reader handing out the blob's verified chunk buffers themselves
-    /// ([`ChunkedReader::next_piece`]), for a sender that passes them on without copying;
-    /// `None` when the backend has no such reader or the blob is absent (then use
-    /// [`BlobService::open_read`]).
-    async fn open_chunked(&self, digest: &B3Digest) -> Result<Option<ChunkedReader>, Error> {
-        let _ = digest;
-        Ok(None)
-    }
-
-    /// The whole blob as one verified buffer, if it is at most `limit` bytes long. Most blobs of
-    /// a store (and every chunk) are small: for them this is one lookup and one buffer, where
-    /// a reader costs a chunk-list lookup, a fetch task and a copy per read. Backends override
-    /// it where they can do better than reading through [`BlobService::open_read`].
-    async fn read_whole(&self, digest: &B3Digest, limit: u64) -> Result<WholeBlob, Error> {
-        use tokio::io::AsyncReadExt;
-        // The chunk list tells the size without reading: a large blob costs no bytes here.
-        match self.chunks(digest).await? {
-            None => return Ok(WholeBlob::Absent),
-            Some(chunks) if chunks.iter().map(|c| c.size).sum::<u64>() > limit => return Ok(WholeBlob::TooLarge),
-            Some(_) => {}
-        }
-        let Some(reader) = self.open_read(digest).await? else {
-            return Ok(WholeBlob::Absent);
-        };
-        let mut data = Vec::new();
-        reader
-            .take(limit.saturating_add(1))
-            .read_to_end(&mut data)
-            .await
-            .map_err(|e| Error::from_io(digest, e))?;
-        if data.len() as u64 > limit {
-            return Ok(WholeBlob::TooLarge);
-        }
-        Ok(WholeBlob::Verified(data.into()))
+    /// The zero-copy reads a gRPC server uses to send this backend's blobs, where the backend
+    /// has them. Only the server asks; a wrapper that does not forward this loses speed, never
+    /// a guarantee.
+    fn serving(&self) -> Option<&dyn ServingReads> {
+        None
     }
 }
 
-/// Outcome of [`BlobService::read_whole`].
+/// Reads that hand out a backend's own verified buffers, for a sender that passes them on
+/// without copying (the gRPC server's Read).
+#[async_trait]
+pub trait ServingReads: Send + Sync {
+    /// The whole blob as one verified buffer, if it is at most `limit` bytes long. Most blobs of
+    /// a store (and every chunk) are small: for them this is one lookup and one buffer, where
+    /// a reader costs a chunk-list lookup, a fetch task and a copy per read.
+    async fn read_whole(&self, digest: &B3Digest, limit: u64) -> Result<WholeBlob, Error>;
+
+    /// A reader handing out the blob's verified chunk buffers themselves
+    /// ([`ChunkedReader::next_piece`]); `None` when the blob is absent.
+    async fn open_chunked(&self, digest: &B3Digest) -> Result<Option<ChunkedReader>, Error>;
+}
+
+/// Outcome of [`ServingReads::read_whole`].
 #[derive(Debug)]
 pub enum WholeBlob {
     /// No blob by that digest.
@@ -141,25 +127,10 @@ pub enum WholeBlob {
     TooLarge,
 }
 
-/// Builds a BlobService from its URL: `memory://`, `objectstore+file:///path`,
-/// `grpc+unix:///path/to/socket`, `grpc+http://host:port`.
-pub async fn from_addr(addr: &str) -> Result<Arc<dyn BlobService>, crate::url::AddrError> {
-    let url = crate::url::parse(addr)?;
-    match url.scheme() {
-        "memory" => Ok(Arc::new(ChunkedBlobService::new(MemoryChunkStore::default()))),
-        "objectstore+file" => {
-            let store = ObjectStoreChunkStore::open_local(&crate::url::local_path(&url)?)
-                .map_err(|e| crate::url::AddrError::Open(addr.to_string(), e.to_string()))?;
-            Ok(Arc::new(ChunkedBlobService::new(store)))
-        }
-        "grpc+unix" | "grpc+http" => Ok(Arc::new(crate::grpc::GrpcBlobService::new(crate::grpc::channel(addr)?))),
-        other => Err(crate::url::AddrError::UnsupportedScheme(other.to_string(), "blob")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
     fn data(len: usize) -> Vec<u8> {
@@ -193,7 +164,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn dropped_writer_stores_nothing() {
-        let service = from_addr("memory://").await.unwrap();
+        let service = ChunkedBlobService::new(MemoryChunkStore::default());
         for i in 0..50u32 {
             let content = data(300_000 + i as usize);
             let mut w = service.open_write().await;
@@ -211,8 +182,8 @@ mod tests {
     /// A memory and an objectstore+file service (the latter in `dir`).
     async fn local_services(dir: &std::path::Path) -> Vec<Arc<dyn BlobService>> {
         vec![
-            from_addr("memory://").await.unwrap(),
-            from_addr(&format!("objectstore+file://{}", dir.display())).await.unwrap(),
+            Arc::new(ChunkedBlobService::new(MemoryChunkStore::default())),
+            Arc::new(ChunkedBlobService::new(LocalChunkStore::open(dir).unwrap())),
         ]
     }
 
@@ -245,9 +216,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn objectstore_replaces_a_chunk_of_the_wrong_length() {
+    async fn local_store_replaces_a_chunk_of_the_wrong_length() {
         let dir = tempfile::tempdir().unwrap();
-        let service = from_addr(&format!("objectstore+file://{}", dir.path().display())).await.unwrap();
+        let service = ChunkedBlobService::new(LocalChunkStore::open(dir.path()).unwrap());
         let content = data(10_000);
         let digest = B3Digest::of(&content);
         let hex = digest.to_hex();
@@ -267,7 +238,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn memory_and_objectstore_roundtrip() {
+    async fn memory_and_local_roundtrip() {
         let dir = tempfile::tempdir().unwrap();
         for service in local_services(dir.path()).await {
             for len in [0, 1, 65_536, 5_000_000] {

@@ -1,14 +1,14 @@
 //! DirectoryService: stores and serves Directory messages addressed by their BLAKE3 digest.
 
+mod cache;
 mod graph;
 mod memory;
 mod stored;
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+pub use cache::CacheDirectoryService;
 pub use graph::GraphBuilder;
 pub use memory::MemoryDirectoryStore;
 pub use stored::{DirectoryStore, StoredDirectoryService};
@@ -47,20 +47,4 @@ pub trait DirectoryPutter: Send {
 
     /// Validates and stores the graph; returns the root's digest (the last directory added).
     async fn close(&mut self) -> Result<B3Digest, Error>;
-}
-
-/// Builds a DirectoryService from its URL: `memory://`, `redb:///path/to/file.redb`,
-/// `grpc+unix:///path/to/socket`, `grpc+http://host:port`.
-pub async fn from_addr(addr: &str) -> Result<Arc<dyn DirectoryService>, crate::url::AddrError> {
-    let url = crate::url::parse(addr)?;
-    match url.scheme() {
-        "memory" => Ok(Arc::new(StoredDirectoryService::new(MemoryDirectoryStore::default()))),
-        "grpc+unix" | "grpc+http" => Ok(Arc::new(crate::grpc::GrpcDirectoryService::new(crate::grpc::channel(addr)?))),
-        "redb" => {
-            let store = crate::redb::RedbDirectoryStore::open(&crate::url::local_path(&url)?)
-                .map_err(|e| crate::url::AddrError::Open(addr.to_string(), e.to_string()))?;
-            Ok(Arc::new(StoredDirectoryService::new(store)))
-        }
-        other => Err(crate::url::AddrError::UnsupportedScheme(other.to_string(), "directory")),
-    }
 }

@@ -1,0 +1,95 @@
+//! A read-through cache of two blob services: read the near one, on a miss copy the blob from
+//! the far one into the near one, verified, and read it there.
+//!
+//! A fill goes through an ordinary near writer, whose `close()` returns the digest of the bytes
+//! it stored; the fill counts only if that digest is the one asked for. A far store that fails
+//! midway leaves an unclosed writer behind, which stores nothing a reader could see: the near
+//! store never holds a partial blob under the digest asked for.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{BlobReader, BlobService, BlobWriter, ChunkMeta};
+use crate::castore::{B3Digest, CacheWrites, Error};
+
+/// Blobs from `near`, filled from `far` on a miss; new blobs go where [`CacheWrites`] says.
+pub struct CacheBlobService {
+    near: Arc<dyn BlobService>,
+    far: Arc<dyn BlobService>,
+    writes: CacheWrites,
+}
+
+impl CacheBlobService {
+    /// A cache of `far` in `near`.
+    pub fn new(near: Arc<dyn BlobService>, far: Arc<dyn BlobService>, writes: CacheWrites) -> Self {
+        Self { near, far, writes }
+    }
+
+    fn target(&self) -> &dyn BlobService {
+        match self.writes {
+            CacheWrites::Far => self.far.as_ref(),
+            CacheWrites::Near => self.near.as_ref(),
+        }
+    }
+
+    /// Copies the blob from far to near; `false` when far does not have it either.
+    async fn fill(&self, digest: &B3Digest) -> Result<bool, Error> {
+        let Some(mut reader) = self.far.open_read(digest).await? else {
+            return Ok(false);
+        };
+        let mut writer = self.near.open_write().await;
+        // The far reader verifies chunk by chunk; the near writer's digest checks the whole.
+        tokio::io::copy(&mut reader, &mut writer)
+            .await
+            .map_err(|e| Error::from_io(digest, e))?;
+        let stored = writer.close().await?;
+        if stored != *digest {
+            return Err(Error::Corrupt(format!(
+                "far store served blob {digest} with bytes whose digest is {stored}; not cached"
+            )));
+        }
+        tracing::debug!(%digest, "blob cached from the far store");
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl BlobService for CacheBlobService {
+    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
+        Ok(self.near.has(digest).await? || self.far.has(digest).await?)
+    }
+
+    async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
+        if let Some(reader) = self.near.open_read(digest).await? {
+            return Ok(Some(reader));
+        }
+        if !self.fill(digest).await? {
+            return Ok(None);
+        }
+        match self.near.open_read(digest).await? {
+            Some(reader) => Ok(Some(reader)),
+            None => Err(Error::Storage(format!("blob {digest} was cached in the near store but cannot be read there"))),
+        }
+    }
+
+    async fn open_write(&self) -> Box<dyn BlobWriter> {
+        self.target().open_write().await
+    }
+
+    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
+        self.target().open_write_deferred().await
+    }
+
+    async fn sync(&self) -> Result<(), Error> {
+        // Fills are written durably; only deferred writes, all in the target, need a sync.
+        self.target().sync().await
+    }
+
+    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
+        match self.near.chunks(digest).await? {
+            Some(chunks) => Ok(Some(chunks)),
+            None => self.far.chunks(digest).await,
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Building the store's services: the only module that knows store URL schemes and the
+//! composition file, and the only one that imports every backend (redb, gRPC, object stores).
+//!
+//! A command's services come from flags (one store URL each), a composition file
+//! (`--store-config`, see [`config`]), or the embedded default store ([`defaultstore`]). Each is
+//! turned into a [`Graph`] and checked whole before anything is opened; then the services are
+//! built in order blob → directory → path-info, and each builder gets the services already built
+//! (a path-info source that ingests NARs needs somewhere to put blobs and directories).
+
+pub mod config;
+pub mod defaultstore;
+mod graph;
+pub mod url;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use graph::{Entry, Graph, ROOT};
+pub use url::Leaf;
+
+use crate::castore::blobservice::{
+    BlobService, CacheBlobService, ChunkedBlobService, LocalChunkStore, MemoryChunkStore, ObjectStoreChunkStore,
+};
+use crate::castore::directoryservice::{CacheDirectoryService, DirectoryService, MemoryDirectoryStore, StoredDirectoryService};
+use crate::grpc::{GrpcBlobService, GrpcDirectoryService, GrpcPathInfoService, GrpcTarget};
+use crate::pathinfo::{CachePathInfoService, MemoryPathInfoService, PathInfoService};
+use defaultstore::{DefaultStoreError, StoreLock};
+
+/// Which of the three services something is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// BlobService.
+    Blob,
+    /// DirectoryService.
+    Directory,
+    /// PathInfoService.
+    PathInfo,
+}
+
+impl Kind {
+    /// The service's name in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Blob => "blob",
+            Kind::Directory => "directory",
+            Kind::PathInfo => "path-info",
+        }
+    }
+}
+
+/// Why the services could not be set up. Every message is one line naming the flag, file entry
+/// or URL at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    /// A store URL that is malformed or names a scheme the service does not take.
+    #[error("{entry}: invalid store URL {url:?}: {reason}")]
+    Url { entry: String, url: String, reason: String },
+    /// A composition entry that is wrong in itself.
+    #[error("{entry}: {reason}")]
+    Entry { entry: String, reason: String },
+    /// Entries that refer to each other in a circle.
+    #[error("cycle: {0}")]
+    Cycle(String),
+    /// The composition file cannot be read.
+    #[error("cannot read store config {}: {source}", path.display())]
+    ReadConfig { path: PathBuf, source: std::io::Error },
+    /// A flag and the composition file both set one service.
+    #[error("{flag} and [{table}] in --store-config both set the {noun} service; give one of them")]
+    Conflict { flag: &'static str, table: &'static str, noun: &'static str },
+    /// A backend that could not be opened.
+    #[error("{entry}: cannot open {url}: {reason}")]
+    Open { entry: String, url: String, reason: String },
+    /// The embedded default store.
+    #[error(transparent)]
+    DefaultStore(#[from] DefaultStoreError),
+}
+
+/// Where a command's services come from, as given on its command line.
+#[derive(Debug, Clone, Default)]
+pub struct StoreArgs {
+    /// `--blob-service-addr`.
+    pub blob: Option<String>,
+    /// `--directory-service-addr`.
+    pub directory: Option<String>,
+    /// `--path-info-service-addr`.
+    pub path_info: Option<String>,
+    /// `--store-config`.
+    pub config: Option<PathBuf>,
+}
+
+/// How a command uses the embedded default store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The daemon: owns the store's files for its lifetime (waiting for the lock), and serves
+    /// them on the store's socket.
+    Owner,
+    /// Every other command: talks to the owner if one runs, else opens the files itself. A
+    /// long-running one (mount, virtiofs) then serves them to others while it holds them.
+    Client,
+}
+
+/// The services a command works with.
+pub struct Services {
+    /// Blobs.
+    pub blob: Arc<dyn BlobService>,
+    /// Directories.
+    pub directory: Arc<dyn DirectoryService>,
+    /// PathInfo.
+    pub path_info: Arc<dyn PathInfoService>,
+    /// Held while this process has the default store's files open.
+    pub store_lock: Option<StoreLock>,
+}
+
+/// The checked graphs of the three services; `None` where the default store fills in.
+struct Plan {
+    blob: Option<Graph>,
+    directory: Option<Graph>,
+    path_info: Option<Graph>,
+}
+
+impl Plan {
+    /// Parses and checks every flag and the composition file; opens nothing.
+    fn from_args(args: &StoreArgs) -> Result<Self, ComposeError> {
+        let composition = match &args.config {
+            Some(path) => config::load(path)?,
+            None => config::Composition::default(),
+        };
+        let pick = |kind: Kind, flag: &'static str, table: &'static str, given: &Option<String>, file: Option<Graph>| {
+            match (given, file) {
+                (Some(_), Some(_)) => Err(ComposeError::Conflict { flag, table, noun: kind.noun() }),
+                (Some(addr), None) => Graph::single(kind, flag, addr).map(Some),
+                (None, file) => Ok(file),
+            }
+        };
+        Ok(Self {
+            blob: pick(Kind::Blob, "--blob-service-addr", "blobservices", &args.blob, composition.blob)?,
+            directory: pick(Kind::Directory, "--directory-service-addr", "directoryservices", &args.directory, composition.directory)?,
+            path_info: pick(Kind::PathInfo, "--path-info-service-addr", "pathinfoservices", &args.path_info, composition.path_info)?,
+        })
+    }
+}
+
+/// Opens the services `args` name; what they leave out comes from the embedded default store.
+pub async fn open(args: &StoreArgs, role: Role) -> Result<Services, ComposeError> {
+    let mut plan = Plan::from_args(args)?;
+    let mut store_lock = None;
+    if plan.blob.is_none() || plan.directory.is_none() || plan.path_info.is_none() {
+        let dir = defaultstore::store_dir()?;
+        let (addrs, lock) = match defaultstore::attach(&dir, role == Role::Owner).await? {
+            defaultstore::Attached::Owner(lock) => (defaultstore::local_addrs(lock.dir()), Some(lock)),
+            defaultstore::Attached::Client(socket) => (defaultstore::LocalAddrs::all(socket), None),
+        };
+        let origin = "the default store";
+        plan.blob = Some(plan.blob.map_or_else(|| Graph::single(Kind::Blob, origin, &addrs.blob), Ok)?);
+        plan.directory = Some(plan.directory.map_or_else(|| Graph::single(Kind::Directory, origin, &addrs.directory), Ok)?);
+        plan.path_info = Some(plan.path_info.map_or_else(|| Graph::single(Kind::PathInfo, origin, &addrs.path_info), Ok)?);
+        store_lock = lock;
+    }
+    let (Some(blob), Some(directory), Some(path_info)) = (&plan.blob, &plan.directory, &plan.path_info) else {
+        unreachable!("the default store fills in every service not given");
+    };
+    let blob = build_blob(blob)?;
+    let directory = build_directory(directory, &blob)?;
+    let path_info = build_path_info(path_info, &blob, &directory)?;
+    Ok(Services { blob, directory, path_info, store_lock })
+}
+
+/// Builds a blob service graph.
+pub fn build_blob(graph: &Graph) -> Result<Arc<dyn BlobService>, ComposeError> {
+    graph.build::<dyn BlobService>(
+        &mut |leaf| match leaf {
+            Leaf::Memory => Ok(Arc::new(ChunkedBlobService::new(MemoryChunkStore::default()))),
+            Leaf::LocalFiles(dir) => {
+                let store = LocalChunkStore::open(dir).map_err(|e| e.to_string())?;
+                Ok(Arc::new(ChunkedBlobService::new(store)))
+            }
+            Leaf::ObjectStoreMemory => {
+                let store = Arc::new(object_store::memory::InMemory::new());
+                let chunks = ObjectStoreChunkStore::new(store, object_store::path::Path::default(), "objectstore+memory://");
+                Ok(Arc::new(ChunkedBlobService::new(chunks)))
+            }
+            Leaf::Grpc(target) => Ok(Arc::new(GrpcBlobService::new(crate::grpc::channel(target)?))),
+            Leaf::Redb(_) => Err("redb does not store blobs".into()),
+        },
+        &|near, far, writes| Arc::new(CacheBlobService::new(near, far, writes)),
+    )
+}
+
+/// Builds a directory service graph; `_blob` is the blob service already built (for backends
+/// that need one).
+pub fn build_directory(graph: &Graph, _blob: &Arc<dyn BlobService>) -> Result<Arc<dyn DirectoryService>, ComposeError> {
+    graph.build::<dyn DirectoryService>(
+        &mut |leaf| match leaf {
+            Leaf::Memory => Ok(Arc::new(StoredDirectoryService::new(MemoryDirectoryStore::default()))),
+            Leaf::Redb(path) => {
+                let store = crate::redb::RedbDirectoryStore::open(path).map_err(|e| e.to_string())?;
+                Ok(Arc::new(StoredDirectoryService::new(store)))
+            }
+            Leaf::Grpc(target) => Ok(Arc::new(GrpcDirectoryService::new(crate::grpc::channel(target)?))),
+            Leaf::LocalFiles(_) | Leaf::ObjectStoreMemory => Err("this backend stores blobs only".into()),
+        },
+        &|near, far, writes| Arc::new(CacheDirectoryService::new(near, far, writes)),
+    )
+}
+
+/// Builds a path-info service graph. The blob and directory services already built are handed
+/// in: a path-info source that substitutes from a binary cache ingests NARs into them.
+pub fn build_path_info(
+    graph: &Graph,
+    _blob: &Arc<dyn BlobService>,
+    _directory: &Arc<dyn DirectoryService>,
+) -> Result<Arc<dyn PathInfoService>, ComposeError> {
+    graph.build::<dyn PathInfoService>(
+        &mut |leaf| match leaf {
+            Leaf::Memory => Ok(Arc::new(MemoryPathInfoService::default())),
+            Leaf::Redb(path) => Ok(Arc::new(crate::redb::RedbPathInfoService::open(path).map_err(|e| e.to_string())?)),
+            Leaf::Grpc(target) => Ok(Arc::new(GrpcPathInfoService::new(crate::grpc::channel(target)?))),
+            Leaf::LocalFiles(_) | Leaf::ObjectStoreMemory => Err("this backend stores blobs only".into()),
+        },
+        &|near, far, writes| Arc::new(CachePathInfoService::new(near, far, writes)),
+    )
+}
+
+/// A blob service from one store URL (for tests and tools that take a single address).
+pub fn blob_service(addr: &str) -> Result<Arc<dyn BlobService>, ComposeError> {
+    build_blob(&Graph::single(Kind::Blob, "blob service", addr)?)
+}
+
+/// A directory service from one store URL.
+pub fn directory_service(addr: &str) -> Result<Arc<dyn DirectoryService>, ComposeError> {
+    let no_blobs = blob_service("memory://")?;
+    build_directory(&Graph::single(Kind::Directory, "directory service", addr)?, &no_blobs)
+}
+
+/// A path-info service from one store URL.
+pub fn path_info_service(addr: &str) -> Result<Arc<dyn PathInfoService>, ComposeError> {
+    let no_blobs = blob_service("memory://")?;
+    let no_directories = directory_service("memory://")?;
+    build_path_info(&Graph::single(Kind::PathInfo, "path-info service", addr)?, &no_blobs, &no_directories)
+}
+
+/// A gRPC channel to a `grpc+unix://` or `grpc+http://` address (for raw protocol clients).
+pub fn channel(addr: &str) -> Result<tonic::transport::Channel, ComposeError> {
+    let bad = |reason: String| ComposeError::Url { entry: "gRPC address".into(), url: addr.to_string(), reason };
+    let parsed = ::url::Url::parse(addr).map_err(|e| bad(e.to_string()))?;
+    let target: GrpcTarget = url::grpc_target(&parsed).map_err(bad)?;
+    crate::grpc::channel(&target).map_err(|reason| ComposeError::Open { entry: "gRPC address".into(), url: addr.to_string(), reason })
+}

@@ -1,0 +1,411 @@
+//! One conformance suite for every backend and wrapper of the three services: each check in
+//! `blob`, `directory` and `path_info` runs against every entry of the backend lists at the
+//! bottom. A new backend gets the whole suite by adding one line there.
+//!
+//! Backends are built the way commands build them, through `tvix_store::compose` (store URLs
+//! and composition entries), so the suite also covers the composition layer's wiring. The gRPC
+//! entries talk to our own server, in process on a unix socket.
+
+use std::collections::HashSet;
+use std::io::SeekFrom;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tvix_store::castore::blobservice::{BlobService, CHUNK_MAX};
+use tvix_store::castore::directoryservice::DirectoryService;
+use tvix_store::castore::{B3Digest, Directory, Error, Node, PathComponent};
+use tvix_store::compose::{self, Entry, Graph, Kind};
+use tvix_store::pathinfo::{PathInfo, PathInfoService};
+use tvix_store::server::{self, Handlers, ListenAddr, Listener, NoNarCalculation};
+use tvix_store::storepath::StorePath;
+
+/// A service under test, with whatever must live as long as it (temporary directories, servers).
+struct Under<T: ?Sized> {
+    service: Arc<T>,
+    _keep: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+/// Deterministic bytes that do not repeat within a chunk.
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// How each backend is set up.
+
+/// Our gRPC server over fresh memory services, in process on a unix socket in `dir`.
+async fn grpc_server(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let socket = dir.join("conformance.sock");
+    let listener = Listener::bind(&ListenAddr::Unix(socket.clone())).await.unwrap();
+    let handlers = Handlers {
+        blob: compose::blob_service("memory://").unwrap(),
+        directory: compose::directory_service("memory://").unwrap(),
+        path_info: compose::path_info_service("memory://").unwrap(),
+        nar: Arc::new(NoNarCalculation),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(listener, handlers, async move {
+        let _ = stopped.await;
+    }));
+    (format!("grpc+unix://{}", socket.display()), stop)
+}
+
+/// A store URL of one of the three kinds, with `{dir}` replaced by a fresh temporary directory
+/// and `grpc` standing for our in-process server.
+async fn url_in_tempdir(template: &str) -> (String, Vec<Box<dyn std::any::Any + Send>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut keep: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    let url = if template == "grpc" {
+        let (addr, stop) = grpc_server(dir.path()).await;
+        keep.push(Box::new(stop));
+        addr
+    } else {
+        template.replace("{dir}", &dir.path().display().to_string())
+    };
+    keep.push(Box::new(dir));
+    (url, keep)
+}
+
+/// A composition of `near` over `far` (each a template as in [`url_in_tempdir`]), as a
+/// composition file wires it.
+async fn cache_graph(kind: Kind, near: &str, far: &str) -> (Graph, Vec<Box<dyn std::any::Any + Send>>) {
+    let (near_url, mut keep) = url_in_tempdir(near).await;
+    let (far_url, more) = url_in_tempdir(far).await;
+    keep.extend(more);
+    let leaf = |url: &str| Entry::Leaf { url: url.to_string(), leaf: compose::url::parse(kind, url).unwrap() };
+    let entries = [
+        ("root".to_string(), Entry::Cache { near: "near".into(), far: "far".into(), writes: Default::default() }),
+        ("near".to_string(), leaf(&near_url)),
+        ("far".to_string(), leaf(&far_url)),
+    ];
+    let graph = Graph::new(kind, "conformance".into(), entries.into_iter().collect());
+    graph.check().unwrap();
+    (graph, keep)
+}
+
+async fn blob_backend(template: &str) -> Under<dyn BlobService> {
+    let (url, keep) = url_in_tempdir(template).await;
+    Under { service: compose::blob_service(&url).unwrap(), _keep: keep }
+}
+
+async fn blob_cache(near: &str, far: &str) -> Under<dyn BlobService> {
+    let (graph, keep) = cache_graph(Kind::Blob, near, far).await;
+    Under { service: compose::build_blob(&graph).unwrap(), _keep: keep }
+}
+
+async fn directory_backend(template: &str) -> Under<dyn DirectoryService> {
+    let (url, keep) = url_in_tempdir(template).await;
+    Under { service: compose::directory_service(&url).unwrap(), _keep: keep }
+}
+
+async fn directory_cache(near: &str, far: &str) -> Under<dyn DirectoryService> {
+    let (graph, keep) = cache_graph(Kind::Directory, near, far).await;
+    let blobs = compose::blob_service("memory://").unwrap();
+    Under { service: compose::build_directory(&graph, &blobs).unwrap(), _keep: keep }
+}
+
+async fn path_info_backend(template: &str) -> Under<dyn PathInfoService> {
+    let (url, keep) = url_in_tempdir(template).await;
+    Under { service: compose::path_info_service(&url).unwrap(), _keep: keep }
+}
+
+async fn path_info_cache(near: &str, far: &str) -> Under<dyn PathInfoService> {
+    let (graph, keep) = cache_graph(Kind::PathInfo, near, far).await;
+    let blobs = compose::blob_service("memory://").unwrap();
+    let directories = compose::directory_service("memory://").unwrap();
+    Under { service: compose::build_path_info(&graph, &blobs, &directories).unwrap(), _keep: keep }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checks.
+
+mod blob {
+    use super::*;
+
+    async fn put(service: &dyn BlobService, content: &[u8]) -> B3Digest {
+        let mut w = service.open_write().await;
+        // Odd piece sizes, so writes never line up with chunk or message boundaries.
+        for piece in content.chunks(77_777) {
+            w.write_all(piece).await.unwrap();
+        }
+        w.close().await.unwrap()
+    }
+
+    async fn read(service: &dyn BlobService, digest: &B3Digest) -> Vec<u8> {
+        let mut r = service.open_read(digest).await.unwrap().unwrap_or_else(|| panic!("blob {digest} must exist"));
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        back
+    }
+
+    pub async fn put_get_has(service: &dyn BlobService) {
+        for (seed, len) in [0, 1, 1000, CHUNK_MAX + 1, 3_000_000].into_iter().enumerate() {
+            let content = data(len, seed as u64);
+            let digest = put(service, &content).await;
+            assert_eq!(digest, B3Digest::of(&content), "digest of a {len}-byte blob");
+            assert!(service.has(&digest).await.unwrap(), "has() after a put of {len} bytes");
+            let chunks = service.chunks(&digest).await.unwrap().expect("chunks of a stored blob");
+            if !chunks.is_empty() {
+                assert_eq!(chunks.iter().map(|c| c.size).sum::<u64>(), len as u64, "chunk sizes of {len} bytes");
+            }
+            assert!(read(service, &digest).await == content, "content of the {len}-byte blob differs");
+            // The same bytes again: the same digest, still readable.
+            assert_eq!(put(service, &content).await, digest);
+        }
+    }
+
+    pub async fn not_found(service: &dyn BlobService) {
+        let absent = B3Digest::of(b"never stored anywhere");
+        assert!(!service.has(&absent).await.unwrap());
+        assert!(service.open_read(&absent).await.unwrap().is_none());
+        assert!(service.chunks(&absent).await.unwrap().is_none());
+    }
+
+    pub async fn seeks_and_ranges(service: &dyn BlobService) {
+        let content = data(3_000_000, 99);
+        let digest = put(service, &content).await;
+        let mut r = service.open_read(&digest).await.unwrap().unwrap();
+        for at in [2_999_999u64, 0, 1_500_000, CHUNK_MAX as u64, 17] {
+            assert_eq!(r.seek(SeekFrom::Start(at)).await.unwrap(), at);
+            let mut buf = vec![0u8; 100_000];
+            let want = &content[at as usize..(at as usize + buf.len()).min(content.len())];
+            r.read_exact(&mut buf[..want.len()]).await.unwrap();
+            assert!(&buf[..want.len()] == want, "bytes at {at} differ");
+        }
+        assert_eq!(r.seek(SeekFrom::End(-10)).await.unwrap(), 2_999_990);
+        let mut tail = Vec::new();
+        r.read_to_end(&mut tail).await.unwrap();
+        assert!(tail == content[2_999_990..]);
+        assert_eq!(r.seek(SeekFrom::End(0)).await.unwrap(), 3_000_000);
+        assert_eq!(r.read(&mut [0u8; 10]).await.unwrap(), 0, "reading at the end gives nothing");
+    }
+
+    /// Deferred writes are durable and visible once `sync` returns: the order ingestion relies
+    /// on before it stores a Directory that refers to them.
+    pub async fn deferred_writes_then_sync(service: &dyn BlobService) {
+        let contents = [data(10, 1), data(5_000_000, 2), data(200_000, 3)];
+        let mut digests = Vec::new();
+        for content in &contents {
+            let mut w = service.open_write_deferred().await;
+            w.write_all(content).await.unwrap();
+            let digest = w.close().await.unwrap();
+            assert_eq!(digest, B3Digest::of(content));
+            digests.push(digest);
+        }
+        service.sync().await.unwrap();
+        for (digest, content) in digests.iter().zip(&contents) {
+            assert!(service.has(digest).await.unwrap(), "deferred blob {digest} not visible after sync");
+            assert!(read(service, digest).await == *content);
+        }
+        service.sync().await.unwrap();
+    }
+
+    pub async fn dropped_writer_stores_nothing(service: &dyn BlobService) {
+        let content = data(600_000, 7);
+        let mut w = service.open_write().await;
+        w.write_all(&content).await.unwrap();
+        w.flush().await.unwrap();
+        drop(w);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!service.has(&B3Digest::of(&content)).await.unwrap(), "an abandoned blob is visible");
+    }
+}
+
+mod directory {
+    use super::*;
+
+    fn name(s: &str) -> PathComponent {
+        PathComponent::try_from(s).unwrap()
+    }
+
+    /// leaf <- mid <- root, and root also refers to leaf directly (a diamond).
+    fn graph() -> (Directory, Directory, Directory) {
+        let mut leaf = Directory::new();
+        leaf.add(name("file"), Node::file(B3Digest::of(b"x"), 1, false)).unwrap();
+        let mut mid = Directory::new();
+        mid.add(name("leaf"), Node::directory(leaf.digest(), leaf.size())).unwrap();
+        let mut root = Directory::new();
+        root.add(name("a-leaf"), Node::directory(leaf.digest(), leaf.size())).unwrap();
+        root.add(name("b-mid"), Node::directory(mid.digest(), mid.size())).unwrap();
+        (leaf, mid, root)
+    }
+
+    pub async fn put_get_recursive(service: &dyn DirectoryService) {
+        let (leaf, mid, root) = graph();
+        let mut putter = service.put_multiple_start();
+        for d in [&leaf, &mid, &root] {
+            putter.put(d.clone()).await.unwrap();
+        }
+        assert_eq!(putter.close().await.unwrap(), root.digest());
+        drop(putter);
+        for d in [&leaf, &mid, &root] {
+            assert_eq!(service.get(&d.digest()).await.unwrap().as_ref(), Some(d));
+        }
+        let all: Vec<Directory> = service.get_recursive(&root.digest()).try_collect().await.unwrap();
+        assert_eq!(all.first(), Some(&root), "root first");
+        assert_eq!(all.len(), 3, "each directory once");
+        let mut seen = HashSet::new();
+        for d in &all {
+            seen.insert(d.digest());
+            for (_, child, _) in d.child_directories() {
+                assert!(all.iter().any(|x| x.digest() == *child), "child {child} not sent");
+            }
+        }
+        assert_eq!(seen.len(), 3);
+        // A single put of a directory whose children are stored.
+        let mut top = Directory::new();
+        top.add(name("root"), Node::directory(root.digest(), root.size())).unwrap();
+        assert_eq!(service.put(top.clone()).await.unwrap(), top.digest());
+        assert_eq!(service.get(&top.digest()).await.unwrap(), Some(top));
+    }
+
+    pub async fn not_found(service: &dyn DirectoryService) {
+        let absent = B3Digest::of(b"no such directory");
+        assert_eq!(service.get(&absent).await.unwrap(), None);
+        let got: Result<Vec<Directory>, Error> = service.get_recursive(&absent).try_collect().await;
+        assert!(matches!(got, Err(Error::NotFound(_))), "{got:?}");
+    }
+
+    /// A graph referring to a directory that is neither sent nor stored is refused whole.
+    pub async fn rejects_a_dangling_graph(service: &dyn DirectoryService) {
+        let mut missing = Directory::new();
+        missing.add(name("f"), Node::file(B3Digest::of(b"dangling"), 8, false)).unwrap();
+        let mut sibling = Directory::new();
+        sibling.add(name("g"), Node::file(B3Digest::of(b"sibling"), 7, true)).unwrap();
+        let mut root = Directory::new();
+        root.add(name("gone"), Node::directory(missing.digest(), missing.size())).unwrap();
+        root.add(name("here"), Node::directory(sibling.digest(), sibling.size())).unwrap();
+        let mut putter = service.put_multiple_start();
+        let outcome = async {
+            putter.put(sibling.clone()).await?;
+            putter.put(root.clone()).await?;
+            putter.close().await
+        }
+        .await;
+        assert!(outcome.is_err(), "a graph with a missing child was accepted");
+        drop(putter);
+        assert_eq!(service.get(&root.digest()).await.unwrap(), None, "a rejected root is visible");
+        assert_eq!(service.get(&sibling.digest()).await.unwrap(), None, "part of a rejected graph is visible");
+    }
+}
+
+mod path_info {
+    use super::*;
+
+    pub fn info(i: u32) -> PathInfo {
+        let mut digest = [0u8; 20];
+        digest[..4].copy_from_slice(&i.to_be_bytes());
+        digest[19] = 0x5a;
+        PathInfo {
+            store_path: StorePath::from_parts(digest, &format!("conformance-{i}")).unwrap(),
+            node: Node::file(B3Digest::of(&i.to_be_bytes()), 4, false),
+            references: vec![],
+            nar_size: 100 + i as u64,
+            nar_sha256: [7; 32],
+            signatures: vec![],
+            deriver: None,
+            ca: None,
+        }
+    }
+
+    pub async fn put_get_list(service: &dyn PathInfoService) {
+        for i in 0..20 {
+            let stored = service.put(info(i)).await.unwrap();
+            assert_eq!(stored.store_path, info(i).store_path);
+        }
+        assert_eq!(service.get(*info(7).store_path.digest()).await.unwrap(), Some(info(7)));
+        let listed: Vec<PathInfo> = service.list().try_collect().await.unwrap();
+        let names: HashSet<String> = listed.iter().map(|i| i.store_path.to_string()).collect();
+        assert_eq!(names.len(), 20, "each path listed once: {names:?}");
+        for i in 0..20 {
+            assert!(names.contains(&info(i).store_path.to_string()));
+        }
+        // Putting the same path again is fine and keeps one entry.
+        service.put(info(3)).await.unwrap();
+        let listed: Vec<PathInfo> = service.list().try_collect().await.unwrap();
+        assert_eq!(listed.len(), 20);
+    }
+
+    pub async fn not_found(service: &dyn PathInfoService) {
+        assert_eq!(service.get([0xee; 20]).await.unwrap(), None);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backends. One line each; every check above runs against every line.
+
+macro_rules! blob_backends {
+    ($($name:ident => $setup:expr;)*) => {
+        mod blob_backends { use super::*; $(
+            mod $name {
+                use super::*;
+                #[tokio::test(flavor = "multi_thread")] async fn put_get_has() { blob::put_get_has(&*$setup.await.service).await }
+                #[tokio::test(flavor = "multi_thread")] async fn not_found() { blob::not_found(&*$setup.await.service).await }
+                #[tokio::test(flavor = "multi_thread")] async fn seeks_and_ranges() { blob::seeks_and_ranges(&*$setup.await.service).await }
+                #[tokio::test(flavor = "multi_thread")] async fn deferred_writes_then_sync() { blob::deferred_writes_then_sync(&*$setup.await.service).await }
+                #[tokio::test(flavor = "multi_thread")] async fn dropped_writer_stores_nothing() { blob::dropped_writer_stores_nothing(&*$setup.await.service).await }
+            }
+        )* }
+    };
+}
+
+macro_rules! directory_backends {
+    ($($name:ident => $setup:expr;)*) => {
+        mod directory_backends { use super::*; $(
+            mod $name {
+                use super::*;
+                #[tokio::test(flavor = "multi_thread")] async fn put_get_recursive() { directory::put_get_recursive(&*$setup.await.service).await }
+                #[tokio::test(flavor = "multi_thread")] async fn not_found() { directory::not_found(&*$setup.await.service).await }
+                #[tokio::test(flavor = "multi_thread")] async fn rejects_a_dangling_graph() { directory::rejects_a_dangling_graph(&*$setup.await.service).await }
+            }
+        )* }
+    };
+}
+
+macro_rules! path_info_backends {
+    ($($name:ident => $setup:expr;)*) => {
+        mod path_info_backends { use super::*; $(
+            mod $name {
+                use super::*;
+                #[tokio::test(flavor = "multi_thread")] async fn put_get_list() { path_info::put_get_list(&*$setup.await.service).await }
+                #[tokio::test(flavor = "multi_thread")] async fn not_found() { path_info::not_found(&*$setup.await.service).await }
+            }
+        )* }
+    };
+}
+
+blob_backends! {
+    memory => blob_backend("memory://");
+    local_files => blob_backend("objectstore+file://{dir}/blobs");
+    object_store_memory => blob_backend("objectstore+memory://");
+    grpc => blob_backend("grpc");
+    cache_memory_over_memory => blob_cache("memory://", "memory://");
+    cache_memory_over_grpc => blob_cache("memory://", "grpc");
+    cache_local_files_over_object_store => blob_cache("objectstore+file://{dir}/blobs", "objectstore+memory://");
+}
+
+directory_backends! {
+    memory => directory_backend("memory://");
+    redb => directory_backend("redb://{dir}/directories.redb");
+    grpc => directory_backend("grpc");
+    cache_memory_over_memory => directory_cache("memory://", "memory://");
+    cache_redb_over_grpc => directory_cache("redb://{dir}/directories.redb", "grpc");
+}
+
+path_info_backends! {
+    memory => path_info_backend("memory://");
+    redb => path_info_backend("redb://{dir}/pathinfo.redb");
+    grpc => path_info_backend("grpc");
+    cache_memory_over_memory => path_info_cache("memory://", "memory://");
+    cache_redb_over_grpc => path_info_cache("redb://{dir}/pathinfo.redb", "grpc");
+}
