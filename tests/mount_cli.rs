@@ -183,3 +183,35 @@ fn missing_fuse_device_gets_a_clear_error() {
     assert!(err.contains("FUSE is unavailable") && err.contains("/dev/fuse"), "{err}");
     assert!(!is_mounted(&mnt));
 }
+
+/// A bad composition file stops the command before anything is opened or mounted, with one
+/// line naming the entry at fault.
+#[test]
+fn a_bad_composition_file_is_one_line_naming_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let cases = [
+        ("[blobservices.root]\ntype = \"cache\"\nnear = \"a\"\nfar = \"root\"\n[blobservices.a]\ntype = \"cache\"\nnear = \"root\"\nfar = \"root\"\n", "cycle: "),
+        ("[pathinfoservices.root]\ntype = \"cache\"\nnear = \"local\"\nfar = \"remote\"\n[pathinfoservices.local]\nurl = \"memory://\"\n", "pathinfoservices.root: far = \"remote\" names no entry"),
+        ("[directoryservices.root]\nurl = \"ftp://x\"\n", "directoryservices.root: invalid store URL \"ftp://x\""),
+        ("[blobservices.root]\ntype = \"tiered\"\n", "blobservices.root: unknown type \"tiered\""),
+    ];
+    for (text, want) in cases {
+        let config = dir.path().join("store.toml");
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tvix-store"))
+            .env("TVIX_STORE_DIR", dir.path().join("store"))
+            .args(["mount", "--store-config"])
+            .arg(&config)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{text:?}: {err}");
+        assert!(lines[0].contains(want) && lines[0].contains("store.toml"), "{text:?}: {err}");
+        assert!(!dir.path().join("store").exists(), "{text:?}: the default store was opened");
+    }
+}

@@ -140,3 +140,100 @@ fn daemon_killed_under_the_mount_gives_eio_and_recovers() {
     assert_eq!(std::fs::read(m.join("bin/data-exe")).unwrap(), std::fs::read(tree.join("bin/data-exe")).unwrap());
     drop(daemon);
 }
+
+/// The usual setup: a daemon owns the default store (as under systemd), and a mount started
+/// beside it uses the daemon's socket at once instead of waiting for the store lock. Imports
+/// through either show up in the mount.
+#[test]
+fn mount_beside_a_daemon_on_the_default_store_uses_its_socket() {
+    require_tools(&["diff", "fusermount3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let first = dir.path().join("first-1");
+    make_tree(&first, 21);
+    let first_sp = import(&store, &first);
+
+    let daemon_child = tvix_store(&store).arg("daemon").stderr(Stdio::null()).spawn().unwrap();
+    let _daemon = Proc { child: daemon_child, mountpoint: None };
+    let socket = store.join("daemon.sock");
+    wait_for("daemon socket", Duration::from_secs(20), || std::os::unix::net::UnixStream::connect(&socket).is_ok());
+
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let started = Instant::now();
+    let mut m = mount(&store, &mnt, &["--list-root"]);
+    // Waiting for the lock would never end while the daemon runs; "at once" leaves room for a
+    // loaded machine, not for a wait.
+    assert!(started.elapsed() < Duration::from_secs(15), "mount took {:?}", started.elapsed());
+    assert!(m.child.try_wait().unwrap().is_none(), "the mount exited");
+    sh(&format!("diff -r --no-dereference {} {}", q(&first), q(&mnt.join(&first_sp))));
+
+    // An import (it talks to the daemon, the store's owner) shows up in the mount.
+    let late = dir.path().join("late-2");
+    make_tree(&late, 22);
+    let late_sp = import(&store, &late);
+    wait_for("late path", Duration::from_secs(5), || mnt.join(&late_sp).join("bin/hello").exists());
+    sh(&format!("diff -r --no-dereference {} {}", q(&late), q(&mnt.join(&late_sp))));
+    // The daemon still serves the store: the mount attached to it and took nothing over.
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok(), "the daemon's socket is gone");
+    let _ = m.child.kill();
+    let _ = m.child.wait();
+}
+
+/// A mount whose services come from a composition file: blobs and directories through a local
+/// cache in front of a daemon, PathInfo from the daemon.
+#[test]
+fn mount_through_a_composition_file_reads_through_its_cache() {
+    require_tools(&["diff", "fusermount3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let tree = dir.path().join("cached-1");
+    make_tree(&tree, 31);
+    let sp = import(&store, &tree);
+    let sock = dir.path().join("d.sock");
+    let daemon_child = tvix_store(&store).arg("daemon").arg("-l").arg(&sock).stderr(Stdio::null()).spawn().unwrap();
+    let _daemon = Proc { child: daemon_child, mountpoint: None };
+    wait_for("daemon socket", Duration::from_secs(20), || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+
+    let cache = dir.path().join("cache");
+    let config = dir.path().join("store.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[blobservices.root]
+type = "cache"
+near = "local"
+far = "central"
+[blobservices.local]
+url = "objectstore+file://{cache}/blobs"
+[blobservices.central]
+url = "grpc+unix://{sock}"
+
+[directoryservices.root]
+type = "cache"
+near = "local"
+far = "central"
+[directoryservices.local]
+url = "redb://{cache}/directories.redb"
+[directoryservices.central]
+url = "grpc+unix://{sock}"
+
+[pathinfoservices.root]
+url = "grpc+unix://{sock}"
+"#,
+            cache = cache.display(),
+            sock = sock.display()
+        ),
+    )
+    .unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let config_arg = config.display().to_string();
+    let _m = mount(dir.path(), &mnt, &["--store-config", &config_arg]);
+    sh(&format!("diff -r --no-dereference {} {}", q(&tree), q(&mnt.join(&sp))));
+    let cached = std::fs::read_dir(cache.join("blobs/chunks")).unwrap().flatten().any(|fan_out| {
+        std::fs::read_dir(fan_out.path()).map(|mut files| files.next().is_some()).unwrap_or(false)
+    });
+    assert!(cached, "reading through the mount left no chunk in the local cache");
+}
