@@ -21,11 +21,10 @@ fn sample(dir: &std::path::Path, limit: usize, out: &mut Vec<u8>) {
         let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
         if meta.is_dir() {
             sample(&path, limit, out);
-        } else if meta.is_file() {
-            if let Ok(bytes) = std::fs::read(&path) {
+        } else if meta.is_file()
+            && let Ok(bytes) = std::fs::read(&path) {
                 out.extend_from_slice(&bytes[..bytes.len().min(limit - out.len())]);
             }
-        }
     }
 }
 

@@ -146,7 +146,7 @@ fn list_root_snapshots_per_handle() {
     // The open handle keeps its snapshot (offsets stay valid); a new one sees the new path.
     assert_eq!(list(first).len(), 3);
     let second = fs.opendir(ROOT_INO).unwrap();
-    let mut want = vec![one.to_basename(), two.to_basename()];
+    let mut want = [one.to_basename(), two.to_basename()];
     want.sort();
     assert_eq!(list(second)[2..], want[..]);
     fs.releasedir(first);

@@ -37,11 +37,10 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(m) = &self.mountpoint {
-            if is_mounted(m) {
+        if let Some(m) = &self.mountpoint
+            && is_mounted(m) {
                 let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(m).stderr(Stdio::null()).status();
             }
-        }
     }
 }
 

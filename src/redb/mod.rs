@@ -145,7 +145,7 @@ mod tests {
         let mut putter = service.put_multiple_start();
         let refused = match putter.put(orphan_parent.clone()).await {
             Err(e) => e,
-            Ok(()) => putter.close().await.err().expect("unknown child must be refused"),
+            Ok(()) => putter.close().await.expect_err("unknown child must be refused"),
         };
         drop(putter);
         assert!(matches!(refused, Error::InvalidRequest(_) | Error::NotFound(_)), "{refused}");
