@@ -2,8 +2,8 @@
 
 use super::directory::{DecodeDirectoryError, InvalidDirectory};
 
-/// What a castore service call can fail with. The variants map onto gRPC status codes, so a
-/// failure keeps its kind when it crosses the wire.
+/// What a castore service call can fail with. The variants map onto gRPC status codes (see
+/// `src/grpc/status.rs`), so a failure keeps its kind when it crosses the wire.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The request or the data sent with it is invalid (gRPC INVALID_ARGUMENT).
@@ -56,34 +56,6 @@ impl From<InvalidDirectory> for Error {
 impl From<DecodeDirectoryError> for Error {
     fn from(e: DecodeDirectoryError) -> Self {
         Error::Corrupt(format!("stored directory does not decode: {e}"))
-    }
-}
-
-impl From<Error> for tonic::Status {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::InvalidRequest(m) => tonic::Status::invalid_argument(m),
-            Error::NotFound(m) => tonic::Status::not_found(m),
-            Error::Corrupt(m) => tonic::Status::data_loss(m),
-            Error::Unavailable(m) => tonic::Status::unavailable(m),
-            Error::Storage(m) => tonic::Status::internal(m),
-        }
-    }
-}
-
-impl From<tonic::Status> for Error {
-    fn from(s: tonic::Status) -> Self {
-        use tonic::Code;
-        let m = s.message().to_string();
-        match s.code() {
-            Code::InvalidArgument | Code::FailedPrecondition => Error::InvalidRequest(m),
-            Code::NotFound => Error::NotFound(m),
-            Code::DataLoss => Error::Corrupt(m),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
-                Error::Unavailable(format!("{m} ({:?})", s.code()))
-            }
-            code => Error::Storage(format!("{m} ({code:?})")),
-        }
     }
 }
 

@@ -4,6 +4,7 @@ mod blob;
 pub mod channel;
 mod directory;
 mod pathinfo;
+mod status;
 
 pub use blob::GrpcBlobService;
 pub use channel::{GrpcTarget, MAX_MESSAGE_SIZE, channel};

@@ -1,0 +1,43 @@
+//! The layering the composition layer rests on: the service traits and their generic
+//! implementations (`castore`, `pathinfo`, `storepath`) import nothing above them. Only
+//! `compose` knows store URL schemes and builds backends; a lower module reaching up would bring
+//! the scheme arms back into the traits.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn lower_layers_import_nothing_above_them() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let higher = ["crate::compose", "crate::grpc", "crate::redb", "crate::server", "crate::fs", "crate::cli", "tonic::"];
+    let mut files = Vec::new();
+    for layer in ["castore", "pathinfo", "storepath"] {
+        rust_files(&src.join(layer), &mut files);
+    }
+    assert!(files.len() > 10, "found only {files:?}");
+    let mut offences = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for h in higher {
+                if line.contains(h) {
+                    offences.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(offences.is_empty(), "lower layers import higher ones:\n{}", offences.join("\n"));
+}
