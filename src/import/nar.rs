@@ -3,21 +3,17 @@
 //! ones stream straight into the blob service; directories go up leaves-first in one Put
 //! stream that is only closed once the whole NAR has been accepted.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::upload::{SMALL_BLOB, Uploader};
 use super::{ImportError, Ingested, Progress};
 use crate::castore::blobservice::BlobService;
 use crate::castore::directoryservice::DirectoryService;
 use crate::castore::{B3Digest, Directory, Node, PathComponent, SymlinkTarget};
-use crate::nar::{NarEvent, NarReadError, NarReader};
+use crate::nar::{HashingReader, NarEvent, NarReadError, NarReader};
 
 /// Ingests the NAR read from `nar`. On any error (invalid NAR, store failure) no directory
 /// becomes visible; blobs already uploaded stay as unreferenced garbage.
@@ -29,7 +25,7 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
 ) -> Result<Ingested, ImportError> {
     // The reader only accepts the canonical encoding and rejects trailing bytes, so the bytes
     // it consumes are exactly the NAR whose hash Nix would compute.
-    let mut reader = NarReader::new(HashingReader { inner: nar, hasher: Sha256::new(), size: 0 });
+    let mut reader = NarReader::new(HashingReader::new(nar));
     let mut putter = directory.put_multiple_start();
     let mut uploads = Uploader::new(blob.clone());
     // One frame per open directory: its name in the parent and the entries so far.
@@ -106,7 +102,7 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
         unreachable!("the reader only ends after a complete root node");
     };
     let hashing = reader.into_inner();
-    let nar_sha256: [u8; 32] = hashing.hasher.finalize().into();
+    let nar_sha256 = hashing.sha256();
     uploads.finish().await?;
     // Blobs were written deferred: durable before any directory (or the caller's PathInfo)
     // refers to them.
@@ -114,7 +110,7 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
     if any_directory {
         putter.close().await?;
     }
-    Ok(Ingested { node, nar_size: hashing.size, nar_sha256 })
+    Ok(Ingested { node, nar_size: hashing.size(), nar_sha256 })
 }
 
 /// Streams one file's contents into a blob writer, keeping NAR errors typed. Returns the
@@ -144,23 +140,3 @@ async fn copy_contents<R: AsyncRead + Unpin>(
 /// what the reader accepted would be a bug; it is still reported as bad input, not a panic.
 const CASTORE_RULE: &str = "rejected by castore validation";
 
-/// Passes bytes through, hashing and counting them.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &res {
-            let new = &buf.filled()[before..];
-            this.hasher.update(new);
-            this.size += new.len() as u64;
-        }
-        res
-    }
-}

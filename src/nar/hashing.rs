@@ -1,12 +1,14 @@
-//! An `AsyncWrite` sink that only measures what is written: its SHA-256 and length. Feeding
-//! a [`super::NarWriter`] into it yields a NAR hash and size without materialising the NAR.
+//! Measuring bytes as they pass: an `AsyncWrite` sink ([`NarHasher`]) that only measures what is
+//! written, so that feeding a [`super::NarWriter`] into it yields a NAR hash and size without
+//! materialising the NAR; and an `AsyncRead` wrapper ([`HashingReader`]) that measures what is
+//! read through it (a NAR being ingested, a compressed download).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// SHA-256 and byte count of everything written.
 #[derive(Default, Clone)]
@@ -54,5 +56,43 @@ impl AsyncWrite for NarHasher {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Passes reads through and keeps the SHA-256 and length of every byte read.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<R> HashingReader<R> {
+    /// Measures what is read from `inner`.
+    pub fn new(inner: R) -> Self {
+        Self { inner, hasher: Sha256::new(), size: 0 }
+    }
+
+    /// Bytes read so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// SHA-256 of the bytes read so far.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.hasher.clone().finalize().into()
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &res {
+            let new = &buf.filled()[before..];
+            this.hasher.update(new);
+            this.size += new.len() as u64;
+        }
+        res
     }
 }

@@ -13,7 +13,7 @@ mod writer;
 pub use error::{
     MAX_NAME_LEN, MAX_TARGET_LEN, NarReadError, NarWriteError, check_name, check_target,
 };
-pub use hashing::NarHasher;
+pub use hashing::{HashingReader, NarHasher};
 pub use reader::{FileContents, NarEvent, NarReader};
 pub use writer::NarWriter;
 pub use transcode::{TranscodeError, transcode};
