@@ -174,7 +174,7 @@ impl NarInfo {
         let text = std::str::from_utf8(bytes).map_err(|e| ParseError {
             store_path: None,
             line: None,
-            kind: ParseErrorKind::NotUtf8(e.valid_up_to()),
+            kind: Box::new(ParseErrorKind::NotUtf8(e.valid_up_to())),
         })?;
         parse::parse(text)
     }

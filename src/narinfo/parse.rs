@@ -31,8 +31,8 @@ pub struct ParseError {
     pub store_path: Option<StorePath>,
     /// The 1-based line number, for errors of one line.
     pub line: Option<usize>,
-    /// What is wrong.
-    pub kind: ParseErrorKind,
+    /// What is wrong (boxed: keeps `Result<NarInfo, ParseError>` small on the happy path).
+    pub kind: Box<ParseErrorKind>,
 }
 
 impl fmt::Display for ParseError {
@@ -310,7 +310,7 @@ pub(super) fn parse(text: &str) -> Result<NarInfo, ParseError> {
     let mut fields = Fields::default();
     let mut rest = text;
     let mut line_no = 0;
-    let fail = |line, kind| ParseError { store_path: store_path_hint(text), line, kind };
+    let fail = |line, kind| ParseError { store_path: store_path_hint(text), line, kind: Box::new(kind) };
     while !rest.is_empty() {
         line_no += 1;
         let Some((line, tail)) = rest.split_once('\n') else {
@@ -475,7 +475,7 @@ mod tests {
 
     #[test]
     fn every_error() {
-        let kind = |text: &str| err(text).kind;
+        let kind = |text: &str| *err(text).kind;
         let malformed = |s: &str| ParseErrorKind::Malformed(s.to_string());
         assert_eq!(kind(&format!("{BUILT}no colon here\n")), malformed("no colon here"));
         assert_eq!(kind(&format!("{BUILT}Key:no-blank\n")), malformed("Key:no-blank"));
@@ -554,7 +554,7 @@ mod tests {
 
         // Required fields, in Nix's order of complaint; no line number.
         let e = err(&with("StorePath", None));
-        assert_eq!((e.kind, e.line, e.store_path), (ParseErrorKind::Missing("StorePath"), None, None));
+        assert_eq!((*e.kind, e.line, e.store_path), (ParseErrorKind::Missing("StorePath"), None, None));
         assert_eq!(kind(&with("NarHash", None)), ParseErrorKind::Missing("NarHash"));
         assert_eq!(kind(&with("URL", None)), ParseErrorKind::Missing("URL"));
         assert_eq!(kind(&with("URL", Some("URL: "))), ParseErrorKind::Missing("URL"));
@@ -564,6 +564,6 @@ mod tests {
         assert_eq!(kind(&with("StorePath", None).replace("NarHash", "X")), ParseErrorKind::Missing("StorePath"));
 
         let e = NarInfo::parse_bytes(b"StorePath: \xff\n").expect_err("not UTF-8");
-        assert_eq!(e.kind, ParseErrorKind::NotUtf8(11));
+        assert_eq!(*e.kind, ParseErrorKind::NotUtf8(11));
     }
 }
