@@ -3,6 +3,8 @@
 //! - [`castore`]: blobs and directories addressed by BLAKE3, and the services storing them;
 //! - [`storepath`]: Nix store paths and nixbase32;
 //! - [`pathinfo`]: a store path's root node and narinfo, and the services storing them;
+//! - [`narinfo`]: Nix binary-cache narinfo files (parse, render, fingerprint, ed25519 keys and
+//!   signatures) and their conversions from and to PathInfo;
 //! - [`redb`]: the redb backends for directories and PathInfo;
 //! - [`compose`]: building the services from store URLs, a composition file or the embedded
 //!   default store; the only module that knows URL schemes;
@@ -19,6 +21,7 @@ pub mod fs;
 pub mod grpc;
 pub mod import;
 pub mod nar;
+pub mod narinfo;
 pub mod pathinfo;
 pub mod proto;
 pub mod redb;

@@ -41,3 +41,41 @@ fn lower_layers_import_nothing_above_them() {
     }
     assert!(offences.is_empty(), "lower layers import higher ones:\n{}", offences.join("\n"));
 }
+
+#[test]
+fn narinfo_imports_only_the_data_layers() {
+    // narinfo is shared by the substituter and the binary-cache server; it may build on
+    // pathinfo, castore and storepath, and on nothing that does I/O on their behalf.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let higher = [
+        "crate::compose", "crate::grpc", "crate::redb", "crate::server", "crate::fs", "crate::cli", "crate::import",
+        "crate::nar", "crate::virtiofs", "tonic::",
+    ];
+    let mut files = Vec::new();
+    rust_files(&src.join("narinfo"), &mut files);
+    assert!(!files.is_empty());
+    let mut offences = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            // `crate::nar` is a prefix of `crate::narinfo`, which the module may name itself.
+            if higher.iter().any(|h| code.contains(h) && !code.contains("crate::narinfo")) {
+                offences.push(format!("{}:{}: {}", file.display(), n + 1, code));
+            }
+        }
+    }
+    assert!(offences.is_empty(), "narinfo imports higher layers:\n{}", offences.join("\n"));
+    // And nothing below imports narinfo.
+    let mut lower = Vec::new();
+    for layer in ["castore", "pathinfo", "storepath"] {
+        rust_files(&src.join(layer), &mut lower);
+    }
+    for file in &lower {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(!text.contains("crate::narinfo"), "{} imports narinfo", file.display());
+    }
+}
