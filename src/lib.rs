@@ -11,6 +11,7 @@
 //! - [`proto`]: the wire protocol (`tvix.castore.v1`, `tvix.store.v1`);
 //! - [`grpc`], [`server`]: gRPC clients and servers for the three services;
 //! - [`nar`], [`import`]: the NAR codec, and ingestion of NARs and local paths;
+//! - [`substitute`]: Nix binary caches as a PathInfo source;
 //! - [`fs`]: the filesystem core shared by the FUSE mount and the virtiofs frontend;
 //! - [`virtiofs`]: the vhost-user-fs frontend;
 //! - [`tuning`]: process-wide settings our programs apply at start.
@@ -27,5 +28,6 @@ pub mod proto;
 pub mod redb;
 pub mod server;
 pub mod storepath;
+pub mod substitute;
 pub mod tuning;
 pub mod virtiofs;

@@ -42,7 +42,7 @@ fn owner_socket_serves_the_default_store_until_dropped() {
             blob: Some("memory://".into()),
             directory: Some("memory://".into()),
             path_info: Some("memory://".into()),
-            config: None,
+            ..StoreArgs::default()
         };
         let other = compose::open(&by_addr, Role::Owner).await.unwrap();
         assert!(tvix_store::server::serve_owner_socket(&other).await.unwrap().is_none());

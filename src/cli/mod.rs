@@ -75,6 +75,15 @@ pub struct ServiceArgs {
     /// above or the default store.
     #[arg(long, env = "TVIX_STORE_CONFIG")]
     pub store_config: Option<std::path::PathBuf>,
+    /// A Nix binary cache to fetch paths from when the store does not have them, as Nix names
+    /// it (https://cache.example.org, http://host:port/prefix, file:///dir); repeatable, tried
+    /// in order of their `?priority=` (then as given). What it sends is kept in the store.
+    #[arg(long = "substituter", value_name = "URL")]
+    pub substituters: Vec<String>,
+    /// A public key (`name:base64`, as in Nix's trusted-public-keys) of which one must have
+    /// signed what a substituter sends; repeatable. Without any, signatures are not checked.
+    #[arg(long = "trusted-public-key", value_name = "KEY")]
+    pub trusted_public_keys: Vec<String>,
 }
 
 impl ServiceArgs {
@@ -85,6 +94,8 @@ impl ServiceArgs {
             directory: self.directory_service_addr.clone(),
             path_info: self.path_info_service_addr.clone(),
             config: self.store_config.clone(),
+            substituters: self.substituters.clone(),
+            trusted_public_keys: self.trusted_public_keys.clone(),
         };
         Ok(compose::open(&args, role).await?)
     }

@@ -18,12 +18,14 @@ use std::sync::Arc;
 pub use graph::{Entry, Graph, ROOT};
 pub use url::Leaf;
 
+use crate::castore::CacheWrites;
 use crate::castore::blobservice::{
     BlobService, CacheBlobService, ChunkedBlobService, LocalChunkStore, MemoryChunkStore, ObjectStoreChunkStore,
 };
 use crate::castore::directoryservice::{CacheDirectoryService, DirectoryService, MemoryDirectoryStore, StoredDirectoryService};
 use crate::grpc::{GrpcBlobService, GrpcDirectoryService, GrpcPathInfoService, GrpcTarget};
 use crate::pathinfo::{CachePathInfoService, MemoryPathInfoService, PathInfoService};
+use crate::substitute::{BinaryCache, Substituters, Transport};
 use defaultstore::{DefaultStoreError, StoreLock};
 
 /// Which of the three services something is about.
@@ -86,6 +88,10 @@ pub struct StoreArgs {
     pub path_info: Option<String>,
     /// `--store-config`.
     pub config: Option<PathBuf>,
+    /// `--substituter`: binary caches (as Nix names them) to fetch unknown paths from, in order.
+    pub substituters: Vec<String>,
+    /// `--trusted-public-key`: keys of which one must have signed what a substituter sends.
+    pub trusted_public_keys: Vec<String>,
 }
 
 /// How a command uses the embedded default store.
@@ -161,7 +167,12 @@ pub async fn open(args: &StoreArgs, role: Role) -> Result<Services, ComposeError
     };
     let blob = build_blob(blob)?;
     let directory = build_directory(directory, &blob)?;
-    let path_info = build_path_info(path_info, &blob, &directory)?;
+    let mut path_info = build_path_info(path_info, &blob, &directory)?;
+    if let Some(far) = substituters(args, &blob, &directory)? {
+        // What a substituter sends is kept in the store's own PathInfo service, so the next
+        // lookup is local; the caches themselves are never written to.
+        path_info = Arc::new(CachePathInfoService::new(path_info, far, CacheWrites::Near));
+    }
     Ok(Services { blob, directory, path_info, store_lock })
 }
 
@@ -181,6 +192,7 @@ pub fn build_blob(graph: &Graph) -> Result<Arc<dyn BlobService>, ComposeError> {
             }
             Leaf::Grpc(target) => Ok(Arc::new(GrpcBlobService::new(crate::grpc::channel(target)?))),
             Leaf::Redb(_) => Err("redb does not store blobs".into()),
+            Leaf::BinaryCache(_) => Err("a binary cache is a path-info source only".into()),
         },
         &|near, far, writes| Arc::new(CacheBlobService::new(near, far, writes)),
     )
@@ -198,6 +210,7 @@ pub fn build_directory(graph: &Graph, _blob: &Arc<dyn BlobService>) -> Result<Ar
             }
             Leaf::Grpc(target) => Ok(Arc::new(GrpcDirectoryService::new(crate::grpc::channel(target)?))),
             Leaf::LocalFiles(_) | Leaf::ObjectStoreMemory => Err("this backend stores blobs only".into()),
+            Leaf::BinaryCache(_) => Err("a binary cache is a path-info source only".into()),
         },
         &|near, far, writes| Arc::new(CacheDirectoryService::new(near, far, writes)),
     )
@@ -207,18 +220,59 @@ pub fn build_directory(graph: &Graph, _blob: &Arc<dyn BlobService>) -> Result<Ar
 /// in: a path-info source that substitutes from a binary cache ingests NARs into them.
 pub fn build_path_info(
     graph: &Graph,
-    _blob: &Arc<dyn BlobService>,
-    _directory: &Arc<dyn DirectoryService>,
+    blob: &Arc<dyn BlobService>,
+    directory: &Arc<dyn DirectoryService>,
 ) -> Result<Arc<dyn PathInfoService>, ComposeError> {
     graph.build::<dyn PathInfoService>(
         &mut |leaf| match leaf {
             Leaf::Memory => Ok(Arc::new(MemoryPathInfoService::default())),
             Leaf::Redb(path) => Ok(Arc::new(crate::redb::RedbPathInfoService::open(path).map_err(|e| e.to_string())?)),
             Leaf::Grpc(target) => Ok(Arc::new(GrpcPathInfoService::new(crate::grpc::channel(target)?))),
+            Leaf::BinaryCache(spec) => Ok(Arc::new(binary_cache(spec, blob, directory)?)),
             Leaf::LocalFiles(_) | Leaf::ObjectStoreMemory => Err("this backend stores blobs only".into()),
         },
         &|near, far, writes| Arc::new(CachePathInfoService::new(near, far, writes)),
     )
+}
+
+/// A binary cache ingesting into `blob` and `directory`.
+fn binary_cache(
+    spec: &url::BinaryCacheSpec,
+    blob: &Arc<dyn BlobService>,
+    directory: &Arc<dyn DirectoryService>,
+) -> Result<BinaryCache, String> {
+    let options = spec.options()?;
+    let transport = match spec.url.scheme() {
+        "file" => Transport::File {
+            dir: spec.url.to_file_path().map_err(|()| format!("{} is not a local path", spec.url))?,
+        },
+        _ => Transport::http(spec.url.clone(), options.timeout)?,
+    };
+    Ok(BinaryCache::new(transport, options, blob.clone(), directory.clone()))
+}
+
+/// The substituters `args` name, in priority order (ties in the order given), each ingesting
+/// into `blob` and `directory`; `None` when there are none.
+fn substituters(
+    args: &StoreArgs,
+    blob: &Arc<dyn BlobService>,
+    directory: &Arc<dyn DirectoryService>,
+) -> Result<Option<Arc<dyn PathInfoService>>, ComposeError> {
+    if args.substituters.is_empty() {
+        return Ok(None);
+    }
+    let mut caches = Vec::new();
+    for addr in &args.substituters {
+        let entry = format!("--substituter {addr}");
+        let spec = url::binary_cache(addr, &args.trusted_public_keys)
+            .map_err(|reason| ComposeError::Url { entry: entry.clone(), url: addr.clone(), reason })?;
+        let cache = binary_cache(&spec, blob, directory)
+            .map_err(|reason| ComposeError::Open { entry, url: addr.clone(), reason })?;
+        caches.push(cache);
+    }
+    caches.sort_by_key(BinaryCache::priority);
+    let caches: Vec<Arc<dyn PathInfoService>> = caches.into_iter().map(|c| Arc::new(c) as Arc<dyn PathInfoService>).collect();
+    Ok(Some(Arc::new(Substituters::new(caches))))
 }
 
 /// A blob service from one store URL (for tests and tools that take a single address).

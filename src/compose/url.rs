@@ -7,6 +7,12 @@
 //! | `objectstore+memory://` | object_store in memory | | |
 //! | `redb:///file.redb` | | yes | yes |
 //! | `grpc+unix:///socket`, `grpc+http://host:port` | yes | yes | yes |
+//! | `nix+http://host[:port][/prefix]`, `nix+https://…`, `nix+file:///dir` | | | a Nix binary cache, read-only |
+//!
+//! A binary cache URL takes options as query parameters: `trusted-public-keys=` (Nix's
+//! `name:base64` keys, space separated; when given, narinfos must be signed by one of them),
+//! `priority=` (lower first, like Nix's), `timeout=` (seconds without progress before a request
+//! fails) and `negative-ttl=` (seconds a miss is remembered).
 
 use std::path::PathBuf;
 
@@ -27,7 +33,78 @@ pub enum Leaf {
     Redb(PathBuf),
     /// `grpc+unix://` or `grpc+http://`: our (or tvix's) gRPC service.
     Grpc(GrpcTarget),
+    /// `nix+http://`, `nix+https://`, `nix+file://`: a Nix binary cache as a PathInfo source.
+    BinaryCache(BinaryCacheSpec),
 }
+
+/// A binary cache and how to use it, as its store URL says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryCacheSpec {
+    /// The cache's own URL (`http://…`, `https://…`, `file:///…`), without our options.
+    pub url: url::Url,
+    /// Trusted public keys (each checked to parse); empty: signatures are not checked.
+    pub trusted_public_keys: Vec<String>,
+    /// Lower is tried first.
+    pub priority: u32,
+    /// Seconds without progress before a request fails.
+    pub timeout_secs: u64,
+    /// Seconds a miss is remembered.
+    pub negative_ttl_secs: u64,
+}
+
+impl BinaryCacheSpec {
+    /// The options for [`crate::substitute::BinaryCache`].
+    pub fn options(&self) -> Result<crate::substitute::CacheOptions, String> {
+        let keys = if self.trusted_public_keys.is_empty() {
+            None
+        } else {
+            Some(crate::narinfo::TrustedKeys::parse(&self.trusted_public_keys.join(" ")).map_err(|e| e.to_string())?)
+        };
+        Ok(crate::substitute::CacheOptions {
+            trusted_keys: keys,
+            priority: self.priority,
+            timeout: std::time::Duration::from_secs(self.timeout_secs),
+            negative_ttl: std::time::Duration::from_secs(self.negative_ttl_secs),
+        })
+    }
+}
+
+/// A binary cache URL as Nix writes it (`https://cache.nixos.org`, `file:///dir`, with Nix's
+/// `?trusted-public-keys=…&priority=…` options or ours), plus extra trusted keys.
+pub fn binary_cache(addr: &str, extra_keys: &[String]) -> Result<BinaryCacheSpec, String> {
+    let mut url = url::Url::parse(addr).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https" | "file") {
+        return Err(format!("unsupported scheme {:?} for a binary cache (supported: http, https, file)", url.scheme()));
+    }
+    let defaults = crate::substitute::CacheOptions::default();
+    let mut spec = BinaryCacheSpec {
+        url: url.clone(),
+        trusted_public_keys: extra_keys.to_vec(),
+        priority: defaults.priority,
+        timeout_secs: defaults.timeout.as_secs(),
+        negative_ttl_secs: defaults.negative_ttl.as_secs(),
+    };
+    let number = |key: &str, value: &str| value.parse::<u64>().map_err(|_| format!("{key}={value:?} is not a whole number"));
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "trusted-public-keys" => spec.trusted_public_keys.extend(value.split_whitespace().map(str::to_string)),
+            "priority" => spec.priority = u32::try_from(number(&key, &value)?).map_err(|_| format!("priority={value} is too large"))?,
+            "timeout" => spec.timeout_secs = number(&key, &value)?.max(1),
+            "negative-ttl" => spec.negative_ttl_secs = number(&key, &value)?,
+            other => return Err(format!("unknown option {other:?} (known: trusted-public-keys, priority, timeout, negative-ttl)")),
+        }
+    }
+    url.set_query(None);
+    if url.scheme() == "file" {
+        local_path(&url)?;
+    } else if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host given".into());
+    }
+    spec.url = url;
+    spec.options()?;
+    Ok(spec)
+}
+
 
 /// Parses a store URL for a service of `kind`; the error says what is wrong with it.
 pub fn parse(kind: Kind, addr: &str) -> Result<Leaf, String> {
@@ -44,6 +121,9 @@ pub fn parse(kind: Kind, addr: &str) -> Result<Leaf, String> {
         }
         "redb" if kind != Kind::Blob => Leaf::Redb(local_path(&url)?),
         "grpc+unix" | "grpc+http" => Leaf::Grpc(grpc_target(&url)?),
+        "nix+http" | "nix+https" | "nix+file" if kind == Kind::PathInfo => {
+            Leaf::BinaryCache(binary_cache(addr.strip_prefix("nix+").unwrap_or(addr), &[])?)
+        }
         other => {
             return Err(format!(
                 "unsupported scheme {other:?} for a {} service (supported: {})",
@@ -59,7 +139,8 @@ pub fn parse(kind: Kind, addr: &str) -> Result<Leaf, String> {
 fn supported(kind: Kind) -> &'static str {
     match kind {
         Kind::Blob => "memory, objectstore+file, objectstore+memory, grpc+unix, grpc+http",
-        Kind::Directory | Kind::PathInfo => "memory, redb, grpc+unix, grpc+http",
+        Kind::Directory => "memory, redb, grpc+unix, grpc+http",
+        Kind::PathInfo => "memory, redb, grpc+unix, grpc+http, nix+http, nix+https, nix+file",
     }
 }
 
@@ -113,6 +194,24 @@ mod tests {
         assert!(parse(Kind::Blob, "memory:///oops").is_err());
         assert!(parse(Kind::Blob, "objectstore+file://").is_err());
         assert!(parse(Kind::Blob, "objectstore+file://otherhost/x").is_err());
+    }
+
+    #[test]
+    fn binary_caches_take_nix_options() {
+        let key = "test-key-1:ZmFrZS1wdWJsaWMta2V5LW9mLTMyLWJ5dGVzLi4uLi4=";
+        let Leaf::BinaryCache(spec) =
+            parse(Kind::PathInfo, &format!("nix+http://127.0.0.1:8080/cache?priority=10&trusted-public-keys={key}")).unwrap()
+        else {
+            panic!("not a binary cache");
+        };
+        assert_eq!(spec.url.as_str(), "http://127.0.0.1:8080/cache");
+        assert_eq!(spec.priority, 10);
+        assert_eq!(spec.trusted_public_keys, vec![key.to_string()]);
+        assert!(parse(Kind::Blob, "nix+http://h:1").is_err());
+        assert!(parse(Kind::PathInfo, "nix+file://").is_err());
+        assert!(parse(Kind::PathInfo, "nix+http://h:1?colour=red").unwrap_err().contains("unknown option"));
+        assert!(parse(Kind::PathInfo, "nix+http://h:1?trusted-public-keys=garbage").is_err());
+        assert!(binary_cache("ftp://h/x", &[]).is_err());
     }
 
     #[test]

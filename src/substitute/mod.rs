@@ -1,0 +1,336 @@
+//! Nix binary caches as a PathInfo source (`nix+http://`, `nix+https://`, `nix+file://`): a
+//! lookup fetches the path's narinfo, checks it (its store path, and with trusted keys at least
+//! one valid signature), downloads and decompresses the NAR as it streams, ingests it into the
+//! blob and directory services while checking FileHash/FileSize and NarHash/NarSize, and only
+//! then answers with the PathInfo. Stacked under a cache combinator (near = a local PathInfo
+//! service), the next lookup of the path is local.
+//!
+//! What a lookup answers when something is wrong (the mount turns `None` into ENOENT and an
+//! error into EIO):
+//! - not in the cache (404/403/410), or not signed by a trusted key: `None`, remembered for the
+//!   negative TTL; the log says why for a signature;
+//! - a narinfo that is malformed or names another path, a NAR that is missing, not a NAR, or
+//!   disagrees with the narinfo, a failed download: an error naming the store path and what
+//!   disagreed. Nothing is remembered: the next lookup tries again. Blobs and directories
+//!   already ingested stay behind unreferenced (for gc); no PathInfo refers to them.
+//!
+//! Concurrent lookups of one path share one download, which runs as a task of its own, so a
+//! caller that gives up (a mount's call timeout) does not cancel it: the next lookup finds it
+//! done or joins it.
+
+pub mod transport;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use futures::stream::BoxStream;
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+
+pub use transport::{FetchError, Transport};
+
+use crate::castore::blobservice::BlobService;
+use crate::castore::directoryservice::DirectoryService;
+use crate::castore::{Error, Node};
+use crate::import::ingest_nar;
+use crate::nar::HashingReader;
+use crate::narinfo::{Compression, NarInfo, TrustedKeys};
+use crate::pathinfo::{PathInfo, PathInfoService};
+use crate::storepath::{DIGEST_LEN, StorePath, nixbase32};
+
+/// How a binary cache is used.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Keys of which at least one must have signed a narinfo; `None`: signatures not checked.
+    pub trusted_keys: Option<TrustedKeys>,
+    /// Order among several caches, lowest first (Nix's `Priority`).
+    pub priority: u32,
+    /// A request that makes no progress for this long fails (and is retried).
+    pub timeout: Duration,
+    /// How long "not in this cache" is remembered.
+    pub negative_ttl: Duration,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        Self {
+            trusted_keys: None,
+            priority: 50,
+            timeout: Duration::from_secs(30),
+            // Short: a path pushed to the cache after a miss shows up within a minute.
+            negative_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One Nix binary cache as a read-only PathInfo source.
+pub struct BinaryCache {
+    inner: Arc<Inner>,
+}
+
+type Lookup = Shared<BoxFuture<'static, Result<Option<PathInfo>, Error>>>;
+
+struct Inner {
+    transport: Transport,
+    options: CacheOptions,
+    blob: Arc<dyn BlobService>,
+    directory: Arc<dyn DirectoryService>,
+    /// Misses, with when they were seen.
+    misses: parking_lot::Mutex<HashMap<[u8; DIGEST_LEN], Instant>>,
+    /// Lookups under way, shared by every caller asking for the same path.
+    in_flight: parking_lot::Mutex<HashMap<[u8; DIGEST_LEN], Lookup>>,
+    /// NARs ingested by this process, by NarHash: a second path with the same NAR (or the same
+    /// path looked up again before its PathInfo was kept) is not downloaded again.
+    ingested: parking_lot::Mutex<HashMap<[u8; 32], Node>>,
+}
+
+impl BinaryCache {
+    /// A cache fetched through `transport`, ingesting into `blob` and `directory`.
+    pub fn new(
+        transport: Transport,
+        options: CacheOptions,
+        blob: Arc<dyn BlobService>,
+        directory: Arc<dyn DirectoryService>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                transport,
+                options,
+                blob,
+                directory,
+                misses: Default::default(),
+                in_flight: Default::default(),
+                ingested: Default::default(),
+            }),
+        }
+    }
+
+    /// Its priority (lower is tried first).
+    pub fn priority(&self) -> u32 {
+        self.inner.options.priority
+    }
+}
+
+#[async_trait]
+impl PathInfoService for BinaryCache {
+    async fn get(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfo>, Error> {
+        if let Some(seen) = self.inner.misses.lock().get(&digest)
+            && seen.elapsed() < self.inner.options.negative_ttl
+        {
+            return Ok(None);
+        }
+        let lookup = {
+            let mut in_flight = self.inner.in_flight.lock();
+            match in_flight.get(&digest) {
+                Some(lookup) => lookup.clone(),
+                None => {
+                    let inner = self.inner.clone();
+                    let task = tokio::spawn(async move {
+                        let result = inner.lookup(digest).await;
+                        inner.in_flight.lock().remove(&digest);
+                        result
+                    });
+                    let lookup = async move {
+                        task.await.unwrap_or_else(|e| Err(Error::Storage(format!("substitution task failed: {e}"))))
+                    }
+                    .boxed()
+                    .shared();
+                    in_flight.insert(digest, lookup.clone());
+                    lookup
+                }
+            }
+        };
+        lookup.await
+    }
+
+    async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {
+        Err(Error::InvalidRequest(format!(
+            "binary cache {} is read-only; cannot store {}",
+            self.inner.transport.describe(""),
+            info.store_path
+        )))
+    }
+
+    fn list(&self) -> BoxStream<'_, Result<PathInfo, Error>> {
+        // A binary cache has no index of its paths.
+        Box::pin(futures::stream::empty())
+    }
+}
+
+impl Inner {
+    async fn lookup(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfo>, Error> {
+        let hash = nixbase32::encode(&digest);
+        let name = format!("{hash}.narinfo");
+        let where_ = self.transport.describe(&name);
+        let Some(text) = self.transport.get(&name).await.map_err(unavailable)? else {
+            self.misses.lock().insert(digest, Instant::now());
+            return Ok(None);
+        };
+        let narinfo = NarInfo::parse_bytes(&text).map_err(|e| Error::Corrupt(format!("{where_}: {e}")))?;
+        if *narinfo.store_path.digest() != digest {
+            return Err(Error::Corrupt(format!("{where_}: names another store path, {}", narinfo.store_path)));
+        }
+        let store_path = narinfo.store_path.clone();
+        if let Some(keys) = &self.options.trusted_keys
+            && let Err(why) = keys.verify(&narinfo)
+        {
+            tracing::warn!(path = %store_path, cache = %where_, "not substituting: {why}");
+            self.misses.lock().insert(digest, Instant::now());
+            return Ok(None);
+        }
+        let known = self.ingested.lock().get(&narinfo.nar_hash).cloned();
+        let node = match known {
+            Some(node) => node,
+            None => {
+                let node = self.fetch_nar(&narinfo).await?;
+                self.ingested.lock().insert(narinfo.nar_hash, node.clone());
+                node
+            }
+        };
+        let info = narinfo.to_path_info(node).map_err(|e| Error::Corrupt(format!("{where_}: {e}")))?;
+        tracing::info!(path = %store_path, "substituted from {}", self.transport.describe(""));
+        Ok(Some(info))
+    }
+
+    /// Downloads, decompresses and ingests the NAR, checking it against the narinfo.
+    async fn fetch_nar(&self, narinfo: &NarInfo) -> Result<Node, Error> {
+        let path = &narinfo.store_path;
+        let url = self.transport.describe(&narinfo.url);
+        let body = self
+            .transport
+            .open(&narinfo.url)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| Error::NotFound(format!("{path}: its NAR {url} is not in the cache")))?;
+        let mut compressed = HashingReader::new(transport::reader(body));
+        let ingested = {
+            let source = BufReader::new(&mut compressed);
+            // Never more than the narinfo promises: a cache sending an endless NAR is cut off
+            // (and the NAR then fails as truncated).
+            let limit = narinfo.nar_size.saturating_add(1);
+            let nar: Box<dyn AsyncRead + Send + Unpin + '_> = match &narinfo.compression {
+                Compression::None => Box::new(source.take(limit)),
+                Compression::Xz => Box::new(async_compression::tokio::bufread::XzDecoder::new(source).take(limit)),
+                Compression::Zstd => Box::new(async_compression::tokio::bufread::ZstdDecoder::new(source).take(limit)),
+                Compression::Bzip2 => Box::new(async_compression::tokio::bufread::BzDecoder::new(source).take(limit)),
+                Compression::Br => Box::new(async_compression::tokio::bufread::BrotliDecoder::new(source).take(limit)),
+                other => {
+                    return Err(Error::InvalidRequest(format!(
+                        "{path}: NAR {url} is compressed with {:?}, which tvix-store cannot decompress",
+                        other.as_str()
+                    )));
+                }
+            };
+            ingest_nar(self.blob.clone(), self.directory.clone(), nar, None)
+                .await
+                .map_err(|e| Error::Corrupt(format!("{path}: NAR {url}: {e}")))?
+        };
+        // What the decompressor left unread still counts for FileSize and FileHash.
+        let rest = narinfo.file_size.map_or(1 << 20, |size| size.saturating_sub(compressed.size()).saturating_add(1));
+        tokio::io::copy(&mut (&mut compressed).take(rest), &mut tokio::io::sink())
+            .await
+            .map_err(|e| Error::Unavailable(format!("{path}: NAR {url}: {e}")))?;
+        let disagrees = |what: &str, narinfo_says: String, got: String| {
+            Error::Corrupt(format!("{path}: {what} disagrees: the narinfo says {narinfo_says}, {url} has {got}"))
+        };
+        if let Some(size) = narinfo.file_size
+            && size != compressed.size()
+        {
+            return Err(disagrees("FileSize", size.to_string(), compressed.size().to_string()));
+        }
+        if let Some(hash) = narinfo.file_hash
+            && hash != compressed.sha256()
+        {
+            return Err(disagrees("FileHash", sha256_string(&hash), sha256_string(&compressed.sha256())));
+        }
+        if ingested.nar_size != narinfo.nar_size {
+            return Err(disagrees("NarSize", narinfo.nar_size.to_string(), ingested.nar_size.to_string()));
+        }
+        if ingested.nar_sha256 != narinfo.nar_hash {
+            return Err(disagrees("NarHash", sha256_string(&narinfo.nar_hash), sha256_string(&ingested.nar_sha256)));
+        }
+        Ok(ingested.node)
+    }
+}
+
+fn sha256_string(hash: &[u8; 32]) -> String {
+    format!("sha256:{}", nixbase32::encode(hash))
+}
+
+fn unavailable(e: FetchError) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+/// Several binary caches tried in order, as Nix's `substituters`: the first that has a path
+/// answers. A cache that fails is skipped; when every cache failed or missed and one failed,
+/// its error is the answer (so a broken cache is not mistaken for a miss).
+pub struct Substituters {
+    caches: Vec<Arc<dyn PathInfoService>>,
+}
+
+impl Substituters {
+    /// Tries `caches` in the order given.
+    pub fn new(caches: Vec<Arc<dyn PathInfoService>>) -> Self {
+        Self { caches }
+    }
+}
+
+#[async_trait]
+impl PathInfoService for Substituters {
+    async fn get(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfo>, Error> {
+        let mut failure = None;
+        for cache in &self.caches {
+            match cache.get(digest).await {
+                Ok(Some(info)) => return Ok(Some(info)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("substituter failed for {}: {e}", nixbase32::encode(&digest));
+                    failure = Some(e);
+                }
+            }
+        }
+        failure.map_or(Ok(None), Err)
+    }
+
+    async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {
+        Err(Error::InvalidRequest(format!("substituters are read-only; cannot store {}", info.store_path)))
+    }
+
+    fn list(&self) -> BoxStream<'_, Result<PathInfo, Error>> {
+        Box::pin(futures::stream::empty())
+    }
+}
+
+/// A store path's closure under `path_info` (substituting where it substitutes): every path
+/// reachable through References, each once, fetched `parallel` at a time; in the order found.
+pub async fn closure(
+    path_info: &dyn PathInfoService,
+    roots: &[StorePath],
+    parallel: usize,
+) -> Result<Vec<PathInfo>, Error> {
+    use futures::StreamExt;
+    let mut seen: std::collections::HashSet<[u8; DIGEST_LEN]> = roots.iter().map(|p| *p.digest()).collect();
+    let mut pending: Vec<StorePath> = roots.to_vec();
+    let mut found = Vec::new();
+    while !pending.is_empty() {
+        let batch = std::mem::take(&mut pending);
+        let mut lookups = futures::stream::iter(batch.into_iter().map(|path| async move {
+            let info = path_info.get(*path.digest()).await?;
+            info.ok_or_else(|| Error::NotFound(format!("{path}: in no substituter")))
+        }))
+        .buffered(parallel.max(1));
+        while let Some(info) = lookups.next().await {
+            let info = info?;
+            for reference in &info.references {
+                if seen.insert(*reference.digest()) {
+                    pending.push(reference.clone());
+                }
+            }
+            found.push(info);
+        }
+    }
+    Ok(found)
+}
