@@ -35,6 +35,11 @@ pub struct Args {
     /// Seconds after which a store call that got no answer fails with EIO.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
+    /// Most directory entries kept in cached listings (about 150 bytes each); inodes the
+    /// kernel has forgotten are freed. 0 disables eviction: everything ever walked stays in
+    /// memory (for measuring; see docs/mount-memory.md).
+    #[arg(long, default_value_t = tvix_store::fs::LISTING_CACHE_ENTRIES)]
+    cache_entries: usize,
 }
 
 /// Refuses, with a clear message, the cases where mounting would fail with an obscure one.
@@ -120,6 +125,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         list_root: args.list_root,
         show_xattr: args.show_xattr,
         call_timeout: Duration::from_secs(args.timeout),
+        listing_cache_entries: args.cache_entries,
+        evict: args.cache_entries != 0,
         ..Options::default()
     };
     let fs = Arc::new(StoreFs::over(&services, options));

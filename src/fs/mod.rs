@@ -24,6 +24,8 @@ pub mod fuse;
 mod inodes;
 mod listings;
 mod prefetch;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::future::Future;
