@@ -35,7 +35,7 @@ pub struct Args {
     /// Seconds after which a store call that got no answer fails with EIO.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
-    /// Most directory entries kept in cached listings (about 150 bytes each); inodes the
+    /// Most directory entries kept in cached listings (80 bytes each plus the name); inodes the
     /// kernel has forgotten are freed. 0 disables eviction: everything ever walked stays in
     /// memory (for measuring; see docs/mount-memory.md).
     #[arg(long, default_value_t = tvix_store::fs::LISTING_CACHE_ENTRIES)]

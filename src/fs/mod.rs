@@ -79,8 +79,8 @@ pub struct Options {
     pub gid: u32,
     /// Most directory entries kept in cached listings (a listing counts its entries plus
     /// one). Listings past it are dropped least recently used first and fetched again when
-    /// needed. A cached entry costs about 150 bytes (name, node, map overhead), so the default
-    /// of 100,000 holds about 15 MB.
+    /// needed. A cached entry costs 80 bytes (name handle and node) plus the name's bytes, so
+    /// the default of 100,000 holds about 10 MB.
     pub listing_cache_entries: usize,
     /// Free inodes the kernel has forgotten and bound the listing cache. Off, the filesystem
     /// keeps every inode and listing it ever handed out (the behaviour before eviction, kept
