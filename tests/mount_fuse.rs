@@ -353,3 +353,50 @@ fn hanging_store_gives_eio_within_the_timeout_and_recovers() {
     assert_eq!(buf, expected);
     assert!(fs::symlink_metadata(mount.join(other.to_basename())).unwrap().is_dir());
 }
+
+/// The kernel's FORGETs reach the core: after a walk, dropping the kernel's dentry and inode
+/// caches (which makes it forget everything it can) shrinks the inode table to almost nothing,
+/// the listing cache stays within its cap all along, and the tree reads the same afterwards.
+#[test]
+fn forgotten_inodes_are_freed_and_the_tree_still_reads() {
+    require_tools(TOOLS);
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("tree");
+    make_tree(&tree, 9);
+    for d in 0..20 {
+        let dir = tree.join(format!("many/d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            fs::write(dir.join(format!("f{f:03}")), format!("{d}/{f}\n")).unwrap();
+        }
+    }
+    let store = Store::memory();
+    let sp = store.ingest(&tree, "forget");
+    // Room for a few of the 100-entry listings only.
+    let cap = 500;
+    let mount = Mount::new(&store, Options { listing_cache_entries: cap, ..Options::default() }, 2);
+    let m = mount.join(sp.to_basename());
+    let entries: usize = sh(&format!("find {} | wc -l", q(&tree))).trim().parse().unwrap();
+
+    assert_eq!(listing(&tree), listing(&m));
+    let walked = mount.fs.inode_count();
+    assert!(walked >= entries, "{walked} live inodes after walking {entries} entries");
+    assert!(mount.fs.cached_entries() <= cap, "{} cached entries", mount.fs.cached_entries());
+
+    fs::write("/proc/sys/vm/drop_caches", "2").expect("writing /proc/sys/vm/drop_caches (needs root)");
+    // FORGETs are queued by the kernel and served by the workers: give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mount.fs.inode_count() > 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = mount.fs.inode_count();
+    assert!(left <= 10, "{left} of {walked} inodes still live after drop_caches");
+    assert!(mount.fs.cached_listings() <= 2, "{} listings cached", mount.fs.cached_listings());
+
+    // Everything is found again, under new numbers, with the same contents and attributes.
+    sh(&format!("diff -r --no-dereference {} {}", q(&tree), q(&m)));
+    assert_eq!(listing(&tree), listing(&m));
+    assert_eq!(fs::read_to_string(m.join("many/d07/f042")).unwrap(), "7/42\n");
+    assert_eq!(sh(&format!("stat -c '%s %h %F' {}", q(&m.join("share")))).trim(), "0 3 directory");
+    assert!(mount.fs.cached_entries() <= cap);
+}

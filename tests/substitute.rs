@@ -151,7 +151,7 @@ async fn substitutes_every_compression_nix_writes_over_http_byte_exact() {
         let dir = tmp.path().join(compression);
         nix_copy_to_cache(&dir, &c.top, compression, &secret);
         let server = HttpServer::serve(&dir);
-        let url = format!("nix+{}?trusted-public-keys={}", server.url, public.replace('+', "%2B"));
+        let url = format!("nix+{}?trusted-public-keys={}", server.url, public);
         let store = store_over(&url);
         for path in [&c.top, &c.dep] {
             let info = store.get(path).await.unwrap().unwrap_or_else(|| panic!("{compression}: {path} not substituted"));
@@ -179,7 +179,7 @@ async fn with_trusted_keys_only_validly_signed_paths_exist() {
     let (_, other_public) = keypair(tmp.path(), "tvix-test-other");
     let dir = tmp.path().join("cache");
     nix_copy_to_cache(&dir, &c.dep, "xz", &secret);
-    let file = |keys: &str| format!("nix+file://{}?trusted-public-keys={}", dir.display(), keys.replace('+', "%2B"));
+    let file = |keys: &str| format!("nix+file://{}?trusted-public-keys={}", dir.display(), keys);
     assert!(store_over(&file(&other_public)).get(&c.dep).await.unwrap().is_none(), "signed by an untrusted key");
     assert!(store_over(&file(&public)).get(&c.dep).await.unwrap().is_some());
     // No trusted keys: signatures are not checked.

@@ -176,6 +176,11 @@ pub struct FsArgs {
     /// Seconds after which a store call that got no answer fails with EIO.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
+    /// Most directory entries kept in cached listings (80 bytes each plus the name); inodes the
+    /// kernel has forgotten are freed. 0 disables eviction: everything ever walked stays in
+    /// memory (for measuring; see docs/mount-memory.md).
+    #[arg(long, default_value_t = tvix_store::fs::LISTING_CACHE_ENTRIES)]
+    pub cache_entries: usize,
 }
 
 impl FsArgs {
@@ -185,6 +190,8 @@ impl FsArgs {
             list_root: self.list_root,
             show_xattr: self.show_xattr,
             call_timeout: Duration::from_secs(self.timeout),
+            listing_cache_entries: self.cache_entries,
+            evict: self.cache_entries != 0,
             ..tvix_store::fs::Options::default()
         }
     }

@@ -85,8 +85,21 @@ pub fn binary_cache(addr: &str, extra_keys: &[String]) -> Result<BinaryCacheSpec
         negative_ttl_secs: defaults.negative_ttl.as_secs(),
     };
     let number = |key: &str, value: &str| value.parse::<u64>().map_err(|_| format!("{key}={value:?} is not a whole number"));
-    for (key, value) in url.query_pairs() {
-        match key.as_ref() {
+    // Percent-decoded only, as Nix decodes store URL parameters: a `+` in a base64 key stays a
+    // `+` (form decoding would turn it into a space).
+    let query: Vec<(String, String)> = url
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+            (decode(key), decode(value))
+        })
+        .collect();
+    for (key, value) in query {
+        match key.as_str() {
             "trusted-public-keys" => spec.trusted_public_keys.extend(value.split_whitespace().map(str::to_string)),
             "priority" => spec.priority = u32::try_from(number(&key, &value)?).map_err(|_| format!("priority={value} is too large"))?,
             "timeout" => spec.timeout_secs = number(&key, &value)?.max(1),
@@ -198,7 +211,8 @@ mod tests {
 
     #[test]
     fn binary_caches_take_nix_options() {
-        let key = "test-key-1:ZmFrZS1wdWJsaWMta2V5LW9mLTMyLWJ5dGVzLi4uLi4=";
+        // A real key (made by nix-store --generate-binary-cache-key), with a `+` in it.
+        let key = "tvix-test-5:/Ne83kfgMEilLdkvVbr1X3fN79v2WpPeO+oI6PVd6PQ=";
         let Leaf::BinaryCache(spec) =
             parse(Kind::PathInfo, &format!("nix+http://127.0.0.1:8080/cache?priority=10&trusted-public-keys={key}")).unwrap()
         else {

@@ -9,13 +9,23 @@
 //!
 //! The mount root holds one entry per store path, found by asking the PathInfoService for the
 //! digest in the looked-up name. A store path's whole directory graph is fetched with one
-//! recursive Get the first time it is needed and cached, as are inode numbers (never reused).
+//! recursive Get the first time it is needed (as much of it as fits a quarter of the listing
+//! cache) and cached.
+//!
+//! Memory is bounded (see docs/mount-memory.md): inodes are counted the FUSE way (lookups and
+//! readdirplus entries add, FORGET takes away) and freed once the kernel has forgotten them
+//! and no handle is open ([`inodes`]); listings live in a cache capped at
+//! [`Options::listing_cache_entries`] entries ([`listings`]), and a directory's listing is
+//! also dropped as soon as no live inode shows that directory.
 
 mod attr;
 mod error;
 pub mod fuse;
 mod inodes;
+mod listings;
 mod prefetch;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,7 +49,8 @@ use crate::castore::directoryservice::DirectoryService;
 use crate::castore::{self, B3Digest, Node};
 use crate::pathinfo::PathInfoService;
 use crate::storepath::StorePath;
-use inodes::{InodeTable, Listing, Slot};
+use inodes::{Freed, InodeTable, Listing};
+use listings::ListingCache;
 
 /// Extended attribute carrying a regular file's blob digest (`b3:` + base64, as tvix prints
 /// digests), shown with [`Options::show_xattr`].
@@ -66,7 +77,19 @@ pub struct Options {
     pub uid: u32,
     /// Group shown for every inode.
     pub gid: u32,
+    /// Most directory entries kept in cached listings (a listing counts its entries plus
+    /// one). Listings past it are dropped least recently used first and fetched again when
+    /// needed. A cached entry costs 80 bytes (name handle and node) plus the name's bytes, so
+    /// the default of 100,000 holds about 10 MB.
+    pub listing_cache_entries: usize,
+    /// Free inodes the kernel has forgotten and bound the listing cache. Off, the filesystem
+    /// keeps every inode and listing it ever handed out (the behaviour before eviction, kept
+    /// for measuring it): forgets are ignored and `listing_cache_entries` is not applied.
+    pub evict: bool,
 }
+
+/// Default of [`Options::listing_cache_entries`].
+pub const LISTING_CACHE_ENTRIES: usize = 100_000;
 
 impl Default for Options {
     fn default() -> Self {
@@ -78,6 +101,8 @@ impl Default for Options {
             root_negative_ttl: Duration::from_secs(1),
             uid: 0,
             gid: 0,
+            listing_cache_entries: LISTING_CACHE_ENTRIES,
+            evict: true,
         }
     }
 }
@@ -96,8 +121,17 @@ struct OpenFile {
     pending: Vec<u64>,
 }
 
-/// A snapshot of the root's entries (basename, inode), sorted by name.
-type RootListing = Vec<(Bytes, Ino)>;
+/// One store path in a snapshot of the root listing.
+struct RootEntry {
+    basename: Bytes,
+    digest: [u8; crate::storepath::DIGEST_LEN],
+    name: String,
+    node: Node,
+}
+
+/// A snapshot of the root's entries, sorted by basename. Inodes are resolved when listed:
+/// a store path's inode may be freed and handed out anew while the handle is open.
+type RootListing = Vec<RootEntry>;
 
 /// An open file shared by the frontend threads serving its reads.
 struct FileSlot {
@@ -136,9 +170,13 @@ pub struct StoreFs {
     runtime: Handle,
     options: Options,
     inodes: RwLock<InodeTable>,
-    /// Directory listings by digest; filled a whole store path at a time.
-    listings: RwLock<HashMap<B3Digest, Arc<Listing>>>,
+    /// Directory listings by digest. Never locked while `inodes` is held by the same thread,
+    /// nor the other way round.
+    listings: Mutex<ListingCache>,
     files: Mutex<HashMap<u64, Arc<FileSlot>>>,
+    /// Open handles of directories other than the root, with their inode (kept live while
+    /// open).
+    dir_handles: Mutex<HashMap<u64, Ino>>,
     /// Readers for reads without a handle, most recently used last.
     inode_files: Mutex<std::collections::VecDeque<(Ino, Arc<FileSlot>)>>,
     prefetch: prefetch::Prefetcher,
@@ -156,15 +194,17 @@ impl StoreFs {
         runtime: Handle,
         options: Options,
     ) -> Self {
+        let cap = if options.evict { options.listing_cache_entries } else { usize::MAX };
         Self {
             blob,
             directory,
             path_info,
             runtime,
+            inodes: RwLock::new(InodeTable::new(options.evict)),
+            listings: Mutex::new(ListingCache::new(cap)),
             options,
-            inodes: RwLock::new(InodeTable::new()),
-            listings: RwLock::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
+            dir_handles: Mutex::new(HashMap::new()),
             root_dirs: Mutex::new(HashMap::new()),
             inode_files: Mutex::new(std::collections::VecDeque::new()),
             prefetch: prefetch::Prefetcher::default(),
@@ -203,32 +243,90 @@ impl StoreFs {
         }
     }
 
-    /// The listing of the directory with this digest, fetching the whole graph below it with
-    /// one recursive Get if it is not cached yet.
+    /// The listing of the directory with this digest. On a miss, one recursive Get fetches it
+    /// and, while they fit a quarter of the cache, the directories below it (breadth first, the
+    /// order a walk needs them); the rest of the stream is dropped unread. Without eviction the
+    /// whole graph is kept, as before.
     fn listing(&self, digest: &B3Digest) -> Result<Arc<Listing>, FsError> {
-        if let Some(l) = self.listings.read().get(digest) {
-            return Ok(l.clone());
+        if let Some(l) = self.listings.lock().get(digest) {
+            return Ok(l);
         }
+        let budget = if self.options.evict { self.options.listing_cache_entries / 4 } else { usize::MAX };
         let directory = self.directory.clone();
-        let dirs: Vec<castore::Directory> = self.call(
-            || format!("fetching directory {digest}"),
-            async move { directory.get_recursive(digest).try_collect().await },
-        )?;
-        let mut listings = self.listings.write();
-        for dir in &dirs {
-            listings.entry(dir.digest()).or_insert_with(|| Arc::new(Listing::new(dir)));
+        let want = *digest;
+        let fetched: Vec<(B3Digest, Arc<Listing>)> =
+            self.call(|| format!("fetching directory {digest}"), async move {
+                let mut stream = directory.get_recursive(&want);
+                let mut out = Vec::new();
+                let mut entries = 0usize;
+                loop {
+                    let dir = match stream.try_next().await {
+                        Ok(Some(dir)) => dir,
+                        Ok(None) => break,
+                        // Only the directory asked for must arrive; one below it that does not
+                        // is fetched (and fails) when it is needed.
+                        Err(_) if !out.is_empty() => break,
+                        Err(e) => return Err(e),
+                    };
+                    entries = entries.saturating_add(dir.len() + 1);
+                    if !out.is_empty() && entries > budget {
+                        break;
+                    }
+                    // Converted one by one: the Directory form (a BTreeMap) is several times
+                    // larger and must not pile up for a whole store path.
+                    out.push((dir.digest(), Arc::new(Listing::new(&dir))));
+                }
+                Ok(out)
+            })?;
+        let wanted = match fetched.first() {
+            Some((d, l)) if d == digest => l.clone(),
+            _ => {
+                return Err(FsError::Store {
+                    what: format!("fetching directory {digest}"),
+                    source: castore::Error::NotFound(format!("directory {digest} was not returned first")),
+                });
+            }
+        };
+        let mut listings = self.listings.lock();
+        // The others first: should the cap be tight, the one asked for is the newest.
+        for (d, l) in fetched.into_iter().skip(1) {
+            listings.insert(d, l);
         }
-        listings.get(digest).cloned().ok_or_else(|| FsError::Store {
-            what: format!("fetching directory {digest}"),
-            source: castore::Error::NotFound(format!("directory {digest} was not returned")),
-        })
+        listings.insert(*digest, wanted.clone());
+        Ok(wanted)
+    }
+
+    /// Drops the listings of directories the table no longer shows.
+    fn drop_listings(&self, freed: Freed) {
+        if freed.listings.is_empty() {
+            return;
+        }
+        let mut listings = self.listings.lock();
+        for digest in &freed.listings {
+            listings.remove(digest);
+        }
+    }
+
+    /// Live inodes (the root included): what the kernel still refers to, open handles, and a
+    /// bounded number handed out by plain readdir.
+    pub fn inode_count(&self) -> usize {
+        self.inodes.read().len()
+    }
+
+    /// Directory listings cached.
+    pub fn cached_listings(&self) -> usize {
+        self.listings.lock().len()
+    }
+
+    /// Entries held by the cached listings (see [`Options::listing_cache_entries`]).
+    pub fn cached_entries(&self) -> usize {
+        self.listings.lock().entries()
     }
 
     fn node_of(&self, ino: Ino) -> Result<Option<Node>, FsError> {
         match self.inodes.read().get(ino) {
             None => Err(FsError::UnknownInode(ino)),
-            Some(Slot::Root) => Ok(None),
-            Some(Slot::Node { node, .. }) => Ok(Some(node.clone())),
+            Some(slot) => Ok(slot.node.clone()),
         }
     }
 
@@ -280,6 +378,7 @@ impl StoreFs {
 
     /// Looks `name` up in directory `parent`. In the root, `name` must be a store path
     /// basename `<hash>-<name>`; the PathInfoService is asked for it unless already known.
+    /// A successful lookup is one reference the kernel holds until it forgets it.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Entry, FsError> {
         if parent == ROOT_INO {
             return self.lookup_root(name);
@@ -290,30 +389,34 @@ impl StoreFs {
         };
         let listing = self.listing(&digest)?;
         let index = listing.find(name).ok_or(FsError::NotFound)?;
-        let base = self.children_base(parent, &listing)?;
-        let ino = base + index as u64;
-        let attr = self.attr_of_node(ino, &listing.entries[index].1)?;
+        let (_, node) = &listing.entries[index];
+        // Attributes first (they may need a fetch): the reference is only taken once nothing
+        // can fail any more, so an error never leaves a count the kernel does not hold.
+        let mut attr = self.attr_of_node(0, node)?;
+        let mut freed = Freed::default();
+        let ino = self.inodes.write().child_ref(parent, index, listing.entries.len(), node, true, &mut freed);
+        self.drop_listings(freed);
+        attr.ino = ino.ok_or(FsError::UnknownInode(parent))?;
         Ok(self.entry(attr))
-    }
-
-    fn children_base(&self, parent: Ino, listing: &Listing) -> Result<Ino, FsError> {
-        if let Some(base) = self.inodes.read().children_base(parent) {
-            return Ok(base);
-        }
-        self.inodes.write().children_of(parent, listing).ok_or(FsError::NotDirectory(parent))
     }
 
     fn lookup_root(&self, name: &[u8]) -> Result<Entry, FsError> {
         let Ok(path) = StorePath::from_basename_bytes(name) else {
             return Err(FsError::NotFound);
         };
-        let known = self.inodes.read().root_child(path.digest()).map(|(n, ino)| (n == path.name(), ino));
-        let ino = match known {
-            Some((true, ino)) => ino,
-            Some((false, _)) => return Err(FsError::NotFound),
+        let known = {
+            let inodes = self.inodes.read();
+            match inodes.root_child(path.digest()) {
+                Some((n, _)) if n != path.name() => return Err(FsError::NotFound),
+                Some((_, ino)) => inodes.get(ino).and_then(|slot| slot.node.clone()),
+                None => None,
+            }
+        };
+        let digest = *path.digest();
+        let node = match known {
+            Some(node) => node,
             None => {
                 let path_info = self.path_info.clone();
-                let digest = *path.digest();
                 let info = self
                     .call(|| format!("looking up {}", path.to_basename()), async move {
                         path_info.get(digest).await
@@ -322,10 +425,15 @@ impl StoreFs {
                 if info.store_path.name() != path.name() {
                     return Err(FsError::NotFound);
                 }
-                self.inodes.write().add_root_child(digest, path.name(), info.node)
+                info.node
             }
         };
-        self.getattr(ino).map(|attr| self.entry(attr))
+        let mut attr = self.attr_of_node(0, &node)?;
+        let mut freed = Freed::default();
+        // Re-created here if it was freed since it was read above.
+        attr.ino = self.inodes.write().root_child_ref(digest, path.name(), node, true, &mut freed);
+        self.drop_listings(freed);
+        Ok(self.entry(attr))
     }
 
     /// How long the kernel may remember that `name` does not exist in `parent`: short in the
@@ -347,9 +455,24 @@ impl StoreFs {
         self.options.ttl
     }
 
-    /// The kernel forgets `nlookup` lookups of `ino`. Inodes are never recycled (their number
-    /// is a position in an immutable tree), so there is nothing to free.
-    pub fn forget(&self, _ino: Ino, _nlookup: u64) {}
+    /// The kernel forgets `nlookup` lookups of `ino` (FUSE FORGET); once it holds none and no
+    /// handle is open, the inode is freed (and its number never handed out again). Forgets
+    /// of unknown inodes are ignored: FORGET has no reply.
+    pub fn forget(&self, ino: Ino, nlookup: u64) {
+        self.batch_forget(&[(ino, nlookup)]);
+    }
+
+    /// Several forgets at once (FUSE BATCH_FORGET), under one lock.
+    pub fn batch_forget(&self, forgets: &[(Ino, u64)]) {
+        let mut freed = Freed::default();
+        {
+            let mut inodes = self.inodes.write();
+            for &(ino, n) in forgets {
+                inodes.forget(ino, n, &mut freed);
+            }
+        }
+        self.drop_listings(freed);
+    }
 
     /// The target of a symlink.
     pub fn readlink(&self, ino: Ino) -> Result<Bytes, FsError> {
@@ -362,7 +485,7 @@ impl StoreFs {
     /// Opens a directory for reading; returns the handle to pass to readdir/releasedir. The
     /// root can always be opened but only listed with [`Options::list_root`] (readdir fails
     /// with EPERM otherwise); its listing is taken once per handle so offsets stay valid while
-    /// paths are added.
+    /// paths are added. Other directories stay live while open.
     pub fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
         match self.node_of(ino)? {
             None => {
@@ -376,24 +499,26 @@ impl StoreFs {
                     .call(|| "listing store paths".to_string(), async move {
                         path_info.list().try_collect().await
                     })?;
-                let mut entries = Vec::with_capacity(infos.len());
-                {
-                    let mut inodes = self.inodes.write();
-                    for info in infos {
-                        let name = info.store_path.to_basename();
-                        let ino =
-                            inodes.add_root_child(*info.store_path.digest(), info.store_path.name(), info.node);
-                        entries.push((Bytes::from(name), ino));
-                    }
-                }
-                entries.sort();
+                let mut entries: RootListing = infos
+                    .into_iter()
+                    .map(|info| RootEntry {
+                        basename: Bytes::from(info.store_path.to_basename()),
+                        digest: *info.store_path.digest(),
+                        name: info.store_path.name().to_string(),
+                        node: info.node,
+                    })
+                    .collect();
+                entries.sort_by(|a, b| a.basename.cmp(&b.basename));
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                 self.root_dirs.lock().insert(fh, Arc::new(entries));
                 Ok(fh)
             }
             Some(Node::Directory { digest, .. }) => {
                 self.listing(&digest)?;
-                Ok(0)
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.inodes.write().open(ino);
+                self.dir_handles.lock().insert(fh, ino);
+                Ok(fh)
             }
             Some(_) => Err(FsError::NotDirectory(ino)),
         }
@@ -402,7 +527,8 @@ impl StoreFs {
     /// Lists directory `ino` from `offset` (0 at the start, else a previous entry's
     /// `next_offset`), passing entries to `add` until it returns false (the entry it returned
     /// false for was not taken) or the directory ends. Entries are `.`, `..`, then children in
-    /// name order.
+    /// name order. Plain readdir: the kernel takes no reference on the entries (see
+    /// [`Self::readdirplus`]).
     pub fn readdir(
         &self,
         ino: Ino,
@@ -410,10 +536,32 @@ impl StoreFs {
         offset: u64,
         add: &mut dyn FnMut(DirEntry) -> bool,
     ) -> Result<(), FsError> {
+        self.list(ino, fh, offset, false, add)
+    }
+
+    /// [`Self::readdir`] for READDIRPLUS: every entry taken other than `.` and `..` is a
+    /// lookup, one reference the kernel holds until it forgets it.
+    pub fn readdirplus(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        add: &mut dyn FnMut(DirEntry) -> bool,
+    ) -> Result<(), FsError> {
+        self.list(ino, fh, offset, true, add)
+    }
+
+    fn list(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+        add: &mut dyn FnMut(DirEntry) -> bool,
+    ) -> Result<(), FsError> {
         let (parent, node) = match self.inodes.read().get(ino) {
             None => return Err(FsError::UnknownInode(ino)),
-            Some(Slot::Root) => (ROOT_INO, None),
-            Some(Slot::Node { node, parent, .. }) => (*parent, Some(node.clone())),
+            Some(slot) => (slot.parent, slot.node.clone()),
         };
         if node.is_none() && !self.options.list_root {
             return Err(FsError::RootNotListable);
@@ -438,41 +586,58 @@ impl StoreFs {
             off += 1;
         }
         let start = usize::try_from(off - 2).unwrap_or(usize::MAX);
-        match node {
+        let mut freed = Freed::default();
+        // Each entry's reference is taken before it is offered and given back if it is not
+        // taken: in between, the inode cannot be freed under the reply.
+        let result = match node {
             None => {
-                if !self.options.list_root {
-                    return Err(FsError::RootNotListable);
-                }
                 let entries = self.root_dirs.lock().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
-                for (i, (name, child)) in entries.iter().enumerate().skip(start) {
-                    let entry = self.entry(self.getattr(*child)?);
-                    if !add(DirEntry { name: name.clone(), next_offset: i as u64 + 3, entry }) {
+                for (i, e) in entries.iter().enumerate().skip(start) {
+                    let mut attr = self.attr_of_node(0, &e.node)?;
+                    attr.ino =
+                        self.inodes.write().root_child_ref(e.digest, &e.name, e.node.clone(), plus, &mut freed);
+                    if !add(DirEntry { name: e.basename.clone(), next_offset: i as u64 + 3, entry: self.entry(attr) }) {
+                        if plus {
+                            self.inodes.write().forget(attr.ino, 1, &mut freed);
+                        }
                         break;
                     }
                 }
+                Ok(())
             }
             Some(Node::Directory { digest, .. }) => {
                 let listing = self.listing(&digest)?;
-                let base = self.children_base(ino, &listing)?;
+                let len = listing.entries.len();
                 for (i, (name, node)) in listing.entries.iter().enumerate().skip(start) {
-                    let entry = self.entry(self.attr_of_node(base + i as u64, node)?);
-                    if !add(DirEntry { name: name.to_bytes(), next_offset: i as u64 + 3, entry }) {
+                    let mut attr = self.attr_of_node(0, node)?;
+                    let child = self.inodes.write().child_ref(ino, i, len, node, plus, &mut freed);
+                    attr.ino = child.ok_or(FsError::UnknownInode(ino))?;
+                    if !add(DirEntry { name: name.to_bytes(), next_offset: i as u64 + 3, entry: self.entry(attr) }) {
+                        if plus {
+                            self.inodes.write().forget(attr.ino, 1, &mut freed);
+                        }
                         break;
                     }
                 }
+                Ok(())
             }
-            Some(_) => return Err(FsError::NotDirectory(ino)),
-        }
-        Ok(())
+            Some(_) => Err(FsError::NotDirectory(ino)),
+        };
+        self.drop_listings(freed);
+        result
     }
 
     /// Closes a directory handle from [`Self::opendir`].
     pub fn releasedir(&self, fh: u64) {
         self.root_dirs.lock().remove(&fh);
+        let Some(ino) = self.dir_handles.lock().remove(&fh) else { return };
+        let mut freed = Freed::default();
+        self.inodes.write().close(ino, &mut freed);
+        self.drop_listings(freed);
     }
 
     /// Opens a regular file for reading; `flags` are the open(2) flags. Asking for write
-    /// access fails with EROFS.
+    /// access fails with EROFS. The inode stays live while the handle is open.
     pub fn open(&self, ino: Ino, flags: i32) -> Result<Opened, FsError> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             return Err(FsError::ReadOnly);
@@ -484,6 +649,7 @@ impl StoreFs {
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = OpenFile { ino, digest, size, reader: None, pos: 0, pending: Vec::new() };
+        self.inodes.write().open(ino);
         self.files.lock().insert(fh, Arc::new(FileSlot { state: Mutex::new(file), moved: Condvar::new() }));
         Ok(Opened { fh, keep_cache: true })
     }
@@ -554,19 +720,18 @@ impl StoreFs {
     /// When `ino` is read from its start right after an earlier file of the same directory,
     /// starts fetching the next small files of that directory (see [`prefetch`]).
     fn prefetch_siblings(&self, ino: Ino) {
-        let (parent, base) = {
+        let (parent, index) = {
             let inodes = self.inodes.read();
-            let Some(Slot::Node { parent, .. }) = inodes.get(ino) else { return };
-            let Some(base) = inodes.children_base(*parent) else { return };
-            (*parent, base)
+            let Some(slot) = inodes.get(ino) else { return };
+            (slot.parent, slot.index as usize)
         };
-        let Some(index) = ino.checked_sub(base).and_then(|i| usize::try_from(i).ok()) else { return };
-        if !self.prefetch.note_read(parent, index) {
+        // Store paths are not siblings in any listing order worth following.
+        if parent == ROOT_INO || !self.prefetch.note_read(parent, index) {
             return;
         }
         let Ok(Some(Node::Directory { digest, .. })) = self.node_of(parent) else { return };
-        let Some(listing) = self.listings.read().get(&digest).cloned() else { return };
-        let next: Vec<(Ino, B3Digest, u64)> = listing
+        let Some(listing) = self.listings.lock().get(&digest) else { return };
+        let candidates: Vec<(usize, B3Digest, u64)> = listing
             .entries
             .iter()
             .enumerate()
@@ -574,11 +739,21 @@ impl StoreFs {
             .take(prefetch::AHEAD)
             .filter_map(|(i, (_, node))| match node {
                 Node::File { digest, size, .. } if *size > 0 && *size <= prefetch::MAX_FILE => {
-                    Some((base + i as u64, *digest, *size))
+                    Some((i, *digest, *size))
                 }
                 _ => None,
             })
             .collect();
+        // Only siblings with a live inode: prefetched bytes are found by inode number, and one
+        // not handed out yet would get a number only when looked up (readdirplus hands out the
+        // whole directory, so a walk's siblings are live).
+        let next: Vec<(Ino, B3Digest, u64)> = {
+            let inodes = self.inodes.read();
+            candidates
+                .into_iter()
+                .filter_map(|(i, digest, size)| Some((inodes.child(parent, i)?, digest, size)))
+                .collect()
+        };
         self.prefetch.start(&self.runtime, &self.blob, next);
     }
 
@@ -639,7 +814,11 @@ impl StoreFs {
 
     /// Closes a file handle from [`Self::open`].
     pub fn release(&self, fh: u64) {
-        self.files.lock().remove(&fh);
+        let Some(slot) = self.files.lock().remove(&fh) else { return };
+        let ino = slot.state.lock().ino;
+        let mut freed = Freed::default();
+        self.inodes.write().close(ino, &mut freed);
+        self.drop_listings(freed);
     }
 
     fn xattrs(&self, ino: Ino) -> Result<Vec<(&'static str, String)>, FsError> {
@@ -683,7 +862,7 @@ impl StoreFs {
             blocks: 0,
             bfree: 0,
             bavail: 0,
-            files: self.inodes.read().len(),
+            files: self.inodes.read().len() as u64,
             ffree: 0,
             bsize: BLKSIZE,
             namelen: 255,

@@ -106,25 +106,31 @@ fn entry_of(e: &Entry) -> FuseEntry {
 }
 
 impl VirtioStoreFs {
-    /// Feeds core directory entries to the FUSE reply buffer until it is full.
+    /// Feeds core directory entries to the FUSE reply buffer until it is full; `plus` for
+    /// READDIRPLUS (each entry taken is a lookup the core counts).
     fn list(
         &self,
         inode: u64,
         handle: u64,
         offset: u64,
+        plus: bool,
         add: &mut dyn FnMut(&DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
         let mut reply_err = None;
-        self.fs
-            .readdir(inode, handle, offset, &mut |e| match add(&e) {
-                Ok(0) => false, // buffer full
-                Ok(_) => true,
-                Err(err) => {
-                    reply_err = Some(err);
-                    false
-                }
-            })
-            .map_err(fail)?;
+        let mut feed = |e: DirEntry| match add(&e) {
+            Ok(0) => false, // buffer full
+            Ok(_) => true,
+            Err(err) => {
+                reply_err = Some(err);
+                false
+            }
+        };
+        if plus {
+            self.fs.readdirplus(inode, handle, offset, &mut feed)
+        } else {
+            self.fs.readdir(inode, handle, offset, &mut feed)
+        }
+        .map_err(fail)?;
         match reply_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -167,6 +173,10 @@ impl FileSystem for VirtioStoreFs {
 
     fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
         self.fs.forget(inode, count);
+    }
+
+    fn batch_forget(&self, _ctx: &Context, requests: Vec<(u64, u64)>) {
+        self.fs.batch_forget(&requests);
     }
 
     fn getattr(&self, _ctx: &Context, inode: u64, _handle: Option<u64>) -> io::Result<(stat64, Duration)> {
@@ -334,10 +344,11 @@ impl FileSystem for VirtioStoreFs {
 
     fn opendir(&self, _ctx: &Context, inode: u64, _flags: u32) -> io::Result<(Option<u64>, OpenOptions)> {
         let fh = self.fs.opendir(inode).map_err(fail)?;
+        // Remembered for every directory: an open handle keeps its inode live in the core.
+        self.dirs.lock().insert(fh);
         if inode == ROOT_INO {
             // The root's listing is a per-handle snapshot that grows as paths are added, so the
             // kernel must not cache it; everything below is immutable.
-            self.dirs.lock().insert(fh);
             Ok((Some(fh), OpenOptions::empty()))
         } else {
             Ok((Some(fh), OpenOptions::CACHE_DIR | OpenOptions::KEEP_CACHE))
@@ -353,7 +364,7 @@ impl FileSystem for VirtioStoreFs {
         offset: u64,
         add_entry: &mut dyn FnMut(FuseDirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.list(inode, handle, offset, &mut |e| add_entry(dir_entry_of(e)))
+        self.list(inode, handle, offset, false, &mut |e| add_entry(dir_entry_of(e)))
     }
 
     fn readdirplus(
@@ -365,7 +376,7 @@ impl FileSystem for VirtioStoreFs {
         offset: u64,
         add_entry: &mut dyn FnMut(FuseDirEntry, FuseEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.list(inode, handle, offset, &mut |e| {
+        self.list(inode, handle, offset, true, &mut |e| {
             add_entry(dir_entry_of(e), entry_of(&e.entry))
         })
     }
