@@ -81,10 +81,8 @@ async fn main() {
         std::process::exit(2);
     }
     let big = PathBuf::from(&args[0]);
-    let mut small: Vec<PathBuf> = std::fs::read_dir(&args[1])
-        .expect("read SMALL_DIR")
-        .map(|e| e.expect("dir entry").path())
-        .collect();
+    let mut small: Vec<PathBuf> =
+        std::fs::read_dir(&args[1]).expect("read SMALL_DIR").map(|e| e.expect("dir entry").path()).collect();
     small.sort();
     let mut buf = vec![0u8; BUF];
 

@@ -22,9 +22,10 @@ fn sample(dir: &std::path::Path, limit: usize, out: &mut Vec<u8>) {
         if meta.is_dir() {
             sample(&path, limit, out);
         } else if meta.is_file()
-            && let Ok(bytes) = std::fs::read(&path) {
-                out.extend_from_slice(&bytes[..bytes.len().min(limit - out.len())]);
-            }
+            && let Ok(bytes) = std::fs::read(&path)
+        {
+            out.extend_from_slice(&bytes[..bytes.len().min(limit - out.len())]);
+        }
     }
 }
 
@@ -50,7 +51,10 @@ fn main() {
         edited.splice(at..at, std::iter::repeat_n(0xa5u8, 100));
     }
 
-    println!("{:>18} {:>12} {:>12} {:>16} {:>14}", "min/avg/max KiB", "cut ×BLAKE3", "chunks/GiB", "avg fetch (KiB)", "re-stored");
+    println!(
+        "{:>18} {:>12} {:>12} {:>16} {:>14}",
+        "min/avg/max KiB", "cut ×BLAKE3", "chunks/GiB", "avg fetch (KiB)", "re-stored"
+    );
     for (min, avg, max) in [(16, 64, 256), (64, 256, 1024), (256, 1024, 4096)] {
         let (min, avg, max) = (min << 10, avg << 10, max << 10);
         let t = Instant::now();

@@ -23,5 +23,4 @@ pub use tvix::castore::v1 as castore;
 pub use tvix::store::v1 as store;
 
 /// Encoded FileDescriptorSet of all our protos, served by gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/tvix_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tvix_descriptor.bin"));

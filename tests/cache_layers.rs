@@ -104,7 +104,11 @@ impl BlobService for FailingFar {
         self.inner.has(digest).await
     }
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
-        Ok(self.inner.open_read(digest).await?.map(|inner| Box::new(FailingReader { inner, left: self.good }) as Box<dyn BlobReader>))
+        Ok(self
+            .inner
+            .open_read(digest)
+            .await?
+            .map(|inner| Box::new(FailingReader { inner, left: self.good }) as Box<dyn BlobReader>))
     }
     async fn open_write(&self) -> Box<dyn BlobWriter> {
         self.inner.open_write().await

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use grpc_common::{Daemon, data};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tvix_store::castore::blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta, CHUNK_MAX, CHUNK_MIN};
+use tvix_store::castore::blobservice::{BlobReader, BlobService, BlobWriter, CHUNK_MAX, CHUNK_MIN, ChunkMeta};
 use tvix_store::castore::{B3Digest, Error};
 use tvix_store::proto::castore as proto;
 use tvix_store::proto::castore::blob_service_client::BlobServiceClient;
@@ -157,7 +157,10 @@ impl tokio::io::AsyncSeek for Counting {
     fn start_seek(mut self: std::pin::Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
         std::pin::Pin::new(&mut self.inner).start_seek(position)
     }
-    fn poll_complete(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<u64>> {
+    fn poll_complete(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<u64>> {
         std::pin::Pin::new(&mut self.inner).poll_complete(cx)
     }
 }
@@ -265,13 +268,8 @@ async fn ranged_read_fetches_only_the_covering_chunk() {
     // Opening tries one whole-blob read (the fast path for small blobs), which a large blob
     // cancels early: the server must not have read much of the 24 MB.
     let mut r = client.open_read(&digest).await.unwrap().unwrap();
-    let probed: u64 = instrumented
-        .served
-        .lock()
-        .iter()
-        .filter(|(d, _)| *d == digest)
-        .map(|(_, n)| n.load(Ordering::Relaxed))
-        .sum();
+    let probed: u64 =
+        instrumented.served.lock().iter().filter(|(d, _)| *d == digest).map(|(_, n)| n.load(Ordering::Relaxed)).sum();
     assert!(probed <= 6 * 1024 * 1024, "whole-blob probe read {probed} bytes of the blob");
     instrumented.reads.lock().clear();
 
@@ -348,7 +346,8 @@ async fn server_without_chunks_is_read_whole_and_verified() {
     let dir2 = tempfile::tempdir().unwrap();
     let mut wrong = content.clone();
     wrong[1_234_567] ^= 1;
-    let liar = Arc::new(Instrumented { chunk_list: Some(vec![]), serve_instead: Some(wrong), ..Instrumented::over(backend) });
+    let liar =
+        Arc::new(Instrumented { chunk_list: Some(vec![]), serve_instead: Some(wrong), ..Instrumented::over(backend) });
     let (addr, _stop2) = in_process(liar, dir2.path()).await;
     let client = tvix_store::compose::blob_service(&addr).unwrap();
     let err = match client.open_read(&digest).await {
@@ -368,7 +367,10 @@ async fn assert_corrupt_read_stops_before(client: &dyn BlobService, digest: &B3D
             let mut back = Vec::new();
             let err = r.read_to_end(&mut back).await.unwrap_err();
             assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
-            assert!(back.len() as u64 <= good && content.starts_with(&back), "unverified bytes of {digest} were handed out");
+            assert!(
+                back.len() as u64 <= good && content.starts_with(&back),
+                "unverified bytes of {digest} were handed out"
+            );
         }
     }
 }

@@ -13,11 +13,8 @@ use tokio::io::AsyncWriteExt;
 use tvix_store::castore::blobservice::BlobService;
 use tvix_store::castore::{B3Digest, Error};
 
-const OUR_SERVICES: [&str; 3] = [
-    "tvix.castore.v1.BlobService",
-    "tvix.castore.v1.DirectoryService",
-    "tvix.store.v1.PathInfoService",
-];
+const OUR_SERVICES: [&str; 3] =
+    ["tvix.castore.v1.BlobService", "tvix.castore.v1.DirectoryService", "tvix.store.v1.PathInfoService"];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_reports_serving() {
@@ -32,10 +29,7 @@ async fn health_reports_serving() {
                 .into_inner();
             assert_eq!(response.status, ServingStatus::Serving as i32, "health of {service:?}");
         }
-        let unknown = health
-            .check(HealthCheckRequest { service: "no.such.Service".into() })
-            .await
-            .unwrap_err();
+        let unknown = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
         assert_eq!(unknown.code(), tonic::Code::NotFound);
     }
 }
@@ -69,7 +63,8 @@ async fn reflection_v1_and_v1alpha_list_and_describe_our_services() {
     }
 
     // Describing a service needs its file descriptor: what grpcurl does for `describe`.
-    let symbol = r1::server_reflection_request::MessageRequest::FileContainingSymbol("tvix.store.v1.PathInfoService".into());
+    let symbol =
+        r1::server_reflection_request::MessageRequest::FileContainingSymbol("tvix.store.v1.PathInfoService".into());
     let answer = ask_v1(&channel, symbol).await;
     let Some(r1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) = answer else {
         panic!("expected file descriptors, got {answer:?}");
@@ -149,7 +144,10 @@ async fn put(service: &dyn BlobService, content: &[u8]) -> Result<B3Digest, Erro
 }
 
 /// Runs `call` and requires it to fail (not hang) within 10 s; returns how long it took.
-async fn fails_promptly<T: std::fmt::Debug>(what: &str, call: impl std::future::Future<Output = Result<T, Error>>) -> Duration {
+async fn fails_promptly<T: std::fmt::Debug>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, Error>>,
+) -> Duration {
     let start = Instant::now();
     match tokio::time::timeout(Duration::from_secs(10), call).await {
         Err(_) => panic!("{what}: hung for 10 s instead of failing"),
@@ -258,7 +256,8 @@ async fn default_store_is_shared_between_the_daemon_and_other_commands() {
     assert!(path_a.starts_with("/nix/store/"), "{path_a}");
     assert!(path_info_ok(store_dir, &path_a));
     // What the command stored went to the daemon, which serves it on the store's socket.
-    let path_info = tvix_store::compose::path_info_service(&tvix_store::compose::defaultstore::socket_addr(store_dir)).unwrap();
+    let path_info =
+        tvix_store::compose::path_info_service(&tvix_store::compose::defaultstore::socket_addr(store_dir)).unwrap();
     let basename = path_a.trim_start_matches("/nix/store/");
     let sp = tvix_store::storepath::StorePath::from_basename(basename).unwrap();
     let info = path_info.get(*sp.digest()).await.unwrap().expect("PathInfo via the owner's socket");

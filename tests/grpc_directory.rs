@@ -24,11 +24,7 @@ fn file(name: &[u8], content: &[u8]) -> proto::FileNode {
 }
 
 fn dir_node(name: &[u8], child: &proto::Directory, size: u64) -> proto::DirectoryNode {
-    proto::DirectoryNode {
-        name: Bytes::copy_from_slice(name),
-        digest: digest(child).into(),
-        size,
-    }
+    proto::DirectoryNode { name: Bytes::copy_from_slice(name), digest: digest(child).into(), size }
 }
 
 /// BLAKE3 of the message's encoding: the digest a server would store it under.
@@ -42,10 +38,7 @@ fn typed(d: &proto::Directory) -> Directory {
 
 /// A valid leaf directory no other test uses.
 fn unique_leaf(tag: &str) -> proto::Directory {
-    proto::Directory {
-        files: vec![file(b"one", tag.as_bytes()), file(b"two", b"2")],
-        ..Default::default()
-    }
+    proto::Directory { files: vec![file(b"one", tag.as_bytes()), file(b"two", b"2")], ..Default::default() }
 }
 
 fn raw_client(addr: &str) -> DirectoryServiceClient<tonic::transport::Channel> {
@@ -128,10 +121,8 @@ async fn graph_roundtrip_over_unix_socket_and_tcp() {
         assert_eq!(got, want);
 
         // A new graph may refer to directories already stored.
-        let root2 = proto::Directory {
-            directories: vec![dir_node(b"again", &mid, typed(&mid).size())],
-            ..Default::default()
-        };
+        let root2 =
+            proto::Directory { directories: vec![dir_node(b"again", &mid, typed(&mid).size())], ..Default::default() };
         assert_eq!(service.put(typed(&root2)).await.unwrap(), digest(&root2));
         let below: Vec<Directory> = service.get_recursive(&digest(&root2)).try_collect().await.unwrap();
         assert_eq!(below.len(), 3);
@@ -162,15 +153,10 @@ async fn invalid_directories_are_rejected_and_invisible() {
     };
     assert_rejected(addr, vec![unique_leaf("u3"), cross_duplicate], IA, &["more than once", "same"]).await;
 
-    for (i, (name, word)) in [
-        (&b""[..], "empty"),
-        (b".", "`.` or `..`"),
-        (b"..", "`.` or `..`"),
-        (b"a/b", "'/'"),
-        (b"a\0b", "NUL"),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, (name, word)) in
+        [(&b""[..], "empty"), (b".", "`.` or `..`"), (b"..", "`.` or `..`"), (b"a/b", "'/'"), (b"a\0b", "NUL")]
+            .into_iter()
+            .enumerate()
     {
         let bad = proto::Directory { files: vec![file(name, b"x")], ..Default::default() };
         assert_rejected(addr, vec![unique_leaf(&format!("name{i}")), bad], IA, &["invalid name", word]).await;
@@ -201,11 +187,10 @@ async fn invalid_directories_are_rejected_and_invisible() {
     let protocol_size = proto::Directory { directories: vec![dir_node(b"c", &child, 2)], ..Default::default() };
     raw_put(addr, vec![child.clone(), protocol_size]).await.expect("size 2 (the protocol text's value) is accepted");
 
-    let unknown = proto::Directory {
-        directories: vec![dir_node(b"ghost", &unique_leaf("never sent"), 4)],
-        ..Default::default()
-    };
-    assert_rejected(addr, vec![unique_leaf("u6"), unknown], IA, &["\"ghost\"", "neither sent before it nor is stored"]).await;
+    let unknown =
+        proto::Directory { directories: vec![dir_node(b"ghost", &unique_leaf("never sent"), 4)], ..Default::default() };
+    assert_rejected(addr, vec![unique_leaf("u6"), unknown], IA, &["\"ghost\"", "neither sent before it nor is stored"])
+        .await;
 
     let leaf = unique_leaf("u7");
     let stray = unique_leaf("u8 stray");

@@ -40,10 +40,8 @@ async fn put_get_list_over_unix_socket_and_tcp() {
         let service = tvix_store::compose::path_info_service(&daemon.addr).unwrap();
         let dep = info(1, "dep-1.0", vec![]);
         let main = info(2, "main-2.0", vec![dep.store_path.clone(), store_path(2, "main-2.0")]);
-        let dir_node = PathInfo {
-            node: Node::directory(B3Digest::of(b"some directory"), 4),
-            ..info(3, "a-directory", vec![])
-        };
+        let dir_node =
+            PathInfo { node: Node::directory(B3Digest::of(b"some directory"), 4), ..info(3, "a-directory", vec![]) };
         for i in [&dep, &main, &dir_node] {
             assert_eq!(&service.put(i.clone()).await.unwrap(), i);
         }
@@ -64,14 +62,8 @@ async fn assert_rejected(addr: &str, bad: proto::PathInfo, words: &[&str]) {
     for word in words {
         assert!(status.message().contains(word), "message {:?} must mention {word:?}", status.message());
     }
-    let listed: Vec<proto::PathInfo> = raw
-        .list(proto::ListPathInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .try_collect()
-        .await
-        .unwrap();
+    let listed: Vec<proto::PathInfo> =
+        raw.list(proto::ListPathInfoRequest {}).await.unwrap().into_inner().try_collect().await.unwrap();
     assert!(listed.is_empty(), "a rejected PathInfo must not be listed: {listed:?}");
 }
 
@@ -82,9 +74,7 @@ async fn invalid_pathinfo_is_rejected_and_invisible() {
     let dep = store_path(1, "dep");
     let good = info(5, "good", vec![dep.clone()]).to_proto();
     let set_name = |p: &mut proto::PathInfo, name: &str| {
-        if let Some(tvix_store::proto::castore::node::Node::File(f)) =
-            p.node.as_mut().and_then(|n| n.node.as_mut())
-        {
+        if let Some(tvix_store::proto::castore::node::Node::File(f)) = p.node.as_mut().and_then(|n| n.node.as_mut()) {
             f.name = Bytes::copy_from_slice(name.as_bytes());
         }
     };
@@ -181,10 +171,8 @@ async fn calculate_nar_matches_nix_store_dump() {
     assert_eq!(client.calculate_nar(&node).await.unwrap(), (dump.len() as u64, want));
 
     // An invalid node is refused before any calculation.
-    let status = raw_client(&daemon.addr)
-        .calculate_nar(tvix_store::proto::castore::Node { node: None })
-        .await
-        .unwrap_err();
+    let status =
+        raw_client(&daemon.addr).calculate_nar(tvix_store::proto::castore::Node { node: None }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     // A file whose blob is not stored cannot be serialised.
     let missing = Node::file(B3Digest::of(b"not stored"), 10, false);

@@ -33,11 +33,7 @@ impl Store {
 
     fn run(&self, args: &[&str]) -> Vec<u8> {
         let out = self.cmd(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "tvix-store {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "tvix-store {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         out.stdout
     }
 
@@ -50,10 +46,7 @@ impl Store {
 
 /// `nix path-info --json`, without the fields only a Nix database has.
 fn nix_path_info(paths: &[&str]) -> Value {
-    let mut args: Vec<&std::ffi::OsStr> = ["path-info", "--json"]
-        .into_iter()
-        .map(std::ffi::OsStr::new)
-        .collect();
+    let mut args: Vec<&std::ffi::OsStr> = ["path-info", "--json"].into_iter().map(std::ffi::OsStr::new).collect();
     args.extend(paths.iter().map(std::ffi::OsStr::new));
     let mut v: Value = serde_json::from_slice(&nix("nix", &args)).unwrap();
     for e in v.as_array_mut().unwrap() {
@@ -129,10 +122,7 @@ in derivation {
 "#,
     )
     .unwrap();
-    let out = nix(
-        "nix-build",
-        &["--no-out-link".as_ref(), expr.as_os_str()],
-    );
+    let out = nix("nix-build", &["--no-out-link".as_ref(), expr.as_os_str()]);
     let path = s(&out).trim().to_string();
     *built = Some(path.clone());
     path
@@ -143,12 +133,8 @@ fn copy_closure_keeps_references() {
     let tmp = tempfile::tempdir().unwrap();
     let attrs = nix_built_attrs_json(tmp.path());
     let doc: Value = serde_json::from_slice(&std::fs::read(&attrs).unwrap()).unwrap();
-    let paths: Vec<String> = doc["closure"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["path"].as_str().unwrap().to_string())
-        .collect();
+    let paths: Vec<String> =
+        doc["closure"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap().to_string()).collect();
     assert_eq!(paths.len(), 3);
 
     let store = Store::new();
@@ -165,7 +151,8 @@ fn copy_closure_keeps_references() {
         e.as_object_mut().unwrap().remove("deriver");
     }
     assert_eq!(ours, theirs);
-    let with_self = ours.as_array().unwrap().iter().find(|e| e["path"].as_str().unwrap().ends_with("-tvix-test-c")).unwrap();
+    let with_self =
+        ours.as_array().unwrap().iter().find(|e| e["path"].as_str().unwrap().ends_with("-tvix-test-c")).unwrap();
     assert!(with_self["references"].as_array().unwrap().contains(&with_self["path"]), "self-reference kept");
     for p in &paths {
         assert!(store.run(&["dump", p]) == nix_dump(Path::new(p)), "{p}: dump differs");
@@ -247,7 +234,10 @@ fn multi_hundred_megabyte_file() {
 fn referee_runs_under_the_tests_own_nix_configuration() {
     let shown = s(&nix("nix", &["show-config".as_ref()]));
     let setting = |name: &str| -> String {
-        let line = shown.lines().find(|l| l.starts_with(&format!("{name} = "))).unwrap_or_else(|| panic!("no {name} in:\n{shown}"));
+        let line = shown
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} = ")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{shown}"));
         line[name.len() + 3..].trim().to_string()
     };
     assert_eq!(setting("build-users-group"), "", "the referee must not need a build users group");

@@ -115,9 +115,7 @@ async fn missing_path_and_bad_names_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let (blob, directory, path_info) = memory_services().await;
     let missing = dir.path().join("does-not-exist");
-    let err = import_path(blob.clone(), directory.clone(), path_info.as_ref(), &missing, None)
-        .await
-        .unwrap_err();
+    let err = import_path(blob.clone(), directory.clone(), path_info.as_ref(), &missing, None).await.unwrap_err();
     assert!(matches!(&err, ImportError::Io { path, .. } if *path == missing), "{err:?}");
 
     let spaced = dir.path().join("has space");
@@ -144,7 +142,10 @@ struct CheckingPutter<'a> {
 
 #[async_trait::async_trait]
 impl tvix_store::castore::directoryservice::DirectoryService for RequiresBlobsFirst {
-    async fn get(&self, digest: &tvix_store::castore::B3Digest) -> Result<Option<tvix_store::castore::Directory>, tvix_store::castore::Error> {
+    async fn get(
+        &self,
+        digest: &tvix_store::castore::B3Digest,
+    ) -> Result<Option<tvix_store::castore::Directory>, tvix_store::castore::Error> {
         self.inner.get(digest).await
     }
     fn get_recursive(
@@ -208,7 +209,8 @@ async fn blobs_are_durable_before_directories_refer_to_them() {
     // The same through NAR ingestion.
     checked.store(0, std::sync::atomic::Ordering::SeqCst);
     let (blob2, inner2, _) = memory_services().await;
-    let directory2 = std::sync::Arc::new(RequiresBlobsFirst { inner: inner2, blob: blob2.clone(), checked: checked.clone() });
+    let directory2 =
+        std::sync::Arc::new(RequiresBlobsFirst { inner: inner2, blob: blob2.clone(), checked: checked.clone() });
     let nar = write_nar(Vec::new(), &ingested.node, blob.as_ref(), directory.as_ref()).await.unwrap();
     let again = tvix_store::import::ingest_nar(blob2, directory2, &nar[..], None).await.unwrap();
     assert_eq!(again.node, ingested.node);

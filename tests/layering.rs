@@ -19,7 +19,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn lower_layers_import_nothing_above_them() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let higher = ["crate::compose", "crate::grpc", "crate::redb", "crate::server", "crate::fs", "crate::cli", "tonic::"];
+    let higher =
+        ["crate::compose", "crate::grpc", "crate::redb", "crate::server", "crate::fs", "crate::cli", "tonic::"];
     let mut files = Vec::new();
     for layer in ["castore", "pathinfo", "storepath"] {
         rust_files(&src.join(layer), &mut files);
@@ -48,8 +49,16 @@ fn narinfo_imports_only_the_data_layers() {
     // pathinfo, castore and storepath, and on nothing that does I/O on their behalf.
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let higher = [
-        "crate::compose", "crate::grpc", "crate::redb", "crate::server", "crate::fs", "crate::cli", "crate::import",
-        "crate::nar", "crate::virtiofs", "tonic::",
+        "crate::compose",
+        "crate::grpc",
+        "crate::redb",
+        "crate::server",
+        "crate::fs",
+        "crate::cli",
+        "crate::import",
+        "crate::nar",
+        "crate::virtiofs",
+        "tonic::",
     ];
     let mut files = Vec::new();
     rust_files(&src.join("narinfo"), &mut files);

@@ -172,7 +172,14 @@ fn missing_fuse_device_gets_a_clear_error() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /dev && exec \"$0\" mount \"$1\""])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /dev && exec \"$0\" mount \"$1\"",
+        ])
         .arg(env!("CARGO_BIN_EXE_tvix-store"))
         .arg(&mnt)
         .env("TVIX_STORE_DIR", dir.path().join("store"))
@@ -192,8 +199,14 @@ fn a_bad_composition_file_is_one_line_naming_the_entry() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let cases = [
-        ("[blobservices.root]\ntype = \"cache\"\nnear = \"a\"\nfar = \"root\"\n[blobservices.a]\ntype = \"cache\"\nnear = \"root\"\nfar = \"root\"\n", "cycle: "),
-        ("[pathinfoservices.root]\ntype = \"cache\"\nnear = \"local\"\nfar = \"remote\"\n[pathinfoservices.local]\nurl = \"memory://\"\n", "pathinfoservices.root: far = \"remote\" names no entry"),
+        (
+            "[blobservices.root]\ntype = \"cache\"\nnear = \"a\"\nfar = \"root\"\n[blobservices.a]\ntype = \"cache\"\nnear = \"root\"\nfar = \"root\"\n",
+            "cycle: ",
+        ),
+        (
+            "[pathinfoservices.root]\ntype = \"cache\"\nnear = \"local\"\nfar = \"remote\"\n[pathinfoservices.local]\nurl = \"memory://\"\n",
+            "pathinfoservices.root: far = \"remote\" names no entry",
+        ),
         ("[directoryservices.root]\nurl = \"ftp://x\"\n", "directoryservices.root: invalid store URL \"ftp://x\""),
         ("[blobservices.root]\ntype = \"tiered\"\n", "blobservices.root: unknown type \"tiered\""),
     ];

@@ -54,8 +54,10 @@ fn core_api_semantics() {
     .unwrap();
     let names: Vec<String> = all.iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()).collect();
     assert_eq!(&names[..2], &[".", ".."]);
-    let mut expected: Vec<String> =
-        std::fs::read_dir(tree.join("share/doc")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut expected: Vec<String> = std::fs::read_dir(tree.join("share/doc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     expected.sort();
     assert_eq!(&names[2..], &expected[..]);
     for (i, e) in all.iter().enumerate() {

@@ -76,9 +76,11 @@ fn attributes_follow_nix_conventions() {
 
     // Inode numbers are stable and distinct.
     let ino = |rel: &str| fs::symlink_metadata(m.join(rel)).unwrap().ino();
-    let first: Vec<u64> = ["", "bin", "bin/hello", "share/doc/README", "share/doc/f007"].iter().map(|r| ino(r)).collect();
+    let first: Vec<u64> =
+        ["", "bin", "bin/hello", "share/doc/README", "share/doc/f007"].iter().map(|r| ino(r)).collect();
     sh(&format!("find {} -ls > /dev/null", q(&m)));
-    let again: Vec<u64> = ["", "bin", "bin/hello", "share/doc/README", "share/doc/f007"].iter().map(|r| ino(r)).collect();
+    let again: Vec<u64> =
+        ["", "bin", "bin/hello", "share/doc/README", "share/doc/f007"].iter().map(|r| ino(r)).collect();
     assert_eq!(first, again);
     let mut dedup = first.clone();
     dedup.sort();
@@ -243,7 +245,8 @@ fn parallel_readers_get_the_right_bytes() {
     assert_eq!(sh(&cmd).trim(), "8", "every reader saw the same checksums");
     let got = sh(&format!("cd {} && find . -type f | LC_ALL=C sort | xargs -d '\\n' sha256sum", q(&m)));
     assert_eq!(got, expected);
-    let a = sh(&format!("dd if={} bs=1 skip=1234567 count=70000 status=none | sha256sum", q(&tree.join("share/big.bin"))));
+    let a =
+        sh(&format!("dd if={} bs=1 skip=1234567 count=70000 status=none | sha256sum", q(&tree.join("share/big.bin"))));
     let b = sh(&format!("dd if={} bs=1 skip=1234567 count=70000 status=none | sha256sum", q(&m.join("share/big.bin"))));
     assert_eq!(a, b);
     let a = sh(&format!("tail -c 777 {} | sha256sum", q(&tree.join("share/big.bin"))));

@@ -38,9 +38,10 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(m) = &self.mountpoint
-            && is_mounted(m) {
-                let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(m).stderr(Stdio::null()).status();
-            }
+            && is_mounted(m)
+        {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(m).stderr(Stdio::null()).status();
+        }
     }
 }
 
@@ -75,7 +76,9 @@ fn imported_trees_mount_equal_and_late_imports_appear() {
     sh(&format!("diff -r --no-dereference {} {}", q(&tree), q(&m)));
     assert_eq!(listing(&tree), listing(&m));
     assert_eq!(sh(&q(&m.join("bin/hello"))), "hello from the store 11\n");
-    assert!(sh(&format!("getfattr -d -m - {}", q(&m.join("bin/hello")))).contains("user.tvix.castore.blob.digest=\"b3:"));
+    assert!(
+        sh(&format!("getfattr -d -m - {}", q(&m.join("bin/hello")))).contains("user.tvix.castore.blob.digest=\"b3:")
+    );
     assert_eq!(sh(&format!("ls {}", q(&mnt))).trim(), sp);
 
     // The mount owns the default store and serves it on its socket: import works meanwhile.
@@ -108,10 +111,22 @@ fn daemon_killed_under_the_mount_gives_eio_and_recovers() {
     let _m = mount(
         dir.path(),
         &mnt,
-        &["--blob-service-addr", &addr, "--directory-service-addr", &addr, "--path-info-service-addr", &addr, "--timeout", "3"],
+        &[
+            "--blob-service-addr",
+            &addr,
+            "--directory-service-addr",
+            &addr,
+            "--path-info-service-addr",
+            &addr,
+            "--timeout",
+            "3",
+        ],
     );
     let m = mnt.join(&sp);
-    assert_eq!(std::fs::read(m.join("share/doc/README")).unwrap(), std::fs::read(tree.join("share/doc/README")).unwrap());
+    assert_eq!(
+        std::fs::read(m.join("share/doc/README")).unwrap(),
+        std::fs::read(tree.join("share/doc/README")).unwrap()
+    );
 
     // Kill the daemon: reads of content not yet cached fail with EIO, quickly.
     let _ = daemon.child.kill();
@@ -231,8 +246,9 @@ url = "grpc+unix://{sock}"
     let config_arg = config.display().to_string();
     let _m = mount(dir.path(), &mnt, &["--store-config", &config_arg]);
     sh(&format!("diff -r --no-dereference {} {}", q(&tree), q(&mnt.join(&sp))));
-    let cached = std::fs::read_dir(cache.join("blobs/chunks")).unwrap().flatten().any(|fan_out| {
-        std::fs::read_dir(fan_out.path()).map(|mut files| files.next().is_some()).unwrap_or(false)
-    });
+    let cached = std::fs::read_dir(cache.join("blobs/chunks"))
+        .unwrap()
+        .flatten()
+        .any(|fan_out| std::fs::read_dir(fan_out.path()).map(|mut files| files.next().is_some()).unwrap_or(false));
     assert!(cached, "reading through the mount left no chunk in the local cache");
 }

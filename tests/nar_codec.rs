@@ -25,8 +25,7 @@ fn write_tree<'a>(
             w.symlink(name, target.as_os_str().as_bytes()).await.unwrap();
         } else if meta.is_dir() {
             w.directory_start(name).await.unwrap();
-            let mut names: Vec<_> =
-                std::fs::read_dir(path).unwrap().map(|e| e.unwrap().file_name()).collect();
+            let mut names: Vec<_> = std::fs::read_dir(path).unwrap().map(|e| e.unwrap().file_name()).collect();
             names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
             for n in names {
                 write_tree(w, &path.join(&n), Some(n.as_bytes())).await;
@@ -45,9 +44,7 @@ async fn reader_writer_round_trip_matches_nix_dump() {
     let dir = tempfile::tempdir().unwrap();
     for tree in trees(dir.path()) {
         let nar = nix_dump(&tree);
-        let out = transcode(nar.as_slice(), Vec::new())
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e}", tree.display()));
+        let out = transcode(nar.as_slice(), Vec::new()).await.unwrap_or_else(|e| panic!("{}: {e}", tree.display()));
         assert!(out == nar, "{}: re-encoded NAR differs from nix-store --dump", tree.display());
     }
 }
@@ -82,10 +79,7 @@ async fn reader_reports_structure_and_contents() {
     let mut buf = Vec::new();
     r.contents().read_to_end(&mut buf).await.unwrap();
     assert_eq!(buf, std::fs::read(root.join("x")).unwrap());
-    assert_eq!(
-        r.next().await.unwrap(),
-        Some(NarEvent::Symlink { name: Some(b"y".to_vec()), target: b"tgt".to_vec() })
-    );
+    assert_eq!(r.next().await.unwrap(), Some(NarEvent::Symlink { name: Some(b"y".to_vec()), target: b"tgt".to_vec() }));
     assert_eq!(r.next().await.unwrap(), Some(NarEvent::DirectoryEnd));
     assert_eq!(r.next().await.unwrap(), None);
     assert_eq!(r.position(), nar.len() as u64);
@@ -152,10 +146,7 @@ async fn parse(nar: &[u8]) -> Result<(), NarReadError> {
     while let Some(ev) = r.next().await? {
         if let NarEvent::File { .. } = ev {
             let mut sink = Vec::new();
-            r.contents()
-                .read_to_end(&mut sink)
-                .await
-                .map_err(|e| NarReadError::from_io(e, 0))?;
+            r.contents().read_to_end(&mut sink).await.map_err(|e| NarReadError::from_io(e, 0))?;
         }
     }
     Ok(())
@@ -176,10 +167,7 @@ async fn truncated_stream() {
     let nar = file_nar(b"hello world");
     for cut in [0, 3, 8, 20, 60, nar.len() - 1] {
         let err = parse(&nar[..cut]).await.unwrap_err();
-        assert!(
-            matches!(err, NarReadError::Truncated { offset, .. } if offset == cut as u64),
-            "cut at {cut}: {err}"
-        );
+        assert!(matches!(err, NarReadError::Truncated { offset, .. } if offset == cut as u64), "cut at {cut}: {err}");
     }
 }
 
@@ -293,10 +281,7 @@ async fn invalid_names() {
         let names: &[&[u8]] = &[b"a", bad];
         let err = parse(&dir_nar(names)).await.unwrap_err();
         let at = dir_nar_name_offset(names, 1);
-        assert!(
-            matches!(err, NarReadError::InvalidName { offset, .. } if offset == at),
-            "{bad:?}: {err}"
-        );
+        assert!(matches!(err, NarReadError::InvalidName { offset, .. } if offset == at), "{bad:?}: {err}");
     }
     let names: &[&[u8]] = &[&long];
     let err = parse(&dir_nar(names)).await.unwrap_err();

@@ -56,10 +56,7 @@ fn closure() -> &'static Closure {
 fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
     let secret = dir.join(format!("{name}.sec"));
     let public = dir.join(format!("{name}.pub"));
-    nix(
-        "nix-store",
-        &["--generate-binary-cache-key".as_ref(), name.as_ref(), secret.as_os_str(), public.as_os_str()],
-    );
+    nix("nix-store", &["--generate-binary-cache-key".as_ref(), name.as_ref(), secret.as_os_str(), public.as_os_str()]);
     (secret, std::fs::read_to_string(&public).unwrap().trim().to_string())
 }
 
@@ -154,8 +151,12 @@ async fn substitutes_every_compression_nix_writes_over_http_byte_exact() {
         let url = format!("nix+{}?trusted-public-keys={}", server.url, public);
         let store = store_over(&url);
         for path in [&c.top, &c.dep] {
-            let info = store.get(path).await.unwrap().unwrap_or_else(|| panic!("{compression}: {path} not substituted"));
-            assert!(store.dump(&info).await == nix_dump(Path::new(path)), "{compression}: {path}: NAR differs from nix-store --dump");
+            let info =
+                store.get(path).await.unwrap().unwrap_or_else(|| panic!("{compression}: {path} not substituted"));
+            assert!(
+                store.dump(&info).await == nix_dump(Path::new(path)),
+                "{compression}: {path}: NAR differs from nix-store --dump"
+            );
             let theirs = nix_info(path);
             assert_eq!(info.nar_size, theirs["narSize"].as_u64().unwrap(), "{compression}: {path}");
             let refs: Vec<String> = info.references.iter().map(StorePath::to_absolute_path).collect();
@@ -213,7 +214,11 @@ async fn tampered_narinfos_and_nars_are_refused_and_retried() {
     // the same hash: only the NarHash line changes).
     let nar_hash = original.lines().find_map(|l| l.strip_prefix("NarHash: sha256:")).unwrap().to_string();
     let wrong = format!("{}{}", if nar_hash.starts_with('0') { "1" } else { "0" }, &nar_hash[1..]);
-    std::fs::write(&narinfo, original.replace(&format!("NarHash: sha256:{nar_hash}"), &format!("NarHash: sha256:{wrong}"))).unwrap();
+    std::fs::write(
+        &narinfo,
+        original.replace(&format!("NarHash: sha256:{nar_hash}"), &format!("NarHash: sha256:{wrong}")),
+    )
+    .unwrap();
     let err = store.get(&c.dep).await.expect_err("a wrong NarHash was accepted");
     assert!(err.to_string().contains("NarHash disagrees") && err.to_string().contains(&c.dep), "{err}");
     assert!(store.near.get(*StorePath::from_absolute_path(&c.dep).unwrap().digest()).await.unwrap().is_none());
@@ -300,12 +305,8 @@ fn a_mount_with_a_substituter_shows_paths_nobody_imported() {
     }
     for path in [&c.top, &c.dep] {
         let basename = path.trim_start_matches("/nix/store/");
-        let status = Command::new("diff")
-            .args(["-r", "--no-dereference"])
-            .arg(path)
-            .arg(mnt.join(basename))
-            .status()
-            .unwrap();
+        let status =
+            Command::new("diff").args(["-r", "--no-dereference"]).arg(path).arg(mnt.join(basename)).status().unwrap();
         assert!(status.success(), "{path} differs in the mount");
     }
     assert!(!mnt.join("00000000000000000000000000000000-not-there").exists());

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use vm_common::{
-    Guest, TvixVirtiofs, host_manifest, import, make_sample_tree, prepare, pseudo_random_bytes,
-    store_basename_of, wait_for_text,
+    Guest, TvixVirtiofs, host_manifest, import, make_sample_tree, prepare, pseudo_random_bytes, store_basename_of,
+    wait_for_text,
 };
 
 /// A tree of many small files in nested directories, as a package's `share/` looks.

@@ -6,8 +6,7 @@
 use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, EntryOut, GetattrIn, GetxattrIn, InHeader, InitIn, InitOut, OpenIn, OpenOut, Opcode, OutHeader,
-    ReadIn,
+    AttrOut, EntryOut, GetattrIn, GetxattrIn, InHeader, InitIn, InitOut, Opcode, OpenIn, OpenOut, OutHeader, ReadIn,
 };
 use fuse_backend_rs::api::server::Server;
 use tvix_store::fs::{Options, StoreFs};
@@ -63,11 +62,8 @@ impl Guest {
     /// A guest whose store holds `tree` (if given) imported as a store path, whose basename is
     /// returned.
     fn with_tree(tree: Option<&std::path::Path>, options: Options) -> (Self, String) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
         let (fs, basename) = runtime.block_on(async {
             let blob = tvix_store::compose::blob_service("memory://").expect("blob");
             let dir = tvix_store::compose::directory_service("memory://").expect("dir");
@@ -107,10 +103,7 @@ impl Guest {
 
     /// The reply body after the header.
     fn body<T: ByteValued>(&self, c: &Completion) -> T {
-        self.mem
-            .memory()
-            .read_obj(GuestAddress(c.reply_addr + size_of::<OutHeader>() as u64))
-            .expect("reply body")
+        self.mem.memory().read_obj(GuestAddress(c.reply_addr + size_of::<OutHeader>() as u64)).expect("reply body")
     }
 
     /// LOOKUP of `name` in `parent`; returns the inode.
@@ -229,11 +222,8 @@ impl Guest {
         let (h, c) = self.request(Opcode::Init as u32, 0, body.as_slice(), 4096);
         let reply = c.reply.expect("INIT must be answered");
         assert_eq!((reply.unique, reply.error), (h.unique, 0), "INIT failed");
-        let out: InitOut = self
-            .mem
-            .memory()
-            .read_obj(GuestAddress(c.reply_addr + size_of::<OutHeader>() as u64))
-            .expect("init out");
+        let out: InitOut =
+            self.mem.memory().read_obj(GuestAddress(c.reply_addr + size_of::<OutHeader>() as u64)).expect("init out");
         assert_eq!(out.major, 7);
     }
 
@@ -251,11 +241,8 @@ impl Guest {
         let (h, c) = self.request(Opcode::Getattr as u32, 1, body.as_slice(), 4096);
         let reply = c.reply.unwrap_or_else(|| panic!("after {after}: GETATTR got no reply"));
         assert_eq!((reply.unique, reply.error), (h.unique, 0), "after {after}: GETATTR failed");
-        let out: AttrOut = self
-            .mem
-            .memory()
-            .read_obj(GuestAddress(c.reply_addr + size_of::<OutHeader>() as u64))
-            .expect("attr out");
+        let out: AttrOut =
+            self.mem.memory().read_obj(GuestAddress(c.reply_addr + size_of::<OutHeader>() as u64)).expect("attr out");
         assert_eq!(out.attr.ino, 1, "after {after}: root inode");
         assert_eq!(out.attr.mode & libc::S_IFMT, libc::S_IFDIR, "after {after}: root is a directory");
     }

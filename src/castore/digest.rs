@@ -90,9 +90,7 @@ impl std::str::FromStr for B3Digest {
         let raw = if let Some(b64) = s.strip_prefix("b3:") {
             BASE64.decode(b64.as_bytes()).map_err(|e| format!("invalid digest {s:?}: {e}"))?
         } else {
-            data_encoding::HEXLOWER_PERMISSIVE
-                .decode(s.as_bytes())
-                .map_err(|e| format!("invalid digest {s:?}: {e}"))?
+            data_encoding::HEXLOWER_PERMISSIVE.decode(s.as_bytes()).map_err(|e| format!("invalid digest {s:?}: {e}"))?
         };
         Self::try_from(raw.as_slice()).map_err(|e| format!("invalid digest {s:?}: {e}"))
     }

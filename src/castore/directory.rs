@@ -116,21 +116,13 @@ impl Directory {
         for (name, node) in &self.entries {
             let name = name.to_bytes();
             match node.clone() {
-                Node::Directory { digest, size } => out.directories.push(proto::DirectoryNode {
-                    name,
-                    digest: digest.into(),
-                    size,
-                }),
-                Node::File { digest, size, executable } => out.files.push(proto::FileNode {
-                    name,
-                    digest: digest.into(),
-                    size,
-                    executable,
-                }),
-                Node::Symlink { target } => out.symlinks.push(proto::SymlinkNode {
-                    name,
-                    target: target.to_bytes(),
-                }),
+                Node::Directory { digest, size } => {
+                    out.directories.push(proto::DirectoryNode { name, digest: digest.into(), size })
+                }
+                Node::File { digest, size, executable } => {
+                    out.files.push(proto::FileNode { name, digest: digest.into(), size, executable })
+                }
+                Node::Symlink { target } => out.symlinks.push(proto::SymlinkNode { name, target: target.to_bytes() }),
             }
         }
         out
@@ -213,11 +205,8 @@ mod tests {
 
     #[test]
     fn size_matches_deployed_tvix() {
-        let d = Directory::from_proto(proto::Directory {
-            files: vec![file("a"), file("b")],
-            ..Default::default()
-        })
-        .unwrap();
+        let d = Directory::from_proto(proto::Directory { files: vec![file("a"), file("b")], ..Default::default() })
+            .unwrap();
         assert_eq!(d.size(), 4);
         assert_eq!(d.minimal_size(|_| 0), 2);
     }

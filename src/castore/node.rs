@@ -90,20 +90,11 @@ impl TryFrom<&[u8]> for SymlinkTarget {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidNode {
     #[error("entry {name:?}: invalid name: {source}")]
-    Name {
-        name: String,
-        source: super::path_component::InvalidName,
-    },
+    Name { name: String, source: super::path_component::InvalidName },
     #[error("entry {name:?}: invalid digest: {source}")]
-    Digest {
-        name: String,
-        source: super::digest::InvalidDigestLen,
-    },
+    Digest { name: String, source: super::digest::InvalidDigestLen },
     #[error("entry {name:?}: {source}")]
-    SymlinkTarget {
-        name: String,
-        source: InvalidSymlinkTarget,
-    },
+    SymlinkTarget { name: String, source: InvalidSymlinkTarget },
     #[error("node has none of directory, file or symlink set")]
     Empty,
 }
@@ -135,54 +126,36 @@ impl Node {
     pub fn into_proto(self, name: Bytes) -> crate::proto::castore::Node {
         use crate::proto::castore::{self as p, node::Node as P};
         let node = match self {
-            Node::Directory { digest, size } => P::Directory(p::DirectoryNode {
-                name,
-                digest: digest.into(),
-                size,
-            }),
-            Node::File { digest, size, executable } => P::File(p::FileNode {
-                name,
-                digest: digest.into(),
-                size,
-                executable,
-            }),
-            Node::Symlink { target } => P::Symlink(p::SymlinkNode {
-                name,
-                target: target.to_bytes(),
-            }),
+            Node::Directory { digest, size } => P::Directory(p::DirectoryNode { name, digest: digest.into(), size }),
+            Node::File { digest, size, executable } => {
+                P::File(p::FileNode { name, digest: digest.into(), size, executable })
+            }
+            Node::Symlink { target } => P::Symlink(p::SymlinkNode { name, target: target.to_bytes() }),
         };
         p::Node { node: Some(node) }
     }
 
     pub(crate) fn from_directory_proto(d: &crate::proto::castore::DirectoryNode) -> Result<Node, InvalidNode> {
-        let digest = B3Digest::try_from(&d.digest).map_err(|source| InvalidNode::Digest {
-            name: lossy(&d.name),
-            source,
-        })?;
+        let digest =
+            B3Digest::try_from(&d.digest).map_err(|source| InvalidNode::Digest { name: lossy(&d.name), source })?;
         Ok(Node::Directory { digest, size: d.size })
     }
 
     pub(crate) fn from_file_proto(f: &crate::proto::castore::FileNode) -> Result<Node, InvalidNode> {
-        let digest = B3Digest::try_from(&f.digest).map_err(|source| InvalidNode::Digest {
-            name: lossy(&f.name),
-            source,
-        })?;
+        let digest =
+            B3Digest::try_from(&f.digest).map_err(|source| InvalidNode::Digest { name: lossy(&f.name), source })?;
         Ok(Node::File { digest, size: f.size, executable: f.executable })
     }
 
     pub(crate) fn from_symlink_proto(s: &crate::proto::castore::SymlinkNode) -> Result<Node, InvalidNode> {
-        let target = SymlinkTarget::try_from(s.target.clone()).map_err(|source| {
-            InvalidNode::SymlinkTarget { name: lossy(&s.name), source }
-        })?;
+        let target = SymlinkTarget::try_from(s.target.clone())
+            .map_err(|source| InvalidNode::SymlinkTarget { name: lossy(&s.name), source })?;
         Ok(Node::Symlink { target })
     }
 
     /// Validates `name` as a directory entry name, for error reporting in the node's context.
     pub(crate) fn entry_name(name: &Bytes) -> Result<PathComponent, InvalidNode> {
-        PathComponent::try_from(name.clone()).map_err(|source| InvalidNode::Name {
-            name: lossy(name),
-            source,
-        })
+        PathComponent::try_from(name.clone()).map_err(|source| InvalidNode::Name { name: lossy(name), source })
     }
 }
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use tvix_store::import::{Progress, copy_closure, parse_closure};
 use tvix_store::compose::Role;
+use tvix_store::import::{Progress, copy_closure, parse_closure};
 use tvix_store::storepath::STORE_DIR;
 
 use super::ServiceArgs;
@@ -26,8 +26,7 @@ pub struct Args {
 /// Runs the command: copies every listed path from /nix/store, keeping references, and
 /// prints the store paths copied.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let json = std::fs::read(&args.attrs_json)
-        .with_context(|| format!("reading {}", args.attrs_json.display()))?;
+    let json = std::fs::read(&args.attrs_json).with_context(|| format!("reading {}", args.attrs_json.display()))?;
     let closure = parse_closure(&json).with_context(|| format!("in {}", args.attrs_json.display()))?;
     let services = args.services.open(Role::Client).await?;
     let progress = Arc::new(Progress::default());

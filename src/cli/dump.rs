@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use tokio::io::AsyncWriteExt;
-use tvix_store::nar::write_nar;
 use tvix_store::compose::Role;
+use tvix_store::nar::write_nar;
 use tvix_store::storepath::StorePath;
 
 use super::ServiceArgs;
@@ -22,11 +22,8 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let path = StorePath::parse(&args.store_path)?;
     let services = args.services.open(Role::Client).await?;
-    let info = services
-        .path_info
-        .get(*path.digest())
-        .await?
-        .with_context(|| format!("path '{path}' is not in the store"))?;
+    let info =
+        services.path_info.get(*path.digest()).await?.with_context(|| format!("path '{path}' is not in the store"))?;
     let stdout = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::io::stdout());
     let mut stdout = write_nar(stdout, &info.node, services.blob.as_ref(), services.directory.as_ref())
         .await

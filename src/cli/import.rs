@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tvix_store::import::{Progress, import_path};
 use tvix_store::compose::Role;
+use tvix_store::import::{Progress, import_path};
 
 use super::ServiceArgs;
 

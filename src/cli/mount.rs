@@ -36,9 +36,11 @@ fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
     if is_mounted(&path)? {
         bail!("mount point {} is busy: something is already mounted there", path.display());
     }
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").map_err(|e| {
-        anyhow::anyhow!("FUSE is unavailable: cannot open /dev/fuse: {e} (is the fuse module loaded?)")
-    })?;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| anyhow::anyhow!("FUSE is unavailable: cannot open /dev/fuse: {e} (is the fuse module loaded?)"))?;
     Ok(path)
 }
 

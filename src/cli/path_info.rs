@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use data_encoding::BASE64;
 use serde::Serialize;
-use tvix_store::pathinfo::PathInfo;
 use tvix_store::compose::Role;
+use tvix_store::pathinfo::PathInfo;
 use tvix_store::storepath::StorePath;
 
 use super::ServiceArgs;
@@ -68,12 +68,8 @@ impl JsonPathInfo {
             references: Some(references),
             ca: info.ca.as_ref().map(|c| c.to_nix_string()),
             deriver: info.deriver.as_ref().map(|d| format!("{}.drv", d.to_absolute_path())),
-            signatures: (!info.signatures.is_empty()).then(|| {
-                info.signatures
-                    .iter()
-                    .map(|s| format!("{}:{}", s.name, BASE64.encode(&s.data)))
-                    .collect()
-            }),
+            signatures: (!info.signatures.is_empty())
+                .then(|| info.signatures.iter().map(|s| format!("{}:{}", s.name, BASE64.encode(&s.data))).collect()),
         }
     }
 }
@@ -81,11 +77,7 @@ impl JsonPathInfo {
 /// Runs the command: a JSON list sorted by path, unknown paths as `{"path":…,"valid":false}`,
 /// as Nix prints them.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let paths = args
-        .store_paths
-        .iter()
-        .map(|p| StorePath::parse(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let paths = args.store_paths.iter().map(|p| StorePath::parse(p)).collect::<Result<Vec<_>, _>>()?;
     let services = args.services.open(Role::Client).await?;
     let mut out = BTreeMap::new();
     for path in paths {

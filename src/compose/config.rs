@@ -39,7 +39,8 @@ pub struct Composition {
 
 /// Reads and checks the composition file at `path`; nothing is opened.
 pub fn load(path: &Path) -> Result<Composition, ComposeError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ComposeError::ReadConfig { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ComposeError::ReadConfig { path: path.to_path_buf(), source })?;
     parse(&text, &path.display().to_string())
 }
 
@@ -107,7 +108,8 @@ fn parse_entry(kind: Kind, at: &str, value: toml::Value) -> Result<Entry, Compos
     let ty = take_string("type")?;
     let entry = match ty.as_deref() {
         None | Some("url") => {
-            let addr = take_string("url")?.ok_or_else(|| err("needs url = \"<store URL>\" (or a type such as \"cache\")".into()))?;
+            let addr = take_string("url")?
+                .ok_or_else(|| err("needs url = \"<store URL>\" (or a type such as \"cache\")".into()))?;
             let leaf = url::parse(kind, &addr).map_err(|reason| ComposeError::Url {
                 entry: at.to_string(),
                 url: addr.clone(),
@@ -166,16 +168,28 @@ mod tests {
     fn every_mistake_is_one_line_naming_its_entry() {
         let cases = [
             ("[blobservices.root]\ntype = \"cachee\"\n", "s.toml: blobservices.root: unknown type \"cachee\""),
-            ("[blobservices.root]\nurl = \"s3://x\"\n", "s.toml: blobservices.root: invalid store URL \"s3://x\": unsupported scheme"),
-            ("[blobservices.root]\nurl = \"memory://\"\ncolour = 1\n", "s.toml: blobservices.root: unknown key \"colour\""),
+            (
+                "[blobservices.root]\nurl = \"s3://x\"\n",
+                "s.toml: blobservices.root: invalid store URL \"s3://x\": unsupported scheme",
+            ),
+            (
+                "[blobservices.root]\nurl = \"memory://\"\ncolour = 1\n",
+                "s.toml: blobservices.root: unknown key \"colour\"",
+            ),
             ("[blobservices.root]\n", "s.toml: blobservices.root: needs url"),
             ("[blobservices.root]\ntype = \"cache\"\nnear = \"a\"\nfar = \"b\"\n", "names no entry"),
-            ("[blobservices.root]\ntype = \"cache\"\nnear = \"root\"\nfar = \"root\"\n", "cycle: s.toml: blobservices.root -> s.toml: blobservices.root"),
+            (
+                "[blobservices.root]\ntype = \"cache\"\nnear = \"root\"\nfar = \"root\"\n",
+                "cycle: s.toml: blobservices.root -> s.toml: blobservices.root",
+            ),
             ("[blobservices.m]\nurl = \"memory://\"\n", "s.toml: blobservices: no entry named \"root\""),
             ("[blobservice.root]\nurl = \"memory://\"\n", "s.toml: blobservice: unknown table"),
             ("[directoryservices.root]\nurl = \"objectstore+file:///x\"\n", "for a directory service"),
             ("[blobservices.root]\nurl = memory\n", "s.toml:2: invalid TOML"),
-            ("[blobservices.root]\ntype = \"cache\"\nnear = \"a\"\nfar = \"a\"\nwrite = \"both\"\n", "write = \"both\""),
+            (
+                "[blobservices.root]\ntype = \"cache\"\nnear = \"a\"\nfar = \"a\"\nwrite = \"both\"\n",
+                "write = \"both\"",
+            ),
         ];
         for (text, want) in cases {
             let got = error(text);

@@ -102,7 +102,12 @@ impl Graph {
     }
 
     /// Depth-first from `name`; `path` holds the entries on the way to it.
-    fn find_cycle<'a>(&'a self, name: &'a str, path: &mut Vec<&'a str>, done: &mut Vec<&'a str>) -> Result<(), ComposeError> {
+    fn find_cycle<'a>(
+        &'a self,
+        name: &'a str,
+        path: &mut Vec<&'a str>,
+        done: &mut Vec<&'a str>,
+    ) -> Result<(), ComposeError> {
         if done.contains(&name) {
             return Ok(());
         }
@@ -143,10 +148,10 @@ impl Graph {
             return Ok(service.clone());
         }
         // `check` ran before: every name refers to an entry, and the recursion ends.
-        let entry = self.entries.get(name).ok_or_else(|| ComposeError::Entry {
-            entry: self.describe(name),
-            reason: "no such entry".into(),
-        })?;
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| ComposeError::Entry { entry: self.describe(name), reason: "no such entry".into() })?;
         let service = match entry {
             Entry::Leaf { url, leaf: spec } => leaf(spec).map_err(|reason| ComposeError::Open {
                 entry: self.describe(name),
@@ -183,7 +188,8 @@ mod tests {
 
     #[test]
     fn finds_cycles_missing_references_and_a_missing_root() {
-        let cycle = graph(&[("root", cache("a", "m")), ("a", cache("b", "m")), ("b", cache("a", "m")), ("m", memory())]);
+        let cycle =
+            graph(&[("root", cache("a", "m")), ("a", cache("b", "m")), ("b", cache("a", "m")), ("m", memory())]);
         assert_eq!(
             cycle.check().unwrap_err().to_string(),
             "cycle: store.toml: blobservices.a -> store.toml: blobservices.b -> store.toml: blobservices.a"
@@ -205,10 +211,13 @@ mod tests {
         g.check().unwrap();
         let mut opened = 0;
         let built: Arc<String> = g
-            .build(&mut |_| {
-                opened += 1;
-                Ok(Arc::new("m".to_string()))
-            }, &|near, far, _| Arc::new(format!("cache({near}, {far})")))
+            .build(
+                &mut |_| {
+                    opened += 1;
+                    Ok(Arc::new("m".to_string()))
+                },
+                &|near, far, _| Arc::new(format!("cache({near}, {far})")),
+            )
             .unwrap();
         assert_eq!(*built, "cache(m, m)");
         assert_eq!(opened, 1);

@@ -22,7 +22,9 @@ use crate::castore::CacheWrites;
 use crate::castore::blobservice::{
     BlobService, CacheBlobService, ChunkedBlobService, LocalChunkStore, MemoryChunkStore, ObjectStoreChunkStore,
 };
-use crate::castore::directoryservice::{CacheDirectoryService, DirectoryService, MemoryDirectoryStore, StoredDirectoryService};
+use crate::castore::directoryservice::{
+    CacheDirectoryService, DirectoryService, MemoryDirectoryStore, StoredDirectoryService,
+};
 use crate::grpc::{GrpcBlobService, GrpcDirectoryService, GrpcPathInfoService, GrpcTarget};
 use crate::pathinfo::{CachePathInfoService, MemoryPathInfoService, PathInfoService};
 use crate::substitute::{BinaryCache, Substituters, Transport};
@@ -131,17 +133,30 @@ impl Plan {
             Some(path) => config::load(path)?,
             None => config::Composition::default(),
         };
-        let pick = |kind: Kind, flag: &'static str, table: &'static str, given: &Option<String>, file: Option<Graph>| {
-            match (given, file) {
+        let pick =
+            |kind: Kind, flag: &'static str, table: &'static str, given: &Option<String>, file: Option<Graph>| match (
+                given, file,
+            ) {
                 (Some(_), Some(_)) => Err(ComposeError::Conflict { flag, table, noun: kind.noun() }),
                 (Some(addr), None) => Graph::single(kind, flag, addr).map(Some),
                 (None, file) => Ok(file),
-            }
-        };
+            };
         Ok(Self {
             blob: pick(Kind::Blob, "--blob-service-addr", "blobservices", &args.blob, composition.blob)?,
-            directory: pick(Kind::Directory, "--directory-service-addr", "directoryservices", &args.directory, composition.directory)?,
-            path_info: pick(Kind::PathInfo, "--path-info-service-addr", "pathinfoservices", &args.path_info, composition.path_info)?,
+            directory: pick(
+                Kind::Directory,
+                "--directory-service-addr",
+                "directoryservices",
+                &args.directory,
+                composition.directory,
+            )?,
+            path_info: pick(
+                Kind::PathInfo,
+                "--path-info-service-addr",
+                "pathinfoservices",
+                &args.path_info,
+                composition.path_info,
+            )?,
         })
     }
 }
@@ -158,8 +173,10 @@ pub async fn open(args: &StoreArgs, role: Role) -> Result<Services, ComposeError
         };
         let origin = "the default store";
         plan.blob = Some(plan.blob.map_or_else(|| Graph::single(Kind::Blob, origin, &addrs.blob), Ok)?);
-        plan.directory = Some(plan.directory.map_or_else(|| Graph::single(Kind::Directory, origin, &addrs.directory), Ok)?);
-        plan.path_info = Some(plan.path_info.map_or_else(|| Graph::single(Kind::PathInfo, origin, &addrs.path_info), Ok)?);
+        plan.directory =
+            Some(plan.directory.map_or_else(|| Graph::single(Kind::Directory, origin, &addrs.directory), Ok)?);
+        plan.path_info =
+            Some(plan.path_info.map_or_else(|| Graph::single(Kind::PathInfo, origin, &addrs.path_info), Ok)?);
         store_lock = lock;
     }
     let (Some(blob), Some(directory), Some(path_info)) = (&plan.blob, &plan.directory, &plan.path_info) else {
@@ -187,7 +204,8 @@ pub fn build_blob(graph: &Graph) -> Result<Arc<dyn BlobService>, ComposeError> {
             }
             Leaf::ObjectStoreMemory => {
                 let store = Arc::new(object_store::memory::InMemory::new());
-                let chunks = ObjectStoreChunkStore::new(store, object_store::path::Path::default(), "objectstore+memory://");
+                let chunks =
+                    ObjectStoreChunkStore::new(store, object_store::path::Path::default(), "objectstore+memory://");
                 Ok(Arc::new(ChunkedBlobService::new(chunks)))
             }
             Leaf::Grpc(target) => Ok(Arc::new(GrpcBlobService::new(crate::grpc::channel(target)?))),
@@ -243,9 +261,9 @@ fn binary_cache(
 ) -> Result<BinaryCache, String> {
     let options = spec.options()?;
     let transport = match spec.url.scheme() {
-        "file" => Transport::File {
-            dir: spec.url.to_file_path().map_err(|()| format!("{} is not a local path", spec.url))?,
-        },
+        "file" => {
+            Transport::File { dir: spec.url.to_file_path().map_err(|()| format!("{} is not a local path", spec.url))? }
+        }
         _ => Transport::http(spec.url.clone(), options.timeout)?,
     };
     Ok(BinaryCache::new(transport, options, blob.clone(), directory.clone()))
@@ -264,14 +282,21 @@ fn substituters(
     let mut caches = Vec::new();
     for addr in &args.substituters {
         let entry = format!("--substituter {addr}");
-        let spec = url::binary_cache(addr, &args.trusted_public_keys)
-            .map_err(|reason| ComposeError::Url { entry: entry.clone(), url: addr.clone(), reason })?;
-        let cache = binary_cache(&spec, blob, directory)
-            .map_err(|reason| ComposeError::Open { entry, url: addr.clone(), reason })?;
+        let spec = url::binary_cache(addr, &args.trusted_public_keys).map_err(|reason| ComposeError::Url {
+            entry: entry.clone(),
+            url: addr.clone(),
+            reason,
+        })?;
+        let cache = binary_cache(&spec, blob, directory).map_err(|reason| ComposeError::Open {
+            entry,
+            url: addr.clone(),
+            reason,
+        })?;
         caches.push(cache);
     }
     caches.sort_by_key(BinaryCache::priority);
-    let caches: Vec<Arc<dyn PathInfoService>> = caches.into_iter().map(|c| Arc::new(c) as Arc<dyn PathInfoService>).collect();
+    let caches: Vec<Arc<dyn PathInfoService>> =
+        caches.into_iter().map(|c| Arc::new(c) as Arc<dyn PathInfoService>).collect();
     Ok(Some(Arc::new(Substituters::new(caches))))
 }
 
@@ -298,5 +323,9 @@ pub fn channel(addr: &str) -> Result<tonic::transport::Channel, ComposeError> {
     let bad = |reason: String| ComposeError::Url { entry: "gRPC address".into(), url: addr.to_string(), reason };
     let parsed = ::url::Url::parse(addr).map_err(|e| bad(e.to_string()))?;
     let target: GrpcTarget = url::grpc_target(&parsed).map_err(bad)?;
-    crate::grpc::channel(&target).map_err(|reason| ComposeError::Open { entry: "gRPC address".into(), url: addr.to_string(), reason })
+    crate::grpc::channel(&target).map_err(|reason| ComposeError::Open {
+        entry: "gRPC address".into(),
+        url: addr.to_string(),
+        reason,
+    })
 }

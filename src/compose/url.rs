@@ -84,7 +84,8 @@ pub fn binary_cache(addr: &str, extra_keys: &[String]) -> Result<BinaryCacheSpec
         timeout_secs: defaults.timeout.as_secs(),
         negative_ttl_secs: defaults.negative_ttl.as_secs(),
     };
-    let number = |key: &str, value: &str| value.parse::<u64>().map_err(|_| format!("{key}={value:?} is not a whole number"));
+    let number =
+        |key: &str, value: &str| value.parse::<u64>().map_err(|_| format!("{key}={value:?} is not a whole number"));
     // Percent-decoded only, as Nix decodes store URL parameters: a `+` in a base64 key stays a
     // `+` (form decoding would turn it into a space).
     let query: Vec<(String, String)> = url
@@ -101,10 +102,17 @@ pub fn binary_cache(addr: &str, extra_keys: &[String]) -> Result<BinaryCacheSpec
     for (key, value) in query {
         match key.as_str() {
             "trusted-public-keys" => spec.trusted_public_keys.extend(value.split_whitespace().map(str::to_string)),
-            "priority" => spec.priority = u32::try_from(number(&key, &value)?).map_err(|_| format!("priority={value} is too large"))?,
+            "priority" => {
+                spec.priority =
+                    u32::try_from(number(&key, &value)?).map_err(|_| format!("priority={value} is too large"))?
+            }
             "timeout" => spec.timeout_secs = number(&key, &value)?.max(1),
             "negative-ttl" => spec.negative_ttl_secs = number(&key, &value)?,
-            other => return Err(format!("unknown option {other:?} (known: trusted-public-keys, priority, timeout, negative-ttl)")),
+            other => {
+                return Err(format!(
+                    "unknown option {other:?} (known: trusted-public-keys, priority, timeout, negative-ttl)"
+                ));
+            }
         }
     }
     url.set_query(None);
@@ -117,7 +125,6 @@ pub fn binary_cache(addr: &str, extra_keys: &[String]) -> Result<BinaryCacheSpec
     spec.options()?;
     Ok(spec)
 }
-
 
 /// Parses a store URL for a service of `kind`; the error says what is wrong with it.
 pub fn parse(kind: Kind, addr: &str) -> Result<Leaf, String> {
@@ -214,7 +221,8 @@ mod tests {
         // A real key (made by nix-store --generate-binary-cache-key), with a `+` in it.
         let key = "tvix-test-5:/Ne83kfgMEilLdkvVbr1X3fN79v2WpPeO+oI6PVd6PQ=";
         let Leaf::BinaryCache(spec) =
-            parse(Kind::PathInfo, &format!("nix+http://127.0.0.1:8080/cache?priority=10&trusted-public-keys={key}")).unwrap()
+            parse(Kind::PathInfo, &format!("nix+http://127.0.0.1:8080/cache?priority=10&trusted-public-keys={key}"))
+                .unwrap()
         else {
             panic!("not a binary cache");
         };

@@ -288,8 +288,7 @@ impl InodeTable {
             Some(ino) => ino,
             None => {
                 let index32 = u32::try_from(index).ok()?;
-                let slot =
-                    Slot { node: Some(node.clone()), parent, index: index32, nlookup: 0, opens: 0, children: 0 };
+                let slot = Slot { node: Some(node.clone()), parent, index: index32, nlookup: 0, opens: 0, children: 0 };
                 let ino = self.insert(slot);
                 let kids = self.kids.entry(parent).or_insert_with(|| vec![0; len].into_boxed_slice());
                 if let Some(k) = kids.get_mut(index) {

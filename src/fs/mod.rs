@@ -39,9 +39,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::runtime::Handle;
 
-pub use attr::{
-    Attr, BLKSIZE, DirEntry, Entry, FileKind, Ino, MTIME_SECS, Opened, ROOT_INO, StatFs, XattrReply,
-};
+pub use attr::{Attr, BLKSIZE, DirEntry, Entry, FileKind, Ino, MTIME_SECS, Opened, ROOT_INO, StatFs, XattrReply};
 pub use error::FsError;
 
 use crate::castore::blobservice::{BlobReader, BlobService};
@@ -418,9 +416,7 @@ impl StoreFs {
             None => {
                 let path_info = self.path_info.clone();
                 let info = self
-                    .call(|| format!("looking up {}", path.to_basename()), async move {
-                        path_info.get(digest).await
-                    })?
+                    .call(|| format!("looking up {}", path.to_basename()), async move { path_info.get(digest).await })?
                     .ok_or(FsError::NotFound)?;
                 if info.store_path.name() != path.name() {
                     return Err(FsError::NotFound);
@@ -496,9 +492,7 @@ impl StoreFs {
                 }
                 let path_info = self.path_info.clone();
                 let infos: Vec<crate::pathinfo::PathInfo> = self
-                    .call(|| "listing store paths".to_string(), async move {
-                        path_info.list().try_collect().await
-                    })?;
+                    .call(|| "listing store paths".to_string(), async move { path_info.list().try_collect().await })?;
                 let mut entries: RootListing = infos
                     .into_iter()
                     .map(|info| RootEntry {
@@ -594,8 +588,7 @@ impl StoreFs {
                 let entries = self.root_dirs.lock().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
                 for (i, e) in entries.iter().enumerate().skip(start) {
                     let mut attr = self.attr_of_node(0, &e.node)?;
-                    attr.ino =
-                        self.inodes.write().root_child_ref(e.digest, &e.name, e.node.clone(), plus, &mut freed);
+                    attr.ino = self.inodes.write().root_child_ref(e.digest, &e.name, e.node.clone(), plus, &mut freed);
                     if !add(DirEntry { name: e.basename.clone(), next_offset: i as u64 + 3, entry: self.entry(attr) }) {
                         if plus {
                             self.inodes.write().forget(attr.ino, 1, &mut freed);
@@ -785,21 +778,24 @@ impl StoreFs {
         let blob = self.blob.clone();
         let digest = file.digest;
         let timeout = self.options.call_timeout;
-        let result = self.runtime.block_on(async { tokio::time::timeout(timeout, async {
-            // One retry with a fresh reader: a reader whose connection broke (daemon restarted)
-            // fails once, a new one works.
-            let mut last = None;
-            for _ in 0..2 {
-                match read_at(&blob, &digest, file, offset, want).await {
-                    Ok(buf) => return Ok(buf),
-                    Err(e) => {
-                        file.reader = None;
-                        last = Some(e);
+        let result = self.runtime.block_on(async {
+            tokio::time::timeout(timeout, async {
+                // One retry with a fresh reader: a reader whose connection broke (daemon restarted)
+                // fails once, a new one works.
+                let mut last = None;
+                for _ in 0..2 {
+                    match read_at(&blob, &digest, file, offset, want).await {
+                        Ok(buf) => return Ok(buf),
+                        Err(e) => {
+                            file.reader = None;
+                            last = Some(e);
+                        }
                     }
                 }
-            }
-            Err(last.unwrap_or_else(|| std::io::Error::other("read failed")))
-        }).await });
+                Err(last.unwrap_or_else(|| std::io::Error::other("read failed")))
+            })
+            .await
+        });
         let ino = file.ino;
         let what = || format!("reading {want} bytes at offset {offset} of blob {digest} (inode {ino})");
         match result {

@@ -26,7 +26,8 @@ fn fixture(options: Options) -> Fixture {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (blob, directory, path_info, basename) = runtime.block_on(async {
         let blob: Arc<dyn BlobService> = Arc::new(ChunkedBlobService::new(MemoryChunkStore::default()));
-        let directory: Arc<dyn DirectoryService> = Arc::new(StoredDirectoryService::new(MemoryDirectoryStore::default()));
+        let directory: Arc<dyn DirectoryService> =
+            Arc::new(StoredDirectoryService::new(MemoryDirectoryStore::default()));
         let path_info: Arc<dyn PathInfoService> = Arc::new(MemoryPathInfoService::default());
         let mut top = Directory::new();
         for d in 0..DIRS {

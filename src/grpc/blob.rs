@@ -10,8 +10,8 @@ use tonic::transport::Channel;
 
 use super::channel::MAX_MESSAGE_SIZE;
 use crate::castore::blobservice::{
-    BlobReader, BlobService, BlobWriter, CHUNK_MAX, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkStream, ChunkedReader,
-    ParkedStream, READ_AHEAD, verify_chunk,
+    BlobReader, BlobService, BlobWriter, CHUNK_MAX, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkStream,
+    ChunkedReader, ParkedStream, READ_AHEAD, verify_chunk,
 };
 use crate::castore::{B3Digest, Error};
 use crate::proto::castore::{self as proto, blob_service_client::BlobServiceClient};
@@ -33,11 +33,7 @@ impl GrpcBlobService {
     }
 
     async fn stat(&self, digest: &B3Digest, send_chunks: bool) -> Result<Option<proto::StatBlobResponse>, Error> {
-        let request = proto::StatBlobRequest {
-            digest: (*digest).into(),
-            send_chunks,
-            send_bao: false,
-        };
+        let request = proto::StatBlobRequest { digest: (*digest).into(), send_chunks, send_bao: false };
         match self.client.clone().stat(request).await {
             Ok(response) => Ok(Some(response.into_inner())),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
@@ -241,9 +237,9 @@ impl ChunkSource for GrpcChunkSource {
         match self.0.read_up_to(digest, Some(MAX_MESSAGE_SIZE)).await? {
             WholeRead::Complete(data) => Ok(Some(data)),
             WholeRead::Absent => Ok(None),
-            WholeRead::TooLarge(_) => Err(Error::Corrupt(format!(
-                "server sent more than {MAX_MESSAGE_SIZE} bytes for chunk {digest}"
-            ))),
+            WholeRead::TooLarge(_) => {
+                Err(Error::Corrupt(format!("server sent more than {MAX_MESSAGE_SIZE} bytes for chunk {digest}")))
+            }
         }
     }
 }

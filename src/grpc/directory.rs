@@ -30,7 +30,11 @@ impl GrpcDirectoryService {
         }
     }
 
-    async fn get_stream(&self, digest: &B3Digest, recursive: bool) -> Result<Option<tonic::Streaming<proto::Directory>>, Error> {
+    async fn get_stream(
+        &self,
+        digest: &B3Digest,
+        recursive: bool,
+    ) -> Result<Option<tonic::Streaming<proto::Directory>>, Error> {
         let request = proto::GetDirectoryRequest {
             by_what: Some(proto::get_directory_request::ByWhat::Digest((*digest).into())),
             recursive,
@@ -132,12 +136,7 @@ impl DirectoryService for GrpcDirectoryService {
             B3Digest::try_from(&response.root_digest)
                 .map_err(|e| Error::Corrupt(format!("server returned an invalid root digest: {e}")))
         });
-        Box::new(GrpcPutter {
-            sender: Some(tx),
-            task: Some(task),
-            last: None,
-            result: None,
-        })
+        Box::new(GrpcPutter { sender: Some(tx), task: Some(task), last: None, result: None })
     }
 }
 
@@ -157,9 +156,9 @@ impl GrpcPutter {
             let _ = sender.send(None).await;
         }
         match self.task.take() {
-            Some(task) => task
-                .await
-                .unwrap_or_else(|e| Err(Error::Storage(format!("directory upload task failed: {e}")))),
+            Some(task) => {
+                task.await.unwrap_or_else(|e| Err(Error::Storage(format!("directory upload task failed: {e}"))))
+            }
             None => Err(Error::Storage("directory putter already finished".into())),
         }
     }
@@ -169,7 +168,10 @@ impl GrpcPutter {
 impl DirectoryPutter for GrpcPutter {
     async fn put(&mut self, directory: Directory) -> Result<(), Error> {
         if let Some(result) = &self.result {
-            return Err(result.clone().err().unwrap_or_else(|| Error::InvalidRequest("directory putter already closed".into())));
+            return Err(result
+                .clone()
+                .err()
+                .unwrap_or_else(|| Error::InvalidRequest("directory putter already closed".into())));
         }
         self.last = Some(directory.digest());
         let sent = match &self.sender {
@@ -193,9 +195,9 @@ impl DirectoryPutter for GrpcPutter {
             return result.clone();
         }
         let result = self.finish().await.and_then(|root| match self.last {
-            Some(last) if last != root => Err(Error::Corrupt(format!(
-                "server returned root {root}, but the last directory sent was {last}"
-            ))),
+            Some(last) if last != root => {
+                Err(Error::Corrupt(format!("server returned root {root}, but the last directory sent was {last}")))
+            }
             _ => Ok(root),
         });
         self.result = Some(result.clone());

@@ -7,8 +7,8 @@ mod pathinfo;
 mod status;
 
 pub use blob::GrpcBlobService;
-pub use channel::{GrpcTarget, MAX_MESSAGE_SIZE, channel};
 pub(crate) use channel::widen_send_buffer;
+pub use channel::{GrpcTarget, MAX_MESSAGE_SIZE, channel};
 pub use directory::GrpcDirectoryService;
 pub use pathinfo::GrpcPathInfoService;
 

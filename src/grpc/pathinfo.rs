@@ -75,12 +75,15 @@ impl PathInfoService for GrpcPathInfoService {
 impl NarCalculationService for GrpcPathInfoService {
     async fn calculate_nar(&self, root: &Node) -> Result<(u64, [u8; 32]), Error> {
         // The root's name has no part in its NAR form; tvix sends such anonymous nodes unnamed.
-        let response = self.client.clone().calculate_nar(root.clone().into_proto(Bytes::new())).await.map_err(super::error)?.into_inner();
+        let response = self
+            .client
+            .clone()
+            .calculate_nar(root.clone().into_proto(Bytes::new()))
+            .await
+            .map_err(super::error)?
+            .into_inner();
         let sha256: [u8; 32] = response.nar_sha256[..].try_into().map_err(|_| {
-            Error::Corrupt(format!(
-                "server returned a NAR sha256 of {} bytes, expected 32",
-                response.nar_sha256.len()
-            ))
+            Error::Corrupt(format!("server returned a NAR sha256 of {} bytes, expected 32", response.nar_sha256.len()))
         })?;
         Ok((response.nar_size, sha256))
     }

@@ -94,28 +94,22 @@ pub fn parse_closure(json: &[u8]) -> Result<Vec<ClosureEntry>, ClosureError> {
 fn parse_entry(index: usize, e: &serde_json::Value) -> Result<ClosureEntry, ClosureError> {
     let err = |field: &'static str, reason: String| ClosureError::Field { index, field, reason };
     let string = |field: &'static str| -> Result<&str, ClosureError> {
-        e.get(field)
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| err(field, "missing or not a string".into()))
+        e.get(field).and_then(|v| v.as_str()).ok_or_else(|| err(field, "missing or not a string".into()))
     };
     let store_path = |field: &'static str, s: &str| {
         StorePath::from_absolute_path(s).map_err(|e: InvalidStorePath| err(field, e.to_string()))
     };
     let path = store_path("path", string("path")?)?;
     let nar_sha256 = parse_sha256(string("narHash")?).map_err(|r| err("narHash", r))?;
-    let nar_size = e
-        .get("narSize")
-        .and_then(|v| v.as_u64())
-        .ok_or_else(|| err("narSize", "missing or not a number".into()))?;
+    let nar_size =
+        e.get("narSize").and_then(|v| v.as_u64()).ok_or_else(|| err("narSize", "missing or not a number".into()))?;
     let references = e
         .get("references")
         .and_then(|v| v.as_array())
         .ok_or_else(|| err("references", "missing or not a list".into()))?
         .iter()
         .map(|r| {
-            r.as_str()
-                .ok_or_else(|| err("references", "not a string".into()))
-                .and_then(|s| store_path("references", s))
+            r.as_str().ok_or_else(|| err("references", "not a string".into())).and_then(|s| store_path("references", s))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let ca = match e.get("ca").and_then(|v| v.as_str()) {

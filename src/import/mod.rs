@@ -69,13 +69,15 @@ pub fn name_of(path: &Path) -> Result<String, ImportError> {
     let s = s.strip_suffix(b"/").filter(|s| !s.is_empty()).unwrap_or(s);
     let base = s.rsplit(|b| *b == b'/').next().unwrap_or(s);
     let name = String::from_utf8_lossy(base).into_owned();
-    crate::storepath::validate_name(&name)
-        .map_err(|source| ImportError::Name { path: path.to_path_buf(), source })?;
+    crate::storepath::validate_name(&name).map_err(|source| ImportError::Name { path: path.to_path_buf(), source })?;
     Ok(name)
 }
 
 /// The PathInfo `nix-store --add` would register for an ingested tree called `name`.
-pub fn content_addressed_path_info(name: &str, ingested: Ingested) -> Result<PathInfo, crate::storepath::InvalidStorePath> {
+pub fn content_addressed_path_info(
+    name: &str,
+    ingested: Ingested,
+) -> Result<PathInfo, crate::storepath::InvalidStorePath> {
     let store_path = source_store_path(name, &ingested.nar_sha256, &[])?;
     Ok(PathInfo {
         store_path,

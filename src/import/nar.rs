@@ -58,11 +58,7 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
             NarEvent::File { name, executable, size } => {
                 let digest = if size <= SMALL_BLOB {
                     let mut data = Vec::with_capacity(size as usize);
-                    reader
-                        .contents()
-                        .read_to_end(&mut data)
-                        .await
-                        .map_err(|e| NarReadError::from_io(e, offset))?;
+                    reader.contents().read_to_end(&mut data).await.map_err(|e| NarReadError::from_io(e, offset))?;
                     let digest = B3Digest::from(blake3::hash(&data));
                     uploads.submit(digest, Bytes::from(data)).await?;
                     digest
@@ -91,9 +87,9 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
                 let component = PathComponent::try_from(Bytes::from(name)).map_err(|_| {
                     ImportError::Nar(NarReadError::InvalidName { offset, name: String::new(), reason: CASTORE_RULE })
                 })?;
-                parent.add(component, node).map_err(|e| {
-                    ImportError::Nar(NarReadError::DuplicateEntry { offset, name: e.to_string() })
-                })?;
+                parent
+                    .add(component, node)
+                    .map_err(|e| ImportError::Nar(NarReadError::DuplicateEntry { offset, name: e.to_string() }))?;
             }
             _ => root = Some(node),
         }
@@ -139,4 +135,3 @@ async fn copy_contents<R: AsyncRead + Unpin>(
 /// The NAR reader and castore enforce the same name and target rules, so castore rejecting
 /// what the reader accepted would be a bug; it is still reported as bad input, not a panic.
 const CASTORE_RULE: &str = "rejected by castore validation";
-

@@ -125,8 +125,7 @@ impl Walker<'_> {
         now(self.nar.directory_start(name))?;
         let mut dir = Directory::new();
         for (child_name, child_path) in entries {
-            let component =
-                PathComponent::try_from(&child_name[..]).map_err(|e| invalid(&child_path, e))?;
+            let component = PathComponent::try_from(&child_name[..]).map_err(|e| invalid(&child_path, e))?;
             let node = self.node(&child_path, Some(&child_name))?;
             dir.add(component, node).map_err(|e| invalid(&child_path, e))?;
         }
@@ -138,13 +137,7 @@ impl Walker<'_> {
         Ok(node)
     }
 
-    fn file(
-        &mut self,
-        path: &Path,
-        name: Option<&[u8]>,
-        executable: bool,
-        size: u64,
-    ) -> Result<Node, ImportError> {
+    fn file(&mut self, path: &Path, name: Option<&[u8]>, executable: bool, size: u64) -> Result<Node, ImportError> {
         let mut file = std::fs::File::open(path).map_err(ImportError::io(path))?;
         now(self.nar.file_start(name, executable, size))?;
         let changed = |read| ImportError::Changed { path: path.to_path_buf(), expected: size, read };

@@ -22,10 +22,7 @@ pub fn source_store_path(
         ty.push(':');
         ty.push_str(&r);
     }
-    let fingerprint = format!(
-        "{ty}:sha256:{}:{STORE_DIR}:{name}",
-        data_encoding::HEXLOWER.encode(nar_sha256)
-    );
+    let fingerprint = format!("{ty}:sha256:{}:{STORE_DIR}:{name}", data_encoding::HEXLOWER.encode(nar_sha256));
     let hash: [u8; 32] = Sha256::digest(fingerprint.as_bytes()).into();
     StorePath::from_parts(compress_hash(&hash), name)
 }
@@ -48,9 +45,7 @@ mod tests {
         // `nix-store --add foo` of a directory `foo` holding a file `a` with "hi\n" gave
         // /nix/store/l4kfad8bgk1j5qfhj0nrk8cs97bl036j-foo; the NAR hash is from `nix-hash --type
         // sha256 foo`.
-        let nar_sha256 = data_encoding::HEXLOWER
-            .decode(NAR_SHA256_OF_FOO.as_bytes())
-            .expect("hex constant");
+        let nar_sha256 = data_encoding::HEXLOWER.decode(NAR_SHA256_OF_FOO.as_bytes()).expect("hex constant");
         let p = source_store_path("foo", &nar_sha256.try_into().expect("32 bytes"), &[]).expect("valid");
         assert_eq!(p.to_absolute_path(), "/nix/store/l4kfad8bgk1j5qfhj0nrk8cs97bl036j-foo");
     }

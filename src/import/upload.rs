@@ -61,7 +61,9 @@ impl Uploader {
         self.tasks.spawn(async move {
             let _permits = (count, bytes);
             let mut w = blob.open_write_deferred().await;
-            w.write_bytes(data).await.map_err(|e| ImportError::Store(crate::castore::Error::Storage(format!("uploading blob {digest}: {e}"))))?;
+            w.write_bytes(data).await.map_err(|e| {
+                ImportError::Store(crate::castore::Error::Storage(format!("uploading blob {digest}: {e}")))
+            })?;
             let got = w.close().await?;
             if got != digest {
                 return Err(ImportError::DigestMismatch { expected: digest, got });
@@ -74,7 +76,11 @@ impl Uploader {
     /// Hands over a streamed blob whose bytes are all written (`digest` computed by the caller
     /// from them): it is closed in the background, so the caller can go on while the store
     /// finishes it (over gRPC, while the server makes it durable).
-    pub async fn submit_writer(&mut self, digest: B3Digest, mut writer: Box<dyn BlobWriter>) -> Result<(), ImportError> {
+    pub async fn submit_writer(
+        &mut self,
+        digest: B3Digest,
+        mut writer: Box<dyn BlobWriter>,
+    ) -> Result<(), ImportError> {
         while let Some(done) = self.tasks.try_join_next() {
             flatten(done)?;
         }

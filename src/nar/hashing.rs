@@ -41,11 +41,7 @@ impl NarHasher {
 }
 
 impl AsyncWrite for NarHasher {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.get_mut().update(buf);
         Poll::Ready(Ok(buf.len()))
     }

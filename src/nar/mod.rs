@@ -10,12 +10,10 @@ mod transcode;
 mod wire;
 mod writer;
 
-pub use error::{
-    MAX_NAME_LEN, MAX_TARGET_LEN, NarReadError, NarWriteError, check_name, check_target,
-};
+pub use calculator::NarCalculator;
+pub use error::{MAX_NAME_LEN, MAX_TARGET_LEN, NarReadError, NarWriteError, check_name, check_target};
 pub use hashing::{HashingReader, NarHasher};
 pub use reader::{FileContents, NarEvent, NarReader};
-pub use writer::NarWriter;
-pub use transcode::{TranscodeError, transcode};
-pub use calculator::NarCalculator;
 pub use render::{RenderError, write_nar};
+pub use transcode::{TranscodeError, transcode};
+pub use writer::NarWriter;

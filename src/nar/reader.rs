@@ -49,7 +49,10 @@ pub enum NarEvent {
 enum State {
     Magic,
     /// Inside a regular file's contents.
-    Contents { remaining: u64, size: u64 },
+    Contents {
+        remaining: u64,
+        size: u64,
+    },
     /// A node's closing `)` was read; what follows depends on the enclosing directory.
     NodeDone,
     /// Between entries of the innermost open directory.
@@ -75,12 +78,7 @@ const BUF_SIZE: usize = 64 * 1024;
 impl<R: AsyncRead + Unpin> NarReader<R> {
     /// Wraps a stream positioned at the start of a NAR.
     pub fn new(inner: R) -> Self {
-        NarReader {
-            inner: BufReader::with_capacity(BUF_SIZE, inner),
-            pos: 0,
-            state: State::Magic,
-            stack: Vec::new(),
-        }
+        NarReader { inner: BufReader::with_capacity(BUF_SIZE, inner), pos: 0, state: State::Magic, stack: Vec::new() }
     }
 
     /// Number of NAR bytes consumed so far.
@@ -192,8 +190,7 @@ impl<R: AsyncRead + Unpin> NarReader<R> {
                 self.expect(wire::TARGET, "`target`").await?;
                 let offset = self.pos;
                 let target = self.read_string(MAX_TARGET_LEN as u64, "symlink target").await?;
-                check_target(&target)
-                    .map_err(|reason| NarReadError::InvalidSymlinkTarget { offset, reason })?;
+                check_target(&target).map_err(|reason| NarReadError::InvalidSymlinkTarget { offset, reason })?;
                 self.expect(wire::CLOSE, "`)` closing the symlink").await?;
                 self.state = State::NodeDone;
                 Ok(NarEvent::Symlink { name, target })
@@ -221,11 +218,7 @@ impl<R: AsyncRead + Unpin> NarReader<R> {
                 return Err(NarReadError::DuplicateEntry { offset, name: show(&name) });
             }
             if name.as_slice() < p {
-                return Err(NarReadError::OutOfOrder {
-                    offset,
-                    name: show(&name),
-                    previous: show(p),
-                });
+                return Err(NarReadError::OutOfOrder { offset, name: show(&name), previous: show(p) });
             }
         }
         *prev = Some(name.clone());
@@ -324,11 +317,7 @@ impl<R: AsyncRead + Unpin> NarReader<R> {
 
     async fn check_eof(&mut self) -> Result<(), NarReadError> {
         let mut buf = [0u8; 1];
-        let n = self
-            .inner
-            .read(&mut buf)
-            .await
-            .map_err(|source| NarReadError::Io { offset: self.pos, source })?;
+        let n = self.inner.read(&mut buf).await.map_err(|source| NarReadError::Io { offset: self.pos, source })?;
         if n != 0 {
             return Err(NarReadError::TrailingData { offset: self.pos });
         }
@@ -356,11 +345,7 @@ impl<R> FileContents<'_, R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for FileContents<'_, R> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let r = &mut *self.get_mut().reader;
         if matches!(r.state, State::Failed) {
             return Poll::Ready(Err(NarReadError::Poisoned.into_io()));

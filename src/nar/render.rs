@@ -104,9 +104,7 @@ pub async fn write_nar<W: AsyncWrite + Unpin>(
             _ => None,
         })
         .collect();
-    let mut fetched = futures::stream::iter(files)
-        .map(|(digest, size)| fetch(blob, digest, size))
-        .buffered(READ_AHEAD);
+    let mut fetched = futures::stream::iter(files).map(|(digest, size)| fetch(blob, digest, size)).buffered(READ_AHEAD);
 
     let mut nar = NarWriter::new(w).await?;
     for op in ops {
@@ -140,10 +138,8 @@ pub async fn write_nar<W: AsyncWrite + Unpin>(
                             other => other?,
                         }
                         let mut extra = [0u8; 1];
-                        let n = reader
-                            .read(&mut extra)
-                            .await
-                            .map_err(|source| RenderError::BlobRead { digest, source })?;
+                        let n =
+                            reader.read(&mut extra).await.map_err(|source| RenderError::BlobRead { digest, source })?;
                         if n != 0 {
                             return Err(RenderError::SizeMismatch { digest, size });
                         }
@@ -156,10 +152,7 @@ pub async fn write_nar<W: AsyncWrite + Unpin>(
 }
 
 async fn fetch(blob: &dyn BlobService, digest: B3Digest, size: u64) -> Result<Fetched, RenderError> {
-    let mut reader = blob
-        .open_read(&digest)
-        .await?
-        .ok_or(RenderError::Missing { what: "blob", digest })?;
+    let mut reader = blob.open_read(&digest).await?.ok_or(RenderError::Missing { what: "blob", digest })?;
     if size > READ_AHEAD_WHOLE {
         return Ok(Fetched::Stream(reader));
     }
@@ -187,9 +180,7 @@ fn flatten(
         }
         Node::Symlink { target } => ops.push(Op::Symlink { name, target: target.to_bytes() }),
         Node::Directory { digest, .. } => {
-            let dir = directories
-                .get(digest)
-                .ok_or(RenderError::Missing { what: "directory", digest: *digest })?;
+            let dir = directories.get(digest).ok_or(RenderError::Missing { what: "directory", digest: *digest })?;
             ops.push(Op::DirStart(name));
             for (child_name, child) in dir.entries() {
                 flatten(Some(child_name.to_bytes()), child, directories, ops)?;

@@ -28,9 +28,7 @@ where
         match event {
             NarEvent::File { name, executable, size } => {
                 let offset = reader.position();
-                let res = writer
-                    .file(name.as_deref(), executable, size, &mut reader.contents())
-                    .await;
+                let res = writer.file(name.as_deref(), executable, size, &mut reader.contents()).await;
                 match res {
                     Err(NarWriteError::ContentsRead { source, .. }) => {
                         return Err(NarReadError::from_io(source, offset).into());

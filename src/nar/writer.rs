@@ -31,14 +31,7 @@ impl<W: AsyncWrite + Unpin> NarWriter<W> {
         let mut buf = Vec::with_capacity(32);
         put_str(&mut buf, wire::MAGIC);
         w.write_all(&buf).await?;
-        Ok(NarWriter {
-            w,
-            stack: Vec::new(),
-            open_file: None,
-            root_done: false,
-            scratch: buf,
-            copy_buf: Vec::new(),
-        })
+        Ok(NarWriter { w, stack: Vec::new(), open_file: None, root_done: false, scratch: buf, copy_buf: Vec::new() })
     }
 
     /// Writes a regular file node, copying exactly `size` bytes from `contents`.
@@ -56,9 +49,10 @@ impl<W: AsyncWrite + Unpin> NarWriter<W> {
         let mut left = size;
         while left > 0 {
             let want = left.min(self.copy_buf.len() as u64) as usize;
-            let n = contents.read(&mut self.copy_buf[..want]).await.map_err(|source| {
-                NarWriteError::ContentsRead { name: show(name.unwrap_or_default()), source }
-            })?;
+            let n = contents
+                .read(&mut self.copy_buf[..want])
+                .await
+                .map_err(|source| NarWriteError::ContentsRead { name: show(name.unwrap_or_default()), source })?;
             if n == 0 {
                 return Err(NarWriteError::ShortContents {
                     name: show(name.unwrap_or_default()),
@@ -77,12 +71,7 @@ impl<W: AsyncWrite + Unpin> NarWriter<W> {
 
     /// Begins a regular file node of `size` bytes; follow with `file_write` calls totalling
     /// exactly `size` bytes, then `file_end`.
-    pub async fn file_start(
-        &mut self,
-        name: Option<&[u8]>,
-        executable: bool,
-        size: u64,
-    ) -> Result<(), NarWriteError> {
+    pub async fn file_start(&mut self, name: Option<&[u8]>, executable: bool, size: u64) -> Result<(), NarWriteError> {
         let mut buf = self.begin_node(name)?;
         put_str(&mut buf, wire::REGULAR);
         if executable {
@@ -134,10 +123,7 @@ impl<W: AsyncWrite + Unpin> NarWriter<W> {
 
     /// Writes a symlink node.
     pub async fn symlink(&mut self, name: Option<&[u8]>, target: &[u8]) -> Result<(), NarWriteError> {
-        check_target(target).map_err(|reason| NarWriteError::InvalidSymlinkTarget {
-            target: show(target),
-            reason,
-        })?;
+        check_target(target).map_err(|reason| NarWriteError::InvalidSymlinkTarget { target: show(target), reason })?;
         let mut buf = self.begin_node(name)?;
         put_str(&mut buf, wire::SYMLINK);
         put_str(&mut buf, wire::TARGET);
@@ -197,8 +183,7 @@ impl<W: AsyncWrite + Unpin> NarWriter<W> {
                 return Err(NarWriteError::Misuse("an entry inside a directory needs a name"));
             }
             (Some(prev), Some(name)) => {
-                check_name(name)
-                    .map_err(|reason| NarWriteError::InvalidName { name: show(name), reason })?;
+                check_name(name).map_err(|reason| NarWriteError::InvalidName { name: show(name), reason })?;
                 if let Some(p) = prev.as_deref()
                     && name <= p
                 {

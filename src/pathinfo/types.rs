@@ -169,16 +169,15 @@ impl PathInfo {
             if digest.len() != DIGEST_LEN {
                 return Err(InvalidPathInfo::ReferenceLen(i, digest.len()));
             }
-            let path = StorePath::from_basename(name)
-                .map_err(|e| InvalidPathInfo::ReferenceName(i, name.clone(), e))?;
+            let path =
+                StorePath::from_basename(name).map_err(|e| InvalidPathInfo::ReferenceName(i, name.clone(), e))?;
             if path.digest()[..] != digest[..] {
                 return Err(InvalidPathInfo::ReferenceMismatch(i, name.clone()));
             }
             references.push(path);
         }
-        let nar_sha256: [u8; 32] = narinfo.nar_sha256[..]
-            .try_into()
-            .map_err(|_| InvalidPathInfo::NarSha256Len(narinfo.nar_sha256.len()))?;
+        let nar_sha256: [u8; 32] =
+            narinfo.nar_sha256[..].try_into().map_err(|_| InvalidPathInfo::NarSha256Len(narinfo.nar_sha256.len()))?;
         let signatures = narinfo
             .signatures
             .into_iter()
@@ -211,47 +210,31 @@ impl PathInfo {
                 Ok(ContentAddress { kind, digest: ca.digest })
             })
             .transpose()?;
-        Ok(PathInfo {
-            store_path,
-            node,
-            references,
-            nar_size: narinfo.nar_size,
-            nar_sha256,
-            signatures,
-            deriver,
-            ca,
-        })
+        Ok(PathInfo { store_path, node, references, nar_size: narinfo.nar_size, nar_sha256, signatures, deriver, ca })
     }
 
     /// The protobuf form.
     pub fn to_proto(&self) -> proto::PathInfo {
         proto::PathInfo {
             node: Some(self.node.clone().into_proto(Bytes::from(self.store_path.to_basename()))),
-            references: self
-                .references
-                .iter()
-                .map(|r| Bytes::copy_from_slice(r.digest()))
-                .collect(),
+            references: self.references.iter().map(|r| Bytes::copy_from_slice(r.digest())).collect(),
             narinfo: Some(proto::NarInfo {
                 nar_size: self.nar_size,
                 nar_sha256: Bytes::copy_from_slice(&self.nar_sha256),
                 signatures: self
                     .signatures
                     .iter()
-                    .map(|s| proto::nar_info::Signature {
-                        name: s.name.clone(),
-                        data: Bytes::copy_from_slice(&s.data),
-                    })
+                    .map(|s| proto::nar_info::Signature { name: s.name.clone(), data: Bytes::copy_from_slice(&s.data) })
                     .collect(),
                 reference_names: self.references.iter().map(|r| r.to_basename()).collect(),
                 deriver: self.deriver.as_ref().map(|d| proto::StorePath {
                     name: d.name().to_string(),
                     digest: Bytes::copy_from_slice(d.digest()),
                 }),
-                ca: self.ca.as_ref().map(|ca| proto::nar_info::Ca {
-                    r#type: ca.kind.to_proto() as i32,
-                    digest: ca.digest.clone(),
-                }),
+                ca: self
+                    .ca
+                    .as_ref()
+                    .map(|ca| proto::nar_info::Ca { r#type: ca.kind.to_proto() as i32, digest: ca.digest.clone() }),
             }),
         }
     }

@@ -40,10 +40,7 @@ impl DirectoryStore for RedbDirectoryStore {
             let directory = Directory::decode(bytes.value())?;
             // A flipped bit on disk must not be served as if it were the requested directory.
             if directory.digest() != digest {
-                return Err(Error::Corrupt(format!(
-                    "directory {digest} in {name} has digest {}",
-                    directory.digest()
-                )));
+                return Err(Error::Corrupt(format!("directory {digest} in {name} has digest {}", directory.digest())));
             }
             Ok(Some(directory))
         })

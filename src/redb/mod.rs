@@ -52,9 +52,7 @@ pub(crate) fn open_database(
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::Storage(format!("redb task failed: {e}")))?
+    tokio::task::spawn_blocking(work).await.map_err(|e| Error::Storage(format!("redb task failed: {e}")))?
 }
 
 /// Wraps any redb failure as a storage error naming the database.

@@ -10,8 +10,8 @@ use std::io::SeekFrom;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::castore::blobservice::{BlobService, WholeBlob};
 use crate::castore::B3Digest;
+use crate::castore::blobservice::{BlobService, WholeBlob};
 use crate::proto::castore as proto;
 
 /// Largest message a Read sends: the largest chunk, so a chunk read by its digest travels as
@@ -37,7 +37,10 @@ pub(super) fn request_digest(field: &str, raw: &[u8]) -> Result<B3Digest, Status
 
 #[tonic::async_trait]
 impl proto::blob_service_server::BlobService for BlobServer {
-    async fn stat(&self, request: Request<proto::StatBlobRequest>) -> Result<Response<proto::StatBlobResponse>, Status> {
+    async fn stat(
+        &self,
+        request: Request<proto::StatBlobRequest>,
+    ) -> Result<Response<proto::StatBlobResponse>, Status> {
         let request = request.into_inner();
         let digest = request_digest("digest", &request.digest)?;
         let not_found = || Status::not_found(format!("blob {digest}"));
@@ -46,10 +49,7 @@ impl proto::blob_service_server::BlobService for BlobServer {
             let chunks = self.blob.chunks(&digest).await?.ok_or_else(not_found)?;
             response.chunks = chunks
                 .into_iter()
-                .map(|c| proto::stat_blob_response::ChunkMeta {
-                    digest: c.digest.into(),
-                    size: c.size,
-                })
+                .map(|c| proto::stat_blob_response::ChunkMeta { digest: c.digest.into(), size: c.size })
                 .collect();
         } else if !self.blob.has(&digest).await? {
             return Err(not_found());
@@ -84,11 +84,8 @@ impl proto::blob_service_server::BlobService for BlobServer {
                 return Ok(Response::new(Box::pin(stream)));
             }
         }
-        let mut reader = self
-            .blob
-            .open_read(&digest)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("blob {digest}")))?;
+        let mut reader =
+            self.blob.open_read(&digest).await?.ok_or_else(|| Status::not_found(format!("blob {digest}")))?;
         // The size sizes the messages: a small blob gets a buffer of its size, not 1 MiB.
         let size = reader.seek(SeekFrom::End(0)).await.map_err(|e| read_error(&digest, e))?;
         reader.seek(SeekFrom::Start(0)).await.map_err(|e| read_error(&digest, e))?;
@@ -112,7 +109,10 @@ impl proto::blob_service_server::BlobService for BlobServer {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn put(&self, request: Request<Streaming<proto::BlobChunk>>) -> Result<Response<proto::PutBlobResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<Streaming<proto::BlobChunk>>,
+    ) -> Result<Response<proto::PutBlobResponse>, Status> {
         let broken = super::uploads::BodyBroken::of(&request);
         let mut incoming = request.into_inner();
         let mut writer = self.blob.open_write().await;

@@ -36,11 +36,8 @@ impl proto::directory_service_server::DirectoryService for DirectoryServer {
         };
         let digest = request_digest("digest", &raw)?;
         if !request.recursive {
-            let directory = self
-                .directory
-                .get(&digest)
-                .await?
-                .ok_or_else(|| Status::not_found(format!("directory {digest}")))?;
+            let directory =
+                self.directory.get(&digest).await?.ok_or_else(|| Status::not_found(format!("directory {digest}")))?;
             let stream: DirectoryStream = Box::pin(futures::stream::once(async move { Ok(directory.to_proto()) }));
             return Ok(Response::new(stream));
         }
@@ -61,7 +58,10 @@ impl proto::directory_service_server::DirectoryService for DirectoryServer {
         Ok(Response::new(stream))
     }
 
-    async fn put(&self, request: Request<Streaming<proto::Directory>>) -> Result<Response<proto::PutDirectoryResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<Streaming<proto::Directory>>,
+    ) -> Result<Response<proto::PutDirectoryResponse>, Status> {
         let broken = super::uploads::BodyBroken::of(&request);
         let mut incoming = request.into_inner();
         // The whole graph is collected and checked before anything is handed to the backend, so

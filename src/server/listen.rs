@@ -54,9 +54,8 @@ impl Listener {
     pub async fn bind(addr: &ListenAddr) -> Result<Self, ServeError> {
         match addr {
             ListenAddr::Tcp(a) => {
-                let listener = tokio::net::TcpListener::bind(a)
-                    .await
-                    .map_err(|e| ServeError::Bind(addr.to_string(), e))?;
+                let listener =
+                    tokio::net::TcpListener::bind(a).await.map_err(|e| ServeError::Bind(addr.to_string(), e))?;
                 Ok(Listener::Tcp(listener))
             }
             ListenAddr::Unix(path) => {
@@ -102,10 +101,7 @@ pub struct SocketFile {
 impl SocketFile {
     fn new(path: &Path) -> std::io::Result<Self> {
         let meta = std::fs::symlink_metadata(path)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            identity: (meta.dev(), meta.ino()),
-        })
+        Ok(Self { path: path.to_path_buf(), identity: (meta.dev(), meta.ino()) })
     }
 
     /// Another handle on the same socket file; whichever is dropped first removes it.

@@ -24,12 +24,12 @@ pub use pathinfo::{NoNarCalculation, PathInfoServer};
 
 use crate::castore::blobservice::BlobService;
 use crate::castore::directoryservice::DirectoryService;
+use crate::compose::Services;
 use crate::grpc::MAX_MESSAGE_SIZE;
 use crate::pathinfo::{NarCalculationService, PathInfoService};
 use crate::proto::castore::blob_service_server::BlobServiceServer;
 use crate::proto::castore::directory_service_server::DirectoryServiceServer;
 use crate::proto::store::path_info_service_server::PathInfoServiceServer;
-use crate::compose::Services;
 
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -110,9 +110,7 @@ async fn router(handlers: Handlers) -> Result<Router<Stack<uploads::WatchUploads
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1().map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| ServeError::Reflection(e.to_string()))?;
     Ok(Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))

@@ -7,8 +7,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::{Handlers, ListenAddr, Listener, ServeError, SocketFile, serve};
-use crate::compose::defaultstore::SOCKET_NAME;
 use crate::compose::Services;
+use crate::compose::defaultstore::SOCKET_NAME;
 
 /// The default store being served on `<store dir>/daemon.sock`. Dropping it stops serving and
 /// removes the socket file; [`OwnerSocket::shutdown`] does the same and waits for the server.
@@ -37,11 +37,7 @@ pub async fn serve_owner_socket(services: &Services) -> Result<Option<OwnerSocke
         let _ = stopped.await;
     }));
     tracing::info!("serving the store on {}", socket.path().display());
-    Ok(Some(OwnerSocket {
-        stop: Some(stop),
-        task: Some(task),
-        socket,
-    }))
+    Ok(Some(OwnerSocket { stop: Some(stop), task: Some(task), socket }))
 }
 
 impl OwnerSocket {

@@ -34,10 +34,7 @@ impl proto::path_info_service_server::PathInfoService for PathInfoServer {
             return Err(Status::invalid_argument("by_what: no by_output_hash given"));
         };
         let digest: [u8; DIGEST_LEN] = raw[..].try_into().map_err(|_| {
-            Status::invalid_argument(format!(
-                "by_output_hash is {} bytes long, expected {DIGEST_LEN}",
-                raw.len()
-            ))
+            Status::invalid_argument(format!("by_output_hash is {} bytes long, expected {DIGEST_LEN}", raw.len()))
         })?;
         let info = self.path_info.get(digest).await?.ok_or_else(|| {
             Status::not_found(format!("no PathInfo for store path digest {}", nixbase32::encode(&digest)))
@@ -52,14 +49,14 @@ impl proto::path_info_service_server::PathInfoService for PathInfoServer {
         Ok(Response::new(stored.to_proto()))
     }
 
-    async fn calculate_nar(&self, request: Request<castore_proto::Node>) -> Result<Response<proto::CalculateNarResponse>, Status> {
+    async fn calculate_nar(
+        &self,
+        request: Request<castore_proto::Node>,
+    ) -> Result<Response<proto::CalculateNarResponse>, Status> {
         let (_name, node) = Node::from_proto(request.into_inner())
             .map_err(|e| Status::invalid_argument(format!("invalid node: {e}")))?;
         let (nar_size, sha256) = self.nar.calculate_nar(&node).await?;
-        Ok(Response::new(proto::CalculateNarResponse {
-            nar_size,
-            nar_sha256: Bytes::copy_from_slice(&sha256),
-        }))
+        Ok(Response::new(proto::CalculateNarResponse { nar_size, nar_sha256: Bytes::copy_from_slice(&sha256) }))
     }
 
     type ListStream = Pin<Box<dyn Stream<Item = Result<proto::PathInfo, Status>> + Send>>;

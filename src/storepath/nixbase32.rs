@@ -40,10 +40,7 @@ pub fn decode(input: &[u8], out_len: usize) -> Result<Vec<u8>, DecodeError> {
     }
     let mut out = vec![0u8; out_len];
     for (n, &c) in input.iter().rev().enumerate() {
-        let digit = ALPHABET
-            .iter()
-            .position(|&a| a == c)
-            .ok_or(DecodeError::InvalidChar(c as char))? as u16;
+        let digit = ALPHABET.iter().position(|&a| a == c).ok_or(DecodeError::InvalidChar(c as char))? as u16;
         let b = n * 5;
         let (i, j) = (b / 8, b % 8);
         let shifted = digit << j;

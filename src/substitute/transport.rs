@@ -83,7 +83,9 @@ impl Transport {
     /// Where `name` (e.g. `<hash>.narinfo`, `nar/<hash>.nar.xz`) is, for messages.
     pub fn describe(&self, name: &str) -> String {
         match self {
-            Transport::Http { base, .. } => base.join(name).map(|u| u.to_string()).unwrap_or_else(|_| format!("{base}{name}")),
+            Transport::Http { base, .. } => {
+                base.join(name).map(|u| u.to_string()).unwrap_or_else(|_| format!("{base}{name}"))
+            }
             Transport::File { dir } => dir.join(name).display().to_string(),
         }
     }
@@ -128,7 +130,8 @@ impl Transport {
         let Transport::Http { client, base } = self else {
             unreachable!("only HTTP transports make requests");
         };
-        let url = base.join(name).map_err(|e| FetchError::Request { url: format!("{base}{name}"), reason: e.to_string() })?;
+        let url =
+            base.join(name).map_err(|e| FetchError::Request { url: format!("{base}{name}"), reason: e.to_string() })?;
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0;
         loop {

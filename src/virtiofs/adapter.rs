@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, stat64, statvfs64};
 use fuse_backend_rs::api::filesystem::{
-    Context, DirEntry as FuseDirEntry, Entry as FuseEntry, FileSystem, FsOptions, GetxattrReply,
-    ListxattrReply, OpenOptions, SetattrValid, ZeroCopyReader, ZeroCopyWriter,
+    Context, DirEntry as FuseDirEntry, Entry as FuseEntry, FileSystem, FsOptions, GetxattrReply, ListxattrReply,
+    OpenOptions, SetattrValid, ZeroCopyReader, ZeroCopyWriter,
 };
 use parking_lot::Mutex;
 
@@ -376,9 +376,7 @@ impl FileSystem for VirtioStoreFs {
         offset: u64,
         add_entry: &mut dyn FnMut(FuseDirEntry, FuseEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.list(inode, handle, offset, true, &mut |e| {
-            add_entry(dir_entry_of(e), entry_of(&e.entry))
-        })
+        self.list(inode, handle, offset, true, &mut |e| add_entry(dir_entry_of(e), entry_of(&e.entry)))
     }
 
     fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {

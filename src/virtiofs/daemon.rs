@@ -42,17 +42,16 @@ where
     F: FileSystem + Send + Sync + 'static,
     M: Fn() -> F,
 {
-    let unix = socket
-        .take_listener()
-        .ok_or_else(|| VirtiofsError::Daemon("socket listener already in use".into()))?;
+    let unix = socket.take_listener().ok_or_else(|| VirtiofsError::Daemon("socket listener already in use".into()))?;
     let mut listener = Listener::from(unix);
     let mut connection = 0u64;
     loop {
         connection += 1;
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
         let server = Arc::new(Server::new(make_fs()));
-        let backend = FsBackend::new(server, mem.clone(), config.request_queues, config.runtime.clone(), config.threads)
-            .map_err(VirtiofsError::Setup)?;
+        let backend =
+            FsBackend::new(server, mem.clone(), config.request_queues, config.runtime.clone(), config.threads)
+                .map_err(VirtiofsError::Setup)?;
         let backend = Arc::new(backend);
         let mut daemon = VhostUserDaemon::new("tvix-store-virtiofs".into(), backend, mem)
             .map_err(|e| VirtiofsError::Daemon(e.to_string()))?;

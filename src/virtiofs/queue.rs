@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, mpsc};
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader, Opcode};
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
@@ -195,9 +195,7 @@ fn handle_request<F: FileSystem + Sync>(server: &Server<F>, mem: &GuestMem, chai
     if let Some(h) = header {
         let _ = write_out_header(mem, &chain, OutHeader { len: 0, error: 0, unique: !h.unique });
     }
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        server.handle_message(reader, Writer::VirtioFs(writer), None, None)
-    }));
+    let result = catch_unwind(AssertUnwindSafe(|| server.handle_message(reader, Writer::VirtioFs(writer), None, None)));
     match result {
         Ok(Ok(written)) => u32::try_from(written).unwrap_or(u32::MAX),
         Ok(Err(e)) => {

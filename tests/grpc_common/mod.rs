@@ -40,7 +40,14 @@ impl Daemon {
         let socket = dir.join("test.sock");
         let mut args = backend_args(&dir);
         args.extend(["-l".into(), socket.display().to_string()]);
-        Self::start(args, vec![], format!("grpc+unix://{}", socket.display()), socket.display().to_string(), dir, Some(tmp))
+        Self::start(
+            args,
+            vec![],
+            format!("grpc+unix://{}", socket.display()),
+            socket.display().to_string(),
+            dir,
+            Some(tmp),
+        )
     }
 
     /// A daemon on a free loopback TCP port.

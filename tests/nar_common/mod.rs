@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tvix_store::castore::blobservice::BlobService;
 use tvix_store::castore::directoryservice::DirectoryService;
-use tvix_store::pathinfo::{PathInfoService};
+use tvix_store::pathinfo::PathInfoService;
 
 /// `nix-store --dump PATH`.
 pub fn nix_dump(path: &Path) -> Vec<u8> {

@@ -53,10 +53,6 @@ pub fn nix(program: &str, args: &[&std::ffi::OsStr]) -> Vec<u8> {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{program} must be installed (Debian package nix-bin): {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }

@@ -217,7 +217,12 @@ fn virtiofsd_args(program: &Path, dir: &Path, socket: &Path) -> Vec<std::ffi::Os
             args.push(opt);
         }
     } else {
-        args.extend(["--shared-dir".into(), dir.as_os_str().to_owned(), "--socket-path".into(), socket.as_os_str().to_owned()]);
+        args.extend([
+            "--shared-dir".into(),
+            dir.as_os_str().to_owned(),
+            "--socket-path".into(),
+            socket.as_os_str().to_owned(),
+        ]);
         args.extend(["--sandbox", "none", "--seccomp", "none", "--readonly", "--cache", "auto"].map(Into::into));
     }
     args
@@ -334,16 +339,9 @@ pub fn prepare() -> Prepared {
 /// Runs `tvix-store` with the default store in `store_dir`, returning its stdout; panics
 /// (with stderr) when it fails.
 pub fn tvix_store(store_dir: &Path, args: &[&std::ffi::OsStr]) -> String {
-    let out = Command::new(tvix_store_bin())
-        .args(args)
-        .env("TVIX_STORE_DIR", store_dir)
-        .output()
-        .expect("run tvix-store");
-    assert!(
-        out.status.success(),
-        "tvix-store {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        Command::new(tvix_store_bin()).args(args).env("TVIX_STORE_DIR", store_dir).output().expect("run tvix-store");
+    assert!(out.status.success(), "tvix-store {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("tvix-store prints UTF-8")
 }
 

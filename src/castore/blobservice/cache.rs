@@ -40,9 +40,7 @@ impl CacheBlobService {
         };
         let mut writer = self.near.open_write().await;
         // The far reader verifies chunk by chunk; the near writer's digest checks the whole.
-        tokio::io::copy(&mut reader, &mut writer)
-            .await
-            .map_err(|e| Error::from_io(digest, e))?;
+        tokio::io::copy(&mut reader, &mut writer).await.map_err(|e| Error::from_io(digest, e))?;
         let stored = writer.close().await?;
         if stored != *digest {
             return Err(Error::Corrupt(format!(

@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 use super::chunker::{CHUNK_MAX, final_chunk_lengths};
 use super::reader::verify_chunk;
 use super::{
-    BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader, IncomingBlob, ServingReads,
-    WholeBlob,
+    BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader, IncomingBlob,
+    ServingReads, WholeBlob,
 };
 use crate::castore::{B3Digest, Error};
 
@@ -55,11 +55,7 @@ pub struct ChunkedBlobService<S> {
 impl<S: ChunkStore> ChunkedBlobService<S> {
     /// Serves blobs out of `store`.
     pub fn new(store: S) -> Self {
-        Self {
-            store: Arc::new(store),
-            pending: Arc::default(),
-            syncing: tokio::sync::Mutex::new(()),
-        }
+        Self { store: Arc::new(store), pending: Arc::default(), syncing: tokio::sync::Mutex::new(()) }
     }
 }
 
@@ -297,8 +293,7 @@ async fn store_chunk<S: ChunkStore>(store: Arc<S>, data: Bytes, known: Option<B3
 }
 
 async fn join<T>(task: JoinHandle<Result<T, Error>>) -> Result<T, Error> {
-    task.await
-        .unwrap_or_else(|e| Err(Error::Storage(format!("chunk store task failed: {e}"))))
+    task.await.unwrap_or_else(|e| Err(Error::Storage(format!("chunk store task failed: {e}"))))
 }
 
 /// Encodes a chunk list for storage (the StatBlobResponse message, so it is self-describing).
@@ -307,10 +302,7 @@ pub(crate) fn encode_chunk_list(chunks: &[ChunkMeta]) -> Vec<u8> {
     crate::proto::castore::StatBlobResponse {
         chunks: chunks
             .iter()
-            .map(|c| crate::proto::castore::stat_blob_response::ChunkMeta {
-                digest: c.digest.into(),
-                size: c.size,
-            })
+            .map(|c| crate::proto::castore::stat_blob_response::ChunkMeta { digest: c.digest.into(), size: c.size })
             .collect(),
         bao: Bytes::new(),
     }
@@ -325,10 +317,7 @@ pub(crate) fn decode_chunk_list(blob: &B3Digest, buf: &[u8]) -> Result<Vec<Chunk
     msg.chunks
         .into_iter()
         .map(|c| {
-            Ok(ChunkMeta {
-                digest: B3Digest::try_from(&c.digest).map_err(|e| corrupt(e.to_string()))?,
-                size: c.size,
-            })
+            Ok(ChunkMeta { digest: B3Digest::try_from(&c.digest).map_err(|e| corrupt(e.to_string()))?, size: c.size })
         })
         .collect()
 }

@@ -24,9 +24,7 @@ pub fn final_chunk_lengths(buf: &[u8], eof: bool) -> Vec<usize> {
     if buf.is_empty() {
         return Vec::new();
     }
-    let mut lengths: Vec<usize> = FastCDC::new(buf, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)
-        .map(|c| c.length)
-        .collect();
+    let mut lengths: Vec<usize> = FastCDC::new(buf, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX).map(|c| c.length).collect();
     if !eof {
         lengths.pop();
     }

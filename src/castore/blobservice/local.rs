@@ -68,11 +68,7 @@ impl GroupSync {
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
             // SAFETY: the descriptor is valid for the lifetime of `dir`, which the closure owns.
-            if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
         })
         .await
         .map_err(std::io::Error::other)??;
@@ -89,18 +85,20 @@ impl LocalChunkStore {
         let sync = GroupSync::open(dir)
             .map_err(|e| Error::storage(format!("cannot open blob directory {}", dir.display()), e))?;
         create_fan_out(dir)?;
-        Ok(Self {
-            root: Arc::new(dir.to_path_buf()),
-            location: dir.display().to_string(),
-            sync,
-        })
+        Ok(Self { root: Arc::new(dir.to_path_buf()), location: dir.display().to_string(), sync })
     }
 
     /// Writes `data` as the file of `digest` under `kind` unless a file of that length is
     /// already there (a chunk of the wrong length can be left behind by a crash before its
     /// sync: it is replaced). The file appears under its name only complete (written to a
     /// temporary name, then renamed), with its writeback started.
-    async fn write_file(&self, kind: &'static str, digest: &B3Digest, data: Bytes, skip_if_present: bool) -> Result<(), Error> {
+    async fn write_file(
+        &self,
+        kind: &'static str,
+        digest: &B3Digest,
+        data: Bytes,
+        skip_if_present: bool,
+    ) -> Result<(), Error> {
         let root = self.root.clone();
         let digest = *digest;
         let path = Self::path(kind, &digest);
@@ -166,10 +164,7 @@ impl ChunkStore for LocalChunkStore {
     }
 
     async fn sync(&self) -> Result<(), Error> {
-        self.sync
-            .sync()
-            .await
-            .map_err(|e| Error::storage(format!("cannot sync blob store {}", self.location), e))
+        self.sync.sync().await.map_err(|e| Error::storage(format!("cannot sync blob store {}", self.location), e))
     }
 }
 

@@ -22,8 +22,8 @@ pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 pub use local::LocalChunkStore;
 pub use memory::MemoryChunkStore;
 pub use objectstore::ObjectStoreChunkStore;
-pub use reader::{ChunkSource, ChunkStream, ChunkedReader, ParkedStream, READ_AHEAD};
 pub(crate) use reader::verify_chunk;
+pub use reader::{ChunkSource, ChunkStream, ChunkedReader, ParkedStream, READ_AHEAD};
 pub use writer::{ChannelBlobWriter, IncomingBlob};
 
 use super::{B3Digest, Error};

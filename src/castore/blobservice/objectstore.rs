@@ -51,11 +51,7 @@ impl ObjectStoreChunkStore {
     }
 
     async fn put(&self, path: &Path, data: Bytes) -> Result<(), Error> {
-        self.store
-            .put(path, PutPayload::from_bytes(data))
-            .await
-            .map(|_| ())
-            .map_err(|e| self.error(path, e))
+        self.store.put(path, PutPayload::from_bytes(data)).await.map(|_| ()).map_err(|e| self.error(path, e))
     }
 }
 

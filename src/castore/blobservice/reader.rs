@@ -131,9 +131,10 @@ impl ChunkedReader {
         let meta = self.chunks[index];
         let blob = self.blob;
         tokio::spawn(async move {
-            let data = source.get_chunk(&meta.digest).await?.ok_or_else(|| {
-                Error::NotFound(format!("chunk {} of blob {blob} is missing", meta.digest))
-            })?;
+            let data = source
+                .get_chunk(&meta.digest)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("chunk {} of blob {blob} is missing", meta.digest)))?;
             verify_chunk(&blob, &meta, &data)?;
             Ok(data)
         })
@@ -279,9 +280,8 @@ impl AsyncSeek for ChunkedReader {
             SeekFrom::End(d) => self.size.checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        self.pos = target.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek to a negative or overflowing position")
-        })?;
+        self.pos = target
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek to a negative or overflowing position"))?;
         Ok(())
     }
 

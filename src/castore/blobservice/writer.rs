@@ -143,9 +143,7 @@ impl BlobWriter for ChannelBlobWriter {
         // A failed send means the task already ended; its own error is the one to report.
         let _ = std::future::poll_fn(|cx| self.poll_send_end(cx)).await;
         let result = match self.task.take() {
-            Some(task) => task
-                .await
-                .unwrap_or_else(|e| Err(Error::Storage(format!("blob store task failed: {e}")))),
+            Some(task) => task.await.unwrap_or_else(|e| Err(Error::Storage(format!("blob store task failed: {e}")))),
             None => Err(Error::Storage("blob writer closed twice".into())),
         };
         self.result = Some(result.clone());

@@ -62,11 +62,7 @@ impl<S: DirectoryStore> DirectoryService for StoredDirectoryService<S> {
     }
 
     fn put_multiple_start(&self) -> Box<dyn DirectoryPutter + '_> {
-        Box::new(StoredPutter {
-            service: self,
-            graph: GraphBuilder::default(),
-            result: None,
-        })
+        Box::new(StoredPutter { service: self, graph: GraphBuilder::default(), result: None })
     }
 }
 
