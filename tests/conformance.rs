@@ -6,11 +6,14 @@
 //! and composition entries), so the suite also covers the composition layer's wiring. The gRPC
 //! entries talk to our own server, in process on a unix socket.
 
+mod grpc_common;
+
 use std::collections::HashSet;
 use std::io::SeekFrom;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
+use grpc_common::data;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tvix_store::castore::blobservice::{BlobService, CHUNK_MAX};
 use tvix_store::castore::directoryservice::DirectoryService;
@@ -24,20 +27,6 @@ use tvix_store::storepath::StorePath;
 struct Under<T: ?Sized> {
     service: Arc<T>,
     _keep: Vec<Box<dyn std::any::Any + Send>>,
-}
-
-/// Deterministic bytes that do not repeat within a chunk.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -150,7 +139,7 @@ mod blob {
 
     pub async fn put_get_has(service: &dyn BlobService) {
         for (seed, len) in [0, 1, 1000, CHUNK_MAX + 1, 3_000_000].into_iter().enumerate() {
-            let content = data(len, seed as u64);
+            let content = data(len, seed as u32);
             let digest = put(service, &content).await;
             assert_eq!(digest, B3Digest::of(&content), "digest of a {len}-byte blob");
             assert!(service.has(&digest).await.unwrap(), "has() after a put of {len} bytes");

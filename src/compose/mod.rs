@@ -119,11 +119,13 @@ pub struct Services {
     pub store_lock: Option<StoreLock>,
 }
 
-/// The checked graphs of the three services; `None` where the default store fills in.
+/// The checked graphs of the three services (`None` where the default store fills in), and the
+/// substituters.
 struct Plan {
     blob: Option<Graph>,
     directory: Option<Graph>,
     path_info: Option<Graph>,
+    substituters: Vec<(String, url::BinaryCacheSpec)>,
 }
 
 impl Plan {
@@ -133,14 +135,16 @@ impl Plan {
             Some(path) => config::load(path)?,
             None => config::Composition::default(),
         };
-        let pick =
-            |kind: Kind, flag: &'static str, table: &'static str, given: &Option<String>, file: Option<Graph>| match (
-                given, file,
-            ) {
-                (Some(_), Some(_)) => Err(ComposeError::Conflict { flag, table, noun: kind.noun() }),
-                (Some(addr), None) => Graph::single(kind, flag, addr).map(Some),
-                (None, file) => Ok(file),
-            };
+        let substituters =
+            args.substituters
+                .iter()
+                .map(|addr| {
+                    let entry = format!("--substituter {addr}");
+                    let spec = url::binary_cache(addr, &args.trusted_public_keys)
+                        .map_err(|reason| ComposeError::Url { entry: entry.clone(), url: addr.clone(), reason })?;
+                    Ok((entry, spec))
+                })
+                .collect::<Result<_, ComposeError>>()?;
         Ok(Self {
             blob: pick(Kind::Blob, "--blob-service-addr", "blobservices", &args.blob, composition.blob)?,
             directory: pick(
@@ -157,7 +161,23 @@ impl Plan {
                 &args.path_info,
                 composition.path_info,
             )?,
+            substituters,
         })
+    }
+}
+
+/// One service's graph: from its flag, or from its table in the composition file (not both).
+fn pick(
+    kind: Kind,
+    flag: &'static str,
+    table: &'static str,
+    given: &Option<String>,
+    file: Option<Graph>,
+) -> Result<Option<Graph>, ComposeError> {
+    match (given, file) {
+        (Some(_), Some(_)) => Err(ComposeError::Conflict { flag, table, noun: kind.noun() }),
+        (Some(addr), None) => Graph::single(kind, flag, addr).map(Some),
+        (None, file) => Ok(file),
     }
 }
 
@@ -185,7 +205,7 @@ pub async fn open(args: &StoreArgs, role: Role) -> Result<Services, ComposeError
     let blob = build_blob(blob)?;
     let directory = build_directory(directory, &blob)?;
     let mut path_info = build_path_info(path_info, &blob, &directory)?;
-    if let Some(far) = substituters(args, &blob, &directory)? {
+    if let Some(far) = substituters(&plan.substituters, &blob, &directory)? {
         // What a substituter sends is kept in the store's own PathInfo service, so the next
         // lookup is local; the caches themselves are never written to.
         path_info = Arc::new(CachePathInfoService::new(path_info, far, CacheWrites::Near));
@@ -269,34 +289,27 @@ fn binary_cache(
     Ok(BinaryCache::new(transport, options, blob.clone(), directory.clone()))
 }
 
-/// The substituters `args` name, in priority order (ties in the order given), each ingesting
-/// into `blob` and `directory`; `None` when there are none.
+/// The substituters, in priority order (ties in the order given), each ingesting into `blob` and
+/// `directory`; `None` when there are none.
 fn substituters(
-    args: &StoreArgs,
+    specs: &[(String, url::BinaryCacheSpec)],
     blob: &Arc<dyn BlobService>,
     directory: &Arc<dyn DirectoryService>,
 ) -> Result<Option<Arc<dyn PathInfoService>>, ComposeError> {
-    if args.substituters.is_empty() {
+    if specs.is_empty() {
         return Ok(None);
     }
     let mut caches = Vec::new();
-    for addr in &args.substituters {
-        let entry = format!("--substituter {addr}");
-        let spec = url::binary_cache(addr, &args.trusted_public_keys).map_err(|reason| ComposeError::Url {
+    for (entry, spec) in specs {
+        let cache = binary_cache(spec, blob, directory).map_err(|reason| ComposeError::Open {
             entry: entry.clone(),
-            url: addr.clone(),
-            reason,
-        })?;
-        let cache = binary_cache(&spec, blob, directory).map_err(|reason| ComposeError::Open {
-            entry,
-            url: addr.clone(),
+            url: spec.url.to_string(),
             reason,
         })?;
         caches.push(cache);
     }
     caches.sort_by_key(BinaryCache::priority);
-    let caches: Vec<Arc<dyn PathInfoService>> =
-        caches.into_iter().map(|c| Arc::new(c) as Arc<dyn PathInfoService>).collect();
+    let caches = caches.into_iter().map(|c| Arc::new(c) as Arc<dyn PathInfoService>).collect();
     Ok(Some(Arc::new(Substituters::new(caches))))
 }
 

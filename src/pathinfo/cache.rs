@@ -6,32 +6,20 @@
 //! failing far service leaves nothing behind.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
 
 use super::{PathInfo, PathInfoService};
-use crate::castore::{CacheWrites, Error};
+use crate::castore::{Cache, Error};
 use crate::storepath::DIGEST_LEN;
 
-/// PathInfo from `near`, filled from `far` on a miss; new ones go where [`CacheWrites`] says.
-pub struct CachePathInfoService {
-    near: Arc<dyn PathInfoService>,
-    far: Arc<dyn PathInfoService>,
-    writes: CacheWrites,
-}
-
-impl CachePathInfoService {
-    /// A cache of `far` in `near`.
-    pub fn new(near: Arc<dyn PathInfoService>, far: Arc<dyn PathInfoService>, writes: CacheWrites) -> Self {
-        Self { near, far, writes }
-    }
-}
+/// PathInfo from `near`, filled from `far` on a miss; new ones go where [`CacheWrites`](crate::castore::CacheWrites) says.
+pub type CachePathInfoService = Cache<dyn PathInfoService>;
 
 #[async_trait]
-impl PathInfoService for CachePathInfoService {
+impl PathInfoService for Cache<dyn PathInfoService> {
     async fn get(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfo>, Error> {
         if let Some(info) = self.near.get(digest).await? {
             return Ok(Some(info));
@@ -45,10 +33,7 @@ impl PathInfoService for CachePathInfoService {
     }
 
     async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {
-        match self.writes {
-            CacheWrites::Far => self.far.put(info).await,
-            CacheWrites::Near => self.near.put(info).await,
-        }
+        self.target().put(info).await
     }
 
     /// The near service's entries, then the far one's not listed already.

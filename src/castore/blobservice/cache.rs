@@ -6,33 +6,15 @@
 //! midway leaves an unclosed writer behind, which stores nothing a reader could see: the near
 //! store never holds a partial blob under the digest asked for.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 
 use super::{BlobReader, BlobService, BlobWriter, ChunkMeta};
-use crate::castore::{B3Digest, CacheWrites, Error};
+use crate::castore::{B3Digest, Cache, Error};
 
-/// Blobs from `near`, filled from `far` on a miss; new blobs go where [`CacheWrites`] says.
-pub struct CacheBlobService {
-    near: Arc<dyn BlobService>,
-    far: Arc<dyn BlobService>,
-    writes: CacheWrites,
-}
+/// Blobs from `near`, filled from `far` on a miss; new blobs go where [`CacheWrites`](crate::castore::CacheWrites) says.
+pub type CacheBlobService = Cache<dyn BlobService>;
 
-impl CacheBlobService {
-    /// A cache of `far` in `near`.
-    pub fn new(near: Arc<dyn BlobService>, far: Arc<dyn BlobService>, writes: CacheWrites) -> Self {
-        Self { near, far, writes }
-    }
-
-    fn target(&self) -> &dyn BlobService {
-        match self.writes {
-            CacheWrites::Far => self.far.as_ref(),
-            CacheWrites::Near => self.near.as_ref(),
-        }
-    }
-
+impl Cache<dyn BlobService> {
     /// Copies the blob from far to near; `false` when far does not have it either.
     async fn fill(&self, digest: &B3Digest) -> Result<bool, Error> {
         let Some(mut reader) = self.far.open_read(digest).await? else {
@@ -53,7 +35,7 @@ impl CacheBlobService {
 }
 
 #[async_trait]
-impl BlobService for CacheBlobService {
+impl BlobService for Cache<dyn BlobService> {
     async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
         Ok(self.near.has(digest).await? || self.far.has(digest).await?)
     }

@@ -8,28 +8,18 @@
 //! a stored directory's children are stored too.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
 
 use super::{DirectoryPutter, DirectoryService};
-use crate::castore::{B3Digest, CacheWrites, Directory, Error};
+use crate::castore::{B3Digest, Cache, Directory, Error};
 
-/// Directories from `near`, filled from `far` on a miss; new ones go where [`CacheWrites`] says.
-pub struct CacheDirectoryService {
-    near: Arc<dyn DirectoryService>,
-    far: Arc<dyn DirectoryService>,
-    writes: CacheWrites,
-}
+/// Directories from `near`, filled from `far` on a miss; new ones go where [`CacheWrites`](crate::castore::CacheWrites) says.
+pub type CacheDirectoryService = Cache<dyn DirectoryService>;
 
-impl CacheDirectoryService {
-    /// A cache of `far` in `near`.
-    pub fn new(near: Arc<dyn DirectoryService>, far: Arc<dyn DirectoryService>, writes: CacheWrites) -> Self {
-        Self { near, far, writes }
-    }
-
+impl Cache<dyn DirectoryService> {
     /// Copies `root` and everything below it from far to near; `false` when far does not have
     /// `root` either.
     async fn fill(&self, root: &B3Digest) -> Result<bool, Error> {
@@ -96,7 +86,7 @@ fn leaves_first(root: &B3Digest, mut fetched: HashMap<B3Digest, Directory>) -> R
 }
 
 #[async_trait]
-impl DirectoryService for CacheDirectoryService {
+impl DirectoryService for Cache<dyn DirectoryService> {
     async fn get(&self, digest: &B3Digest) -> Result<Option<Directory>, Error> {
         if let Some(directory) = self.near.get(digest).await? {
             return Ok(Some(directory));
@@ -121,16 +111,16 @@ impl DirectoryService for CacheDirectoryService {
     }
 
     fn put_multiple_start(&self) -> Box<dyn DirectoryPutter + '_> {
-        match self.writes {
-            CacheWrites::Far => self.far.put_multiple_start(),
-            CacheWrites::Near => self.near.put_multiple_start(),
-        }
+        self.target().put_multiple_start()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::castore::CacheWrites;
     use crate::castore::directoryservice::{MemoryDirectoryStore, StoredDirectoryService};
     use crate::castore::{Node, PathComponent};
 
