@@ -117,10 +117,15 @@ impl BinaryCache {
 #[async_trait]
 impl PathInfoService for BinaryCache {
     async fn get(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfo>, Error> {
-        if let Some(seen) = self.inner.misses.lock().get(&digest)
-            && seen.elapsed() < self.inner.options.negative_ttl
         {
-            return Ok(None);
+            let mut misses = self.inner.misses.lock();
+            match misses.get(&digest) {
+                Some(seen) if seen.elapsed() < self.inner.options.negative_ttl => return Ok(None),
+                Some(_) => {
+                    misses.remove(&digest);
+                }
+                None => {}
+            }
         }
         let lookup = {
             let mut in_flight = self.inner.in_flight.lock();
