@@ -325,3 +325,51 @@ impl Drop for MountProcess {
         let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).stderr(Stdio::null()).status();
     }
 }
+
+/// `tvix-store substitute` copies a closure ahead of time; what the store then says of it is
+/// what Nix says after `nix copy --from` of the same cache into a fresh store of its own.
+#[test]
+fn the_substitute_command_copies_a_closure_as_nix_copy_from_does() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, public) = keypair(tmp.path(), "tvix-test-6");
+    let dir = tmp.path().join("cache");
+    nix_copy_to_cache(&dir, &c.top, "xz", &secret);
+    let cache = format!("file://{}", dir.display());
+    let store_dir = tmp.path().join("store");
+    let ours = |args: &[&str]| {
+        let out = tvix_store().env("TVIX_STORE_DIR", &store_dir).args(args).output().unwrap();
+        assert!(out.status.success(), "tvix-store {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let printed = ours(&["substitute", "--substituter", &cache, "--trusted-public-key", &public, &c.top]);
+    let mut printed: Vec<&str> = printed.lines().collect();
+    printed.sort();
+    let mut want = vec![c.dep.as_str(), c.top.as_str()];
+    want.sort();
+    assert_eq!(printed, want);
+
+    // Nix's own copy of the same closure, into a fresh store of its own.
+    let nix_root = tmp.path().join("nix-root");
+    let nix_store = format!("local?root={}", nix_root.display());
+    nix(
+        "nix",
+        &["copy", "--option", "trusted-public-keys", &public, "--from", &cache, "--to", &nix_store, &c.top]
+            .map(std::ffi::OsStr::new),
+    );
+    let theirs = nix("nix", &["path-info", "--json", "--store", &nix_store, &c.top, &c.dep].map(std::ffi::OsStr::new));
+    let mut theirs: serde_json::Value = serde_json::from_slice(&theirs).unwrap();
+    // Later lookups are local: no substituter given.
+    let mut ours: serde_json::Value = serde_json::from_str(&ours(&["path-info", &c.top, &c.dep])).unwrap();
+    for list in [&mut theirs, &mut ours] {
+        let entries = list.as_array_mut().unwrap();
+        for e in entries.iter_mut() {
+            // Only a Nix database has these.
+            let o = e.as_object_mut().unwrap();
+            o.remove("registrationTime");
+            o.remove("ultimate");
+        }
+        entries.sort_by_key(|e| e["path"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ours, theirs);
+}

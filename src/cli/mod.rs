@@ -6,6 +6,7 @@ mod dump;
 mod import;
 mod mount;
 mod path_info;
+mod substitute;
 mod virtiofs;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Dump(dump::Args),
     /// Print store paths' metadata as JSON, like `nix path-info --json`.
     PathInfo(path_info::Args),
+    /// Fetch store paths and their closures from Nix binary caches (--substituter) into the store.
+    Substitute(substitute::Args),
     /// Mount the store with FUSE.
     Mount(mount::Args),
     /// Serve the store to virtual machines as a vhost-user-fs device.
@@ -50,6 +53,7 @@ impl Cli {
             Command::Copy(args) => copy::run(args).await,
             Command::Dump(args) => dump::run(args).await,
             Command::PathInfo(args) => path_info::run(args).await,
+            Command::Substitute(args) => substitute::run(args).await,
             Command::Mount(args) => mount::run(args).await,
             Command::Virtiofs(args) => virtiofs::run(args).await,
         }

@@ -310,16 +310,18 @@ impl PathInfoService for Substituters {
 }
 
 /// A store path's closure under `path_info` (substituting where it substitutes): every path
-/// reachable through References, each once, fetched `parallel` at a time; in the order found.
+/// reachable through References, each once, looked up `parallel` at a time. `found` sees each
+/// PathInfo as it arrives; the result lists them in the order found.
 pub async fn closure(
     path_info: &dyn PathInfoService,
     roots: &[StorePath],
     parallel: usize,
+    found: &mut (dyn FnMut(&PathInfo) + Send),
 ) -> Result<Vec<PathInfo>, Error> {
     use futures::StreamExt;
     let mut seen: std::collections::HashSet<[u8; DIGEST_LEN]> = roots.iter().map(|p| *p.digest()).collect();
     let mut pending: Vec<StorePath> = roots.to_vec();
-    let mut found = Vec::new();
+    let mut all = Vec::new();
     while !pending.is_empty() {
         let batch = std::mem::take(&mut pending);
         let mut lookups = futures::stream::iter(batch.into_iter().map(|path| async move {
@@ -334,8 +336,9 @@ pub async fn closure(
                     pending.push(reference.clone());
                 }
             }
-            found.push(info);
+            found(&info);
+            all.push(info);
         }
     }
-    Ok(found)
+    Ok(all)
 }
