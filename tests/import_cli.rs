@@ -244,3 +244,22 @@ fn referee_runs_under_the_tests_own_nix_configuration() {
     assert_eq!(setting("substituters"), "", "the referee must not substitute");
     assert_eq!(setting("sandbox"), "false");
 }
+
+/// The default store's backends are built from its directory as paths: a directory name with
+/// characters that mean something in a URL (`#`, `?`, `%`, a space) is used as it is.
+#[test]
+fn a_store_directory_named_with_url_characters_is_used_as_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store #1 ?x=%41");
+    let tree = tmp.path().join("url-chars");
+    write_file(&tree, 100, false);
+    let run = |args: &[&str]| {
+        let out = tvix_store().env("TVIX_STORE_DIR", &dir).args(args).output().unwrap();
+        assert!(out.status.success(), "tvix-store {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let path = s(&run(&["import", tree.to_str().unwrap()])).trim().to_string();
+    assert!(dir.join("blobs/chunks").is_dir() && dir.join("pathinfo.redb").is_file(), "store files not in {dir:?}");
+    assert!(!tmp.path().join("store ").exists(), "a URL fragment cut the directory name");
+    assert!(run(&["dump", &path]) == nix_dump(&tree), "dump differs from nix-store --dump");
+}

@@ -10,6 +10,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use super::{Kind, Leaf};
+use crate::grpc::GrpcTarget;
+
 /// Name of the unix socket an owning process serves the store on.
 pub const SOCKET_NAME: &str = "daemon.sock";
 
@@ -43,33 +46,6 @@ pub fn store_dir() -> Result<PathBuf, DefaultStoreError> {
         .ok_or(DefaultStoreError::NoDirectory)
 }
 
-/// Addresses of the local backends inside a store directory.
-pub struct LocalAddrs {
-    /// BlobService address.
-    pub blob: String,
-    /// DirectoryService address.
-    pub directory: String,
-    /// PathInfoService address.
-    pub path_info: String,
-}
-
-/// The local backend addresses for store directory `dir`.
-pub fn local_addrs(dir: &Path) -> LocalAddrs {
-    let d = dir.display();
-    LocalAddrs {
-        blob: format!("objectstore+file://{d}/blobs"),
-        directory: format!("redb://{d}/directories.redb"),
-        path_info: format!("redb://{d}/pathinfo.redb"),
-    }
-}
-
-impl LocalAddrs {
-    /// All three services at one address (the owner's socket).
-    pub fn all(addr: String) -> Self {
-        Self { blob: addr.clone(), directory: addr.clone(), path_info: addr }
-    }
-}
-
 /// The address of the owner's socket in `dir`.
 pub fn socket_addr(dir: &Path) -> String {
     format!("grpc+unix://{}", dir.join(SOCKET_NAME).display())
@@ -92,8 +68,40 @@ impl StoreLock {
 pub enum Attached {
     /// It holds the store's files.
     Owner(StoreLock),
-    /// Another process owns them and serves them at this address.
-    Client(String),
+    /// Another process owns them and serves them on this socket.
+    Client(PathBuf),
+}
+
+impl Attached {
+    /// The backend of service `kind`: a file or directory in the store, or the owner's socket;
+    /// with the store URL that names it in messages. Built as paths, not parsed from URLs: a
+    /// store directory whose name has a `#` or `?` must not turn into a URL fragment or query.
+    pub fn backend(&self, kind: Kind) -> (String, Leaf) {
+        match self {
+            Attached::Owner(lock) => {
+                let dir = lock.dir();
+                let (scheme, path) = match kind {
+                    Kind::Blob => ("objectstore+file", dir.join("blobs")),
+                    Kind::Directory => ("redb", dir.join("directories.redb")),
+                    Kind::PathInfo => ("redb", dir.join("pathinfo.redb")),
+                };
+                let url = format!("{scheme}://{}", path.display());
+                let leaf = if kind == Kind::Blob { Leaf::LocalFiles(path) } else { Leaf::Redb(path) };
+                (url, leaf)
+            }
+            Attached::Client(socket) => {
+                (format!("grpc+unix://{}", socket.display()), Leaf::Grpc(GrpcTarget::Unix(socket.clone())))
+            }
+        }
+    }
+
+    /// The store lock, if this process holds the files.
+    pub fn into_lock(self) -> Option<StoreLock> {
+        match self {
+            Attached::Owner(lock) => Some(lock),
+            Attached::Client(_) => None,
+        }
+    }
 }
 
 /// How often a command waiting for the store checks again whether its owner serves it or its
@@ -118,7 +126,7 @@ pub async fn attach(dir: &Path, must_own: bool) -> Result<Attached, DefaultStore
     loop {
         // A socket file alone may be left over from a crashed owner; only a live one counts.
         if !must_own && tokio::net::UnixStream::connect(&socket).await.is_ok() {
-            return Ok(Attached::Client(socket_addr(dir)));
+            return Ok(Attached::Client(socket));
         }
         match file.try_lock() {
             Ok(()) => return Ok(Attached::Owner(StoreLock { _file: file, dir: dir.to_path_buf() })),

@@ -51,12 +51,17 @@ impl Graph {
             url: addr.to_string(),
             reason,
         })?;
-        Ok(Self {
+        Ok(Self::of_leaf(kind, origin, addr.to_string(), leaf))
+    }
+
+    /// The graph of one backend named `url` in messages.
+    pub fn of_leaf(kind: Kind, origin: &str, url: String, leaf: Leaf) -> Self {
+        Self {
             kind,
             origin: origin.to_string(),
             single: true,
-            entries: BTreeMap::from([(ROOT.to_string(), Entry::Leaf { url: addr.to_string(), leaf })]),
-        })
+            entries: BTreeMap::from([(ROOT.to_string(), Entry::Leaf { url, leaf })]),
+        }
     }
 
     /// A graph of named entries; checked by [`Graph::check`].

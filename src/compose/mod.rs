@@ -186,18 +186,15 @@ pub async fn open(args: &StoreArgs, role: Role) -> Result<Services, ComposeError
     let mut plan = Plan::from_args(args)?;
     let mut store_lock = None;
     if plan.blob.is_none() || plan.directory.is_none() || plan.path_info.is_none() {
-        let dir = defaultstore::store_dir()?;
-        let (addrs, lock) = match defaultstore::attach(&dir, role == Role::Owner).await? {
-            defaultstore::Attached::Owner(lock) => (defaultstore::local_addrs(lock.dir()), Some(lock)),
-            defaultstore::Attached::Client(socket) => (defaultstore::LocalAddrs::all(socket), None),
+        let attached = defaultstore::attach(&defaultstore::store_dir()?, role == Role::Owner).await?;
+        let default = |kind: Kind| {
+            let (url, leaf) = attached.backend(kind);
+            Graph::of_leaf(kind, "the default store", url, leaf)
         };
-        let origin = "the default store";
-        plan.blob = Some(plan.blob.map_or_else(|| Graph::single(Kind::Blob, origin, &addrs.blob), Ok)?);
-        plan.directory =
-            Some(plan.directory.map_or_else(|| Graph::single(Kind::Directory, origin, &addrs.directory), Ok)?);
-        plan.path_info =
-            Some(plan.path_info.map_or_else(|| Graph::single(Kind::PathInfo, origin, &addrs.path_info), Ok)?);
-        store_lock = lock;
+        plan.blob.get_or_insert_with(|| default(Kind::Blob));
+        plan.directory.get_or_insert_with(|| default(Kind::Directory));
+        plan.path_info.get_or_insert_with(|| default(Kind::PathInfo));
+        store_lock = attached.into_lock();
     }
     let (Some(blob), Some(directory), Some(path_info)) = (&plan.blob, &plan.directory, &plan.path_info) else {
         unreachable!("the default store fills in every service not given");
