@@ -296,6 +296,14 @@ async fn join<T>(task: JoinHandle<Result<T, Error>>) -> Result<T, Error> {
     task.await.unwrap_or_else(|e| Err(Error::Storage(format!("chunk store task failed: {e}"))))
 }
 
+/// Where a chunk (`kind` = `chunks`) or the chunk list of a blob (`blobs`) is kept below a chunk
+/// store's root, as path components `[kind, <2 hex>, <64 hex>]`: fanned out by the digest's
+/// first byte. Both persistent chunk stores (local files, object stores) use this one layout.
+pub(crate) fn stored_key(kind: &'static str, digest: &B3Digest) -> [String; 3] {
+    let hex = digest.to_hex();
+    [kind.to_string(), hex[..2].to_string(), hex]
+}
+
 /// Encodes a chunk list for storage (the StatBlobResponse message, so it is self-describing).
 pub(crate) fn encode_chunk_list(chunks: &[ChunkMeta]) -> Vec<u8> {
     use prost::Message;

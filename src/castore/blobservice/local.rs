@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::chunked::{decode_chunk_list, encode_chunk_list};
+use super::chunked::{decode_chunk_list, encode_chunk_list, stored_key};
 use super::{ChunkMeta, ChunkSource, ChunkStore};
 use crate::castore::{B3Digest, Error};
 
@@ -108,9 +108,8 @@ impl LocalChunkStore {
             .map_err(|e| Error::storage(format!("blob store {}: {path}", self.location), e))
     }
 
-    fn path(kind: &str, digest: &B3Digest) -> String {
-        let hex = digest.to_hex();
-        format!("{kind}/{}/{hex}", &hex[..2])
+    fn path(kind: &'static str, digest: &B3Digest) -> String {
+        stored_key(kind, digest).join("/")
     }
 
     /// Runs a file-system call on the blocking pool, with `path` in its error.
@@ -221,14 +220,14 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn write_file_blocking(
     root: &std::path::Path,
-    kind: &str,
+    kind: &'static str,
     digest: &B3Digest,
     data: &[u8],
     skip_if_present: bool,
 ) -> std::io::Result<()> {
     use std::io::Write;
-    let hex = digest.to_hex();
-    let fan_out = root.join(kind).join(&hex[..2]);
+    let [kind, fan_out, hex] = stored_key(kind, digest);
+    let fan_out = root.join(kind).join(fan_out);
     let target = fan_out.join(&hex);
     if skip_if_present
         && let Ok(meta) = std::fs::metadata(&target)

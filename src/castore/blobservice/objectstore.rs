@@ -14,7 +14,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::chunked::{decode_chunk_list, encode_chunk_list};
+use super::chunked::{decode_chunk_list, encode_chunk_list, stored_key};
 use super::{ChunkMeta, ChunkSource, ChunkStore};
 use crate::castore::{B3Digest, Error};
 
@@ -33,9 +33,8 @@ impl ObjectStoreChunkStore {
         Self { store, prefix, location: location.into() }
     }
 
-    fn path(&self, kind: &str, digest: &B3Digest) -> Path {
-        let hex = digest.to_hex();
-        self.prefix.clone().join(kind).join(&hex[..2]).join(hex.as_str())
+    fn path(&self, kind: &'static str, digest: &B3Digest) -> Path {
+        stored_key(kind, digest).iter().fold(self.prefix.clone(), |path, part| path.join(part.as_str()))
     }
 
     fn error(&self, path: &Path, e: object_store::Error) -> Error {
