@@ -4,12 +4,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use data_encoding::{BASE64, HEXLOWER_PERMISSIVE};
-
 use super::{ImportError, Progress, ingest_path};
 use crate::castore::blobservice::BlobService;
 use crate::castore::directoryservice::DirectoryService;
-use crate::pathinfo::{CaKind, ContentAddress, PathInfo, PathInfoService};
+use crate::narinfo::{parse_ca, parse_sha256};
+use crate::pathinfo::{ContentAddress, PathInfo, PathInfoService};
 use crate::storepath::{InvalidStorePath, StorePath, nixbase32};
 
 /// One store path of a closure, as `exportReferencesGraph` lists it.
@@ -100,7 +99,7 @@ fn parse_entry(index: usize, e: &serde_json::Value) -> Result<ClosureEntry, Clos
         StorePath::from_absolute_path(s).map_err(|e: InvalidStorePath| err(field, e.to_string()))
     };
     let path = store_path("path", string("path")?)?;
-    let nar_sha256 = parse_sha256(string("narHash")?).map_err(|r| err("narHash", r))?;
+    let nar_sha256 = parse_sha256(string("narHash")?).map_err(|e| err("narHash", e.to_string()))?;
     let nar_size =
         e.get("narSize").and_then(|v| v.as_u64()).ok_or_else(|| err("narSize", "missing or not a number".into()))?;
     let references = e
@@ -113,7 +112,7 @@ fn parse_entry(index: usize, e: &serde_json::Value) -> Result<ClosureEntry, Clos
         })
         .collect::<Result<Vec<_>, _>>()?;
     let ca = match e.get("ca").and_then(|v| v.as_str()) {
-        Some(s) => Some(parse_ca(s).map_err(|r| err("ca", r))?),
+        Some(s) => Some(parse_ca(s).map_err(|e| err("ca", e.to_string()))?),
         None => None,
     };
     let deriver = match e.get("deriver").and_then(|v| v.as_str()) {
@@ -126,48 +125,6 @@ fn parse_entry(index: usize, e: &serde_json::Value) -> Result<ClosureEntry, Clos
         None => None,
     };
     Ok(ClosureEntry { path, nar_sha256, nar_size, references, ca, deriver })
-}
-
-/// Parses a SHA-256 in any form Nix prints: `sha256:<nixbase32>`, `sha256:<hex>`,
-/// `sha256-<base64>` (SRI).
-pub fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
-    let raw = if let Some(b64) = s.strip_prefix("sha256-") {
-        BASE64.decode(b64.as_bytes()).map_err(|e| format!("{s:?}: {e}"))?
-    } else {
-        let body = s.strip_prefix("sha256:").ok_or_else(|| format!("{s:?} is not a sha256 hash"))?;
-        decode_digest(body, 32)?
-    };
-    raw.try_into().map_err(|_| format!("{s:?} is not 32 bytes"))
-}
-
-fn decode_digest(body: &str, len: usize) -> Result<Vec<u8>, String> {
-    if body.len() == len * 2 {
-        HEXLOWER_PERMISSIVE.decode(body.as_bytes()).map_err(|e| format!("{body:?}: {e}"))
-    } else {
-        nixbase32::decode(body.as_bytes(), len).map_err(|e| format!("{body:?}: {e}"))
-    }
-}
-
-/// Parses a narinfo-style content address (`fixed:r:sha256:…`, `text:sha256:…`, ...).
-pub fn parse_ca(s: &str) -> Result<ContentAddress, String> {
-    const KINDS: [CaKind; 9] = [
-        CaKind::NarSha256,
-        CaKind::NarSha1,
-        CaKind::NarSha512,
-        CaKind::NarMd5,
-        CaKind::TextSha256,
-        CaKind::FlatSha1,
-        CaKind::FlatMd5,
-        CaKind::FlatSha256,
-        CaKind::FlatSha512,
-    ];
-    for kind in KINDS {
-        if let Some(body) = s.strip_prefix(kind.prefix()).and_then(|r| r.strip_prefix(':')) {
-            let digest = decode_digest(body, kind.digest_len())?;
-            return Ok(ContentAddress { kind, digest: digest.into() });
-        }
-    }
-    Err(format!("{s:?} is not a content address Nix knows"))
 }
 
 /// Copies `closure` from the local store directory `store_dir` (normally `/nix/store`):

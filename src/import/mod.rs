@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use closure::{ClosureEntry, ClosureError, copy_closure, parse_ca, parse_closure, parse_sha256};
+pub use closure::{ClosureEntry, ClosureError, copy_closure, parse_closure};
 pub use error::ImportError;
 pub use nar::ingest_nar;
 pub use path::ingest_path;

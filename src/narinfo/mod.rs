@@ -38,7 +38,7 @@ use crate::storepath::{StorePath, nixbase32};
 pub use convert::{ConvertError, NarFile};
 pub use keys::{KeyError, SignatureError, SigningKey, TrustedKeys, VerifyError, VerifyingKey};
 pub use keys::{format_signature, parse_signature};
-pub use parse::{CaError, HashError, ParseError, ParseErrorKind};
+pub use parse::{CaError, HashError, ParseError, ParseErrorKind, parse_ca, parse_sha256};
 
 /// One narinfo: every field Nix 2.8 reads and writes.
 ///

@@ -130,7 +130,7 @@ fn decode_digest(body: &str, len: usize) -> Option<Vec<u8>> {
 }
 
 /// Parses `sha256:<nixbase32|hex|base64>` or `sha256-<base64>` (Nix's `parseAnyPrefixed`).
-pub(super) fn parse_sha256(value: &str) -> Result<[u8; 32], HashError> {
+pub fn parse_sha256(value: &str) -> Result<[u8; 32], HashError> {
     // Nix looks for `:` first, then `-`; a base64 body may itself contain neither.
     let (algorithm, body, sri) = match value.split_once(':') {
         Some((a, b)) => (a, b, false),
@@ -149,7 +149,7 @@ pub(super) fn parse_sha256(value: &str) -> Result<[u8; 32], HashError> {
 
 /// Parses a `CA:` value (Nix's `parseContentAddress`): `text:sha256:<hash>`, or
 /// `fixed:r:<algo>:<hash>` (NAR hashed) or `fixed:<algo>:<hash>` (flat file hashed).
-pub(super) fn parse_ca(value: &str) -> Result<ContentAddress, CaError> {
+pub fn parse_ca(value: &str) -> Result<ContentAddress, CaError> {
     let kind_err = || CaError::Kind(value.to_string());
     let (kind, body) = if let Some(rest) = value.strip_prefix("text:") {
         // Nix 2.8: "text content address hash should use sha256".
