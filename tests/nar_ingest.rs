@@ -209,3 +209,78 @@ async fn file_length_beyond_stream() {
         expect_rejected(&nar, |e| matches!(e, NarReadError::Truncated { .. }), nar.len() as u64).await;
     }
 }
+
+// ---- the NAR layout: ranges, listings, depth ----
+
+/// Every range of a rendered NAR equals the same bytes of Nix's dump: ranges starting just
+/// before, at and inside each file's contents (so blobs are skipped, sliced and sought into),
+/// and ranges ending there.
+#[tokio::test]
+async fn layout_ranges_equal_slices_of_the_nix_dump() {
+    use tvix_store::nar::NarLayout;
+    let dir = tempfile::tempdir().unwrap();
+    let (blob, directory, _) = memory_services().await;
+    for tree in trees(dir.path()).into_iter().filter(|t| !t.ends_with("many")) {
+        let shown = tree.display();
+        let nar = nix_dump(&tree);
+        let ingested = ingest_nar(blob.clone(), directory.clone(), nar.as_slice(), None).await.unwrap();
+        let layout = NarLayout::of(&ingested.node, directory.as_ref()).await.unwrap();
+        assert_eq!(layout.size(), nar.len() as u64, "{shown}");
+        let files: Vec<(u64, u64)> = layout.files().collect();
+        let len = nar.len() as u64;
+        let mut cuts = vec![0, 1, 7, 8, len / 2, len - 1, len];
+        for (offset, size) in files {
+            cuts.extend([offset.saturating_sub(1), offset, offset + size / 2, offset + size, offset + size + 1]);
+        }
+        cuts.retain(|c| *c <= len);
+        cuts.sort();
+        cuts.dedup();
+        for &start in &cuts {
+            for &end in [len, start + 1, start + 9, start + 200_000].iter().filter(|e| **e <= len && **e >= start) {
+                let got = layout.write_range(Vec::new(), blob.as_ref(), start..end).await.unwrap();
+                assert!(got == nar[start as usize..end as usize], "{shown}: bytes {start}..{end} differ");
+            }
+        }
+    }
+}
+
+/// Our `.ls` listing is the one Nix writes with `write-nar-listing=true`, byte for byte.
+#[tokio::test]
+async fn layout_listing_equals_the_listing_nix_writes() {
+    use tvix_store::nar::NarLayout;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (blob, directory, _) = memory_services().await;
+    for tree in trees(dir.path()).into_iter().filter(|t| t.ends_with("mixed") || t.ends_with("root-exec")) {
+        let store_path = nix_add(&tree);
+        let to = format!("file://{}?write-nar-listing=true&compression=none", cache.display());
+        nix("nix", &["copy".as_ref(), "--to".as_ref(), to.as_ref(), store_path.as_ref()]);
+        let hash = &store_path["/nix/store/".len()..][..32];
+        let expected = std::fs::read_to_string(cache.join(format!("{hash}.ls"))).unwrap();
+        let ingested = ingest_nar(blob.clone(), directory.clone(), nix_dump(&tree).as_slice(), None).await.unwrap();
+        let layout = NarLayout::with_listing(&ingested.node, directory.as_ref()).await.unwrap();
+        assert_eq!(layout.listing_json(), Some(expected.as_str()), "{}", tree.display());
+    }
+}
+
+/// A tree nested far deeper than any stack would carry recursively renders, and ingests back.
+#[tokio::test]
+async fn very_deep_trees_render_without_recursion() {
+    use tvix_store::castore::{Directory, PathComponent};
+    let (blob, directory, _) = memory_services().await;
+    let mut putter = directory.put_multiple_start();
+    let mut node = Node::Symlink { target: b"bottom".as_slice().try_into().unwrap() };
+    for _ in 0..20_000 {
+        let mut d = Directory::new();
+        d.add(PathComponent::try_from("d").unwrap(), node).unwrap();
+        let size = d.size();
+        let digest = d.digest();
+        putter.put(d).await.unwrap();
+        node = Node::directory(digest, size);
+    }
+    putter.close().await.unwrap();
+    let nar = write_nar(Vec::new(), &node, blob.as_ref(), directory.as_ref()).await.unwrap();
+    let back = ingest_nar(blob.clone(), directory.clone(), nar.as_slice(), None).await.unwrap();
+    assert_eq!(back.node, node);
+    assert_eq!(back.nar_size, nar.len() as u64);
+}

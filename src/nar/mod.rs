@@ -4,6 +4,7 @@
 mod calculator;
 mod error;
 mod hashing;
+mod layout;
 mod reader;
 mod render;
 mod transcode;
@@ -13,6 +14,7 @@ mod writer;
 pub use calculator::NarCalculator;
 pub use error::{MAX_NAME_LEN, MAX_TARGET_LEN, NarReadError, NarWriteError, check_name, check_target};
 pub use hashing::{HashingReader, NarHasher};
+pub use layout::NarLayout;
 pub use reader::{FileContents, NarEvent, NarReader};
 pub use render::{RenderError, write_nar};
 pub use transcode::{TranscodeError, transcode};

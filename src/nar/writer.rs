@@ -101,6 +101,26 @@ impl<W: AsyncWrite + Unpin> NarWriter<W> {
         Ok(())
     }
 
+    /// Marks the open file's contents as supplied outside this writer: [`NarLayout`](super::NarLayout)
+    /// records where they go and splices the blob in when rendering.
+    pub fn file_contents_elsewhere(&mut self) -> Result<(), NarWriteError> {
+        let Some((_, left, _)) = self.open_file.as_mut() else {
+            return Err(NarWriteError::Misuse("file_contents_elsewhere without file_start"));
+        };
+        *left = 0;
+        Ok(())
+    }
+
+    /// The sink.
+    pub fn get_ref(&self) -> &W {
+        &self.w
+    }
+
+    /// The sink, to take what was written so far (a `Vec<u8>` sink, for a layout).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.w
+    }
+
     /// Closes the open file, which must have received exactly its announced size.
     pub async fn file_end(&mut self) -> Result<(), NarWriteError> {
         let Some((name, left, size)) = self.open_file.take() else {
