@@ -327,7 +327,7 @@ async fn fetch(blob: &dyn BlobService, digest: B3Digest, size: u64, part: Range<
     if data.len() as u64 != size {
         return Err(RenderError::SizeMismatch { digest, size });
     }
-    Ok(Bytes::from(data).slice(part.start as usize..part.end as usize)).map(Fetched::Whole)
+    Ok(Fetched::Whole(Bytes::from(data).slice(part.start as usize..part.end as usize)))
 }
 
 /// Copies `part` of a streamed blob to `w`; a blob shorter than its node says, or (when read
