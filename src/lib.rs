@@ -12,6 +12,7 @@
 //! - [`grpc`], [`server`]: gRPC clients and servers for the three services;
 //! - [`nar`], [`import`]: the NAR codec, and ingestion of NARs and local paths;
 //! - [`substitute`]: Nix binary caches as a PathInfo source;
+//! - [`narbridge`]: the store served as a Nix binary cache over HTTP (reads and uploads);
 //! - [`fs`]: the filesystem core shared by the FUSE mount and the virtiofs frontend;
 //! - [`virtiofs`]: the vhost-user-fs frontend;
 //! - [`tuning`]: process-wide settings our programs apply at start.
@@ -22,6 +23,7 @@ pub mod fs;
 pub mod grpc;
 pub mod import;
 pub mod nar;
+pub mod narbridge;
 pub mod narinfo;
 pub mod pathinfo;
 pub mod proto;

@@ -5,6 +5,7 @@ mod daemon;
 mod dump;
 mod import;
 mod mount;
+mod nar_bridge;
 mod path_info;
 mod substitute;
 mod virtiofs;
@@ -42,6 +43,8 @@ enum Command {
     Mount(mount::Args),
     /// Serve the store to virtual machines as a vhost-user-fs device.
     Virtiofs(virtiofs::Args),
+    /// Serve the store as a Nix binary cache over HTTP (nix copy --from, substituters, uploads).
+    NarBridge(nar_bridge::Args),
 }
 
 impl Cli {
@@ -56,6 +59,7 @@ impl Cli {
             Command::Substitute(args) => substitute::run(args).await,
             Command::Mount(args) => mount::run(args).await,
             Command::Virtiofs(args) => virtiofs::run(args).await,
+            Command::NarBridge(args) => nar_bridge::run(args).await,
         }
     }
 }

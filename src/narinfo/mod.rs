@@ -27,6 +27,7 @@
 //! narinfos.
 
 mod convert;
+mod decompress;
 mod keys;
 mod parse;
 
@@ -36,9 +37,10 @@ use crate::pathinfo::{ContentAddress, Signature};
 use crate::storepath::{StorePath, nixbase32};
 
 pub use convert::{ConvertError, NarFile};
+pub use decompress::decompressor;
 pub use keys::{KeyError, SignatureError, SigningKey, TrustedKeys, VerifyError, VerifyingKey};
 pub use keys::{format_signature, parse_signature};
-pub use parse::{CaError, HashError, ParseError, ParseErrorKind, parse_ca, parse_sha256};
+pub use parse::{CaError, HashError, ParseError, ParseErrorKind, format_sha256, parse_ca, parse_sha256};
 
 /// One narinfo: every field Nix 2.8 reads and writes.
 ///

@@ -129,6 +129,11 @@ fn decode_digest(body: &str, len: usize) -> Option<Vec<u8>> {
     (out.len() == len).then_some(out)
 }
 
+/// A SHA-256 as narinfos write it, `sha256:<nixbase32>`.
+pub fn format_sha256(hash: &[u8; 32]) -> String {
+    format!("sha256:{}", nixbase32::encode(hash))
+}
+
 /// Parses `sha256:<nixbase32|hex|base64>` or `sha256-<base64>` (Nix's `parseAnyPrefixed`).
 pub fn parse_sha256(value: &str) -> Result<[u8; 32], HashError> {
     // Nix looks for `:` first, then `-`; a base64 body may itself contain neither.

@@ -1,0 +1,82 @@
+//! `tvix-store nar-bridge`: the store served as a Nix binary cache over HTTP.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tvix_store::narbridge::{NarBridge, Options, UploadOptions};
+use tvix_store::narinfo::SigningKey;
+use tvix_store::server::{ListenAddr, Listener};
+
+use super::ServiceArgs;
+
+/// Arguments of `tvix-store nar-bridge`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    services: ServiceArgs,
+    /// Where to listen: host:port ([::]:9000, 127.0.0.1:9000) or a unix socket path.
+    #[arg(short = 'l', long, default_value = "[::]:9000")]
+    listen_address: String,
+    /// `Priority:` announced in nix-cache-info (Nix prefers lower; cache.nixos.org has 40).
+    #[arg(long, default_value_t = 40)]
+    priority: u32,
+    /// A Nix secret key file (`nix-store --generate-binary-cache-key`): every narinfo served is
+    /// signed with it, beside the signatures the path has.
+    #[arg(long, value_name = "FILE")]
+    signing_key_file: Option<PathBuf>,
+    /// Accept uploads (`nix copy --to http://…`).
+    #[arg(long)]
+    allow_uploads: bool,
+    /// A file holding the token uploads must carry (`Authorization: Bearer <token>`, or as the
+    /// password of HTTP basic auth, which Nix sends from a netrc file).
+    #[arg(long, value_name = "FILE", requires = "allow_uploads")]
+    upload_token_file: Option<PathBuf>,
+    /// Largest upload accepted, in bytes (a compressed NAR as sent).
+    #[arg(long, default_value_t = 64 << 30, requires = "allow_uploads")]
+    max_upload_size: u64,
+}
+
+/// Runs the command: serves until SIGINT or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = super::shutdown_signal()?;
+    let listen: ListenAddr = args.listen_address.parse()?;
+    let signing_key = args
+        .signing_key_file
+        .as_deref()
+        .map(|file| SigningKey::from_file(file).with_context(|| format!("signing key {}", file.display())))
+        .transpose()?;
+    let uploads = if args.allow_uploads {
+        let token = match &args.upload_token_file {
+            None => None,
+            Some(file) => {
+                let token = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading the upload token {}", file.display()))?;
+                let token = token.trim().to_string();
+                anyhow::ensure!(!token.is_empty(), "the upload token file {} is empty", file.display());
+                Some(token)
+            }
+        };
+        Some(UploadOptions { token, max_body: args.max_upload_size })
+    } else {
+        None
+    };
+    let store = args.services.open_serving().await?;
+    let options = Options { priority: args.priority, signing_key, uploads, ..Options::default() };
+    let bridge = NarBridge::new(
+        store.services.blob.clone(),
+        store.services.directory.clone(),
+        store.services.path_info.clone(),
+        options,
+    );
+    let router = bridge.router();
+    let listener = Listener::bind(&listen).await?;
+    eprintln!("tvix-store nar-bridge listening on http://{}", listener.describe());
+    let served = match listener {
+        Listener::Tcp(l) => axum::serve(l, router).with_graceful_shutdown(shutdown).await,
+        Listener::Unix(l, _socket_file) => axum::serve(l, router).with_graceful_shutdown(shutdown).await,
+    };
+    served.context("serving HTTP")?;
+    store.close().await;
+    eprintln!("tvix-store nar-bridge stopped");
+    Ok(())
+}

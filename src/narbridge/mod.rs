@@ -1,0 +1,154 @@
+//! nar-bridge: the store served as a Nix binary cache over HTTP, both ways. Nix (`nix copy
+//! --from`, `substituters`, Hydra, CI runners) reads narinfos and NARs from it; `nix copy --to`
+//! uploads into it. Underneath, everything is the castore: NARs are rendered from blobs and
+//! directories as they are sent (byte-exact with `nix-store --dump`, any byte range), and
+//! uploaded NARs are ingested as they arrive, deduplicated against what the store has.
+//!
+//! Files served:
+//! - `nix-cache-info`;
+//! - `<hash>.narinfo` (GET, HEAD), from the PathInfo, signed with our key when one is set;
+//! - `nar/<hash>-<narhash>.nar` (GET, HEAD, `Range:`, `Accept-Encoding: zstd`), the URL our
+//!   narinfos name;
+//! - `<hash>.ls`, the NAR listing, from the directory graph alone.
+//!
+//! Uploads (when enabled): `PUT nar/<filehash>.nar[.xz|.bz2|.zst|.br]`, then `PUT
+//! <hash>.narinfo`, which becomes a PathInfo only if its NAR arrived with the hash and size it
+//! states; `PUT <hash>.ls` and `PUT nix-cache-info` are accepted and dropped (we make our own).
+//!
+//! Every answer that is not a success carries a one-line reason as its body.
+
+mod names;
+mod read;
+mod upload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+pub use names::{NarName, served_nar_url};
+
+use crate::castore::Error as StoreError;
+use crate::castore::blobservice::BlobService;
+use crate::castore::directoryservice::DirectoryService;
+use crate::narinfo::SigningKey;
+use crate::pathinfo::PathInfoService;
+
+/// How the binary cache behaves.
+#[derive(Debug)]
+pub struct Options {
+    /// `Priority:` in `nix-cache-info` (lower is preferred by Nix).
+    pub priority: u32,
+    /// Signs every narinfo served, beside the signatures the PathInfo has.
+    pub signing_key: Option<SigningKey>,
+    /// Uploads (`nix copy --to`), off when `None`.
+    pub uploads: Option<UploadOptions>,
+    /// Longest a single store call (a lookup, a directory fetch) may take before the request
+    /// fails with 504: a stuck backend must not hold a client forever.
+    pub store_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { priority: 40, signing_key: None, uploads: None, store_timeout: Duration::from_secs(60) }
+    }
+}
+
+/// Limits of uploads.
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// Required as `Authorization: Bearer <token>` (or as the password of HTTP basic auth,
+    /// which is what Nix sends from a netrc file) on every upload, when set.
+    pub token: Option<String>,
+    /// Largest body accepted (compressed, as sent), in bytes.
+    pub max_body: u64,
+}
+
+/// The server's state: the store's services and the options.
+pub struct NarBridge {
+    blob: Arc<dyn BlobService>,
+    directory: Arc<dyn DirectoryService>,
+    path_info: Arc<dyn PathInfoService>,
+    options: Options,
+    uploads: upload::PendingNars,
+}
+
+impl NarBridge {
+    /// A binary cache over these services.
+    pub fn new(
+        blob: Arc<dyn BlobService>,
+        directory: Arc<dyn DirectoryService>,
+        path_info: Arc<dyn PathInfoService>,
+        options: Options,
+    ) -> Arc<Self> {
+        Arc::new(Self { blob, directory, path_info, options, uploads: Default::default() })
+    }
+
+    /// The HTTP routes, ready for `axum::serve`.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        use axum::routing::get;
+        axum::Router::new()
+            .route("/nix-cache-info", get(read::cache_info).put(upload::discard))
+            .route("/{file}", get(read::file).put(upload::file))
+            .route("/nar/{file}", get(read::nar).put(upload::nar))
+            .fallback(|| async { Reject::new(StatusCode::NOT_FOUND, "no such file in this binary cache") })
+            .with_state(self.clone())
+    }
+
+    /// Runs a store call under the store timeout.
+    async fn bounded<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, Reject> {
+        match tokio::time::timeout(self.options.store_timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Reject::store(&what(), e)),
+            Err(_) => Err(Reject::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("{}: the store did not answer within {:?}", what(), self.options.store_timeout),
+            )),
+        }
+    }
+}
+
+/// A request refused or failed: a status and a one-line reason, sent as the body.
+#[derive(Debug)]
+pub struct Reject {
+    status: StatusCode,
+    reason: String,
+}
+
+impl Reject {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self { status, reason: reason.into() }
+    }
+
+    /// A store error as an HTTP answer: data the store lacks is 404, broken data 500 (it is
+    /// ours, not the client's), an unreachable backend 503.
+    fn store(what: &str, e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, format!("{what}: {e}"))
+    }
+}
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), "{}", self.reason);
+        } else {
+            tracing::debug!(status = self.status.as_u16(), "{}", self.reason);
+        }
+        let mut body = self.reason.replace('\n', " ");
+        body.push('\n');
+        let mut response = (self.status, body).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        response
+    }
+}
