@@ -1,0 +1,433 @@
+//! nar-bridge against the real Nix 2.8 as its client, on the loopback: `nix copy --from` us
+//! into fresh stores with our signature required, a substituter setup realising a path from
+//! us, `nix copy --to` us (every compression Nix writes) after which a mount shows the paths,
+//! Range reads, and the status every kind of bad request gets.
+
+mod cache_common;
+mod nar_common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_common::*;
+use nar_common::*;
+use tvix_store::castore::blobservice::BlobService;
+use tvix_store::castore::directoryservice::DirectoryService;
+use tvix_store::import::ingest_nar;
+use tvix_store::narbridge::{NarBridge, Options, UploadOptions};
+use tvix_store::narinfo::{NarInfo, SigningKey};
+use tvix_store::pathinfo::PathInfoService;
+use tvix_store::storepath::StorePath;
+
+/// Nix remembers narinfo lookups on disk per cache URL; ports are reused between tests.
+const NO_NARINFO_CACHE: [&str; 6] =
+    ["--option", "narinfo-cache-negative-ttl", "0", "--option", "narinfo-cache-positive-ttl", "0"];
+
+/// An in-process nar-bridge over memory services on a free loopback port.
+struct Bridge {
+    url: String,
+    blob: Arc<dyn BlobService>,
+    directory: Arc<dyn DirectoryService>,
+    path_info: Arc<dyn PathInfoService>,
+}
+
+async fn serve(options: Options) -> Bridge {
+    let (blob, directory, path_info) = memory_services().await;
+    let bridge = NarBridge::new(blob.clone(), directory.clone(), path_info.clone(), options);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = bridge.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Bridge { url, blob, directory, path_info }
+}
+
+impl Bridge {
+    /// Puts the closure of `path` into the bridge's store as Nix describes it: every narinfo
+    /// field (references, deriver, CA, Nix's signatures none) and NAR as `nix copy` writes them.
+    async fn load(&self, path: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let to = format!("file://{}?compression=none", dir.path().display());
+        nix("nix", &["copy".as_ref(), "--to".as_ref(), to.as_ref(), path.as_ref()]);
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let file = entry.unwrap().path();
+            if file.extension().is_none_or(|e| e != "narinfo") {
+                continue;
+            }
+            let narinfo = NarInfo::parse(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            let nar = std::fs::read(dir.path().join(&narinfo.url)).unwrap();
+            let ingested = ingest_nar(self.blob.clone(), self.directory.clone(), nar.as_slice(), None).await.unwrap();
+            assert_eq!(ingested.nar_sha256, narinfo.nar_hash);
+            self.path_info.put(narinfo.to_path_info(ingested.node).unwrap()).await.unwrap();
+        }
+    }
+
+    async fn get(&self, file: &str) -> reqwest::Response {
+        http().get(format!("{}/{file}", self.url)).send().await.unwrap()
+    }
+}
+
+/// An HTTP client (reqwest is built without a default TLS provider; ours is ring).
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// A Nix command (with a fresh narinfo view of every cache).
+fn nix_run(program: &str, args: &[&str]) -> std::process::Output {
+    nix_command(program).args(args).args(NO_NARINFO_CACHE).output().unwrap()
+}
+
+fn hash_of(path: &str) -> &str {
+    &path.trim_start_matches("/nix/store/")[..32]
+}
+
+fn signing_key(dir: &Path, name: &str) -> (SigningKey, String) {
+    let (secret, public) = keypair(dir, name);
+    (SigningKey::from_file(&secret).unwrap(), public)
+}
+
+/// `nix copy --from` us into a fresh store, our key the only one trusted and signatures
+/// required: the copies are what Nix had. Under another key, the built (input-addressed) path
+/// is refused, so the signature really is what let it in.
+#[tokio::test(flavor = "multi_thread")]
+async fn nix_copies_from_us_with_our_signature_required() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, public) = signing_key(tmp.path(), "nar-bridge-test-1");
+    let (_, other) = keypair(tmp.path(), "nar-bridge-test-other");
+    let bridge = serve(Options { signing_key: Some(key), ..Options::default() }).await;
+    bridge.load(&c.top).await;
+
+    let root = tmp.path().join("root");
+    let copy = |keys: &str| {
+        nix_run(
+            "nix",
+            &[
+                "copy",
+                "--from",
+                &bridge.url,
+                "--store",
+                root.to_str().unwrap(),
+                "--option",
+                "require-sigs",
+                "true",
+                "--option",
+                "trusted-public-keys",
+                keys,
+                &c.top,
+            ],
+        )
+    };
+    let refused = copy(&other);
+    assert!(!refused.status.success(), "nix accepted {} signed by a key it does not trust", c.top);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("signature"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let copied = copy(&public);
+    assert!(copied.status.success(), "nix copy --from failed: {}", String::from_utf8_lossy(&copied.stderr));
+    for path in [&c.top, &c.dep] {
+        let copy = root.join(path.trim_start_matches('/'));
+        assert!(nix_dump(&copy) == nix_dump(Path::new(path)), "{path}: the copy differs from the original");
+    }
+}
+
+/// The substituter setup of a Nix user: `substituters = <us>`, our key trusted; realising the
+/// path in a store that lacks it fetches it (and its closure) from us.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_substituter_setup_realises_a_path_from_us() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, public) = signing_key(tmp.path(), "nar-bridge-test-2");
+    let bridge = serve(Options { signing_key: Some(key), ..Options::default() }).await;
+    bridge.load(&c.top).await;
+    let root = tmp.path().join("root");
+    let out = nix_run(
+        "nix-store",
+        &[
+            "--store",
+            root.to_str().unwrap(),
+            "--realise",
+            &c.top,
+            "--option",
+            "substituters",
+            &bridge.url,
+            "--option",
+            "trusted-public-keys",
+            &public,
+        ],
+    );
+    assert!(out.status.success(), "nix-store --realise failed: {}", String::from_utf8_lossy(&out.stderr));
+    for path in [&c.top, &c.dep] {
+        assert!(nix_dump(&root.join(path.trim_start_matches('/'))) == nix_dump(Path::new(path)), "{path}");
+    }
+}
+
+/// `nix copy --to` us with each compression Nix 2.8 writes: the paths become PathInfos with
+/// Nix's NAR hash, references and signatures, and render back to Nix's bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn nix_copies_to_us_with_every_compression() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, _) = keypair(tmp.path(), "nar-bridge-test-3");
+    for compression in ["xz", "zstd", "bzip2", "br", "none"] {
+        let bridge =
+            serve(Options { uploads: Some(UploadOptions { token: None, max_body: 1 << 30 }), ..Options::default() })
+                .await;
+        let to = format!("{}?compression={compression}&secret-key={}", bridge.url, secret.display());
+        let out = nix_run("nix", &["copy", "--to", &to, &c.top]);
+        assert!(out.status.success(), "{compression}: nix copy --to failed: {}", String::from_utf8_lossy(&out.stderr));
+        for path in [&c.top, &c.dep] {
+            let info = bridge
+                .path_info
+                .get(*StorePath::from_absolute_path(path).unwrap().digest())
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{compression}: {path} not stored"));
+            assert!(info.signatures.iter().any(|s| s.name == "nar-bridge-test-3"), "{compression}: {path}: signature");
+            let nar = bridge
+                .get(&format!(
+                    "nar/{}-{}.nar",
+                    hash_of(path),
+                    tvix_store::storepath::nixbase32::encode(&info.nar_sha256)
+                ))
+                .await;
+            assert_eq!(nar.status(), 200, "{compression}: {path}");
+            assert!(nar.bytes().await.unwrap() == nix_dump(Path::new(path)), "{compression}: {path}: NAR differs");
+        }
+        let refs =
+            bridge.path_info.get(*StorePath::from_absolute_path(&c.top).unwrap().digest()).await.unwrap().unwrap();
+        assert_eq!(refs.references, vec![StorePath::from_absolute_path(&c.dep).unwrap()], "{compression}");
+    }
+}
+
+/// The binary: `tvix-store nar-bridge --allow-uploads` on the default store, `nix copy --to`
+/// it, and a mount of the same store (a client of the bridge's store) shows the paths.
+#[test]
+fn nix_copy_to_the_binary_then_a_mount_shows_the_paths() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut bridge = tvix_store()
+        .env("TVIX_STORE_DIR", &store)
+        .args(["nar-bridge", "--allow-uploads", "-l", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nar-bridge did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = nix_run("nix", &["copy", "--to", &url, &c.top]);
+    let uploaded = out.status.success();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let result = std::panic::catch_unwind(|| {
+        assert!(uploaded, "nix copy --to failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut mount = tvix_store();
+        mount.env("TVIX_STORE_DIR", &store).arg("mount").arg(&mnt);
+        let _mount = MountProcess::start(mount, &mnt);
+        for path in [&c.top, &c.dep] {
+            assert_same_tree(path, &mnt);
+        }
+    });
+    let _ = bridge.kill();
+    let _ = bridge.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Range reads of a NAR equal the same bytes of `nix-store --dump`: a head, a middle, a tail
+/// by suffix length, a range running past the end; beyond the end is 416 with the size. HEAD
+/// announces the length without a body, and zstd is served to a client that asks.
+#[tokio::test(flavor = "multi_thread")]
+async fn ranges_heads_and_zstd() {
+    let c = closure();
+    let bridge = serve(Options::default()).await;
+    bridge.load(&c.top).await;
+    let dump = nix_dump(Path::new(&c.dep));
+    let len = dump.len();
+    let narinfo = bridge.get(&format!("{}.narinfo", hash_of(&c.dep))).await.text().await.unwrap();
+    let narinfo = NarInfo::parse(&narinfo).unwrap();
+    let url = format!("{}/{}", bridge.url, narinfo.url);
+    let client = http();
+    let range = |r: String| client.get(&url).header("Range", r).send();
+    for (header, want) in [
+        ("bytes=0-99".to_string(), 0..100),
+        (format!("bytes={}-{}", len / 2, len / 2 + 70_000), len / 2..len / 2 + 70_001),
+        ("bytes=-1000".to_string(), len - 1000..len),
+        (format!("bytes={}-{}", len - 10, len + 100), len - 10..len),
+        (format!("bytes={}-", len - 1), len - 1..len),
+    ] {
+        let response = range(header.clone()).await.unwrap();
+        assert_eq!(response.status(), 206, "{header}");
+        let content_range = format!("bytes {}-{}/{len}", want.start, want.end - 1);
+        assert_eq!(response.headers()["content-range"], content_range.as_str(), "{header}");
+        assert!(response.bytes().await.unwrap() == dump[want.clone()], "{header}: bytes differ");
+    }
+    let beyond = range(format!("bytes={len}-")).await.unwrap();
+    assert_eq!(beyond.status(), 416);
+    assert_eq!(beyond.headers()["content-range"], format!("bytes */{len}").as_str());
+
+    let head = client.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], len.to_string().as_str());
+    assert_eq!(head.headers()["accept-ranges"], "bytes");
+
+    let zstd = client.get(&url).header("Accept-Encoding", "zstd").send().await.unwrap();
+    assert_eq!(zstd.headers()["content-encoding"], "zstd");
+    let compressed = zstd.bytes().await.unwrap();
+    assert!(compressed.len() < len);
+    let mut plain = Vec::new();
+    let mut decoder = async_compression::tokio::bufread::ZstdDecoder::new(compressed.as_ref());
+    tokio::io::AsyncReadExt::read_to_end(&mut decoder, &mut plain).await.unwrap();
+    assert!(plain == dump, "zstd body differs once decompressed");
+
+    // The listing is Nix's.
+    let cache = tempfile::tempdir().unwrap();
+    let to = format!("file://{}?write-nar-listing=true&compression=none", cache.path().display());
+    nix("nix", &["copy".as_ref(), "--to".as_ref(), to.as_ref(), c.top.as_ref()]);
+    for path in [&c.top, &c.dep] {
+        let ours = bridge.get(&format!("{}.ls", hash_of(path))).await.text().await.unwrap();
+        let theirs = std::fs::read_to_string(cache.path().join(format!("{}.ls", hash_of(path)))).unwrap();
+        assert_eq!(ours, theirs, "{path}: listing");
+    }
+
+    // Many clients at once all get the whole NAR.
+    let fetches = (0..16).map(|_| async { client.get(&url).send().await.unwrap().bytes().await.unwrap() });
+    for body in futures::future::join_all(fetches).await {
+        assert!(body == dump, "a concurrent download differs");
+    }
+}
+
+/// Sends raw bytes and returns the status line's code, the server having answered or closed.
+fn raw(addr: &str, request: &[u8]) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// Every kind of bad request gets its status and a one-line reason, nothing of a rejected
+/// upload is stored, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_their_status_and_store_nothing() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let reads = serve(Options::default()).await;
+    reads.load(&c.dep).await;
+    let status = |b: &Bridge, file: &str| {
+        let url = format!("{}/{file}", b.url);
+        async move { http().get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(&reads, "abc.narinfo").await, 400);
+    assert_eq!(status(&reads, "00000000000000000000000000000000.narinfo").await, 404);
+    assert_eq!(status(&reads, "00000000000000000000000000000000.ls").await, 404);
+    assert_eq!(status(&reads, "nar/garbage.nar").await, 400);
+    assert_eq!(status(&reads, "nothing-here").await, 404);
+    let reason = reads.get("abc.narinfo").await.text().await.unwrap();
+    assert_eq!(reason.lines().count(), 1, "{reason:?}");
+    assert!(reason.contains("abc"), "{reason:?}");
+    // A NAR URL whose NAR hash is not the path's (any more): 404.
+    let wrong = format!("nar/{}-{}.nar", hash_of(&c.dep), "0".repeat(52));
+    assert_eq!(status(&reads, &wrong).await, 404);
+    let client = http();
+    let put = client.put(format!("{}/{}.narinfo", reads.url, hash_of(&c.dep))).body("x").send().await.unwrap();
+    assert_eq!(put.status(), 403, "uploads are off by default");
+
+    // Uploads on, behind a token, with a small limit.
+    let uploads = serve(Options {
+        uploads: Some(UploadOptions { token: Some("s3cret".into()), max_body: 2_000_000 }),
+        ..Options::default()
+    })
+    .await;
+    let dep_nar = nix_dump(Path::new(&c.dep));
+    let small = nix_dump(&{
+        let f = tmp.path().join("small");
+        std::fs::write(&f, b"small file").unwrap();
+        f
+    });
+    let sha = |data: &[u8]| {
+        use sha2::Digest;
+        tvix_store::storepath::nixbase32::encode(&sha2::Sha256::digest(data))
+    };
+    let upload = |name: String, body: Vec<u8>, token: Option<&'static str>| {
+        let mut request = client.put(format!("{}/{name}", uploads.url)).body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let small_url = format!("nar/{}.nar", sha(&small));
+    assert_eq!(upload(small_url.clone(), small.clone(), None).await, 401);
+    assert_eq!(upload(small_url.clone(), small.clone(), Some("wrong")).await, 403);
+    // A body that does not hash to its name.
+    let misnamed = format!("nar/{}.nar", sha(b"something else"));
+    assert_eq!(upload(misnamed.clone(), small.clone(), Some("s3cret")).await, 400);
+    assert_eq!(client.head(format!("{}/{misnamed}", uploads.url)).send().await.unwrap().status(), 404);
+    // Not a NAR at all; a compression we cannot read; a suffix nobody knows.
+    assert_eq!(upload(format!("nar/{}.nar", sha(b"junk")), b"junk".to_vec(), Some("s3cret")).await, 400);
+    assert_eq!(upload(format!("nar/{}.nar.lz4", sha(&small)), small.clone(), Some("s3cret")).await, 415);
+    assert_eq!(upload(format!("nar/{}.nar.rar", sha(&small)), small.clone(), Some("s3cret")).await, 400);
+    // Over the limit, announced or not.
+    assert_eq!(upload(format!("nar/{}.nar", sha(&dep_nar)), dep_nar.clone(), Some("s3cret")).await, 413);
+    let host = uploads.url.trim_start_matches("http://").to_string();
+    let chunked = format!(
+        "PUT /nar/{}.nar HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        sha(&dep_nar),
+        dep_nar.len()
+    );
+    let mut request = chunked.into_bytes();
+    request.extend_from_slice(&dep_nar);
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    assert_eq!(raw(&host, &request), Some(413));
+    // Neither a length nor chunks: 411.
+    let no_length =
+        format!("PUT /{small_url} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n");
+    assert_eq!(raw(&host, no_length.as_bytes()), Some(411));
+    // A client hanging up mid-upload: nothing arrives, the server serves on.
+    let partial = format!(
+        "PUT /{small_url} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Length: {}\r\n\r\n",
+        small.len()
+    );
+    let mut stream = TcpStream::connect(&host).unwrap();
+    stream.write_all(partial.as_bytes()).unwrap();
+    stream.write_all(&small[..small.len() / 2]).unwrap();
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(client.head(format!("{}/{small_url}", uploads.url)).send().await.unwrap().status(), 404);
+
+    // A narinfo whose NAR never arrived; then one that disagrees with the NAR that did.
+    let info_text = reads.get(&format!("{}.narinfo", hash_of(&c.dep))).await.text().await.unwrap();
+    let mut narinfo = NarInfo::parse(&info_text).unwrap();
+    let name = format!("{}.narinfo", hash_of(&c.dep));
+    narinfo.url = small_url.clone();
+    narinfo.file_hash = None;
+    narinfo.file_size = None;
+    assert_eq!(upload(name.clone(), narinfo.render().into_bytes(), Some("s3cret")).await, 400);
+    assert_eq!(upload(small_url.clone(), small.clone(), Some("s3cret")).await, 200);
+    assert_eq!(client.head(format!("{}/{small_url}", uploads.url)).send().await.unwrap().status(), 200);
+    assert_eq!(upload(name.clone(), narinfo.render().into_bytes(), Some("s3cret")).await, 400, "NarHash differs");
+    // A narinfo for another path than its name says; a malformed one.
+    assert_eq!(
+        upload("00000000000000000000000000000000.narinfo".into(), narinfo.render().into_bytes(), Some("s3cret")).await,
+        400
+    );
+    assert_eq!(upload(name.clone(), b"StorePath: nonsense\n".to_vec(), Some("s3cret")).await, 400);
+    assert!(uploads.path_info.get(*StorePath::from_absolute_path(&c.dep).unwrap().digest()).await.unwrap().is_none());
+
+    // And the server still serves.
+    assert_eq!(status(&uploads, "nix-cache-info").await, 200);
+}
