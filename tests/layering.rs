@@ -88,3 +88,24 @@ fn narinfo_imports_only_the_data_layers() {
         assert!(!text.contains("crate::narinfo"), "{} imports narinfo", file.display());
     }
 }
+
+#[test]
+fn the_binary_cache_server_and_source_know_no_schemes() {
+    // nar-bridge serves whatever services it is handed, and the substituter reads the cache it
+    // is given: only compose builds services from URLs, only the CLI picks them.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    for module in ["narbridge", "substitute"] {
+        rust_files(&src.join(module), &mut files);
+    }
+    assert!(files.len() >= 4, "found only {files:?}");
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if !line.trim_start().starts_with("//") && (line.contains("crate::compose") || line.contains("crate::cli"))
+            {
+                panic!("{}:{}: {}", file.display(), n + 1, line.trim());
+            }
+        }
+    }
+}

@@ -431,3 +431,61 @@ async fn bad_requests_get_their_status_and_store_nothing() {
     // And the server still serves.
     assert_eq!(status(&uploads, "nix-cache-info").await, 200);
 }
+
+/// `keyfile-signing` in a composition file: a PathInfo put through the daemon (by an import)
+/// is stored with a signature by the key, valid under Nix's fingerprint rules.
+#[test]
+fn keyfile_signing_signs_what_is_put_through_the_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, public) = keypair(tmp.path(), "nar-bridge-test-4");
+    let t = tmp.path().display();
+    let config = tmp.path().join("store.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[blobservices.root]\nurl = \"objectstore+file://{t}/blobs\"\n\
+             [directoryservices.root]\nurl = \"redb://{t}/directories.redb\"\n\
+             [pathinfoservices.root]\ntype = \"keyfile-signing\"\ninner = \"db\"\nkeyfile = \"{}\"\n\
+             [pathinfoservices.db]\nurl = \"redb://{t}/pathinfo.redb\"\n",
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let socket = tmp.path().join("daemon.sock");
+    let mut daemon = tvix_store()
+        .arg("daemon")
+        .arg("--store-config")
+        .arg(&config)
+        .arg("-l")
+        .arg(&socket)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "the daemon did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let src = tmp.path().join("signed-src");
+    std::fs::write(&src, b"signed by the daemon\n").unwrap();
+    let addr = format!("grpc+unix://{}", socket.display());
+    let out = tvix_store()
+        .arg("import")
+        .args(["--blob-service-addr", &addr, "--directory-service-addr", &addr, "--path-info-service-addr", &addr])
+        .arg(&src)
+        .output()
+        .unwrap();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
+    let path = StorePath::from_absolute_path(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+
+    let stored = tvix_store::compose::path_info_service(&format!("redb://{t}/pathinfo.redb")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let info = runtime.block_on(stored.get(*path.digest())).unwrap().expect("the import's PathInfo");
+    let key = tvix_store::narinfo::VerifyingKey::parse(&public).unwrap();
+    let fingerprint =
+        tvix_store::narinfo::fingerprint(&info.store_path, &info.nar_sha256, info.nar_size, &info.references);
+    let signature = info.signatures.iter().find(|s| s.name == "nar-bridge-test-4").expect("signed by the key");
+    assert!(key.verify(&fingerprint, signature), "the signature does not verify");
+}

@@ -127,7 +127,16 @@ fn parse_entry(kind: Kind, at: &str, value: toml::Value) -> Result<Entry, Compos
             };
             Entry::Cache { near, far, writes }
         }
-        Some(other) => return Err(err(format!("unknown type {other:?} (known: url, cache)"))),
+        Some("keyfile-signing") if kind != Kind::PathInfo => {
+            return Err(err("keyfile-signing signs PathInfos: it belongs under [pathinfoservices]".into()));
+        }
+        Some("keyfile-signing") => {
+            let inner = take_string("inner")?.ok_or_else(|| err("keyfile-signing needs inner = \"<entry>\"".into()))?;
+            let keyfile = take_string("keyfile")?
+                .ok_or_else(|| err("keyfile-signing needs keyfile = \"<Nix secret key file>\"".into()))?;
+            Entry::Signing { inner, keyfile: keyfile.into() }
+        }
+        Some(other) => return Err(err(format!("unknown type {other:?} (known: url, cache, keyfile-signing)"))),
     };
     if let Some(key) = fields.keys().next() {
         return Err(err(format!("unknown key {key:?}")));
@@ -189,6 +198,16 @@ mod tests {
             (
                 "[blobservices.root]\ntype = \"cache\"\nnear = \"a\"\nfar = \"a\"\nwrite = \"both\"\n",
                 "write = \"both\"",
+            ),
+            (
+                "[blobservices.root]\ntype = \"keyfile-signing\"\ninner = \"a\"\nkeyfile = \"/k\"\n",
+                "s.toml: blobservices.root: keyfile-signing signs PathInfos",
+            ),
+            ("[pathinfoservices.root]\ntype = \"keyfile-signing\"\ninner = \"a\"\n", "needs keyfile"),
+            ("[pathinfoservices.root]\ntype = \"keyfile-signing\"\nkeyfile = \"/k\"\n", "needs inner"),
+            (
+                "[pathinfoservices.root]\ntype = \"keyfile-signing\"\ninner = \"x\"\nkeyfile = \"/k\"\n",
+                "inner = \"x\" names no entry",
             ),
         ];
         for (text, want) in cases {

@@ -30,6 +30,32 @@ pub enum Entry {
         /// Where new data goes.
         writes: CacheWrites,
     },
+    /// Signs what is put into `inner` with a Nix secret key (path-info services only).
+    Signing {
+        /// The entry signed PathInfos go to.
+        inner: String,
+        /// The secret key file, as `nix-store --generate-binary-cache-key` writes it.
+        keyfile: std::path::PathBuf,
+    },
+}
+
+impl Entry {
+    /// The entries this one refers to, with the key naming each.
+    fn references(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            Entry::Leaf { .. } => Vec::new(),
+            Entry::Cache { near, far, .. } => vec![("near", near), ("far", far)],
+            Entry::Signing { inner, .. } => vec![("inner", inner)],
+        }
+    }
+}
+
+/// How a graph's combinators become services of type `T`.
+pub struct Combinators<'a, T: ?Sized> {
+    /// Reads `near` first and fills it from `far`.
+    pub cache: &'a dyn Fn(Arc<T>, Arc<T>, CacheWrites) -> Arc<T>,
+    /// Signs with the key in the file what is put into the service.
+    pub sign: &'a dyn Fn(Arc<T>, &std::path::Path) -> Result<Arc<T>, String>,
 }
 
 /// The entries of one service, built from [`ROOT`].
@@ -86,14 +112,12 @@ impl Graph {
             });
         }
         for (name, entry) in &self.entries {
-            if let Entry::Cache { near, far, .. } = entry {
-                for (key, target) in [("near", near), ("far", far)] {
-                    if !self.entries.contains_key(target) {
-                        return Err(ComposeError::Entry {
-                            entry: self.describe(name),
-                            reason: format!("{key} = {target:?} names no entry of {}", self.origin),
-                        });
-                    }
+            for (key, target) in entry.references() {
+                if !self.entries.contains_key(target) {
+                    return Err(ComposeError::Entry {
+                        entry: self.describe(name),
+                        reason: format!("{key} = {target:?} names no entry of {}", self.origin),
+                    });
                 }
             }
         }
@@ -122,9 +146,10 @@ impl Graph {
             return Err(ComposeError::Cycle(cycle.join(" -> ")));
         }
         path.push(name);
-        if let Some(Entry::Cache { near, far, .. }) = self.entries.get(name) {
-            self.find_cycle(near, path, done)?;
-            self.find_cycle(far, path, done)?;
+        if let Some(entry) = self.entries.get(name) {
+            for (_, target) in entry.references() {
+                self.find_cycle(target, path, done)?;
+            }
         }
         path.pop();
         done.push(name);
@@ -132,21 +157,21 @@ impl Graph {
     }
 
     /// Builds the root entry (each entry once, however often it is referred to: a redb file
-    /// cannot be opened twice). `leaf` opens a backend; `cache` combines two built services.
+    /// cannot be opened twice). `leaf` opens a backend; `combine` makes the combinators.
     pub fn build<T: ?Sized>(
         &self,
         leaf: &mut dyn FnMut(&Leaf) -> Result<Arc<T>, String>,
-        cache: &dyn Fn(Arc<T>, Arc<T>, CacheWrites) -> Arc<T>,
+        combine: &Combinators<'_, T>,
     ) -> Result<Arc<T>, ComposeError> {
         let mut built: HashMap<String, Arc<T>> = HashMap::new();
-        self.build_entry(ROOT, leaf, cache, &mut built)
+        self.build_entry(ROOT, leaf, combine, &mut built)
     }
 
     fn build_entry<T: ?Sized>(
         &self,
         name: &str,
         leaf: &mut dyn FnMut(&Leaf) -> Result<Arc<T>, String>,
-        cache: &dyn Fn(Arc<T>, Arc<T>, CacheWrites) -> Arc<T>,
+        combine: &Combinators<'_, T>,
         built: &mut HashMap<String, Arc<T>>,
     ) -> Result<Arc<T>, ComposeError> {
         if let Some(service) = built.get(name) {
@@ -164,9 +189,16 @@ impl Graph {
                 reason,
             })?,
             Entry::Cache { near, far, writes } => {
-                let near = self.build_entry(near, leaf, cache, built)?;
-                let far = self.build_entry(far, leaf, cache, built)?;
-                cache(near, far, *writes)
+                let near = self.build_entry(near, leaf, combine, built)?;
+                let far = self.build_entry(far, leaf, combine, built)?;
+                (combine.cache)(near, far, *writes)
+            }
+            Entry::Signing { inner, keyfile } => {
+                let inner = self.build_entry(inner, leaf, combine, built)?;
+                (combine.sign)(inner, keyfile).map_err(|reason| ComposeError::Entry {
+                    entry: self.describe(name),
+                    reason: format!("keyfile {}: {reason}", keyfile.display()),
+                })?
             }
         };
         built.insert(name.to_string(), service.clone());
@@ -221,7 +253,10 @@ mod tests {
                     opened += 1;
                     Ok(Arc::new("m".to_string()))
                 },
-                &|near, far, _| Arc::new(format!("cache({near}, {far})")),
+                &Combinators {
+                    cache: &|near, far, _| Arc::new(format!("cache({near}, {far})")),
+                    sign: &|inner, key| Ok(Arc::new(format!("sign({inner}, {})", key.display()))),
+                },
             )
             .unwrap();
         assert_eq!(*built, "cache(m, m)");

@@ -15,7 +15,7 @@ pub mod url;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use graph::{Entry, Graph, ROOT};
+pub use graph::{Combinators, Entry, Graph, ROOT};
 pub use url::Leaf;
 
 use crate::castore::CacheWrites;
@@ -26,6 +26,7 @@ use crate::castore::directoryservice::{
     CacheDirectoryService, DirectoryService, MemoryDirectoryStore, StoredDirectoryService,
 };
 use crate::grpc::{GrpcBlobService, GrpcDirectoryService, GrpcPathInfoService, GrpcTarget};
+use crate::narinfo::{SigningKey, SigningPathInfoService};
 use crate::pathinfo::{CachePathInfoService, MemoryPathInfoService, PathInfoService};
 use crate::substitute::{BinaryCache, Substituters, Transport};
 use defaultstore::{DefaultStoreError, StoreLock};
@@ -210,6 +211,9 @@ pub async fn open(args: &StoreArgs, role: Role) -> Result<Services, ComposeError
     Ok(Services { blob, directory, path_info, store_lock })
 }
 
+/// Config parsing refuses `keyfile-signing` outside path-info services; this is the backstop.
+const SIGNS_PATH_INFO_ONLY: &str = "keyfile-signing wraps path-info services only";
+
 /// Builds a blob service graph.
 pub fn build_blob(graph: &Graph) -> Result<Arc<dyn BlobService>, ComposeError> {
     graph.build::<dyn BlobService>(
@@ -229,7 +233,10 @@ pub fn build_blob(graph: &Graph) -> Result<Arc<dyn BlobService>, ComposeError> {
             Leaf::Redb(_) => Err("redb does not store blobs".into()),
             Leaf::BinaryCache(_) => Err("a binary cache is a path-info source only".into()),
         },
-        &|near, far, writes| Arc::new(CacheBlobService::new(near, far, writes)),
+        &Combinators {
+            cache: &|near, far, writes| Arc::new(CacheBlobService::new(near, far, writes)),
+            sign: &|_, _| Err(SIGNS_PATH_INFO_ONLY.into()),
+        },
     )
 }
 
@@ -247,7 +254,10 @@ pub fn build_directory(graph: &Graph, _blob: &Arc<dyn BlobService>) -> Result<Ar
             Leaf::LocalFiles(_) | Leaf::ObjectStoreMemory => Err("this backend stores blobs only".into()),
             Leaf::BinaryCache(_) => Err("a binary cache is a path-info source only".into()),
         },
-        &|near, far, writes| Arc::new(CacheDirectoryService::new(near, far, writes)),
+        &Combinators {
+            cache: &|near, far, writes| Arc::new(CacheDirectoryService::new(near, far, writes)),
+            sign: &|_, _| Err(SIGNS_PATH_INFO_ONLY.into()),
+        },
     )
 }
 
@@ -266,7 +276,13 @@ pub fn build_path_info(
             Leaf::BinaryCache(spec) => Ok(Arc::new(binary_cache(spec, blob, directory)?)),
             Leaf::LocalFiles(_) | Leaf::ObjectStoreMemory => Err("this backend stores blobs only".into()),
         },
-        &|near, far, writes| Arc::new(CachePathInfoService::new(near, far, writes)),
+        &Combinators {
+            cache: &|near, far, writes| Arc::new(CachePathInfoService::new(near, far, writes)),
+            sign: &|inner, keyfile| {
+                let key = SigningKey::from_file(keyfile).map_err(|e| e.to_string())?;
+                Ok(Arc::new(SigningPathInfoService::new(inner, key)))
+            },
+        },
     )
 }
 

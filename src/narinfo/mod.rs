@@ -30,6 +30,7 @@ mod convert;
 mod decompress;
 mod keys;
 mod parse;
+mod signing;
 
 use std::fmt;
 
@@ -41,6 +42,7 @@ pub use decompress::decompressor;
 pub use keys::{KeyError, SignatureError, SigningKey, TrustedKeys, VerifyError, VerifyingKey};
 pub use keys::{format_signature, parse_signature};
 pub use parse::{CaError, HashError, ParseError, ParseErrorKind, format_sha256, parse_ca, parse_sha256};
+pub use signing::SigningPathInfoService;
 
 /// One narinfo: every field Nix 2.8 reads and writes.
 ///
