@@ -50,12 +50,15 @@ impl Entry {
     }
 }
 
+/// Wraps a built service in a signing one, given the key file.
+pub type Sign<'a, T> = &'a dyn Fn(Arc<T>, &std::path::Path) -> Result<Arc<T>, String>;
+
 /// How a graph's combinators become services of type `T`.
 pub struct Combinators<'a, T: ?Sized> {
     /// Reads `near` first and fills it from `far`.
     pub cache: &'a dyn Fn(Arc<T>, Arc<T>, CacheWrites) -> Arc<T>,
     /// Signs with the key in the file what is put into the service.
-    pub sign: &'a dyn Fn(Arc<T>, &std::path::Path) -> Result<Arc<T>, String>,
+    pub sign: Sign<'a, T>,
 }
 
 /// The entries of one service, built from [`ROOT`].
