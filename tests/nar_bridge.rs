@@ -489,3 +489,33 @@ fn keyfile_signing_signs_what_is_put_through_the_daemon() {
     let signature = info.signatures.iter().find(|s| s.name == "nar-bridge-test-4").expect("signed by the key");
     assert!(key.verify(&fingerprint, signature), "the signature does not verify");
 }
+
+/// `-l PATH` serves on a unix socket (for a reverse proxy in front).
+#[test]
+fn the_binary_serves_on_a_unix_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("nar-bridge.sock");
+    let mut bridge = tvix_store()
+        .env("TVIX_STORE_DIR", tmp.path().join("store"))
+        .arg("nar-bridge")
+        .arg("-l")
+        .arg(&socket)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&socket) {
+            stream.write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            break answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "nar-bridge did not listen on {}", socket.display());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = bridge.kill();
+    let _ = bridge.wait();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("StoreDir: /nix/store\n"), "{answer}");
+}
