@@ -7,6 +7,7 @@ pub mod directory;
 pub mod directoryservice;
 pub mod error;
 pub mod node;
+pub mod objects;
 pub mod path_component;
 
 pub use cache::{Cache, CacheWrites};
