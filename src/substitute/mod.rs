@@ -292,9 +292,7 @@ impl Inner {
         }
         Ok(ingested.node)
     }
-}
 
-impl Inner {
     /// Checks a path's contents against its narinfo's CA, as Nix does when it adds a path
     /// with one (`ca hash mismatch`): for a recursive CA the hash of the NAR, for a flat or
     /// text CA that of the one file. A CA whose hash we do not compute is left unchecked (the

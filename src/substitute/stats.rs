@@ -154,8 +154,10 @@ impl BlobWriter for CountingWriter {
             return self.inner.close().await;
         }
         let digest = B3Digest::from(self.hasher.finalize());
-        // Asked before the inner close: until then this write itself is not visible.
-        let had = self.blob.has(&digest).await?;
+        // Asked before the inner close: until then this write itself is not visible. A failing
+        // `has` only leaves the blob uncounted: a summary figure must not fail an ingestion
+        // (the close right after reports a broken store anyway).
+        let had = self.blob.has(&digest).await.unwrap_or(true);
         let closed = self.inner.close().await?;
         self.counted = true;
         if !had && closed == digest {
