@@ -423,10 +423,11 @@ type RequestLog = Arc<std::sync::Mutex<Vec<(String, Option<u64>)>>>;
 
 /// A minimal HTTP/1.1 server on the loopback serving a cache directory with a [`Fault`]
 /// (Python's http.server knows no ranges and cannot misbehave on purpose). One request per
-/// connection (`Connection: close`). Stops, dropping every connection, on drop.
+/// connection (`Connection: close`). A hanging connection is closed when the fault is changed,
+/// as a server that is restarted would. Stops, dropping every connection, on drop.
 struct FaultServer {
     url: String,
-    fault: Arc<std::sync::Mutex<Fault>>,
+    fault: tokio::sync::watch::Sender<Fault>,
     requests: RequestLog,
     task: tokio::task::JoinHandle<()>,
 }
@@ -436,7 +437,7 @@ impl FaultServer {
     async fn start(dir: &Path, fault: Fault) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let fault = Arc::new(std::sync::Mutex::new(fault));
+        let fault = tokio::sync::watch::Sender::new(fault);
         let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (dir, f, r) = (dir.to_path_buf(), fault.clone(), requests.clone());
         let task = tokio::spawn(async move {
@@ -444,8 +445,7 @@ impl FaultServer {
             let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let fault = *f.lock().unwrap();
-                connections.spawn(serve_one(stream, dir.clone(), fault, r.clone()));
+                connections.spawn(serve_one(stream, dir.clone(), f.subscribe(), r.clone()));
                 while connections.try_join_next().is_some() {}
             }
         });
@@ -453,7 +453,7 @@ impl FaultServer {
     }
 
     fn set(&self, fault: Fault) {
-        *self.fault.lock().unwrap() = fault;
+        self.fault.send_replace(fault);
     }
 
     /// The `Range` starts of the requests for paths under `nar/`, in order.
@@ -468,8 +468,15 @@ impl Drop for FaultServer {
     }
 }
 
-async fn serve_one(mut stream: tokio::net::TcpStream, dir: PathBuf, fault: Fault, requests: RequestLog) {
+async fn serve_one(
+    mut stream: tokio::net::TcpStream,
+    dir: PathBuf,
+    mut faults: tokio::sync::watch::Receiver<Fault>,
+    requests: RequestLog,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The fault when the connection came; a change of fault ends a hang.
+    let fault = *faults.borrow_and_update();
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -495,13 +502,17 @@ async fn serve_one(mut stream: tokio::net::TcpStream, dir: PathBuf, fault: Fault
     };
     let is_nar = path.starts_with("/nar/");
     let (head, body): (String, &[u8]) = match fault {
-        Fault::HangNarinfo if path.ends_with(".narinfo") => return std::future::pending().await,
+        Fault::HangNarinfo if path.ends_with(".narinfo") => {
+            let _ = faults.changed().await;
+            return;
+        }
         Fault::HangNar(after) if is_nar => {
             let _ = stream.write_all(headers("200 OK", body.len(), "").as_bytes()).await;
             let _ = stream.write_all(&body[..after.min(body.len())]).await;
             let _ = stream.flush().await;
-            // `stream` stays open, and silent, until the server is dropped.
-            return std::future::pending::<()>().await;
+            // `stream` stays open, and silent, until the fault changes.
+            let _ = faults.changed().await;
+            return;
         }
         Fault::BreakNar { after, ranges } if is_nar => match range {
             Some(from) if ranges => {
@@ -600,7 +611,8 @@ async fn a_broken_or_truncated_nar_without_ranges_fails_and_is_tried_again() {
 }
 
 /// A mount over a hanging cache answers EIO within its `--timeout`, stays up, and shows the
-/// path once the cache answers.
+/// path once the cache answers. The cache's own timeout is long (20 s a request, four
+/// attempts), so an answer within [`ENDS_WITHIN`] comes from the mount's bound.
 #[test]
 fn a_mount_over_a_hanging_cache_answers_eio_and_recovers() {
     let c = closure();
@@ -614,7 +626,7 @@ fn a_mount_over_a_hanging_cache_answers_eio_and_recovers() {
     let _mount = MountProcess {
         child: tvix_store()
             .env("TVIX_STORE_DIR", tmp.path().join("store"))
-            .args(["mount", "--timeout", "2", "--substituter", &format!("{}?timeout=1", server.url)])
+            .args(["mount", "--timeout", "2", "--substituter", &format!("{}?timeout=20", server.url)])
             .arg(&mnt)
             .stderr(Stdio::null())
             .spawn()
@@ -634,9 +646,9 @@ fn a_mount_over_a_hanging_cache_answers_eio_and_recovers() {
     assert!(started.elapsed() < ENDS_WITHIN, "took {:?}", started.elapsed());
     assert!(std::fs::metadata(&mnt).unwrap().is_dir(), "the mount went away");
 
+    // The hanging lookup runs on in the mount. Healthy again, the server closes the hanging
+    // connection: the lookup retries and succeeds; accesses meanwhile join it (EIO).
     server.set(Fault::Healthy);
-    // The hanging lookup runs on in the mount until its retries give up; lookups meanwhile
-    // join it (EIO), the first one after it sees the healthy server.
     let deadline = Instant::now() + ENDS_WITHIN;
     loop {
         match std::fs::metadata(&entry) {
