@@ -179,19 +179,21 @@ async fn with_trusted_keys_only_validly_signed_paths_exist() {
     let (secret, public) = keypair(tmp.path(), "tvix-test-2");
     let (_, other_public) = keypair(tmp.path(), "tvix-test-other");
     let dir = tmp.path().join("cache");
-    nix_copy_to_cache(&dir, &c.dep, "xz", &secret);
+    // top, not dep: dep is content-addressed and needs no signature (see
+    // unsigned_content_addressed_paths_substitute_under_trusted_keys).
+    nix_copy_to_cache(&dir, &c.top, "xz", &secret);
     let file = |keys: &str| format!("nix+file://{}?trusted-public-keys={}", dir.display(), keys);
-    assert!(store_over(&file(&other_public)).get(&c.dep).await.unwrap().is_none(), "signed by an untrusted key");
-    assert!(store_over(&file(&public)).get(&c.dep).await.unwrap().is_some());
+    assert!(store_over(&file(&other_public)).get(&c.top).await.unwrap().is_none(), "signed by an untrusted key");
+    assert!(store_over(&file(&public)).get(&c.top).await.unwrap().is_some());
     // No trusted keys: signatures are not checked.
-    assert!(store_over(&format!("nix+file://{}", dir.display())).get(&c.dep).await.unwrap().is_some());
+    assert!(store_over(&format!("nix+file://{}", dir.display())).get(&c.top).await.unwrap().is_some());
 
     // A narinfo whose fingerprint changed (another NarSize) no longer verifies: not there.
-    let narinfo = narinfo_file(&dir, &c.dep);
+    let narinfo = narinfo_file(&dir, &c.top);
     let text = std::fs::read_to_string(&narinfo).unwrap();
     let nar_size = text.lines().find_map(|l| l.strip_prefix("NarSize: ")).unwrap().to_string();
     std::fs::write(&narinfo, text.replace(&format!("NarSize: {nar_size}"), "NarSize: 12")).unwrap();
-    assert!(store_over(&file(&public)).get(&c.dep).await.unwrap().is_none(), "a tampered narinfo verified");
+    assert!(store_over(&file(&public)).get(&c.top).await.unwrap().is_none(), "a tampered narinfo verified");
 }
 
 fn narinfo_file(cache: &Path, path: &str) -> PathBuf {
@@ -337,17 +339,36 @@ fn the_substitute_command_copies_a_closure_as_nix_copy_from_does() {
     nix_copy_to_cache(&dir, &c.top, "xz", &secret);
     let cache = format!("file://{}", dir.display());
     let store_dir = tmp.path().join("store");
-    let ours = |args: &[&str]| {
+    let run = |args: &[&str]| {
         let out = tvix_store().env("TVIX_STORE_DIR", &store_dir).args(args).output().unwrap();
         assert!(out.status.success(), "tvix-store {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
     };
-    let printed = ours(&["substitute", "--substituter", &cache, "--trusted-public-key", &public, &c.top]);
+    let ours = |args: &[&str]| run(args).0;
+    let substitute = ["substitute", "--substituter", &cache, "--trusted-public-key", &public, &c.top];
+    let (printed, summary) = run(&substitute);
     let mut printed: Vec<&str> = printed.lines().collect();
     printed.sort();
     let mut want = vec![c.dep.as_str(), c.top.as_str()];
     want.sort();
     assert_eq!(printed, want);
+    // `2 paths in the store: <NAR> of NAR, <fetched> downloaded, <new> new in the blob store`:
+    // the first run fetches (xz makes the test data small) and stores dep's 3 MB file, the
+    // second finds everything local.
+    let figures = |summary: &str| -> (String, String, String) {
+        let line = summary.lines().last().unwrap_or_default().to_string();
+        let rest = line.strip_prefix("2 paths in the store: ").unwrap_or_else(|| panic!("summary: {line:?}"));
+        let parts: Vec<&str> = rest.split(", ").collect();
+        assert_eq!(parts.len(), 3, "summary: {line:?}");
+        let figure = |part: &str, suffix: &str| {
+            part.strip_suffix(suffix).unwrap_or_else(|| panic!("summary: {line:?}")).to_string()
+        };
+        (figure(parts[0], " of NAR"), figure(parts[1], " downloaded"), figure(parts[2], " new in the blob store"))
+    };
+    let (nar, downloaded, stored) = figures(&summary);
+    assert!(nar.ends_with("MiB") && downloaded != "0 B" && stored.ends_with("MiB"), "{summary}");
+    let (nar_again, downloaded, stored) = figures(&run(&substitute).1);
+    assert_eq!((nar_again, downloaded.as_str(), stored.as_str()), (nar, "0 B", "0 B"), "second run");
 
     // Nix's own copy of the same closure, into a fresh store of its own.
     let nix_root = tmp.path().join("nix-root");
@@ -372,4 +393,415 @@ fn the_substitute_command_copies_a_closure_as_nix_copy_from_does() {
         entries.sort_by_key(|e| e["path"].as_str().unwrap().to_string());
     }
     assert_eq!(ours, theirs);
+}
+
+/// A binary cache in `dir` holding the closure of `path`, written by `nix copy` without a
+/// secret key: no narinfo has a signature.
+fn nix_copy_unsigned(dir: &Path, path: &str, compression: &str) {
+    let to = format!("file://{}?compression={compression}", dir.display());
+    nix("nix", &["copy".as_ref(), "--to".as_ref(), to.as_ref(), path.as_ref()]);
+}
+
+/// What a [`FaultServer`] does wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Serves every file as it is.
+    Healthy,
+    /// Reads a narinfo request and never answers it (the connection stays open).
+    HangNarinfo,
+    /// Sends a NAR's headers (full Content-Length, no Accept-Ranges) and this many bytes of it,
+    /// then nothing more, the connection open.
+    HangNar(usize),
+    /// Sends a NAR's headers with its full Content-Length and closes the connection after this
+    /// many bytes. With `ranges`, it offers `Accept-Ranges: bytes` and answers a `Range:
+    /// bytes=N-` request with 206 and the rest.
+    BreakNar { after: usize, ranges: bool },
+}
+
+/// Every request a [`FaultServer`] got: its path and where its `Range: bytes=N-` started.
+type RequestLog = Arc<std::sync::Mutex<Vec<(String, Option<u64>)>>>;
+
+/// A minimal HTTP/1.1 server on the loopback serving a cache directory with a [`Fault`]
+/// (Python's http.server knows no ranges and cannot misbehave on purpose). One request per
+/// connection (`Connection: close`). A hanging connection is closed when the fault is changed,
+/// as a server that is restarted would. Stops, dropping every connection, on drop.
+struct FaultServer {
+    url: String,
+    fault: tokio::sync::watch::Sender<Fault>,
+    requests: RequestLog,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultServer {
+    /// Starts serving `dir` on the current tokio runtime.
+    async fn start(dir: &Path, fault: Fault) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let fault = tokio::sync::watch::Sender::new(fault);
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (dir, f, r) = (dir.to_path_buf(), fault.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            // Held by the accept loop: aborting it drops every connection, hanging ones too.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                connections.spawn(serve_one(stream, dir.clone(), f.subscribe(), r.clone()));
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Self { url, fault, requests, task }
+    }
+
+    fn set(&self, fault: Fault) {
+        self.fault.send_replace(fault);
+    }
+
+    /// The `Range` starts of the requests for paths under `nar/`, in order.
+    fn nar_ranges(&self) -> Vec<Option<u64>> {
+        self.requests.lock().unwrap().iter().filter(|(p, _)| p.starts_with("/nar/")).map(|(_, r)| *r).collect()
+    }
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_one(
+    mut stream: tokio::net::TcpStream,
+    dir: PathBuf,
+    mut faults: tokio::sync::watch::Receiver<Fault>,
+    requests: RequestLog,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The fault when the connection came; a change of fault ends a hang.
+    let fault = *faults.borrow_and_update();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.lines();
+    let path = lines.next().and_then(|l| l.split(' ').nth(1)).unwrap_or("/").to_string();
+    let range = lines.find_map(|l| {
+        let l = l.to_ascii_lowercase();
+        l.strip_prefix("range: bytes=")?.trim().strip_suffix('-')?.parse::<u64>().ok()
+    });
+    requests.lock().unwrap().push((path.clone(), range));
+    let headers = |status: &str, length: usize, extra: &str| {
+        format!("HTTP/1.1 {status}\r\nContent-Length: {length}\r\nConnection: close\r\n{extra}\r\n")
+    };
+    let Ok(body) = tokio::fs::read(dir.join(path.trim_start_matches('/'))).await else {
+        let _ = stream.write_all(headers("404 Not Found", 0, "").as_bytes()).await;
+        return;
+    };
+    let is_nar = path.starts_with("/nar/");
+    let (head, body): (String, &[u8]) = match fault {
+        Fault::HangNarinfo if path.ends_with(".narinfo") => {
+            let _ = faults.changed().await;
+            return;
+        }
+        Fault::HangNar(after) if is_nar => {
+            let _ = stream.write_all(headers("200 OK", body.len(), "").as_bytes()).await;
+            let _ = stream.write_all(&body[..after.min(body.len())]).await;
+            let _ = stream.flush().await;
+            // `stream` stays open, and silent, until the fault changes.
+            let _ = faults.changed().await;
+            return;
+        }
+        Fault::BreakNar { after, ranges } if is_nar => match range {
+            Some(from) if ranges => {
+                let from = (from as usize).min(body.len());
+                let extra = format!(
+                    "Accept-Ranges: bytes\r\nContent-Range: bytes {from}-{}/{}\r\n",
+                    body.len() - 1,
+                    body.len()
+                );
+                (headers("206 Partial Content", body.len() - from, &extra), &body[from..])
+            }
+            _ => {
+                let extra = if ranges { "Accept-Ranges: bytes\r\n" } else { "" };
+                let _ = stream.write_all(headers("200 OK", body.len(), extra).as_bytes()).await;
+                let _ = stream.write_all(&body[..after.min(body.len())]).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+        },
+        _ => (headers("200 OK", body.len(), ""), &body[..]),
+    };
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Bound for a lookup against a misbehaving server with `?timeout=1`: four attempts of a
+/// second each plus 1.4 s of backoff, generously; the point is that it ends.
+const ENDS_WITHIN: Duration = Duration::from_secs(30);
+
+fn digest_of(path: &str) -> [u8; 20] {
+    *StorePath::from_absolute_path(path).unwrap().digest()
+}
+
+/// The hash part of a store path, which every error of its lookup names.
+fn hash_of(path: &str) -> &str {
+    &path.trim_start_matches("/nix/store/")[..32]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_cache_fails_in_bounded_time_and_the_next_lookup_succeeds() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    nix_copy_unsigned(&dir, &c.dep, "none");
+    for fault in [Fault::HangNarinfo, Fault::HangNar(500_000)] {
+        let server = FaultServer::start(&dir, fault).await;
+        let store = store_over(&format!("nix+{}?timeout=1", server.url));
+        let started = Instant::now();
+        let err = store.get(&c.dep).await.expect_err("a hanging cache answered");
+        assert!(started.elapsed() < ENDS_WITHIN, "{fault:?}: took {:?}", started.elapsed());
+        assert!(err.to_string().contains(hash_of(&c.dep)), "{fault:?}: {err}");
+        assert!(store.near.get(digest_of(&c.dep)).await.unwrap().is_none(), "{fault:?}: stored");
+
+        server.set(Fault::Healthy);
+        let info = store.get(&c.dep).await.unwrap().unwrap_or_else(|| panic!("{fault:?}: not substituted"));
+        assert!(store.dump(&info).await == nix_dump(Path::new(&c.dep)), "{fault:?}: NAR differs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nar_download_that_breaks_off_is_resumed_with_a_range_request() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    nix_copy_unsigned(&dir, &c.dep, "none");
+    let server = FaultServer::start(&dir, Fault::BreakNar { after: 1_000_000, ranges: true }).await;
+    let store = store_over(&format!("nix+{}?timeout=5", server.url));
+    let info = store.get(&c.dep).await.unwrap().expect("substituted despite the break");
+    assert!(store.dump(&info).await == nix_dump(Path::new(&c.dep)), "the resumed NAR differs");
+    assert_eq!(server.nar_ranges(), [None, Some(1_000_000)], "one resumption at the byte it broke off");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_or_truncated_nar_without_ranges_fails_and_is_tried_again() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    nix_copy_unsigned(&dir, &c.dep, "none");
+    let nar_len =
+        std::fs::read_dir(dir.join("nar")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum::<u64>();
+    let server = FaultServer::start(&dir, Fault::Healthy).await;
+    let store = store_over(&format!("nix+{}?timeout=5", server.url));
+    // Cut early, and cut just before the end (a truncated NAR).
+    for after in [1_000_000, nar_len as usize - 1000] {
+        server.set(Fault::BreakNar { after, ranges: false });
+        let before = server.nar_ranges().len();
+        let err = store.get(&c.dep).await.expect_err("a broken NAR was accepted");
+        assert!(err.to_string().contains(&c.dep), "{err}");
+        assert!(server.nar_ranges()[before..].iter().all(Option::is_none), "resumed without Accept-Ranges");
+        assert!(store.near.get(digest_of(&c.dep)).await.unwrap().is_none(), "stored after a broken NAR");
+    }
+    server.set(Fault::Healthy);
+    let info = store.get(&c.dep).await.unwrap().expect("substituted once the server is healthy");
+    assert!(store.dump(&info).await == nix_dump(Path::new(&c.dep)));
+}
+
+/// A mount over a hanging cache answers EIO within its `--timeout`, stays up, and shows the
+/// path once the cache answers. The cache's own timeout is long (20 s a request, four
+/// attempts), so an answer within [`ENDS_WITHIN`] comes from the mount's bound.
+#[test]
+fn a_mount_over_a_hanging_cache_answers_eio_and_recovers() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    nix_copy_unsigned(&dir, &c.dep, "zstd");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(FaultServer::start(&dir, Fault::HangNarinfo));
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _mount = MountProcess {
+        child: tvix_store()
+            .env("TVIX_STORE_DIR", tmp.path().join("store"))
+            .args(["mount", "--timeout", "2", "--substituter", &format!("{}?timeout=20", server.url)])
+            .arg(&mnt)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        path: mnt.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mounted = || std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&mnt.display().to_string());
+    while !mounted() {
+        assert!(Instant::now() < deadline, "mount did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let entry = mnt.join(c.dep.trim_start_matches("/nix/store/"));
+    let started = Instant::now();
+    let err = std::fs::metadata(&entry).expect_err("a path of a hanging cache exists");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(started.elapsed() < ENDS_WITHIN, "took {:?}", started.elapsed());
+    assert!(std::fs::metadata(&mnt).unwrap().is_dir(), "the mount went away");
+
+    // The hanging lookup runs on in the mount. Healthy again, the server closes the hanging
+    // connection: the lookup retries and succeeds; accesses meanwhile join it (EIO).
+    server.set(Fault::Healthy);
+    let deadline = Instant::now() + ENDS_WITHIN;
+    loop {
+        match std::fs::metadata(&entry) {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+                assert!(Instant::now() < deadline, "still failing: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    let status = Command::new("diff").args(["-r", "--no-dereference"]).arg(&c.dep).arg(&entry).status().unwrap();
+    assert!(status.success(), "{} differs in the mount", c.dep);
+    drop(server);
+}
+
+/// Store paths Nix made content-addressed in three ways, each written to no cache yet.
+struct CaPaths {
+    /// `nix-store --add-fixed sha256 FILE`: `fixed:sha256`.
+    flat: String,
+    /// `nix-store --add-fixed --recursive sha512 DIR`: `fixed:r:sha512`.
+    recursive_sha512: String,
+    /// `nix-store --add-fixed sha1 FILE`: `fixed:sha1`, a hash we do not compute.
+    flat_sha1: String,
+    /// `builtins.toFile`: `text:sha256`, referring to `text_dep`.
+    text: String,
+    text_dep: String,
+}
+
+fn ca_paths(dir: &Path) -> CaPaths {
+    let file = dir.join("ca-flat-file");
+    write_file(&file, 70_000, false);
+    let tree = dir.join("ca-sha512-tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    write_file(&tree.join("sub/file"), 5_000, true);
+    let add = |args: &[&std::ffi::OsStr]| String::from_utf8(nix("nix-store", args)).unwrap().trim().to_string();
+    let flat = add(&["--add-fixed".as_ref(), "sha256".as_ref(), file.as_os_str()]);
+    let flat_sha1 = add(&["--add-fixed".as_ref(), "sha1".as_ref(), file.as_os_str()]);
+    let recursive_sha512 = add(&["--add-fixed".as_ref(), "--recursive".as_ref(), "sha512".as_ref(), tree.as_os_str()]);
+    let eval = |expr: &str| {
+        let out = nix("nix-instantiate", &["--read-write-mode", "--eval", "--expr", expr].map(std::ffi::OsStr::new));
+        String::from_utf8(out).unwrap().trim().trim_matches('"').to_string()
+    };
+    let dep_expr = r#"builtins.toFile "tvix-ca-text-dep" "some text\n""#;
+    let text_dep = eval(dep_expr);
+    let text = eval(&format!(r#"builtins.toFile "tvix-ca-text" "refers to ${{{dep_expr}}}\n""#));
+    CaPaths { flat, recursive_sha512, flat_sha1, text, text_dep }
+}
+
+/// Nix 2.8 trusts a path without a signature when its CA gives its store path; so do we, and
+/// only then, and only with contents that match the CA.
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_content_addressed_paths_substitute_under_trusted_keys() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, unrelated) = keypair(tmp.path(), "tvix-test-unrelated");
+    let ca = ca_paths(tmp.path());
+    let dir = tmp.path().join("cache");
+    // dep is `nix-store --add` (fixed:r:sha256); top is built, input-addressed.
+    for path in [&c.top, &ca.flat, &ca.flat_sha1, &ca.recursive_sha512, &ca.text] {
+        nix_copy_unsigned(&dir, path, "xz");
+    }
+    let url = format!("nix+file://{}?trusted-public-keys={unrelated}", dir.display());
+    let store = store_over(&url);
+    for path in [&c.dep, &ca.flat, &ca.recursive_sha512, &ca.text, &ca.text_dep] {
+        let info = store.get(path).await.unwrap().unwrap_or_else(|| panic!("{path}: unsigned CA path refused"));
+        assert!(info.signatures.is_empty());
+        assert!(info.ca.is_some(), "{path}: CA kept");
+        assert!(store.dump(&info).await == nix_dump(Path::new(path)), "{path}: NAR differs");
+    }
+    assert_eq!(store.get(&c.top).await.unwrap(), None, "an unsigned input-addressed path was trusted");
+    // Nix would take it; we cannot check its contents against a SHA-1, so it is unsigned.
+    assert_eq!(store.get(&ca.flat_sha1).await.unwrap(), None, "an unchecked fixed:sha1 path was trusted");
+    for (path, ca) in
+        [(&ca.flat, "fixed:sha256:"), (&ca.recursive_sha512, "fixed:r:sha512:"), (&ca.text, "text:sha256:")]
+    {
+        let line = std::fs::read_to_string(narinfo_file(&dir, path)).unwrap();
+        assert!(line.contains(&format!("\nCA: {ca}")), "{path}: Nix wrote no {ca} CA:\n{line}");
+    }
+
+    // A CA that does not give the path (another digest) makes it unsigned: refused.
+    let narinfo = narinfo_file(&dir, &c.dep);
+    let original = std::fs::read_to_string(&narinfo).unwrap();
+    let ca_line = original.lines().find(|l| l.starts_with("CA: fixed:r:sha256:")).unwrap().to_string();
+    let flipped = format!("{}{}", &ca_line[..ca_line.len() - 1], if ca_line.ends_with('0') { '1' } else { '0' });
+    std::fs::write(&narinfo, original.replace(&ca_line, &flipped)).unwrap();
+    assert_eq!(store_over(&url).get(&c.dep).await.unwrap(), None, "a CA of another path was trusted");
+
+    // The right CA over another NAR (the narinfo's hashes and sizes all agreeing with that
+    // NAR): the contents do not hash to the CA, so it is refused as corrupt.
+    let other = std::fs::read_to_string(narinfo_file(&dir, &ca.text_dep)).unwrap();
+    let forged: String = other
+        .lines()
+        .map(|l| {
+            if l.starts_with("StorePath: ") {
+                format!("StorePath: {}\n", c.dep)
+            } else if l.starts_with("CA: ") {
+                format!("{ca_line}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&narinfo, forged).unwrap();
+    let store = store_over(&url);
+    let err = store.get(&c.dep).await.expect_err("contents other than the CA's were accepted");
+    assert!(err.to_string().contains(&c.dep) && err.to_string().contains("content address"), "{err}");
+    assert!(store.near.get(digest_of(&c.dep)).await.unwrap().is_none());
+}
+
+/// The counters behind the `substitute` summary: bytes fetched are the narinfos and NAR files
+/// as the cache has them; bytes stored are file contents the blob service did not have.
+#[tokio::test(flavor = "multi_thread")]
+async fn substitution_counts_bytes_downloaded_and_new_blobs() {
+    use tvix_store::substitute::{BinaryCache, CacheOptions, SubstituteStats, Transport};
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    nix_copy_unsigned(&dir, &c.top, "xz");
+    let cache_bytes: u64 = ["", "nar"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(dir.join(sub)).unwrap())
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file() && e.file_name() != "nix-cache-info")
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    let blob = compose::blob_service("memory://").unwrap();
+    let directory = compose::directory_service("memory://").unwrap();
+    let cache = |stats: &Arc<SubstituteStats>| {
+        BinaryCache::new(
+            Transport::File { dir: dir.clone() },
+            CacheOptions::default(),
+            blob.clone(),
+            directory.clone(),
+            stats.clone(),
+        )
+    };
+    let first = Arc::new(SubstituteStats::default());
+    let cache1 = cache(&first);
+    for path in [&c.top, &c.dep] {
+        assert!(cache1.get(digest_of(path)).await.unwrap().is_some());
+    }
+    assert_eq!(first.downloaded(), cache_bytes, "every narinfo and NAR file, once");
+    // dep holds a 3 MB and a 100 byte file; top only a small one (its `dep` file: a path
+    // and a newline) besides a symlink.
+    assert_eq!(first.stored(), 3_000_000 + 100 + c.dep.len() as u64 + 1);
+
+    // The same paths again into the same blob service: downloaded again, nothing new stored.
+    let again = Arc::new(SubstituteStats::default());
+    let cache2 = cache(&again);
+    for path in [&c.top, &c.dep] {
+        assert!(cache2.get(digest_of(path)).await.unwrap().is_some());
+    }
+    assert_eq!(again.downloaded(), cache_bytes);
+    assert_eq!(again.stored(), 0);
 }

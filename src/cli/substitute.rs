@@ -22,7 +22,8 @@ pub struct Args {
     services: ServiceArgs,
 }
 
-/// Runs the command: prints each path of the closures as it is in the store.
+/// Runs the command: prints each path of the closures as it is in the store, then a summary
+/// on stderr.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.services.substituters.is_empty() {
         bail!("give at least one --substituter URL (a Nix binary cache) to substitute from");
@@ -35,12 +36,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let services = args.services.open(Role::Client).await?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
-        let style = indicatif::ProgressStyle::with_template("{spinner} {pos} paths, {msg} of NAR, {elapsed}")
+        let style = indicatif::ProgressStyle::with_template("{spinner} {pos} paths, {msg}, {elapsed}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
         bar.set_style(style);
         bar.enable_steady_tick(std::time::Duration::from_millis(100));
         bar
     });
+    let stats = services.substitute_stats.clone();
+    let figures = |nar_bytes: u64| {
+        format!(
+            "{} of NAR, {} downloaded, {} new in the blob store",
+            indicatif::HumanBytes(nar_bytes),
+            indicatif::HumanBytes(stats.downloaded()),
+            indicatif::HumanBytes(stats.stored())
+        )
+    };
     let mut stdout = std::io::stdout();
     let mut nar_bytes = 0u64;
     let mut written = Ok(());
@@ -52,7 +62,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             if let Some(bar) = &bar {
                 bar.inc(1);
-                bar.set_message(indicatif::HumanBytes(nar_bytes).to_string());
+                bar.set_message(figures(nar_bytes));
             }
         })
         .await;
@@ -62,6 +72,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let closure = closure?;
     written?;
     stdout.flush()?;
-    eprintln!("{} paths in the store ({} of NAR)", closure.len(), indicatif::HumanBytes(nar_bytes));
+    eprintln!("{} paths in the store: {}", closure.len(), figures(nar_bytes));
     Ok(())
 }

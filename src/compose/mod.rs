@@ -28,7 +28,7 @@ use crate::castore::directoryservice::{
 use crate::grpc::{GrpcBlobService, GrpcDirectoryService, GrpcPathInfoService, GrpcTarget};
 use crate::narinfo::{SigningKey, SigningPathInfoService};
 use crate::pathinfo::{CachePathInfoService, MemoryPathInfoService, PathInfoService};
-use crate::substitute::{BinaryCache, Substituters, Transport};
+use crate::substitute::{BinaryCache, SubstituteStats, Substituters, Transport};
 use defaultstore::{DefaultStoreError, StoreLock};
 
 /// Which of the three services something is about.
@@ -118,6 +118,8 @@ pub struct Services {
     pub path_info: Arc<dyn PathInfoService>,
     /// Held while this process has the default store's files open.
     pub store_lock: Option<StoreLock>,
+    /// What the binary caches among these services fetched and stored (zero without any).
+    pub substitute_stats: Arc<SubstituteStats>,
 }
 
 /// The checked graphs of the three services (`None` where the default store fills in), and the
@@ -202,13 +204,14 @@ pub async fn open(args: &StoreArgs, role: Role) -> Result<Services, ComposeError
     };
     let blob = build_blob(blob)?;
     let directory = build_directory(directory, &blob)?;
-    let mut path_info = build_path_info(path_info, &blob, &directory)?;
-    if let Some(far) = substituters(&plan.substituters, &blob, &directory)? {
+    let substitute_stats = Arc::new(SubstituteStats::default());
+    let mut path_info = build_path_info_counting(path_info, &blob, &directory, &substitute_stats)?;
+    if let Some(far) = substituters(&plan.substituters, &blob, &directory, &substitute_stats)? {
         // What a substituter sends is kept in the store's own PathInfo service, so the next
         // lookup is local; the caches themselves are never written to.
         path_info = Arc::new(CachePathInfoService::new(path_info, far, CacheWrites::Near));
     }
-    Ok(Services { blob, directory, path_info, store_lock })
+    Ok(Services { blob, directory, path_info, store_lock, substitute_stats })
 }
 
 /// Config parsing refuses `keyfile-signing` outside path-info services; this is the backstop.
@@ -268,12 +271,22 @@ pub fn build_path_info(
     blob: &Arc<dyn BlobService>,
     directory: &Arc<dyn DirectoryService>,
 ) -> Result<Arc<dyn PathInfoService>, ComposeError> {
+    build_path_info_counting(graph, blob, directory, &Arc::default())
+}
+
+/// [`build_path_info`], its binary caches counting into `stats`.
+fn build_path_info_counting(
+    graph: &Graph,
+    blob: &Arc<dyn BlobService>,
+    directory: &Arc<dyn DirectoryService>,
+    stats: &Arc<SubstituteStats>,
+) -> Result<Arc<dyn PathInfoService>, ComposeError> {
     graph.build::<dyn PathInfoService>(
         &mut |leaf| match leaf {
             Leaf::Memory => Ok(Arc::new(MemoryPathInfoService::default())),
             Leaf::Redb(path) => Ok(Arc::new(crate::redb::RedbPathInfoService::open(path).map_err(|e| e.to_string())?)),
             Leaf::Grpc(target) => Ok(Arc::new(GrpcPathInfoService::new(crate::grpc::channel(target)?))),
-            Leaf::BinaryCache(spec) => Ok(Arc::new(binary_cache(spec, blob, directory)?)),
+            Leaf::BinaryCache(spec) => Ok(Arc::new(binary_cache(spec, blob, directory, stats)?)),
             Leaf::LocalFiles(_) | Leaf::ObjectStoreMemory => Err("this backend stores blobs only".into()),
         },
         &Combinators {
@@ -286,11 +299,12 @@ pub fn build_path_info(
     )
 }
 
-/// A binary cache ingesting into `blob` and `directory`.
+/// A binary cache ingesting into `blob` and `directory`, counting into `stats`.
 fn binary_cache(
     spec: &url::BinaryCacheSpec,
     blob: &Arc<dyn BlobService>,
     directory: &Arc<dyn DirectoryService>,
+    stats: &Arc<SubstituteStats>,
 ) -> Result<BinaryCache, String> {
     let options = spec.options()?;
     let transport = match spec.url.scheme() {
@@ -299,7 +313,7 @@ fn binary_cache(
         }
         _ => Transport::http(spec.url.clone(), options.timeout)?,
     };
-    Ok(BinaryCache::new(transport, options, blob.clone(), directory.clone()))
+    Ok(BinaryCache::new(transport, options, blob.clone(), directory.clone(), stats.clone()))
 }
 
 /// The substituters, in priority order (ties in the order given), each ingesting into `blob` and
@@ -308,13 +322,14 @@ fn substituters(
     specs: &[(String, url::BinaryCacheSpec)],
     blob: &Arc<dyn BlobService>,
     directory: &Arc<dyn DirectoryService>,
+    stats: &Arc<SubstituteStats>,
 ) -> Result<Option<Arc<dyn PathInfoService>>, ComposeError> {
     if specs.is_empty() {
         return Ok(None);
     }
     let mut caches = Vec::new();
     for (entry, spec) in specs {
-        let cache = binary_cache(spec, blob, directory).map_err(|reason| ComposeError::Open {
+        let cache = binary_cache(spec, blob, directory, stats).map_err(|reason| ComposeError::Open {
             entry: entry.clone(),
             url: spec.url.to_string(),
             reason,

@@ -5,7 +5,6 @@ mod closure;
 mod error;
 mod nar;
 mod path;
-mod storepath;
 mod upload;
 
 use std::path::Path;
@@ -16,7 +15,8 @@ pub use closure::{ClosureEntry, ClosureError, copy_closure, parse_closure};
 pub use error::ImportError;
 pub use nar::ingest_nar;
 pub use path::ingest_path;
-pub use storepath::{compress_hash, source_store_path};
+// Kept here too: callers of ingestion name the path they register with it.
+pub use crate::storepath::{compress_hash, source_store_path};
 pub use upload::{MAX_BYTES_IN_FLIGHT, MAX_UPLOADS, SMALL_BLOB, Uploader};
 
 use crate::castore::Node;

@@ -53,6 +53,17 @@ pub enum SignatureError {
     Data(String),
 }
 
+/// Why a narinfo is to be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust<'a> {
+    /// A trusted key (this name) signed it.
+    Signed(&'a str),
+    /// No trusted signature, but its `CA:` gives exactly its store path. The path is only what
+    /// it claims once its contents are checked against that content address: the caller must
+    /// hash what it downloads, as Nix does when it adds a path with a CA.
+    ContentAddressed,
+}
+
 /// Why a narinfo did not verify against a set of trusted keys.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
@@ -70,6 +81,10 @@ pub enum VerifyError {
     /// StorePath, NarHash, NarSize or References differ from what was signed.
     #[error("{store_path}: the signature by trusted key {} does not verify", keys.join(", "))]
     Invalid { store_path: StorePath, keys: Vec<String> },
+    /// Not validly signed, and its `CA:` does not give its store path, so the CA is no reason
+    /// to trust it either.
+    #[error("{store_path} claims to be content-addressed ({ca}), but that gives {gives}; and {unsigned}")]
+    NotContentAddressed { store_path: StorePath, ca: String, gives: String, unsigned: Box<VerifyError> },
 }
 
 /// Splits `name:base64` and decodes the base64; the name must be non-empty.
@@ -252,10 +267,7 @@ impl TrustedKeys {
     /// Checks that at least one of the narinfo's signatures is a valid signature by a trusted
     /// key over its fingerprint, and returns that key's name. The error says why not: no
     /// signature at all, none by a trusted key name, or only invalid ones by trusted keys.
-    ///
-    /// Unlike Nix, a content address is no substitute for a signature: Nix 2.8 accepts an
-    /// unsigned narinfo whose CA recomputes to its store path; callers that want that must
-    /// check the CA themselves.
+    /// Signatures only; [`TrustedKeys::check`] also accepts content-addressed paths, as Nix.
     pub fn verify<'a>(&'a self, info: &NarInfo) -> Result<&'a str, VerifyError> {
         let store_path = || info.store_path.clone();
         if info.signatures.is_empty() {
@@ -279,6 +291,32 @@ impl TrustedKeys {
             })
         } else {
             Err(VerifyError::Invalid { store_path: store_path(), keys: invalid })
+        }
+    }
+
+    /// Whether to trust a narinfo, with Nix 2.8's rules (`ValidPathInfo::checkSignatures`): a
+    /// valid signature by a trusted key, or else a content address that gives exactly its
+    /// store path (see [`NarInfo::content_addressed_path`]). A CA that gives another path
+    /// makes it an unsigned path like any other; the error then says both.
+    pub fn check<'a>(&'a self, info: &NarInfo) -> Result<Trust<'a>, VerifyError> {
+        let unsigned = match self.verify(info) {
+            Ok(key) => return Ok(Trust::Signed(key)),
+            Err(e) => e,
+        };
+        let (Some(ca), Some(gives)) = (&info.ca, info.content_addressed_path()) else {
+            return Err(unsigned);
+        };
+        match gives {
+            Ok(path) if path == info.store_path => Ok(Trust::ContentAddressed),
+            other => Err(VerifyError::NotContentAddressed {
+                store_path: info.store_path.clone(),
+                ca: ca.to_nix_string(),
+                gives: match other {
+                    Ok(path) => path.to_string(),
+                    Err(e) => format!("no path ({e})"),
+                },
+                unsigned: Box::new(unsigned),
+            }),
         }
     }
 }
@@ -363,6 +401,37 @@ mod tests {
         let impostor = TrustedKeys::new([SigningKey::from_seed("test-key-1", &[1; 32]).verifying_key()]);
         assert!(matches!(impostor.verify(&info), Err(VerifyError::Invalid { .. })));
         assert!(TrustedKeys::default().is_empty());
+    }
+
+    #[test]
+    fn content_addressed_paths_need_no_signature() {
+        let trusted = TrustedKeys::new([SigningKey::from_seed("other-1", &[3; 32]).verifying_key()]);
+        let added = NarInfo { signatures: vec![], ..NarInfo::parse(ADDED).unwrap() };
+        assert_eq!(trusted.check(&added), Ok(Trust::ContentAddressed));
+        assert!(trusted.verify(&added).is_err(), "verify looks at signatures only");
+
+        // Signed by a trusted key: that is the reason given.
+        let own = TrustedKeys::parse(PUBLIC).unwrap();
+        assert_eq!(own.check(&NarInfo::parse(ADDED).unwrap()), Ok(Trust::Signed("test-key-1")));
+
+        // Input-addressed and unsigned: the signature error as it is.
+        let built = NarInfo { signatures: vec![], ..NarInfo::parse(BUILT).unwrap() };
+        assert_eq!(trusted.check(&built), Err(VerifyError::Unsigned { store_path: built.store_path.clone() }));
+
+        // A CA that gives another path (here: the built path's name and references) is no
+        // reason to trust it, and the message says both why.
+        let claiming = NarInfo { ca: added.ca.clone(), ..built.clone() };
+        let e = trusted.check(&claiming).unwrap_err();
+        assert!(
+            matches!(&e, VerifyError::NotContentAddressed { unsigned, .. } if matches!(**unsigned, VerifyError::Unsigned { .. }))
+        );
+        let message = e.to_string();
+        assert!(
+            message.starts_with(
+                "/nix/store/fxhnr7k7b0hlv4cvm3qnbbz91712n7zd-built claims to be content-addressed (fixed:r:sha256:"
+            ) && message.ends_with("has no signatures"),
+            "{message}"
+        );
     }
 
     #[test]

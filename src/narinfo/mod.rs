@@ -34,12 +34,12 @@ mod signing;
 
 use std::fmt;
 
-use crate::pathinfo::{ContentAddress, Signature};
-use crate::storepath::{StorePath, nixbase32};
+use crate::pathinfo::{CaKind, ContentAddress, Signature};
+use crate::storepath::{self, InvalidStorePath, StorePath, nixbase32};
 
 pub use convert::{ConvertError, NarFile};
 pub use decompress::decompressor;
-pub use keys::{KeyError, SignatureError, SigningKey, TrustedKeys, VerifyError, VerifyingKey};
+pub use keys::{KeyError, SignatureError, SigningKey, Trust, TrustedKeys, VerifyError, VerifyingKey};
 pub use keys::{format_signature, parse_signature};
 pub use parse::{CaError, HashError, ParseError, ParseErrorKind, format_sha256, parse_ca, parse_sha256};
 pub use signing::SigningPathInfoService;
@@ -188,6 +188,35 @@ impl NarInfo {
         fingerprint(&self.store_path, &self.nar_hash, self.nar_size, &self.references)
     }
 
+    /// The store path this narinfo's `CA:` gives its name and references, as Nix 2.8's
+    /// `ValidPathInfo::isContentAddressed` computes it (`makeFixedOutputPathFromCA`): a
+    /// reference to the path itself is a fixed-output path's self-reference. `None` without a
+    /// CA. The path is a content-addressed one exactly when this equals its `StorePath`; an
+    /// error (a flat path with references) means it is not.
+    pub fn content_addressed_path(&self) -> Option<Result<StorePath, InvalidStorePath>> {
+        let ca = self.ca.as_ref()?;
+        let name = self.store_path.name();
+        let (recursive, algo) = match ca.kind {
+            CaKind::TextSha256 => {
+                let Ok(sha256) = <[u8; 32]>::try_from(&ca.digest[..]) else {
+                    return Some(Err(InvalidStorePath::DigestLen(ca.digest.len())));
+                };
+                return Some(storepath::text_path(&sha256, name, &self.references));
+            }
+            CaKind::NarSha256 => (true, "sha256"),
+            CaKind::NarSha1 => (true, "sha1"),
+            CaKind::NarSha512 => (true, "sha512"),
+            CaKind::NarMd5 => (true, "md5"),
+            CaKind::FlatSha256 => (false, "sha256"),
+            CaKind::FlatSha1 => (false, "sha1"),
+            CaKind::FlatSha512 => (false, "sha512"),
+            CaKind::FlatMd5 => (false, "md5"),
+        };
+        let others: Vec<StorePath> = self.references.iter().filter(|r| **r != self.store_path).cloned().collect();
+        let self_reference = others.len() != self.references.len();
+        Some(storepath::fixed_output_path(recursive, algo, &ca.digest, name, &others, self_reference))
+    }
+
     /// The text Nix 2.8 writes for this narinfo (`NarInfo::to_string`): fields in its order,
     /// references and signatures sorted and deduplicated, `References:` always present (with
     /// a trailing space when empty), `Compression:` always present, optional fields only
@@ -324,6 +353,26 @@ CA: fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw
         );
         let added = NarInfo::parse(ADDED).unwrap();
         assert!(added.fingerprint().ends_with(";120;"), "no references: empty last field");
+    }
+
+    #[test]
+    fn content_addressed_paths_are_recognised() {
+        // ADDED is `nix-store --add` of a file: its CA gives its path.
+        let added = NarInfo::parse(ADDED).unwrap();
+        assert_eq!(added.content_addressed_path(), Some(Ok(added.store_path.clone())));
+        assert_eq!(NarInfo::parse(BUILT).unwrap().content_addressed_path(), None);
+        // Another name, another reference, or another CA kind: another path.
+        let renamed =
+            NarInfo { store_path: StorePath::from_parts(*added.store_path.digest(), "f2").unwrap(), ..added.clone() };
+        assert_ne!(renamed.content_addressed_path(), Some(Ok(renamed.store_path.clone())));
+        let referring = NarInfo { references: NarInfo::parse(BUILT).unwrap().references, ..added.clone() };
+        assert_ne!(referring.content_addressed_path(), Some(Ok(referring.store_path.clone())));
+        let mut flat = added.clone();
+        flat.ca.as_mut().unwrap().kind = CaKind::FlatSha256;
+        assert_ne!(flat.content_addressed_path(), Some(Ok(flat.store_path.clone())));
+        // A flat path with references is no content-addressed path at all.
+        let flat_referring = NarInfo { references: referring.references.clone(), ..flat };
+        assert!(matches!(flat_referring.content_addressed_path(), Some(Err(InvalidStorePath::FixedWithReferences(_)))));
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! Nix store paths: `/nix/store/<nixbase32 digest>-<name>`.
+//! Nix store paths: `/nix/store/<nixbase32 digest>-<name>`, and how Nix computes them.
 
+mod make;
 pub mod nixbase32;
+
+pub use make::{compress_hash, fixed_output_path, make_store_path, source_store_path, text_path};
 
 use std::fmt;
 
@@ -33,6 +36,9 @@ pub enum InvalidStorePath {
     Name(String, &'static str),
     #[error("store path digest has {0} bytes, expected {DIGEST_LEN}")]
     DigestLen(usize),
+    /// Nix only gives recursive SHA-256 (`source`) content-addressed paths references.
+    #[error("content-addressed path {0:?}: only a recursive SHA-256 path can have references")]
+    FixedWithReferences(String),
 }
 
 /// Checks a store path name against Nix's rules.

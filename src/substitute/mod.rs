@@ -1,23 +1,26 @@
 //! Nix binary caches as a PathInfo source (`nix+http://`, `nix+https://`, `nix+file://`): a
 //! lookup fetches the path's narinfo, checks it (its store path, and with trusted keys at least
-//! one valid signature), downloads and decompresses the NAR as it streams, ingests it into the
-//! blob and directory services while checking FileHash/FileSize and NarHash/NarSize, and only
-//! then answers with the PathInfo. Stacked under a cache combinator (near = a local PathInfo
-//! service), the next lookup of the path is local.
+//! one valid signature or, as in Nix 2.8, a CA that gives the path), downloads and decompresses
+//! the NAR as it streams, ingests it into the blob and directory services while checking
+//! FileHash/FileSize, NarHash/NarSize and the CA, and only then answers with the PathInfo.
+//! Stacked under a cache combinator (near = a local PathInfo service), the next lookup of the
+//! path is local.
 //!
 //! What a lookup answers when something is wrong (the mount turns `None` into ENOENT and an
 //! error into EIO):
-//! - not in the cache (404/403/410), or not signed by a trusted key: `None`, remembered for the
-//!   negative TTL; the log says why for a signature;
+//! - not in the cache (404/403/410), or neither signed by a trusted key nor content-addressed:
+//!   `None`, remembered for the negative TTL; the log says why for a signature;
 //! - a narinfo that is malformed or names another path, a NAR that is missing, not a NAR, or
-//!   disagrees with the narinfo, a failed download: an error naming the store path and what
-//!   disagreed. Nothing is remembered: the next lookup tries again. Blobs and directories
-//!   already ingested stay behind unreferenced (for gc); no PathInfo refers to them.
+//!   disagrees with the narinfo or its CA, a failed download: an error naming the store path
+//!   and what disagreed. Nothing is remembered: the next lookup tries again. Blobs and
+//!   directories already ingested stay behind unreferenced (for gc); no PathInfo refers to
+//!   them.
 //!
 //! Concurrent lookups of one path share one download, which runs as a task of its own, so a
 //! caller that gives up (a mount's call timeout) does not cancel it: the next lookup finds it
 //! done or joins it.
 
+mod stats;
 pub mod transport;
 
 use std::collections::HashMap;
@@ -30,6 +33,7 @@ use futures::future::{BoxFuture, Shared};
 use futures::stream::BoxStream;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 
+pub use stats::SubstituteStats;
 pub use transport::{FetchError, Transport};
 
 use crate::castore::blobservice::BlobService;
@@ -37,9 +41,9 @@ use crate::castore::directoryservice::DirectoryService;
 use crate::castore::{Error, Node};
 use crate::import::ingest_nar;
 use crate::nar::HashingReader;
-use crate::narinfo::{Compression, NarInfo, TrustedKeys};
-use crate::pathinfo::{PathInfo, PathInfoService};
-use crate::storepath::{DIGEST_LEN, StorePath, nixbase32};
+use crate::narinfo::{Compression, NarInfo, Trust, TrustedKeys};
+use crate::pathinfo::{CaKind, PathInfo, PathInfoService};
+use crate::storepath::{DIGEST_LEN, STORE_DIR, StorePath, nixbase32};
 
 /// How a binary cache is used.
 #[derive(Debug, Clone)]
@@ -76,8 +80,10 @@ type Lookup = Shared<BoxFuture<'static, Result<Option<PathInfo>, Error>>>;
 struct Inner {
     transport: Transport,
     options: CacheOptions,
+    /// The store's blob service, counting what is new to it into `stats`.
     blob: Arc<dyn BlobService>,
     directory: Arc<dyn DirectoryService>,
+    stats: Arc<SubstituteStats>,
     /// Misses, with when they were seen.
     misses: parking_lot::Mutex<HashMap<[u8; DIGEST_LEN], Instant>>,
     /// Lookups under way, shared by every caller asking for the same path.
@@ -88,19 +94,22 @@ struct Inner {
 }
 
 impl BinaryCache {
-    /// A cache fetched through `transport`, ingesting into `blob` and `directory`.
+    /// A cache fetched through `transport`, ingesting into `blob` and `directory`, counting
+    /// into `stats` (which several caches may share).
     pub fn new(
         transport: Transport,
         options: CacheOptions,
         blob: Arc<dyn BlobService>,
         directory: Arc<dyn DirectoryService>,
+        stats: Arc<SubstituteStats>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 transport,
                 options,
-                blob,
+                blob: Arc::new(stats::CountingBlobs::new(blob, stats.clone())),
                 directory,
+                stats,
                 misses: Default::default(),
                 in_flight: Default::default(),
                 ingested: Default::default(),
@@ -170,21 +179,38 @@ impl Inner {
         let hash = nixbase32::encode(&digest);
         let name = format!("{hash}.narinfo");
         let where_ = self.transport.describe(&name);
-        let Some(text) = self.transport.get(&name).await.map_err(unavailable)? else {
+        // Only the hash is known before the narinfo is in: it names the path in errors.
+        let fetching = |e: FetchError| Error::Unavailable(format!("{STORE_DIR}/{hash}: fetching its narinfo: {e}"));
+        let Some(text) = self.transport.get(&name).await.map_err(fetching)? else {
             self.misses.lock().insert(digest, Instant::now());
             return Ok(None);
         };
+        self.stats.add_downloaded(text.len());
         let narinfo = NarInfo::parse_bytes(&text).map_err(|e| Error::Corrupt(format!("{where_}: {e}")))?;
         if *narinfo.store_path.digest() != digest {
             return Err(Error::Corrupt(format!("{where_}: names another store path, {}", narinfo.store_path)));
         }
         let store_path = narinfo.store_path.clone();
-        if let Some(keys) = &self.options.trusted_keys
-            && let Err(why) = keys.verify(&narinfo)
-        {
+        let refuse = |why: &dyn std::fmt::Display| {
             tracing::warn!(path = %store_path, cache = %where_, "not substituting: {why}");
             self.misses.lock().insert(digest, Instant::now());
-            return Ok(None);
+            Ok(None)
+        };
+        let trust = match self.options.trusted_keys.as_ref().map(|keys| keys.check(&narinfo)) {
+            Some(Err(why)) => return refuse(&why),
+            Some(Ok(trust)) => Some(trust),
+            None => None,
+        };
+        // Trusted for its CA alone, the path is only what it claims once its contents hash to
+        // that CA, which needs a hash we compute.
+        if trust == Some(Trust::ContentAddressed)
+            && let Some(ca) = &narinfo.ca
+            && !checkable(ca.kind)
+        {
+            return refuse(&format!(
+                "{store_path} is unsigned and its content address {} uses a hash tvix-store does not compute",
+                ca.to_nix_string()
+            ));
         }
         let known = self.ingested.lock().get(&narinfo.nar_hash).cloned();
         let node = match known {
@@ -195,6 +221,7 @@ impl Inner {
                 node
             }
         };
+        self.check_content_address(&narinfo, &node).await?;
         let info = narinfo.to_path_info(node).map_err(|e| Error::Corrupt(format!("{where_}: {e}")))?;
         tracing::info!(path = %store_path, "substituted from {}", self.transport.describe(""));
         Ok(Some(info))
@@ -208,8 +235,14 @@ impl Inner {
             .transport
             .open(&narinfo.url)
             .await
-            .map_err(unavailable)?
+            .map_err(|e| Error::Unavailable(format!("{path}: fetching its NAR: {e}")))?
             .ok_or_else(|| Error::NotFound(format!("{path}: its NAR {url} is not in the cache")))?;
+        let stats = self.stats.clone();
+        let body: transport::Body = Box::pin(futures::StreamExt::inspect(body, move |chunk| {
+            if let Ok(bytes) = chunk {
+                stats.add_downloaded(bytes.len());
+            }
+        }));
         let mut compressed = HashingReader::new(transport::reader(body));
         let ingested = {
             let source = BufReader::new(&mut compressed);
@@ -259,14 +292,99 @@ impl Inner {
         }
         Ok(ingested.node)
     }
+
+    /// Checks a path's contents against its narinfo's CA, as Nix does when it adds a path
+    /// with one (`ca hash mismatch`): for a recursive CA the hash of the NAR, for a flat or
+    /// text CA that of the one file. A CA whose hash we do not compute is left unchecked (the
+    /// lookup refused the path already if trust rested on it).
+    async fn check_content_address(&self, narinfo: &NarInfo, node: &Node) -> Result<(), Error> {
+        let Some(ca) = &narinfo.ca else {
+            return Ok(());
+        };
+        let path = &narinfo.store_path;
+        let got: Vec<u8> = match ca.kind {
+            CaKind::NarSha256 => narinfo.nar_hash.to_vec(),
+            CaKind::NarSha512 => {
+                let sink =
+                    crate::nar::write_nar(DigestSink(sha2::Sha512::default()), node, &*self.blob, &*self.directory)
+                        .await
+                        .map_err(|e| Error::Storage(format!("{path}: re-reading the NAR to hash it: {e}")))?;
+                sha2::Digest::finalize(sink.0).to_vec()
+            }
+            CaKind::FlatSha256 | CaKind::TextSha256 => self.file_hash::<sha2::Sha256>(path, node).await?,
+            CaKind::FlatSha512 => self.file_hash::<sha2::Sha512>(path, node).await?,
+            CaKind::NarSha1 | CaKind::NarMd5 | CaKind::FlatSha1 | CaKind::FlatMd5 => return Ok(()),
+        };
+        if got[..] != ca.digest[..] {
+            return Err(Error::Corrupt(format!(
+                "{path}: its content address {} disagrees with its contents, which hash to {}",
+                ca.to_nix_string(),
+                nixbase32::encode(&got)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The hash of a flat path's file; anything but a regular file has no flat hash.
+    async fn file_hash<D: sha2::Digest>(&self, path: &StorePath, node: &Node) -> Result<Vec<u8>, Error> {
+        let Node::File { digest, .. } = node else {
+            return Err(Error::Corrupt(format!("{path}: has a flat content address but is not a single file")));
+        };
+        let mut reader = self
+            .blob
+            .open_read(digest)
+            .await?
+            .ok_or_else(|| Error::Storage(format!("{path}: blob {digest} vanished right after ingestion")))?;
+        let mut hasher = D::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .await
+                .map_err(|e| Error::Storage(format!("{path}: reading blob {digest}: {e}")))?;
+            if n == 0 {
+                return Ok(hasher.finalize().to_vec());
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+}
+
+/// Whether [`Inner::check_content_address`] can check a CA of this kind.
+fn checkable(kind: CaKind) -> bool {
+    matches!(kind, CaKind::NarSha256 | CaKind::NarSha512 | CaKind::FlatSha256 | CaKind::FlatSha512 | CaKind::TextSha256)
+}
+
+/// An `AsyncWrite` that only hashes what it is given.
+struct DigestSink<D>(D);
+
+impl<D: sha2::Digest + Unpin> tokio::io::AsyncWrite for DigestSink<D> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.update(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 fn sha256_string(hash: &[u8; 32]) -> String {
     format!("sha256:{}", nixbase32::encode(hash))
-}
-
-fn unavailable(e: FetchError) -> Error {
-    Error::Unavailable(e.to_string())
 }
 
 /// Several binary caches tried in order, as Nix's `substituters`: the first that has a path
