@@ -80,10 +80,6 @@ fn nix_run(program: &str, args: &[&str]) -> std::process::Output {
     nix_command(program).args(args).args(NO_NARINFO_CACHE).output().unwrap()
 }
 
-fn hash_of(path: &str) -> &str {
-    &path.trim_start_matches("/nix/store/")[..32]
-}
-
 fn signing_key(dir: &Path, name: &str) -> (SigningKey, String) {
     let (secret, public) = keypair(dir, name);
     (SigningKey::from_file(&secret).unwrap(), public)

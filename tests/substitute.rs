@@ -3,6 +3,7 @@
 //! (Python's http.server) or read as a directory, including tampered narinfos and NARs. What
 //! comes out must be what Nix has: `nix-store --dump` bytes, NAR hash, references, signatures.
 
+mod cache_common;
 mod nar_common;
 
 use std::net::TcpListener;
@@ -11,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cache_common::*;
 use nar_common::*;
 use tvix_store::castore::Error;
 use tvix_store::castore::blobservice::BlobService;
@@ -19,52 +21,6 @@ use tvix_store::compose::{self, Kind};
 use tvix_store::nar::write_nar;
 use tvix_store::pathinfo::{PathInfo, PathInfoService};
 use tvix_store::storepath::StorePath;
-
-/// Two store paths built by Nix: `top` refers to `dep`. Built once per test process.
-struct Closure {
-    dep: String,
-    top: String,
-}
-
-fn closure() -> &'static Closure {
-    static BUILT: std::sync::OnceLock<Closure> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("substitute-dep-src");
-        std::fs::create_dir_all(src.join("lib")).unwrap();
-        write_file(&src.join("lib/data.bin"), 3_000_000, false);
-        write_file(&src.join("run"), 100, true);
-        std::os::unix::fs::symlink("lib/data.bin", src.join("link")).unwrap();
-        let dep = nix_add(&src);
-        let expr = dir.path().join("top.nix");
-        std::fs::write(
-            &expr,
-            format!(
-                r#"let dep = builtins.storePath "{dep}"; in derivation {{
-  name = "substitute-top"; system = builtins.currentSystem; builder = "/bin/sh";
-  args = [ "-c" "/bin/mkdir $out; echo ${{dep}} > $out/dep; /bin/ln -s ${{dep}}/run $out/run" ];
-}}"#
-            ),
-        )
-        .unwrap();
-        let top = String::from_utf8(nix("nix-build", &["--no-out-link".as_ref(), expr.as_os_str()])).unwrap();
-        Closure { dep, top: top.trim().to_string() }
-    })
-}
-
-/// A signing key pair made by Nix: (secret key file, public key).
-fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
-    let secret = dir.join(format!("{name}.sec"));
-    let public = dir.join(format!("{name}.pub"));
-    nix("nix-store", &["--generate-binary-cache-key".as_ref(), name.as_ref(), secret.as_os_str(), public.as_os_str()]);
-    (secret, std::fs::read_to_string(&public).unwrap().trim().to_string())
-}
-
-/// A binary cache in `dir` holding the closure of `path`, written by `nix copy`.
-fn nix_copy_to_cache(dir: &Path, path: &str, compression: &str, secret: &Path) {
-    let to = format!("file://{}?compression={compression}&secret-key={}", dir.display(), secret.display());
-    nix("nix", &["copy".as_ref(), "--to".as_ref(), to.as_ref(), path.as_ref()]);
-}
 
 /// Python's http.server on a free loopback port, serving `dir`; killed on drop.
 struct HttpServer {
@@ -196,11 +152,6 @@ async fn with_trusted_keys_only_validly_signed_paths_exist() {
     assert!(store_over(&file(&public)).get(&c.top).await.unwrap().is_none(), "a tampered narinfo verified");
 }
 
-fn narinfo_file(cache: &Path, path: &str) -> PathBuf {
-    let basename = path.trim_start_matches("/nix/store/");
-    cache.join(format!("{}.narinfo", &basename[..32]))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tampered_narinfos_and_nars_are_refused_and_retried() {
     let c = closure();
@@ -312,20 +263,6 @@ fn a_mount_with_a_substituter_shows_paths_nobody_imported() {
         assert!(status.success(), "{path} differs in the mount");
     }
     assert!(!mnt.join("00000000000000000000000000000000-not-there").exists());
-}
-
-/// A `tvix-store mount` child, killed and unmounted on drop (also when a check failed).
-struct MountProcess {
-    child: Child,
-    path: PathBuf,
-}
-
-impl Drop for MountProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).stderr(Stdio::null()).status();
-    }
 }
 
 /// `tvix-store substitute` copies a closure ahead of time; what the store then says of it is
@@ -548,10 +485,6 @@ fn digest_of(path: &str) -> [u8; 20] {
 }
 
 /// The hash part of a store path, which every error of its lookup names.
-fn hash_of(path: &str) -> &str {
-    &path.trim_start_matches("/nix/store/")[..32]
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hanging_cache_fails_in_bounded_time_and_the_next_lookup_succeeds() {
     let c = closure();

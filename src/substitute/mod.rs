@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use futures::stream::BoxStream;
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncReadExt, BufReader};
 
 pub use stats::SubstituteStats;
 pub use transport::{FetchError, Transport};
@@ -41,7 +41,7 @@ use crate::castore::directoryservice::DirectoryService;
 use crate::castore::{Error, Node};
 use crate::import::ingest_nar;
 use crate::nar::HashingReader;
-use crate::narinfo::{Compression, NarInfo, Trust, TrustedKeys};
+use crate::narinfo::{NarInfo, Trust, TrustedKeys, decompressor, format_sha256};
 use crate::pathinfo::{CaKind, PathInfo, PathInfoService};
 use crate::storepath::{DIGEST_LEN, STORE_DIR, StorePath, nixbase32};
 
@@ -249,19 +249,13 @@ impl Inner {
             // Never more than the narinfo promises: a cache sending an endless NAR is cut off
             // (and the NAR then fails as truncated).
             let limit = narinfo.nar_size.saturating_add(1);
-            let nar: Box<dyn AsyncRead + Send + Unpin + '_> = match &narinfo.compression {
-                Compression::None => Box::new(source.take(limit)),
-                Compression::Xz => Box::new(async_compression::tokio::bufread::XzDecoder::new(source).take(limit)),
-                Compression::Zstd => Box::new(async_compression::tokio::bufread::ZstdDecoder::new(source).take(limit)),
-                Compression::Bzip2 => Box::new(async_compression::tokio::bufread::BzDecoder::new(source).take(limit)),
-                Compression::Br => Box::new(async_compression::tokio::bufread::BrotliDecoder::new(source).take(limit)),
-                other => {
-                    return Err(Error::InvalidRequest(format!(
-                        "{path}: NAR {url} is compressed with {:?}, which tvix-store cannot decompress",
-                        other.as_str()
-                    )));
-                }
-            };
+            let nar = decompressor(&narinfo.compression, source).ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "{path}: NAR {url} is compressed with {:?}, which tvix-store cannot decompress",
+                    narinfo.compression.as_str()
+                ))
+            })?;
+            let nar = nar.take(limit);
             ingest_nar(self.blob.clone(), self.directory.clone(), nar, None)
                 .await
                 .map_err(|e| Error::Corrupt(format!("{path}: NAR {url}: {e}")))?
@@ -282,13 +276,13 @@ impl Inner {
         if let Some(hash) = narinfo.file_hash
             && hash != compressed.sha256()
         {
-            return Err(disagrees("FileHash", sha256_string(&hash), sha256_string(&compressed.sha256())));
+            return Err(disagrees("FileHash", format_sha256(&hash), format_sha256(&compressed.sha256())));
         }
         if ingested.nar_size != narinfo.nar_size {
             return Err(disagrees("NarSize", narinfo.nar_size.to_string(), ingested.nar_size.to_string()));
         }
         if ingested.nar_sha256 != narinfo.nar_hash {
-            return Err(disagrees("NarHash", sha256_string(&narinfo.nar_hash), sha256_string(&ingested.nar_sha256)));
+            return Err(disagrees("NarHash", format_sha256(&narinfo.nar_hash), format_sha256(&ingested.nar_sha256)));
         }
         Ok(ingested.node)
     }
@@ -381,10 +375,6 @@ impl<D: sha2::Digest + Unpin> tokio::io::AsyncWrite for DigestSink<D> {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-}
-
-fn sha256_string(hash: &[u8; 32]) -> String {
-    format!("sha256:{}", nixbase32::encode(hash))
 }
 
 /// Several binary caches tried in order, as Nix's `substituters`: the first that has a path

@@ -61,6 +61,11 @@ pub fn narinfo_file(cache: &Path, path: &str) -> PathBuf {
     cache.join(format!("{}.narinfo", &basename[..32]))
 }
 
+/// The 32-character hash part of a store path.
+pub fn hash_of(path: &str) -> &str {
+    &path.trim_start_matches("/nix/store/")[..32]
+}
+
 /// A `tvix-store mount` child, killed and unmounted on drop (also when a check failed).
 pub struct MountProcess {
     pub child: Child,
