@@ -15,3 +15,10 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     }
 }
+
+/// rustls needs one process-wide crypto provider for every HTTPS client (binary caches, S3);
+/// we use ring (pure Rust and C, no cmake).
+pub fn install_tls_provider() {
+    // Fails only when one is installed already, which is what we want either way.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

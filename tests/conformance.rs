@@ -4,8 +4,10 @@
 //!
 //! Backends are built the way commands build them, through `tvix_store::compose` (store URLs
 //! and composition entries), so the suite also covers the composition layer's wiring. The gRPC
-//! entries talk to our own server, in process on a unix socket.
+//! entries talk to our own server, in process on a unix socket; the S3 entries to a real
+//! Garage cluster on the loopback (`scripts/garage-test-cluster`), each under a fresh prefix.
 
+mod garage_common;
 mod grpc_common;
 
 use std::collections::HashSet;
@@ -113,6 +115,28 @@ async fn path_info_cache(near: &str, far: &str) -> Under<dyn PathInfoService> {
     let blobs = compose::blob_service("memory://").unwrap();
     let directories = compose::directory_service("memory://").unwrap();
     Under { service: compose::build_path_info(&graph, &blobs, &directories).unwrap(), _keep: keep }
+}
+
+/// A leaf on the Garage cluster of this process, under a fresh key prefix.
+fn s3_graph(kind: Kind) -> Graph {
+    let spec = garage_common::cluster(1).spec(&garage_common::unique_prefix("conformance"));
+    Graph::of_leaf(kind, "s3", spec.url.clone(), compose::Leaf::S3(spec))
+}
+
+async fn s3_blob() -> Under<dyn BlobService> {
+    Under { service: compose::build_blob(&s3_graph(Kind::Blob)).unwrap(), _keep: Vec::new() }
+}
+
+async fn s3_directory() -> Under<dyn DirectoryService> {
+    let blobs = compose::blob_service("memory://").unwrap();
+    Under { service: compose::build_directory(&s3_graph(Kind::Directory), &blobs).unwrap(), _keep: Vec::new() }
+}
+
+async fn s3_path_info() -> Under<dyn PathInfoService> {
+    let blobs = compose::blob_service("memory://").unwrap();
+    let directories = compose::directory_service("memory://").unwrap();
+    let service = compose::build_path_info(&s3_graph(Kind::PathInfo), &blobs, &directories).unwrap();
+    Under { service, _keep: Vec::new() }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,6 +405,7 @@ blob_backends! {
     cache_memory_over_memory => blob_cache("memory://", "memory://");
     cache_memory_over_grpc => blob_cache("memory://", "grpc");
     cache_local_files_over_object_store => blob_cache("objectstore+file://{dir}/blobs", "objectstore+memory://");
+    s3 => s3_blob();
 }
 
 directory_backends! {
@@ -389,6 +414,8 @@ directory_backends! {
     grpc => directory_backend("grpc");
     cache_memory_over_memory => directory_cache("memory://", "memory://");
     cache_redb_over_grpc => directory_cache("redb://{dir}/directories.redb", "grpc");
+    object_store_memory => directory_backend("objectstore+memory://");
+    s3 => s3_directory();
 }
 
 path_info_backends! {
@@ -397,4 +424,6 @@ path_info_backends! {
     grpc => path_info_backend("grpc");
     cache_memory_over_memory => path_info_cache("memory://", "memory://");
     cache_redb_over_grpc => path_info_cache("redb://{dir}/pathinfo.redb", "grpc");
+    object_store_memory => path_info_backend("objectstore+memory://");
+    s3 => s3_path_info();
 }

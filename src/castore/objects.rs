@@ -85,6 +85,13 @@ impl Objects {
         self.store.put(key, PutPayload::from_bytes(data)).await.map(drop).map_err(|e| self.error(key, e))
     }
 
+    /// Checks that the store answers, the bucket exists and the credentials are accepted (one
+    /// listing of the prefix's top level), so a misconfigured store is an error at start, not
+    /// at the first read.
+    pub async fn probe(&self) -> Result<(), Error> {
+        self.store.list_with_delimiter(Some(&self.prefix)).await.map(drop).map_err(|e| self.error(&self.prefix, e))
+    }
+
     /// Every key below the prefix.
     pub fn list(&self) -> BoxStream<'_, Result<Path, Error>> {
         self.store

@@ -106,6 +106,14 @@ impl Graph {
         format!("{}.{name}", self.origin)
     }
 
+    /// Every backend of the graph: its name in messages, its URL, what it names.
+    pub fn leaves(&self) -> impl Iterator<Item = (String, &str, &Leaf)> + '_ {
+        self.entries.iter().filter_map(|(name, entry)| match entry {
+            Entry::Leaf { url, leaf } => Some((self.describe(name), url.as_str(), leaf)),
+            _ => None,
+        })
+    }
+
     /// Checks that `root` exists, every reference names an entry, and no entry reaches itself.
     pub fn check(&self) -> Result<(), ComposeError> {
         if !self.entries.contains_key(ROOT) {

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod defaultstore;
 mod graph;
+mod objectstore;
 pub mod url;
 
 use std::path::PathBuf;
@@ -23,11 +24,11 @@ use crate::castore::blobservice::{
     BlobService, CacheBlobService, ChunkedBlobService, LocalChunkStore, MemoryChunkStore, ObjectStoreChunkStore,
 };
 use crate::castore::directoryservice::{
-    CacheDirectoryService, DirectoryService, MemoryDirectoryStore, StoredDirectoryService,
+    CacheDirectoryService, DirectoryService, MemoryDirectoryStore, ObjectStoreDirectoryStore, StoredDirectoryService,
 };
 use crate::grpc::{GrpcBlobService, GrpcDirectoryService, GrpcPathInfoService, GrpcTarget};
 use crate::narinfo::{SigningKey, SigningPathInfoService};
-use crate::pathinfo::{CachePathInfoService, MemoryPathInfoService, PathInfoService};
+use crate::pathinfo::{CachePathInfoService, MemoryPathInfoService, ObjectStorePathInfoService, PathInfoService};
 use crate::substitute::{BinaryCache, SubstituteStats, Substituters, Transport};
 use defaultstore::{DefaultStoreError, StoreLock};
 
@@ -202,6 +203,15 @@ pub async fn open(args: &StoreArgs, role: Role) -> Result<Services, ComposeError
     let (Some(blob), Some(directory), Some(path_info)) = (&plan.blob, &plan.directory, &plan.path_info) else {
         unreachable!("the default store fills in every service not given");
     };
+    for graph in [blob, directory, path_info] {
+        for (entry, url, leaf) in graph.leaves() {
+            if let Leaf::S3(spec) = leaf {
+                let open_error =
+                    |reason: String| ComposeError::Open { entry: entry.clone(), url: url.to_string(), reason };
+                objectstore::s3(spec).map_err(open_error)?.probe().await.map_err(|e| open_error(e.to_string()))?;
+            }
+        }
+    }
     let blob = build_blob(blob)?;
     let directory = build_directory(directory, &blob)?;
     let substitute_stats = Arc::new(SubstituteStats::default());
@@ -227,10 +237,10 @@ pub fn build_blob(graph: &Graph) -> Result<Arc<dyn BlobService>, ComposeError> {
                 Ok(Arc::new(ChunkedBlobService::new(store)))
             }
             Leaf::ObjectStoreMemory => {
-                let store = Arc::new(object_store::memory::InMemory::new());
-                let chunks =
-                    ObjectStoreChunkStore::new(store, object_store::path::Path::default(), "objectstore+memory://");
-                Ok(Arc::new(ChunkedBlobService::new(chunks)))
+                Ok(Arc::new(ChunkedBlobService::new(ObjectStoreChunkStore::in_objects(objectstore::memory()))))
+            }
+            Leaf::S3(spec) => {
+                Ok(Arc::new(ChunkedBlobService::new(ObjectStoreChunkStore::in_objects(objectstore::s3(spec)?))))
             }
             Leaf::Grpc(target) => Ok(Arc::new(GrpcBlobService::new(crate::grpc::channel(target)?))),
             Leaf::Redb(_) => Err("redb does not store blobs".into()),
@@ -254,7 +264,13 @@ pub fn build_directory(graph: &Graph, _blob: &Arc<dyn BlobService>) -> Result<Ar
                 Ok(Arc::new(StoredDirectoryService::new(store)))
             }
             Leaf::Grpc(target) => Ok(Arc::new(GrpcDirectoryService::new(crate::grpc::channel(target)?))),
-            Leaf::LocalFiles(_) | Leaf::ObjectStoreMemory => Err("this backend stores blobs only".into()),
+            Leaf::ObjectStoreMemory => {
+                Ok(Arc::new(StoredDirectoryService::new(ObjectStoreDirectoryStore::new(&objectstore::memory()))))
+            }
+            Leaf::S3(spec) => {
+                Ok(Arc::new(StoredDirectoryService::new(ObjectStoreDirectoryStore::new(&objectstore::s3(spec)?))))
+            }
+            Leaf::LocalFiles(_) => Err("this backend stores blobs only".into()),
             Leaf::BinaryCache(_) => Err("a binary cache is a path-info source only".into()),
         },
         &Combinators {
@@ -287,7 +303,9 @@ fn build_path_info_counting(
             Leaf::Redb(path) => Ok(Arc::new(crate::redb::RedbPathInfoService::open(path).map_err(|e| e.to_string())?)),
             Leaf::Grpc(target) => Ok(Arc::new(GrpcPathInfoService::new(crate::grpc::channel(target)?))),
             Leaf::BinaryCache(spec) => Ok(Arc::new(binary_cache(spec, blob, directory, stats)?)),
-            Leaf::LocalFiles(_) | Leaf::ObjectStoreMemory => Err("this backend stores blobs only".into()),
+            Leaf::ObjectStoreMemory => Ok(Arc::new(ObjectStorePathInfoService::new(&objectstore::memory()))),
+            Leaf::S3(spec) => Ok(Arc::new(ObjectStorePathInfoService::new(&objectstore::s3(spec)?))),
+            Leaf::LocalFiles(_) => Err("this backend stores blobs only".into()),
         },
         &Combinators {
             cache: &|near, far, writes| Arc::new(CachePathInfoService::new(near, far, writes)),

@@ -4,7 +4,8 @@
 //! |---|---|---|---|
 //! | `memory://` | yes | yes | yes |
 //! | `objectstore+file:///dir` | local chunk files | | |
-//! | `objectstore+memory://` | object_store in memory | | |
+//! | `objectstore+memory://` | object_store in memory | yes | yes |
+//! | `objectstore+s3://bucket[/prefix]?endpoint=…&region=…` | S3 (or a clone) | yes | yes |
 //! | `redb:///file.redb` | | yes | yes |
 //! | `grpc+unix:///socket`, `grpc+http://host:port` | yes | yes | yes |
 //! | `nix+http://host[:port][/prefix]`, `nix+https://…`, `nix+file:///dir` | | | a Nix binary cache, read-only |
@@ -13,6 +14,11 @@
 //! `name:base64` keys, space separated; when given, narinfos must be signed by one of them),
 //! `priority=` (lower first, like Nix's), `timeout=` (seconds without progress before a request
 //! fails) and `negative-ttl=` (seconds a miss is remembered).
+//!
+//! An S3 URL takes `endpoint=` (for self-hosted engines: `http://…` is used as given, with
+//! path-style requests) and `region=`; credentials come from the usual AWS environment
+//! variables. The three services can share one URL: each keeps its objects under its own key
+//! prefix below the URL's (`chunks/`+`blobs/`, `directories/`, `pathinfo/`).
 
 use std::path::PathBuf;
 
@@ -26,15 +32,79 @@ pub enum Leaf {
     Memory,
     /// `objectstore+file:///dir`: blobs as chunk files in a local directory.
     LocalFiles(PathBuf),
-    /// `objectstore+memory://`: blobs in `object_store`'s in-memory backend, through the
-    /// generic object store chunk store.
+    /// `objectstore+memory://`: `object_store`'s in-memory backend, through the generic object
+    /// store backends.
     ObjectStoreMemory,
+    /// `objectstore+s3://bucket[/prefix]`: an S3 bucket (AWS or a self-hosted clone).
+    S3(S3Spec),
     /// `redb:///file.redb`: directories or PathInfo in a redb database.
     Redb(PathBuf),
     /// `grpc+unix://` or `grpc+http://`: our (or tvix's) gRPC service.
     Grpc(GrpcTarget),
     /// `nix+http://`, `nix+https://`, `nix+file://`: a Nix binary cache as a PathInfo source.
     BinaryCache(BinaryCacheSpec),
+}
+
+/// An S3 bucket as its store URL says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Spec {
+    /// The URL as given, for messages (it holds no secrets: credentials come from the
+    /// environment).
+    pub url: String,
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix below which the store's objects are (may be empty).
+    pub prefix: String,
+    /// `endpoint=`: the engine's URL, for anything but AWS itself.
+    pub endpoint: Option<String>,
+    /// `region=`.
+    pub region: Option<String>,
+    /// Credentials given by a program (tests) rather than the environment; never from the URL,
+    /// so a URL in a message or a log never holds a secret.
+    pub credentials: Option<S3Credentials>,
+}
+
+/// An S3 access key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    /// The key's id (`AWS_ACCESS_KEY_ID`).
+    pub access_key_id: String,
+    /// Its secret (`AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    // The secret stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials").field("access_key_id", &self.access_key_id).finish_non_exhaustive()
+    }
+}
+
+/// Reads `objectstore+s3://bucket[/prefix]?endpoint=…&region=…`.
+fn s3(addr: &str, url: &url::Url) -> Result<S3Spec, String> {
+    let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or("no bucket given (objectstore+s3://BUCKET/…)")?;
+    let mut spec = S3Spec {
+        url: addr.to_string(),
+        bucket: bucket.to_string(),
+        prefix: url.path().trim_matches('/').to_string(),
+        endpoint: None,
+        region: None,
+        credentials: None,
+    };
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "endpoint" => {
+                let endpoint = url::Url::parse(&value).map_err(|e| format!("endpoint={value:?}: {e}"))?;
+                if !matches!(endpoint.scheme(), "http" | "https") {
+                    return Err(format!("endpoint={value:?}: must be an http:// or https:// URL"));
+                }
+                spec.endpoint = Some(value.trim_end_matches('/').to_string());
+            }
+            "region" => spec.region = Some(value.into_owned()),
+            other => return Err(format!("unknown option {other:?} (known: endpoint, region)")),
+        }
+    }
+    Ok(spec)
 }
 
 /// A binary cache and how to use it, as its store URL says.
@@ -135,10 +205,11 @@ pub fn parse(kind: Kind, addr: &str) -> Result<Leaf, String> {
             Leaf::Memory
         }
         "objectstore+file" if kind == Kind::Blob => Leaf::LocalFiles(local_path(&url)?),
-        "objectstore+memory" if kind == Kind::Blob => {
+        "objectstore+memory" => {
             no_path(&url)?;
             Leaf::ObjectStoreMemory
         }
+        "objectstore+s3" => Leaf::S3(s3(addr, &url)?),
         "redb" if kind != Kind::Blob => Leaf::Redb(local_path(&url)?),
         "grpc+unix" | "grpc+http" => Leaf::Grpc(grpc_target(&url)?),
         "nix+http" | "nix+https" | "nix+file" if kind == Kind::PathInfo => {
@@ -158,9 +229,11 @@ pub fn parse(kind: Kind, addr: &str) -> Result<Leaf, String> {
 /// The schemes a service of `kind` accepts, for error messages.
 fn supported(kind: Kind) -> &'static str {
     match kind {
-        Kind::Blob => "memory, objectstore+file, objectstore+memory, grpc+unix, grpc+http",
-        Kind::Directory => "memory, redb, grpc+unix, grpc+http",
-        Kind::PathInfo => "memory, redb, grpc+unix, grpc+http, nix+http, nix+https, nix+file",
+        Kind::Blob => "memory, objectstore+file, objectstore+memory, objectstore+s3, grpc+unix, grpc+http",
+        Kind::Directory => "memory, redb, objectstore+memory, objectstore+s3, grpc+unix, grpc+http",
+        Kind::PathInfo => {
+            "memory, redb, objectstore+memory, objectstore+s3, grpc+unix, grpc+http, nix+http, nix+https, nix+file"
+        }
     }
 }
 

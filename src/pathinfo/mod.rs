@@ -3,10 +3,12 @@
 
 mod cache;
 mod memory;
+mod objectstore;
 mod service;
 mod types;
 
 pub use cache::CachePathInfoService;
 pub use memory::MemoryPathInfoService;
+pub use objectstore::ObjectStorePathInfoService;
 pub use service::{NarCalculationService, PathInfoService};
 pub use types::{CaKind, ContentAddress, InvalidPathInfo, PathInfo, Signature};

@@ -213,6 +213,22 @@ impl PathInfo {
         Ok(PathInfo { store_path, node, references, nar_size: narinfo.nar_size, nar_sha256, signatures, deriver, ca })
     }
 
+    /// The bytes a PathInfo is stored as (its protobuf encoding, as on the wire).
+    pub fn encode(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(&self.to_proto())
+    }
+
+    /// A stored PathInfo read back under the digest it was stored by: it must decode, be
+    /// valid, and be for that store path. The `Err` says what is wrong.
+    pub fn decode_stored(bytes: &[u8], digest: &[u8; DIGEST_LEN]) -> Result<Self, String> {
+        let message = <proto::PathInfo as prost::Message>::decode(bytes).map_err(|e| e.to_string())?;
+        let info = PathInfo::from_proto(message).map_err(|e| e.to_string())?;
+        if info.store_path.digest() != digest {
+            return Err(format!("it is for {}", info.store_path));
+        }
+        Ok(info)
+    }
+
     /// The protobuf form.
     pub fn to_proto(&self) -> proto::PathInfo {
         proto::PathInfo {

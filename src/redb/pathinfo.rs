@@ -5,13 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{OpenRedbError, blocking, open_database, storage_err};
 use crate::castore::Error;
 use crate::pathinfo::{PathInfo, PathInfoService};
-use crate::proto::store as pb;
 use crate::storepath::DIGEST_LEN;
 
 const PATH_INFOS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pathinfos");
@@ -34,12 +32,9 @@ fn decode(name: &str, key: &[u8], bytes: &[u8]) -> Result<PathInfo, Error> {
     let corrupt = |why: String| {
         Error::Corrupt(format!("PathInfo under key {} in {name}: {why}", data_encoding::HEXLOWER.encode(key)))
     };
-    let message = pb::PathInfo::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
-    let info = PathInfo::from_proto(message).map_err(|e| corrupt(e.to_string()))?;
-    if info.store_path.digest().as_slice() != key {
-        return Err(corrupt(format!("it is for {}", info.store_path)));
-    }
-    Ok(info)
+    let digest: &[u8; DIGEST_LEN] =
+        key.try_into().map_err(|_| corrupt(format!("the key is not {DIGEST_LEN} bytes")))?;
+    PathInfo::decode_stored(bytes, digest).map_err(corrupt)
 }
 
 #[async_trait]
@@ -60,7 +55,7 @@ impl PathInfoService for RedbPathInfoService {
 
     async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {
         let (db, name) = (self.db.clone(), self.name.clone());
-        let bytes = info.to_proto().encode_to_vec();
+        let bytes = info.encode();
         let key = *info.store_path.digest();
         blocking(move || {
             let err = storage_err(&name);

@@ -67,7 +67,7 @@ pub enum Transport {
 impl Transport {
     /// An HTTP(S) transport for `base` whose requests give up after `timeout` without progress.
     pub fn http(mut base: url::Url, timeout: Duration) -> Result<Self, String> {
-        install_crypto_provider();
+        crate::tuning::install_tls_provider();
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
@@ -223,12 +223,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = inner.source();
     }
     message
-}
-
-/// rustls needs one process-wide crypto provider; we use ring (pure Rust and C, no cmake).
-fn install_crypto_provider() {
-    // Fails only when one is installed already, which is what we want either way.
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A fetched body as an `AsyncRead`.

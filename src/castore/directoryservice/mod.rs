@@ -3,6 +3,7 @@
 mod cache;
 mod graph;
 mod memory;
+mod objectstore;
 mod stored;
 
 use async_trait::async_trait;
@@ -11,6 +12,7 @@ use futures::stream::BoxStream;
 pub use cache::CacheDirectoryService;
 pub use graph::GraphBuilder;
 pub use memory::MemoryDirectoryStore;
+pub use objectstore::ObjectStoreDirectoryStore;
 pub use stored::{DirectoryStore, StoredDirectoryService};
 
 use super::{B3Digest, Directory, Error};

@@ -21,6 +21,11 @@ pub trait DirectoryStore: Send + Sync + 'static {
     async fn insert_batch(&self, directories: Vec<(B3Digest, Directory)>) -> Result<(), Error>;
 }
 
+/// Directory gets in flight during a recursive get. One at a time, a tree of a thousand
+/// directories on an object store with 20 ms per GET would take 1000 x 20 ms = 20 s; sixteen at
+/// a time, about 1.3 s (as wide as the tree allows).
+const GET_RECURSIVE_PARALLEL: usize = 16;
+
 /// A [`DirectoryService`] over a [`DirectoryStore`].
 pub struct StoredDirectoryService<S> {
     store: Arc<S>,
@@ -42,10 +47,22 @@ impl<S: DirectoryStore> DirectoryService for StoredDirectoryService<S> {
     fn get_recursive(&self, root: &B3Digest) -> BoxStream<'_, Result<Directory, Error>> {
         let root = *root;
         Box::pin(async_stream::try_stream! {
-            let mut queue = VecDeque::from([(root, None::<B3Digest>)]);
+            // Breadth first, up to GET_RECURSIVE_PARALLEL gets in flight, answered in the
+            // order asked: each directory still comes after the one that referred to it.
+            let mut pending = VecDeque::from([(root, None::<B3Digest>)]);
             let mut seen = HashSet::from([root]);
-            while let Some((digest, parent)) = queue.pop_front() {
-                let directory = self.store.get(&digest).await?.ok_or_else(|| match parent {
+            let mut in_flight = futures::stream::FuturesOrdered::new();
+            loop {
+                while in_flight.len() < GET_RECURSIVE_PARALLEL
+                    && let Some((digest, parent)) = pending.pop_front()
+                {
+                    let store = self.store.clone();
+                    in_flight.push_back(async move { (digest, parent, store.get(&digest).await) });
+                }
+                let Some((digest, parent, got)) = futures::StreamExt::next(&mut in_flight).await else {
+                    break;
+                };
+                let directory = got?.ok_or_else(|| match parent {
                     None => Error::NotFound(format!("directory {digest}")),
                     Some(parent) => Error::NotFound(format!(
                         "directory {digest}, referred to by directory {parent} below {root}"
@@ -53,7 +70,7 @@ impl<S: DirectoryStore> DirectoryService for StoredDirectoryService<S> {
                 })?;
                 for (_, child, _) in directory.child_directories() {
                     if seen.insert(*child) {
-                        queue.push_back((*child, Some(digest)));
+                        pending.push_back((*child, Some(digest)));
                     }
                 }
                 yield directory;

@@ -1,0 +1,60 @@
+//! Building object stores from store URLs: `objectstore+memory://` and `objectstore+s3://`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path;
+use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+
+use super::url::S3Spec;
+use crate::castore::objects::Objects;
+
+/// A request that gets no answer for this long fails (and is retried): an object is at most a
+/// chunk (1 MiB), which takes well under a second on any link a fleet runs on.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Transient failures (connection errors, 5xx, 503 SlowDown throttling) are retried with
+/// backoff, 100 ms doubling up to 5 s, for at most 30 s in all: an engine restarting or a node
+/// failing over is ridden out, one that is down is reported within the mount's call timeout
+/// range instead of object_store's default three minutes.
+const RETRIES: usize = 8;
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// `object_store`'s in-memory store (one per URL: the services do not share it).
+pub fn memory() -> Objects {
+    Objects::new(Arc::new(object_store::memory::InMemory::new()), Path::default(), "objectstore+memory://")
+}
+
+/// The bucket an S3 URL names, with credentials from the usual AWS environment variables
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_DEFAULT_REGION`).
+pub fn s3(spec: &S3Spec) -> Result<Objects, String> {
+    crate::tuning::install_tls_provider();
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(&spec.bucket)
+        // Self-hosted engines (Garage, MinIO, Ceph) address buckets by path, not by host name.
+        .with_virtual_hosted_style_request(false)
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: RETRIES,
+            retry_timeout: RETRY_FOR,
+        })
+        .with_client_options(ClientOptions::new().with_timeout(REQUEST_TIMEOUT).with_connect_timeout(CONNECT_TIMEOUT));
+    if let Some(endpoint) = &spec.endpoint {
+        // An http:// endpoint is meant as given.
+        builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+    }
+    if let Some(region) = &spec.region {
+        builder = builder.with_region(region);
+    }
+    if let Some(key) = &spec.credentials {
+        builder = builder.with_access_key_id(&key.access_key_id).with_secret_access_key(&key.secret_access_key);
+    }
+    let store = builder.build().map_err(|e| e.to_string())?;
+    let prefix = Path::parse(&spec.prefix).map_err(|e| format!("prefix {:?}: {e}", spec.prefix))?;
+    Ok(Objects::new(Arc::new(store), prefix, spec.url.clone()))
+}

@@ -1,0 +1,134 @@
+//! The store on S3, against a real Garage cluster on the loopback: stateless daemons over one
+//! bucket serve one store, and a misconfigured bucket is an error at start naming its URL.
+//! (The backend conformance suite over S3 is in `tests/conformance.rs`.)
+
+mod garage_common;
+mod mount_common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use garage_common::{Cluster, cluster, unique_prefix};
+
+fn tvix_store() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tvix-store"))
+}
+
+/// A child process killed on drop (a mount is also unmounted).
+struct Running {
+    child: Child,
+    mount: Option<std::path::PathBuf>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(path) = &self.mount {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(path).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// `tvix-store daemon` on a unix socket with all three services on `url`.
+fn daemon(c: &Cluster, url: &str, socket: &Path) -> Running {
+    let mut command = tvix_store();
+    c.credentials(&mut command);
+    let child = command
+        .arg("daemon")
+        .args(["--blob-service-addr", url, "--directory-service-addr", url, "--path-info-service-addr", url])
+        .arg("-l")
+        .arg(socket)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the daemon on {} did not start", socket.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Running { child, mount: None }
+}
+
+fn through(socket: &Path) -> Vec<String> {
+    let addr = format!("grpc+unix://{}", socket.display());
+    ["--blob-service-addr", "--directory-service-addr", "--path-info-service-addr"]
+        .iter()
+        .flat_map(|flag| [flag.to_string(), addr.clone()])
+        .collect()
+}
+
+/// Two daemons over one bucket: a tree imported through one is mounted, byte-exact, through the
+/// other (neither keeps state of its own).
+#[test]
+fn two_daemons_over_one_bucket_serve_one_store() {
+    let c = cluster(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let url = c.url(&unique_prefix("two-daemons"));
+    let (a, b) = (tmp.path().join("a.sock"), tmp.path().join("b.sock"));
+    let _daemon_a = daemon(c, &url, &a);
+    let _daemon_b = daemon(c, &url, &b);
+
+    let src = tmp.path().join("s3-tree");
+    mount_common::make_tree(&src, 7);
+    let out = tvix_store().arg("import").args(through(&a)).arg(&src).output().unwrap();
+    assert!(out.status.success(), "import through daemon A failed: {}", String::from_utf8_lossy(&out.stderr));
+    let store_path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let child = tvix_store().arg("mount").args(through(&b)).arg(&mnt).stderr(Stdio::null()).spawn().unwrap();
+    let _mount = Running { child, mount: Some(mnt.clone()) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mount_common::is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "the mount did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let basename = store_path.trim_start_matches("/nix/store/");
+    let diff =
+        Command::new("diff").args(["-r", "--no-dereference"]).arg(&src).arg(mnt.join(basename)).output().unwrap();
+    assert!(diff.status.success(), "the mount through daemon B differs: {}", String::from_utf8_lossy(&diff.stdout));
+}
+
+/// Runs `tvix-store daemon` over `url` expecting it to refuse to start; returns its stderr.
+fn refused_at_start(c: &Cluster, url: &str, secret: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = tvix_store()
+        .env("AWS_ACCESS_KEY_ID", &c.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .arg("daemon")
+        .args([
+            "--blob-service-addr",
+            url,
+            "--directory-service-addr",
+            "memory://",
+            "--path-info-service-addr",
+            "memory://",
+        ])
+        .arg("-l")
+        .arg(tmp.path().join("d.sock"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "the daemon started over {url}: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "refusing took {:?}", started.elapsed());
+    assert!(stderr.contains(url), "the error does not name the URL: {stderr}");
+    assert!(!stderr.contains(&c.secret), "the error shows the secret: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
+    stderr
+}
+
+#[test]
+fn a_misconfigured_bucket_is_an_error_at_start_naming_its_url() {
+    let c = cluster(1);
+    let wrong_secret =
+        refused_at_start(c, &c.url("x"), "0000000000000000000000000000000000000000000000000000000000000000");
+    assert!(wrong_secret.contains("access denied"), "{wrong_secret}");
+    let missing = c.url("x").replace(&format!("//{}/", c.bucket), "//no-such-bucket/");
+    refused_at_start(c, &missing, &c.secret);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nobody = format!("objectstore+s3://{}/x?endpoint=http://127.0.0.1:{port}&region=garage", c.bucket);
+    refused_at_start(c, &nobody, &c.secret);
+}
