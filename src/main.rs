@@ -7,7 +7,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     tvix_store::tuning::tune_allocator();
     let cli = cli::Cli::parse();
-    cli::init_logging();
+    cli::init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

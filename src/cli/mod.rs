@@ -7,6 +7,7 @@ mod import;
 mod mount;
 mod nar_bridge;
 mod path_info;
+mod shell;
 mod substitute;
 mod virtiofs;
 
@@ -21,8 +22,21 @@ use tvix_store::server::OwnerSocket;
 #[derive(Parser)]
 #[command(name = "tvix-store", version)]
 pub struct Cli {
+    /// How log lines on stderr look: `human`, or `json` (one object per line, with the store
+    /// path or digest a line is about as a field).
+    #[arg(long, global = true, value_enum, default_value = "human", env = "TVIX_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The format of log lines.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -45,6 +59,10 @@ enum Command {
     Virtiofs(virtiofs::Args),
     /// Serve the store as a Nix binary cache over HTTP (nix copy --from, substituters, uploads).
     NarBridge(nar_bridge::Args),
+    /// Print a shell completion script (bash, zsh, fish) to stdout.
+    Completions(shell::CompletionsArgs),
+    /// Write man pages for every command into a directory.
+    Man(shell::ManArgs),
 }
 
 impl Cli {
@@ -60,6 +78,8 @@ impl Cli {
             Command::Mount(args) => mount::run(args).await,
             Command::Virtiofs(args) => virtiofs::run(args).await,
             Command::NarBridge(args) => nar_bridge::run(args).await,
+            Command::Completions(args) => shell::completions(args),
+            Command::Man(args) => shell::man(args),
         }
     }
 }
@@ -206,8 +226,12 @@ impl FsArgs {
 }
 
 /// Logs to stderr; `RUST_LOG` picks the level (default: warnings and errors).
-pub fn init_logging() {
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }

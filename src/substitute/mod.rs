@@ -400,7 +400,7 @@ impl PathInfoService for Substituters {
                 Ok(Some(info)) => return Ok(Some(info)),
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!("substituter failed for {}: {e}", nixbase32::encode(&digest));
+                    tracing::warn!(path = %nixbase32::encode(&digest), "substituter failed: {e}");
                     failure = Some(e);
                 }
             }
