@@ -240,22 +240,12 @@ fn a_mount_with_a_substituter_shows_paths_nobody_imported() {
     let server = HttpServer::serve(&dir);
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let _mount = MountProcess {
-        child: tvix_store()
-            .env("TVIX_STORE_DIR", tmp.path().join("store"))
-            .args(["mount", "--substituter", &server.url, "--trusted-public-key", &public])
-            .arg(&mnt)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        path: mnt.clone(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mounted = || std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&mnt.display().to_string());
-    while !mounted() {
-        assert!(Instant::now() < deadline, "mount did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut mount = tvix_store();
+    mount
+        .env("TVIX_STORE_DIR", tmp.path().join("store"))
+        .args(["mount", "--substituter", &server.url, "--trusted-public-key", &public])
+        .arg(&mnt);
+    let _mount = MountProcess::start(mount, &mnt);
     for path in [&c.top, &c.dep] {
         let basename = path.trim_start_matches("/nix/store/");
         let status =
@@ -556,22 +546,12 @@ fn a_mount_over_a_hanging_cache_answers_eio_and_recovers() {
     let server = rt.block_on(FaultServer::start(&dir, Fault::HangNarinfo));
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let _mount = MountProcess {
-        child: tvix_store()
-            .env("TVIX_STORE_DIR", tmp.path().join("store"))
-            .args(["mount", "--timeout", "2", "--substituter", &format!("{}?timeout=20", server.url)])
-            .arg(&mnt)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        path: mnt.clone(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mounted = || std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&mnt.display().to_string());
-    while !mounted() {
-        assert!(Instant::now() < deadline, "mount did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut mount = tvix_store();
+    mount
+        .env("TVIX_STORE_DIR", tmp.path().join("store"))
+        .args(["mount", "--timeout", "2", "--substituter", &format!("{}?timeout=20", server.url)])
+        .arg(&mnt);
+    let _mount = MountProcess::start(mount, &mnt);
     let entry = mnt.join(c.dep.trim_start_matches("/nix/store/"));
     let started = Instant::now();
     let err = std::fs::metadata(&entry).expect_err("a path of a hanging cache exists");

@@ -138,6 +138,11 @@ impl Reject {
     }
 }
 
+/// 400 with `reason`.
+fn bad_request(reason: String) -> Reject {
+    Reject::new(StatusCode::BAD_REQUEST, reason)
+}
+
 impl IntoResponse for Reject {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {

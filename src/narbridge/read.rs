@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncWriteExt;
 
 use super::names::{self, NarName};
-use super::{NarBridge, Reject};
+use super::{NarBridge, Reject, bad_request};
 use crate::nar::NarLayout;
 use crate::narinfo::{Compression, NarFile, NarInfo};
 use crate::pathinfo::PathInfo;
@@ -219,10 +219,6 @@ fn accepts_zstd(headers: &HeaderMap) -> bool {
 
 fn header_value(s: String) -> HeaderValue {
     HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-fn bad_request(reason: String) -> Reject {
-    Reject::new(StatusCode::BAD_REQUEST, reason)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use futures::TryStreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use super::names::{self, NarName};
-use super::{NarBridge, Reject};
+use super::{NarBridge, Reject, bad_request};
 use crate::castore::Node;
 use crate::import::ingest_nar;
 use crate::nar::HashingReader;
@@ -287,10 +287,6 @@ fn upload_failed(what: &str, over: &AtomicBool, reason: String, max: u64) -> Rej
     } else {
         Reject::new(StatusCode::BAD_REQUEST, format!("{what}: {reason}"))
     }
-}
-
-fn bad_request(reason: String) -> Reject {
-    Reject::new(StatusCode::BAD_REQUEST, reason)
 }
 
 #[cfg(test)]
