@@ -1,8 +1,9 @@
 //! `tvix-store daemon`.
 
+use futures::FutureExt;
 use tvix_store::compose::Role;
 use tvix_store::compose::defaultstore::SOCKET_NAME;
-use tvix_store::server::{self, Handlers, ListenAddr, Listener};
+use tvix_store::server::{self, Handlers, ListenAddr, Listener, systemd};
 
 use super::ServiceArgs;
 
@@ -15,9 +16,9 @@ const DEFAULT_LISTEN: &str = "[::1]:8000";
 pub struct Args {
     #[command(flatten)]
     services: ServiceArgs,
-    /// Where to listen: host:port (127.0.0.1:8000, [::1]:8000) or a unix socket path. Default: the
-    /// default store's socket (<store dir>/daemon.sock) when serving the default store, else
-    /// [::1]:8000.
+    /// Where to listen: host:port (127.0.0.1:8000, [::1]:8000), a unix socket path, or sd-listen
+    /// (the sockets systemd passed). Default: the sockets systemd passed, if any; else the default
+    /// store's socket (<store dir>/daemon.sock) when serving the default store, else [::1]:8000.
     #[arg(short = 'l', long)]
     listen_address: Option<String>,
 }
@@ -29,6 +30,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let owned_dir = services.store_lock.as_ref().map(|lock| lock.dir().to_path_buf());
     let listen: ListenAddr = match (&args.listen_address, &owned_dir) {
         (Some(addr), _) => addr.parse()?,
+        (None, _) if systemd::has_activated_sockets() => ListenAddr::Systemd,
         (None, Some(dir)) => ListenAddr::Unix(dir.join(SOCKET_NAME)),
         (None, None) => DEFAULT_LISTEN.parse()?,
     };
@@ -38,12 +40,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(dir) if listen != ListenAddr::Unix(dir.join(SOCKET_NAME)) => super::OpenStore::serving(services).await?,
         _ => super::OpenStore::unserved(services),
     };
-    let listener = Listener::bind(&listen).await?;
-    eprintln!("tvix-store daemon listening on {}", listener.describe());
+    let listeners = Listener::bind_all(&listen).await?;
+    let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
+    eprintln!("tvix-store daemon listening on {}", addresses.join(", "));
     if let Some(socket) = store.owner_socket() {
         eprintln!("serving the default store on {}", socket.display());
     }
-    server::serve(listener, Handlers::from_services(&store.services), shutdown).await?;
+    systemd::ready(&format!("serving on {}", addresses.join(", ")));
+    let shutdown = async {
+        shutdown.await;
+        systemd::stopping();
+    }
+    .boxed()
+    .shared();
+    let handlers = Handlers::from_services(&store.services);
+    futures::future::try_join_all(
+        listeners.into_iter().map(|listener| server::serve(listener, handlers.clone(), shutdown.clone())),
+    )
+    .await?;
     store.close().await;
     eprintln!("tvix-store daemon stopped");
     Ok(())

@@ -3,20 +3,25 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use futures::FutureExt;
 use tvix_store::narbridge::{NarBridge, Options, UploadOptions};
 use tvix_store::narinfo::SigningKey;
-use tvix_store::server::{ListenAddr, Listener};
+use tvix_store::server::{ListenAddr, Listener, systemd};
 
 use super::ServiceArgs;
+
+/// Where nar-bridge listens without `-l` and without sockets from systemd.
+const DEFAULT_LISTEN: &str = "[::]:9000";
 
 /// Arguments of `tvix-store nar-bridge`.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     services: ServiceArgs,
-    /// Where to listen: host:port ([::]:9000, 127.0.0.1:9000) or a unix socket path.
-    #[arg(short = 'l', long, default_value = "[::]:9000")]
-    listen_address: String,
+    /// Where to listen: host:port ([::]:9000, 127.0.0.1:9000), a unix socket path, or sd-listen
+    /// (the sockets systemd passed). Default: the sockets systemd passed, if any, else [::]:9000.
+    #[arg(short = 'l', long)]
+    listen_address: Option<String>,
     /// `Priority:` announced in nix-cache-info (Nix prefers lower; cache.nixos.org has 40).
     #[arg(long, default_value_t = 40)]
     priority: u32,
@@ -39,7 +44,11 @@ pub struct Args {
 /// Runs the command: serves until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = super::shutdown_signal()?;
-    let listen: ListenAddr = args.listen_address.parse()?;
+    let listen: ListenAddr = match &args.listen_address {
+        Some(addr) => addr.parse()?,
+        None if systemd::has_activated_sockets() => ListenAddr::Systemd,
+        None => DEFAULT_LISTEN.parse()?,
+    };
     let signing_key = args
         .signing_key_file
         .as_deref()
@@ -69,13 +78,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         options,
     );
     let router = bridge.router();
-    let listener = Listener::bind(&listen).await?;
-    eprintln!("tvix-store nar-bridge listening on http://{}", listener.describe());
-    let served = match listener {
-        Listener::Tcp(l) => axum::serve(l, router).with_graceful_shutdown(shutdown).await,
-        Listener::Unix(l, _socket_file) => axum::serve(l, router).with_graceful_shutdown(shutdown).await,
-    };
-    served.context("serving HTTP")?;
+    let listeners = Listener::bind_all(&listen).await?;
+    let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
+    eprintln!("tvix-store nar-bridge listening on {}", addresses.join(", "));
+    systemd::ready(&format!("serving on {}", addresses.join(", ")));
+    let shutdown = async {
+        shutdown.await;
+        systemd::stopping();
+    }
+    .boxed()
+    .shared();
+    futures::future::try_join_all(listeners.into_iter().map(|listener| {
+        let (router, shutdown) = (router.clone(), shutdown.clone());
+        async move {
+            match listener {
+                Listener::Tcp(l) => axum::serve(l, router).with_graceful_shutdown(shutdown).await,
+                // The socket file (if ours) lives until serving ends.
+                Listener::Unix(l, _socket_file) => axum::serve(l, router).with_graceful_shutdown(shutdown).await,
+            }
+        }
+    }))
+    .await
+    .context("serving HTTP")?;
     store.close().await;
     eprintln!("tvix-store nar-bridge stopped");
     Ok(())

@@ -14,13 +14,19 @@ pub enum ListenAddr {
     Tcp(SocketAddr),
     /// A unix socket path.
     Unix(PathBuf),
+    /// `sd-listen`: the sockets systemd passed (socket activation).
+    Systemd,
 }
 
 impl std::str::FromStr for ListenAddr {
     type Err = ServeError;
 
-    /// `host:port` with a literal IP address, or a path (anything containing a `/`).
+    /// `host:port` with a literal IP address, a path (anything containing a `/`), or
+    /// `sd-listen`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "sd-listen" {
+            return Ok(ListenAddr::Systemd);
+        }
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(ListenAddr::Tcp(addr));
         }
@@ -36,6 +42,7 @@ impl fmt::Display for ListenAddr {
         match self {
             ListenAddr::Tcp(addr) => write!(f, "{addr}"),
             ListenAddr::Unix(path) => write!(f, "{}", path.display()),
+            ListenAddr::Systemd => f.write_str("sd-listen"),
         }
     }
 }
@@ -44,8 +51,9 @@ impl fmt::Display for ListenAddr {
 pub enum Listener {
     /// A TCP listener.
     Tcp(tokio::net::TcpListener),
-    /// A unix socket listener and its socket file, removed when dropped.
-    Unix(tokio::net::UnixListener, SocketFile),
+    /// A unix socket listener and its socket file, removed when dropped (none for a socket
+    /// systemd passed: its file is systemd's).
+    Unix(tokio::net::UnixListener, Option<SocketFile>),
 }
 
 impl Listener {
@@ -63,16 +71,39 @@ impl Listener {
                 let listener =
                     tokio::net::UnixListener::bind(path).map_err(|e| ServeError::Bind(addr.to_string(), e))?;
                 let file = SocketFile::new(path).map_err(|e| ServeError::Bind(addr.to_string(), e))?;
-                Ok(Listener::Unix(listener, file))
+                Ok(Listener::Unix(listener, Some(file)))
             }
+            ListenAddr::Systemd => Err(ServeError::Activation("sd-listen is several sockets: use bind_all".into())),
         }
+    }
+
+    /// The listeners of `addr`: one, or every socket systemd passed for `sd-listen` (at least
+    /// one, else an error).
+    pub async fn bind_all(addr: &ListenAddr) -> Result<Vec<Self>, ServeError> {
+        if *addr != ListenAddr::Systemd {
+            return Ok(vec![Self::bind(addr).await?]);
+        }
+        let passed = super::systemd::activated()?;
+        if passed.is_empty() {
+            return Err(ServeError::Activation(
+                "-l sd-listen, but systemd passed no sockets (LISTEN_FDS/LISTEN_PID not set for this process)".into(),
+            ));
+        }
+        Ok(passed)
     }
 
     /// What is listened on, for messages.
     pub fn describe(&self) -> String {
         match self {
             Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "tcp".into()),
-            Listener::Unix(_, file) => file.path.display().to_string(),
+            Listener::Unix(l, file) => match file {
+                Some(file) => file.path.display().to_string(),
+                None => l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+                    .unwrap_or_else(|| "a unix socket from systemd".into()),
+            },
         }
     }
 }

@@ -6,6 +6,7 @@ mod directory;
 mod listen;
 mod owner;
 mod pathinfo;
+pub mod systemd;
 mod uploads;
 
 use std::future::Future;
@@ -44,6 +45,8 @@ pub enum ServeError {
     InUse(std::path::PathBuf),
     #[error("gRPC server reflection: {0}")]
     Reflection(String),
+    #[error("socket activation: {0}")]
+    Activation(String),
     #[error("server task failed: {0}")]
     Task(String),
     #[error("gRPC server failed: {0}")]

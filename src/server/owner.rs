@@ -27,7 +27,7 @@ pub async fn serve_owner_socket(services: &Services) -> Result<Option<OwnerSocke
     };
     let addr = ListenAddr::Unix(lock.dir().join(SOCKET_NAME));
     let listener = Listener::bind(&addr).await?;
-    let Listener::Unix(_, socket_file) = &listener else {
+    let Listener::Unix(_, Some(socket_file)) = &listener else {
         return Err(ServeError::InvalidAddr(addr.to_string()));
     };
     let socket = socket_file.twin();
