@@ -19,6 +19,8 @@ use crate::storepath::{DIGEST_LEN, nixbase32};
 /// Bytes a NAR renderer may run ahead of the client: enough to keep a fast connection busy
 /// while the next blob is fetched, small enough that 16 clients cost a few MiB.
 const PIPE_BYTES: usize = 256 * 1024;
+/// Bytes the renderer gathers before handing them to the pipe (larger writes go straight through).
+const WRITE_BUF: usize = 64 * 1024;
 /// NAR URLs name one immutable NAR (its hash is in the name).
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
@@ -168,6 +170,9 @@ impl NarBridge {
     /// sees as a broken download, and is logged with the path.
     fn render(self: &Arc<Self>, info: PathInfo, layout: NarLayout, window: std::ops::Range<u64>, zstd: bool) -> Body {
         let (writer, reader) = tokio::io::duplex(PIPE_BYTES);
+        // A NAR is written in many small pieces (framing, small files): unbuffered, each would
+        // wake the connection task and go out in a send of its own.
+        let writer = tokio::io::BufWriter::with_capacity(WRITE_BUF, writer);
         let bridge = self.clone();
         tokio::spawn(async move {
             let blob = bridge.blob.as_ref();
