@@ -1,0 +1,134 @@
+//! systemd integration with systemd's own tools: the daemon and nar-bridge started by
+//! `systemd-socket-activate` serve on every passed socket (unix and TCP at once), send
+//! READY=1 to the NOTIFY_SOCKET once they serve and STOPPING=1 on SIGTERM; bad activation
+//! setups are a one-line error at start.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn tvix_store_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tvix-store")
+}
+
+const MEMORY: [&str; 6] = [
+    "--blob-service-addr",
+    "memory://",
+    "--directory-service-addr",
+    "memory://",
+    "--path-info-service-addr",
+    "memory://",
+];
+
+/// A NOTIFY_SOCKET listener.
+fn notify_socket(path: &Path) -> UnixDatagram {
+    let socket = UnixDatagram::bind(path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    socket
+}
+
+fn next_message(socket: &UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).expect("no notification within 30 s");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn activate(sockets: &[&str], notify: &Path, command: &[&str]) -> Child {
+    let mut activate = Command::new("systemd-socket-activate");
+    for socket in sockets {
+        activate.args(["-l", socket]);
+    }
+    activate
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify.display()))
+        .arg(tvix_store_bin())
+        .args(command)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate must be installed (Debian package systemd; scripts/setup-debian)")
+}
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} did not appear", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    // systemd-socket-activate execs the service: the child is the service itself.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    child.wait().unwrap()
+}
+
+#[test]
+fn the_socket_activated_daemon_serves_every_passed_socket_and_notifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let unix = tmp.path().join("daemon.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let tcp = format!("127.0.0.1:{port}");
+    let notify = notify_socket(&tmp.path().join("notify"));
+    let mut command = vec!["daemon"];
+    command.extend(MEMORY);
+    let mut daemon = activate(&[unix.to_str().unwrap(), &tcp], &tmp.path().join("notify"), &command);
+    wait_for(&unix);
+    for addr in [format!("grpc+unix://{}", unix.display()), format!("grpc+http://{tcp}")] {
+        // The first connection makes systemd-socket-activate start the daemon.
+        let out = Command::new(tvix_store_bin())
+            .args(["path-info", "--path-info-service-addr", &addr])
+            .args(&MEMORY[..4])
+            .arg("/nix/store/00000000000000000000000000000000-nothing")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{addr}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("\"valid\":false"), "{addr}");
+    }
+    let ready = next_message(&notify);
+    assert!(ready.contains("READY=1"), "{ready:?}");
+    assert!(ready.contains("STATUS=serving on"), "{ready:?}");
+    let status = terminate(&mut daemon);
+    assert!(next_message(&notify).contains("STOPPING=1"));
+    assert!(status.success(), "{status}");
+    assert!(unix.exists(), "the daemon removed systemd's socket file");
+}
+
+#[test]
+fn the_socket_activated_nar_bridge_serves_http_and_notifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let unix = tmp.path().join("nar-bridge.sock");
+    let notify = notify_socket(&tmp.path().join("notify"));
+    let mut command = vec!["nar-bridge"];
+    command.extend(MEMORY);
+    let mut bridge = activate(&[unix.to_str().unwrap()], &tmp.path().join("notify"), &command);
+    wait_for(&unix);
+    let mut stream = std::os::unix::net::UnixStream::connect(&unix).unwrap();
+    std::io::Write::write_all(&mut stream, b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("StoreDir: /nix/store"), "{answer}");
+    assert!(next_message(&notify).contains("READY=1"));
+    terminate(&mut bridge);
+    assert!(next_message(&notify).contains("STOPPING=1"));
+}
+
+#[test]
+fn bad_activation_setups_are_one_line_errors_at_start() {
+    // sd-listen without sockets.
+    let out = Command::new(tvix_store_bin()).args(["daemon", "-l", "sd-listen"]).args(MEMORY).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sd-listen") && stderr.contains("no sockets"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    // LISTEN_FDS naming a descriptor that is no socket.
+    let script = format!("LISTEN_PID=$$ LISTEN_FDS=1 exec {} daemon {} 3</etc/hostname", tvix_store_bin(), MEMORY.join(" "));
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("passed fd 3 is not a"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
