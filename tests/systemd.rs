@@ -106,7 +106,8 @@ fn the_socket_activated_nar_bridge_serves_http_and_notifies() {
     let mut bridge = activate(&[unix.to_str().unwrap()], &tmp.path().join("notify"), &command);
     wait_for(&unix);
     let mut stream = std::os::unix::net::UnixStream::connect(&unix).unwrap();
-    std::io::Write::write_all(&mut stream, b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    std::io::Write::write_all(&mut stream, b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut answer = String::new();
     std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("StoreDir: /nix/store"), "{answer}");
@@ -125,7 +126,8 @@ fn bad_activation_setups_are_one_line_errors_at_start() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 
     // LISTEN_FDS naming a descriptor that is no socket.
-    let script = format!("LISTEN_PID=$$ LISTEN_FDS=1 exec {} daemon {} 3</etc/hostname", tvix_store_bin(), MEMORY.join(" "));
+    let script =
+        format!("LISTEN_PID=$$ LISTEN_FDS=1 exec {} daemon {} 3</etc/hostname", tvix_store_bin(), MEMORY.join(" "));
     let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -36,3 +36,10 @@ impl<T: ?Sized> Cache<T> {
         }
     }
 }
+
+/// Counts a read a cache answered from its near store (`hit`) or had to take to the far one
+/// (`miss`), by service, for `--metrics-listen`.
+pub(crate) fn count(service: &'static str, hit: bool) {
+    let outcome = if hit { "hit" } else { "miss" };
+    metrics::counter!("tvix_cache_reads_total", "service" => service, "outcome" => outcome).increment(1);
+}

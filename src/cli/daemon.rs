@@ -16,6 +16,8 @@ const DEFAULT_LISTEN: &str = "[::1]:8000";
 pub struct Args {
     #[command(flatten)]
     services: ServiceArgs,
+    #[command(flatten)]
+    metrics: super::metrics::MetricsArgs,
     /// Where to listen: host:port (127.0.0.1:8000, [::1]:8000), a unix socket path, or sd-listen
     /// (the sockets systemd passed). Default: the sockets systemd passed, if any; else the default
     /// store's socket (<store dir>/daemon.sock) when serving the default store, else [::1]:8000.
@@ -26,6 +28,7 @@ pub struct Args {
 /// Runs the command: serves until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = super::shutdown_signal()?;
+    args.metrics.start().await?;
     let services = args.services.open(Role::Owner).await?;
     let owned_dir = services.store_lock.as_ref().map(|lock| lock.dir().to_path_buf());
     let listen: ListenAddr = match (&args.listen_address, &owned_dir) {

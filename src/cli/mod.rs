@@ -4,6 +4,7 @@ mod copy;
 mod daemon;
 mod dump;
 mod import;
+mod metrics;
 mod mount;
 mod nar_bridge;
 mod path_info;

@@ -18,6 +18,8 @@ pub struct Args {
     path: PathBuf,
     #[command(flatten)]
     fs: FsArgs,
+    #[command(flatten)]
+    metrics: super::metrics::MetricsArgs,
     /// Number of threads handling FUSE requests.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
@@ -105,8 +107,13 @@ fn force_unmount(path: &Path) {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = super::shutdown_signal()?;
     let path = check_mountpoint(&args.path)?;
+    let gauges = args.metrics.start().await?;
     let store = args.services.open_serving().await?;
     let fs = Arc::new(StoreFs::over(&store.services, args.fs.options()));
+    *gauges.lock() = Some(Box::new({
+        let fs = fs.clone();
+        move || fs.publish_gauges()
+    }));
     let mount_options = MountOptions { threads: usize::from(args.threads), allow_other: args.allow_other };
     let mut session = {
         let target = path.clone();

@@ -18,6 +18,8 @@ const DEFAULT_LISTEN: &str = "[::]:9000";
 pub struct Args {
     #[command(flatten)]
     services: ServiceArgs,
+    #[command(flatten)]
+    metrics: super::metrics::MetricsArgs,
     /// Where to listen: host:port ([::]:9000, 127.0.0.1:9000), a unix socket path, or sd-listen
     /// (the sockets systemd passed). Default: the sockets systemd passed, if any, else [::]:9000.
     #[arg(short = 'l', long)]
@@ -69,6 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    args.metrics.start().await?;
     let store = args.services.open_serving().await?;
     let options = Options { priority: args.priority, signing_key, uploads, ..Options::default() };
     let bridge = NarBridge::new(

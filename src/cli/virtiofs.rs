@@ -16,6 +16,8 @@ pub struct Args {
     socket: PathBuf,
     #[command(flatten)]
     fs: FsArgs,
+    #[command(flatten)]
+    metrics: super::metrics::MetricsArgs,
     /// Permission bits of the socket, in octal. Whoever can connect reads the whole store.
     #[arg(long, value_parser = parse_mode, default_value = "0600")]
     socket_mode: u32,
@@ -42,8 +44,13 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     // Handlers first: once the socket exists, SIGINT/SIGTERM must end us cleanly.
     let shutdown = super::shutdown_signal()?;
+    let gauges = args.metrics.start().await?;
     let store = args.services.open_serving().await?;
     let fs = Arc::new(StoreFs::over(&store.services, args.fs.options()));
+    *gauges.lock() = Some(Box::new({
+        let fs = fs.clone();
+        move || fs.publish_gauges()
+    }));
     let mut socket = SocketListener::bind(&args.socket, args.socket_mode)
         .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
     let socket_path = socket.path().to_owned();

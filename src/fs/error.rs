@@ -86,6 +86,21 @@ impl FsError {
         }
     }
 
+    /// The kind of error, as a metrics label: `not_found` and the like for answers about the
+    /// request, `timeout`, `store` and `io` for failures of the store.
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            FsError::NotFound | FsError::UnknownInode(_) => "not_found",
+            FsError::NotDirectory(_) | FsError::IsDirectory(_) | FsError::NotSymlink(_) => "wrong_type",
+            FsError::BadHandle(_) => "bad_handle",
+            FsError::ReadOnly | FsError::RootNotListable => "refused",
+            FsError::NoXattr | FsError::XattrRange { .. } => "xattr",
+            FsError::Timeout { .. } => "timeout",
+            FsError::Store { .. } => "store",
+            FsError::Io { .. } => "io",
+        }
+    }
+
     /// Whether the error is about the backing store rather than the request (worth logging).
     pub fn is_store_failure(&self) -> bool {
         matches!(self, FsError::Timeout { .. } | FsError::Store { .. } | FsError::Io { .. })

@@ -311,6 +311,16 @@ impl StoreFs {
         self.inodes.read().len()
     }
 
+    /// Sets the gauges of the filesystem's state (inode table, open handles, cached listings),
+    /// for a metrics scrape.
+    pub fn publish_gauges(&self) {
+        metrics::gauge!("tvix_fs_inodes").set(self.inode_count() as f64);
+        metrics::gauge!("tvix_fs_open_handles", "kind" => "file").set(self.files.lock().len() as f64);
+        let dirs = self.dir_handles.lock().len() + self.root_dirs.lock().len();
+        metrics::gauge!("tvix_fs_open_handles", "kind" => "directory").set(dirs as f64);
+        metrics::gauge!("tvix_fs_cached_listings").set(self.cached_listings() as f64);
+    }
+
     /// Directory listings cached.
     pub fn cached_listings(&self) -> usize {
         self.listings.lock().len()
@@ -378,24 +388,26 @@ impl StoreFs {
     /// basename `<hash>-<name>`; the PathInfoService is asked for it unless already known.
     /// A successful lookup is one reference the kernel holds until it forgets it.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Entry, FsError> {
-        if parent == ROOT_INO {
-            return self.lookup_root(name);
-        }
-        let node = self.node_of(parent)?.ok_or(FsError::UnknownInode(parent))?;
-        let Node::Directory { digest, .. } = node else {
-            return Err(FsError::NotDirectory(parent));
-        };
-        let listing = self.listing(&digest)?;
-        let index = listing.find(name).ok_or(FsError::NotFound)?;
-        let (_, node) = &listing.entries[index];
-        // Attributes first (they may need a fetch): the reference is only taken once nothing
-        // can fail any more, so an error never leaves a count the kernel does not hold.
-        let mut attr = self.attr_of_node(0, node)?;
-        let mut freed = Freed::default();
-        let ino = self.inodes.write().child_ref(parent, index, listing.entries.len(), node, true, &mut freed);
-        self.drop_listings(freed);
-        attr.ino = ino.ok_or(FsError::UnknownInode(parent))?;
-        Ok(self.entry(attr))
+        observe("lookup", || {
+            if parent == ROOT_INO {
+                return self.lookup_root(name);
+            }
+            let node = self.node_of(parent)?.ok_or(FsError::UnknownInode(parent))?;
+            let Node::Directory { digest, .. } = node else {
+                return Err(FsError::NotDirectory(parent));
+            };
+            let listing = self.listing(&digest)?;
+            let index = listing.find(name).ok_or(FsError::NotFound)?;
+            let (_, node) = &listing.entries[index];
+            // Attributes first (they may need a fetch): the reference is only taken once nothing
+            // can fail any more, so an error never leaves a count the kernel does not hold.
+            let mut attr = self.attr_of_node(0, node)?;
+            let mut freed = Freed::default();
+            let ino = self.inodes.write().child_ref(parent, index, listing.entries.len(), node, true, &mut freed);
+            self.drop_listings(freed);
+            attr.ino = ino.ok_or(FsError::UnknownInode(parent))?;
+            Ok(self.entry(attr))
+        })
     }
 
     fn lookup_root(&self, name: &[u8]) -> Result<Entry, FsError> {
@@ -440,10 +452,10 @@ impl StoreFs {
 
     /// Attributes of an inode.
     pub fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
-        match self.node_of(ino)? {
+        observe("getattr", || match self.node_of(ino)? {
             None => Ok(self.root_attr()),
             Some(node) => self.attr_of_node(ino, &node),
-        }
+        })
     }
 
     /// How long the kernel may cache attributes.
@@ -472,10 +484,10 @@ impl StoreFs {
 
     /// The target of a symlink.
     pub fn readlink(&self, ino: Ino) -> Result<Bytes, FsError> {
-        match self.node_of(ino)? {
+        observe("readlink", || match self.node_of(ino)? {
             Some(Node::Symlink { target }) => Ok(target.to_bytes()),
             _ => Err(FsError::NotSymlink(ino)),
-        }
+        })
     }
 
     /// Opens a directory for reading; returns the handle to pass to readdir/releasedir. The
@@ -483,39 +495,43 @@ impl StoreFs {
     /// with EPERM otherwise); its listing is taken once per handle so offsets stay valid while
     /// paths are added. Other directories stay live while open.
     pub fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
-        match self.node_of(ino)? {
-            None => {
-                // Opening the root must work (`tar -C`, `find` open it to chdir/openat), only
-                // listing it is refused.
-                if !self.options.list_root {
-                    return Ok(0);
+        observe("opendir", || {
+            match self.node_of(ino)? {
+                None => {
+                    // Opening the root must work (`tar -C`, `find` open it to chdir/openat), only
+                    // listing it is refused.
+                    if !self.options.list_root {
+                        return Ok(0);
+                    }
+                    let path_info = self.path_info.clone();
+                    let infos: Vec<crate::pathinfo::PathInfo> =
+                        self.call(|| "listing store paths".to_string(), async move {
+                            path_info.list().try_collect().await
+                        })?;
+                    let mut entries: RootListing = infos
+                        .into_iter()
+                        .map(|info| RootEntry {
+                            basename: Bytes::from(info.store_path.to_basename()),
+                            digest: *info.store_path.digest(),
+                            name: info.store_path.name().to_string(),
+                            node: info.node,
+                        })
+                        .collect();
+                    entries.sort_by(|a, b| a.basename.cmp(&b.basename));
+                    let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                    self.root_dirs.lock().insert(fh, Arc::new(entries));
+                    Ok(fh)
                 }
-                let path_info = self.path_info.clone();
-                let infos: Vec<crate::pathinfo::PathInfo> = self
-                    .call(|| "listing store paths".to_string(), async move { path_info.list().try_collect().await })?;
-                let mut entries: RootListing = infos
-                    .into_iter()
-                    .map(|info| RootEntry {
-                        basename: Bytes::from(info.store_path.to_basename()),
-                        digest: *info.store_path.digest(),
-                        name: info.store_path.name().to_string(),
-                        node: info.node,
-                    })
-                    .collect();
-                entries.sort_by(|a, b| a.basename.cmp(&b.basename));
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.root_dirs.lock().insert(fh, Arc::new(entries));
-                Ok(fh)
+                Some(Node::Directory { digest, .. }) => {
+                    self.listing(&digest)?;
+                    let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                    self.inodes.write().open(ino);
+                    self.dir_handles.lock().insert(fh, ino);
+                    Ok(fh)
+                }
+                Some(_) => Err(FsError::NotDirectory(ino)),
             }
-            Some(Node::Directory { digest, .. }) => {
-                self.listing(&digest)?;
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.inodes.write().open(ino);
-                self.dir_handles.lock().insert(fh, ino);
-                Ok(fh)
-            }
-            Some(_) => Err(FsError::NotDirectory(ino)),
-        }
+        })
     }
 
     /// Lists directory `ino` from `offset` (0 at the start, else a previous entry's
@@ -530,7 +546,7 @@ impl StoreFs {
         offset: u64,
         add: &mut dyn FnMut(DirEntry) -> bool,
     ) -> Result<(), FsError> {
-        self.list(ino, fh, offset, false, add)
+        observe("readdir", || self.list(ino, fh, offset, false, add))
     }
 
     /// [`Self::readdir`] for READDIRPLUS: every entry taken other than `.` and `..` is a
@@ -542,7 +558,7 @@ impl StoreFs {
         offset: u64,
         add: &mut dyn FnMut(DirEntry) -> bool,
     ) -> Result<(), FsError> {
-        self.list(ino, fh, offset, true, add)
+        observe("readdirplus", || self.list(ino, fh, offset, true, add))
     }
 
     fn list(
@@ -632,19 +648,21 @@ impl StoreFs {
     /// Opens a regular file for reading; `flags` are the open(2) flags. Asking for write
     /// access fails with EROFS. The inode stays live while the handle is open.
     pub fn open(&self, ino: Ino, flags: i32) -> Result<Opened, FsError> {
-        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            return Err(FsError::ReadOnly);
-        }
-        let (digest, size) = match self.node_of(ino)? {
-            Some(Node::File { digest, size, .. }) => (digest, size),
-            Some(Node::Directory { .. }) | None => return Err(FsError::IsDirectory(ino)),
-            Some(Node::Symlink { .. }) => return Err(FsError::NotSymlink(ino)),
-        };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let file = OpenFile { ino, digest, size, reader: None, pos: 0, pending: Vec::new() };
-        self.inodes.write().open(ino);
-        self.files.lock().insert(fh, Arc::new(FileSlot { state: Mutex::new(file), moved: Condvar::new() }));
-        Ok(Opened { fh, keep_cache: true })
+        observe("open", || {
+            if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+                return Err(FsError::ReadOnly);
+            }
+            let (digest, size) = match self.node_of(ino)? {
+                Some(Node::File { digest, size, .. }) => (digest, size),
+                Some(Node::Directory { .. }) | None => return Err(FsError::IsDirectory(ino)),
+                Some(Node::Symlink { .. }) => return Err(FsError::NotSymlink(ino)),
+            };
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            let file = OpenFile { ino, digest, size, reader: None, pos: 0, pending: Vec::new() };
+            self.inodes.write().open(ino);
+            self.files.lock().insert(fh, Arc::new(FileSlot { state: Mutex::new(file), moved: Condvar::new() }));
+            Ok(Opened { fh, keep_cache: true })
+        })
     }
 
     /// Reads up to `size` bytes at `offset` of file `ino`; fewer only at the end of the file.
@@ -653,61 +671,63 @@ impl StoreFs {
     /// recently used). Fails with EIO (after at most the call timeout) when the store cannot
     /// deliver.
     pub fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        if offset == 0 {
-            self.prefetch_siblings(ino);
-        }
-        match self.prefetch.read(&self.runtime, ino, offset, size, self.options.call_timeout) {
-            prefetch::Prefetched::Data(data) => return Ok(data),
-            prefetch::Prefetched::No => {}
-            prefetch::Prefetched::TimedOut => {
-                return Err(FsError::Timeout {
-                    what: format!("reading inode {ino} (prefetched)"),
-                    after: self.options.call_timeout,
-                });
+        observe("read", || {
+            if offset == 0 {
+                self.prefetch_siblings(ino);
             }
-        }
-        let slot = if fh == NO_HANDLE {
-            self.inode_slot(ino)?
-        } else {
-            self.files.lock().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?
-        };
-        let mut file = slot.state.lock();
-        if offset >= file.size || size == 0 {
-            return Ok(Bytes::new());
-        }
-        file.pending.push(offset);
-        // Reads waiting for earlier ones re-check: this may be one of those.
-        slot.moved.notify_all();
-        let start = std::time::Instant::now();
-        loop {
-            if file.reader.is_none() || offset <= file.pos {
-                break;
+            match self.prefetch.read(&self.runtime, ino, offset, size, self.options.call_timeout) {
+                prefetch::Prefetched::Data(data) => return Ok(data),
+                prefetch::Prefetched::No => {}
+                prefetch::Prefetched::TimedOut => {
+                    return Err(FsError::Timeout {
+                        what: format!("reading inode {ino} (prefetched)"),
+                        after: self.options.call_timeout,
+                    });
+                }
             }
-            let pos = file.pos;
-            let before_us = file.pending.iter().any(|&o| o >= pos && o < offset);
-            let limit = if before_us {
-                REORDER_WAIT
-            } else if offset - pos <= REORDER_NEAR {
-                REORDER_GRACE
+            let slot = if fh == NO_HANDLE {
+                self.inode_slot(ino)?
             } else {
-                break;
+                self.files.lock().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?
             };
-            let deadline = start + limit;
-            if std::time::Instant::now() >= deadline {
-                break;
+            let mut file = slot.state.lock();
+            if offset >= file.size || size == 0 {
+                return Ok(Bytes::new());
             }
-            slot.moved.wait_until(&mut file, deadline);
-        }
-        if let Some(i) = file.pending.iter().position(|&o| o == offset) {
-            file.pending.swap_remove(i);
-        }
-        let result = self.read_locked(&mut file, offset, size);
-        if file.pos >= file.size {
-            // Read to the end: free the reader's buffers now rather than at release.
-            file.reader = None;
-        }
-        slot.moved.notify_all();
-        result
+            file.pending.push(offset);
+            // Reads waiting for earlier ones re-check: this may be one of those.
+            slot.moved.notify_all();
+            let start = std::time::Instant::now();
+            loop {
+                if file.reader.is_none() || offset <= file.pos {
+                    break;
+                }
+                let pos = file.pos;
+                let before_us = file.pending.iter().any(|&o| o >= pos && o < offset);
+                let limit = if before_us {
+                    REORDER_WAIT
+                } else if offset - pos <= REORDER_NEAR {
+                    REORDER_GRACE
+                } else {
+                    break;
+                };
+                let deadline = start + limit;
+                if std::time::Instant::now() >= deadline {
+                    break;
+                }
+                slot.moved.wait_until(&mut file, deadline);
+            }
+            if let Some(i) = file.pending.iter().position(|&o| o == offset) {
+                file.pending.swap_remove(i);
+            }
+            let result = self.read_locked(&mut file, offset, size);
+            if file.pos >= file.size {
+                // Read to the end: free the reader's buffers now rather than at release.
+                file.reader = None;
+            }
+            slot.moved.notify_all();
+            result
+        })
     }
 
     /// When `ino` is read from its start right after an earlier file of the same directory,
@@ -832,24 +852,28 @@ impl StoreFs {
     /// The value of extended attribute `name` ([`XATTR_BLOB_DIGEST`],
     /// [`XATTR_DIRECTORY_DIGEST`]); `size` 0 asks for its length only.
     pub fn getxattr(&self, ino: Ino, name: &[u8], size: u32) -> Result<XattrReply, FsError> {
-        let value = self
-            .xattrs(ino)?
-            .into_iter()
-            .find(|(n, _)| n.as_bytes() == name)
-            .map(|(_, v)| v.into_bytes())
-            .ok_or(FsError::NoXattr)?;
-        xattr_reply(value, size)
+        observe("getxattr", || {
+            let value = self
+                .xattrs(ino)?
+                .into_iter()
+                .find(|(n, _)| n.as_bytes() == name)
+                .map(|(_, v)| v.into_bytes())
+                .ok_or(FsError::NoXattr)?;
+            xattr_reply(value, size)
+        })
     }
 
     /// The NUL-terminated names of the extended attributes of `ino`; `size` 0 asks for the
     /// length only.
     pub fn listxattr(&self, ino: Ino, size: u32) -> Result<XattrReply, FsError> {
-        let mut names = Vec::new();
-        for (name, _) in self.xattrs(ino)? {
-            names.extend_from_slice(name.as_bytes());
-            names.push(0);
-        }
-        xattr_reply(names, size)
+        observe("listxattr", || {
+            let mut names = Vec::new();
+            for (name, _) in self.xattrs(ino)? {
+                names.extend_from_slice(name.as_bytes());
+                names.push(0);
+            }
+            xattr_reply(names, size)
+        })
     }
 
     /// Filesystem statistics.
@@ -921,3 +945,40 @@ async fn read_at(
     }
     Ok(buf.freeze())
 }
+
+/// Counts an operation of the filesystem core (both frontends) and how long it took, by
+/// operation and outcome; a read also counts its bytes.
+fn observe<T: Observed>(op: &'static str, call: impl FnOnce() -> Result<T, FsError>) -> Result<T, FsError> {
+    let started = std::time::Instant::now();
+    let result = call();
+    let outcome = match &result {
+        Ok(value) => {
+            value.count(op);
+            "ok"
+        }
+        Err(e) => e.kind_label(),
+    };
+    metrics::counter!("tvix_fs_operations_total", "op" => op, "outcome" => outcome).increment(1);
+    metrics::histogram!("tvix_fs_operation_seconds", "op" => op).record(started.elapsed().as_secs_f64());
+    result
+}
+
+/// What an operation's answer adds to the metrics beyond its count.
+trait Observed {
+    fn count(&self, _op: &'static str) {}
+}
+
+impl Observed for Bytes {
+    fn count(&self, op: &'static str) {
+        if op == "read" {
+            metrics::counter!("tvix_fs_read_bytes_total").increment(self.len() as u64);
+        }
+    }
+}
+
+impl Observed for Entry {}
+impl Observed for Attr {}
+impl Observed for u64 {}
+impl Observed for () {}
+impl Observed for Opened {}
+impl Observed for XattrReply {}

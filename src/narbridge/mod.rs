@@ -93,6 +93,7 @@ impl NarBridge {
             .route("/{file}", get(read::file).put(upload::file))
             .route("/nar/{file}", get(read::nar).put(upload::nar))
             .fallback(|| async { Reject::new(StatusCode::NOT_FOUND, "no such file in this binary cache") })
+            .layer(axum::middleware::from_fn(record_request))
             .with_state(self.clone())
     }
 
@@ -111,6 +112,35 @@ impl NarBridge {
             )),
         }
     }
+}
+
+/// Counts every request by what it asked for, method and status, with its latency (until the
+/// response starts), for `--metrics-listen`.
+async fn record_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = request.uri().path();
+    let kind = if path == "/nix-cache-info" {
+        "cache-info"
+    } else if path.starts_with("/nar/") {
+        "nar"
+    } else if path.ends_with(".narinfo") {
+        "narinfo"
+    } else if path.ends_with(".ls") {
+        "listing"
+    } else {
+        "other"
+    };
+    let method = match request.method().as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "PUT" => "PUT",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("tvix_http_requests_total", "kind" => kind, "method" => method, "status" => status).increment(1);
+    metrics::histogram!("tvix_http_request_seconds", "kind" => kind).record(started.elapsed().as_secs_f64());
+    response
 }
 
 /// A request refused or failed: a status and a one-line reason, sent as the body.

@@ -192,7 +192,12 @@ impl NarBridge {
                 }
             }
         });
-        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, 64 * 1024))
+        let stream = tokio_util::io::ReaderStream::with_capacity(reader, 64 * 1024);
+        Body::from_stream(futures::StreamExt::inspect(stream, |chunk| {
+            if let Ok(bytes) = chunk {
+                metrics::counter!("tvix_http_nar_bytes_sent_total").increment(bytes.len() as u64);
+            }
+        }))
     }
 }
 

@@ -22,8 +22,10 @@ pub type CachePathInfoService = Cache<dyn PathInfoService>;
 impl PathInfoService for Cache<dyn PathInfoService> {
     async fn get(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfo>, Error> {
         if let Some(info) = self.near.get(digest).await? {
+            crate::castore::cache::count("pathinfo", true);
             return Ok(Some(info));
         }
+        crate::castore::cache::count("pathinfo", false);
         let Some(info) = self.far.get(digest).await? else {
             return Ok(None);
         };

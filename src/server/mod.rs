@@ -4,6 +4,7 @@
 mod blob;
 mod directory;
 mod listen;
+mod metrics;
 mod owner;
 mod pathinfo;
 pub mod systemd;
@@ -93,7 +94,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
-async fn router(handlers: Handlers) -> Result<Router<Stack<uploads::WatchUploads, Identity>>, ServeError> {
+async fn router(
+    handlers: Handlers,
+) -> Result<Router<Stack<metrics::RpcMetrics, Stack<uploads::WatchUploads, Identity>>>, ServeError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let blob = BlobServiceServer::new(BlobServer::new(handlers.blob))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -121,6 +124,7 @@ async fn router(handlers: Handlers) -> Result<Router<Stack<uploads::WatchUploads
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(crate::grpc::channel::MAX_FRAME_SIZE)
         .layer(uploads::WatchUploads)
+        .layer(metrics::RpcMetrics)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

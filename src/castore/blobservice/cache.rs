@@ -42,8 +42,10 @@ impl BlobService for Cache<dyn BlobService> {
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         if let Some(reader) = self.near.open_read(digest).await? {
+            crate::castore::cache::count("blob", true);
             return Ok(Some(reader));
         }
+        crate::castore::cache::count("blob", false);
         if !self.fill(digest).await? {
             return Ok(None);
         }

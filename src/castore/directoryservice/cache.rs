@@ -89,8 +89,10 @@ fn leaves_first(root: &B3Digest, mut fetched: HashMap<B3Digest, Directory>) -> R
 impl DirectoryService for Cache<dyn DirectoryService> {
     async fn get(&self, digest: &B3Digest) -> Result<Option<Directory>, Error> {
         if let Some(directory) = self.near.get(digest).await? {
+            crate::castore::cache::count("directory", true);
             return Ok(Some(directory));
         }
+        crate::castore::cache::count("directory", false);
         if !self.fill(digest).await? {
             return Ok(None);
         }

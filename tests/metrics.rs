@@ -1,0 +1,181 @@
+//! `--metrics-listen`: a mount's Prometheus endpoint serves valid text whose counters move
+//! after a read through the mount; an address in use is an error at start.
+
+mod cache_common;
+mod nar_common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+use cache_common::MountProcess;
+use nar_common::tvix_store;
+
+fn scrape(port: u16) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `name{labels…}` whose labels include every one of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let matches =
+            series == name || (series.starts_with(&format!("{name}{{")) && labels.iter().all(|l| series.contains(l)));
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// Every line is a comment or `name{labels} value` (the Prometheus text format).
+fn assert_valid_exposition(text: &str) {
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line:?}"));
+        assert!(value == "+Inf" || value == "NaN" || value.parse::<f64>().is_ok(), "bad value in {line:?}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "bad labels in {line:?}");
+        }
+    }
+}
+
+#[test]
+fn a_mounts_counters_move_after_a_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let src = tmp.path().join("measured.bin");
+    std::fs::write(&src, vec![7u8; 300_000]).unwrap();
+    let out = tvix_store().env("TVIX_STORE_DIR", &store).arg("import").arg(&src).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let store_path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut mount = tvix_store();
+    mount.env("TVIX_STORE_DIR", &store).args(["mount", "--metrics-listen", &format!("127.0.0.1:{port}")]).arg(&mnt);
+    let _mount = MountProcess::start(mount, &mnt);
+
+    let before = scrape(port);
+    let reads_before = sample(&before, "tvix_fs_operations_total", &["op=\"read\""]).unwrap_or(0.0);
+    let data = std::fs::read(mnt.join(store_path.trim_start_matches("/nix/store/"))).unwrap();
+    assert_eq!(data.len(), 300_000);
+    let after = scrape(port);
+    assert_valid_exposition(&after);
+    let reads =
+        sample(&after, "tvix_fs_operations_total", &["op=\"read\"", "outcome=\"ok\""]).expect("no read counter");
+    assert!(reads > reads_before, "reads did not move: {reads_before} -> {reads}\n{after}");
+    let bytes = sample(&after, "tvix_fs_read_bytes_total", &[]).expect("no byte counter");
+    assert!(bytes >= 300_000.0, "{bytes} bytes read");
+    assert!(sample(&after, "tvix_fs_operation_seconds_count", &["op=\"lookup\""]).unwrap_or(0.0) >= 1.0, "{after}");
+    assert!(sample(&after, "tvix_fs_inodes", &[]).unwrap_or(0.0) >= 1.0, "{after}");
+    // A lookup of something missing is counted with its outcome.
+    assert!(!mnt.join("00000000000000000000000000000000-missing").exists());
+    let missing = scrape(port);
+    assert!(
+        sample(&missing, "tvix_fs_operations_total", &["op=\"lookup\"", "outcome=\"not_found\""]).unwrap_or(0.0) >= 1.0
+    );
+}
+
+#[test]
+fn a_metrics_address_in_use_is_an_error_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_tvix-store"))
+        .args(["daemon", "-l", "127.0.0.1:0", "--metrics-listen", &addr])
+        .args([
+            "--blob-service-addr",
+            "memory://",
+            "--directory-service-addr",
+            "memory://",
+            "--path-info-service-addr",
+            "memory://",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot serve metrics on {addr}")), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn the_daemon_counts_rpcs_and_nar_bridge_counts_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("d.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let memory = [
+        "--blob-service-addr",
+        "memory://",
+        "--directory-service-addr",
+        "memory://",
+        "--path-info-service-addr",
+        "memory://",
+    ];
+    let mut daemon = tvix_store()
+        .args(["daemon", "--metrics-listen", &format!("127.0.0.1:{port}"), "-l"])
+        .arg(&socket)
+        .args(memory)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "the daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let addr = format!("grpc+unix://{}", socket.display());
+    let out = tvix_store()
+        .args(["path-info", "--path-info-service-addr", &addr])
+        .args(&memory[..4])
+        .arg("/nix/store/00000000000000000000000000000000-x")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = scrape(port);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_valid_exposition(&text);
+    let gets = sample(&text, "tvix_grpc_requests_total", &["method=\"/tvix.store.v1.PathInfoService/Get\""]);
+    assert!(gets.unwrap_or(0.0) >= 1.0, "{text}");
+
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut bridge = tvix_store()
+        .args(["nar-bridge", "-l", &format!("127.0.0.1:{http}"), "--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .args(memory)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut stream = loop {
+        if let Ok(stream) = TcpStream::connect(("127.0.0.1", http)) {
+            break stream;
+        }
+        assert!(std::time::Instant::now() < deadline, "nar-bridge did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    stream
+        .write_all(b"GET /00000000000000000000000000000000.narinfo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let text = scrape(metrics);
+    let _ = bridge.kill();
+    let _ = bridge.wait();
+    assert_valid_exposition(&text);
+    let misses = sample(&text, "tvix_http_requests_total", &["kind=\"narinfo\"", "status=\"404\""]);
+    assert!(misses.unwrap_or(0.0) >= 1.0, "{text}");
+}
