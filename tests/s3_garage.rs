@@ -127,7 +127,7 @@ fn a_misconfigured_bucket_is_an_error_at_start_naming_its_url() {
         refused_at_start(c, &c.url("x"), "0000000000000000000000000000000000000000000000000000000000000000");
     assert!(wrong_secret.contains("access denied"), "{wrong_secret}");
     let missing = c.url("x").replace(&format!("//{}/", c.bucket), "//no-such-bucket/");
-    refused_at_start(c, &missing, &c.secret);
+    assert!(refused_at_start(c, &missing, &c.secret).contains("no such bucket"));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let nobody = format!("objectstore+s3://{}/x?endpoint=http://127.0.0.1:{port}&region=garage", c.bucket);
     refused_at_start(c, &nobody, &c.secret);

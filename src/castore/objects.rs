@@ -51,14 +51,22 @@ impl Objects {
     /// retries) is unavailable, rejected credentials say so.
     pub fn error(&self, key: &Path, e: object_store::Error) -> Error {
         let context = format!("{}: {key}", self.location);
+        // object_store reports most S3 answers as generic errors carrying the status and the
+        // S3 error code, so those are read off its message.
+        let text = e.to_string();
+        let said = |codes: &[&str]| codes.iter().any(|code| text.contains(code));
         match e {
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-                Error::Storage(format!("{context}: access denied (check the credentials): {e}"))
+                Error::Storage(format!("{context}: access denied (check the credentials): {text}"))
             }
+            _ if said(&["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403 Forbidden"]) => {
+                Error::Storage(format!("{context}: access denied (check the credentials): {text}"))
+            }
+            _ if said(&["NoSuchBucket"]) => Error::Storage(format!("{context}: no such bucket: {text}")),
             object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. } => {
-                Error::Storage(format!("{context}: {e}"))
+                Error::Storage(format!("{context}: {text}"))
             }
-            other => Error::Unavailable(format!("{context}: {other}")),
+            _ => Error::Unavailable(format!("{context}: {text}")),
         }
     }
 

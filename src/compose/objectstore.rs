@@ -30,6 +30,11 @@ pub fn memory() -> Objects {
 /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_DEFAULT_REGION`).
 pub fn s3(spec: &S3Spec) -> Result<Objects, String> {
     crate::tuning::install_tls_provider();
+    // Without a key, object_store falls back to the EC2 instance metadata service, which a
+    // self-hosted engine's machines do not have: say what is missing instead.
+    if spec.credentials.is_none() && spec.endpoint.is_some() && std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+        return Err("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into());
+    }
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(&spec.bucket)
         // Self-hosted engines (Garage, MinIO, Ceph) address buckets by path, not by host name.

@@ -61,7 +61,7 @@ fn start(nodes: usize) -> Cluster {
     let env: HashMap<String, String> = std::fs::read_to_string(dir.join("env"))
         .unwrap()
         .lines()
-        .filter_map(|l| l.split_once('='))
+        .filter_map(|l| l.trim_start_matches("export ").split_once('='))
         .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
         .collect();
     Cluster {
