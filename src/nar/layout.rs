@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
 use super::{NarWriter, RenderError};
-use crate::castore::blobservice::{BlobReader, BlobService};
+use crate::castore::blobservice::{BlobReader, BlobService, WholeBlob};
 use crate::castore::directoryservice::DirectoryService;
 use crate::castore::{B3Digest, Directory, Node, PathComponent};
 
@@ -308,6 +308,19 @@ enum Fetched {
 /// Gets `part` of a blob of `size` bytes: small blobs whole (their length checked), larger ones
 /// as an open reader positioned at `part.start`.
 async fn fetch(blob: &dyn BlobService, digest: B3Digest, size: u64, part: Range<u64>) -> Result<Fetched, RenderError> {
+    // A local store hands a small blob over as one verified buffer: one lookup instead of a
+    // reader's chunk-list lookup, fetch task and copies.
+    if size <= READ_AHEAD_WHOLE
+        && let Some(serving) = blob.serving()
+    {
+        match serving.read_whole(&digest, READ_AHEAD_WHOLE).await? {
+            WholeBlob::Verified(data) if data.len() as u64 == size => {
+                return Ok(Fetched::Whole(data.slice(part.start as usize..part.end as usize)));
+            }
+            WholeBlob::Verified(_) | WholeBlob::TooLarge => return Err(RenderError::SizeMismatch { digest, size }),
+            WholeBlob::Absent => return Err(RenderError::Missing { what: "blob", digest }),
+        }
+    }
     let mut reader = blob.open_read(&digest).await?.ok_or(RenderError::Missing { what: "blob", digest })?;
     if size > READ_AHEAD_WHOLE {
         if part.start > 0 {
