@@ -132,3 +132,59 @@ fn a_misconfigured_bucket_is_an_error_at_start_naming_its_url() {
     let nobody = format!("objectstore+s3://{}/x?endpoint=http://127.0.0.1:{port}&region=garage", c.bucket);
     refused_at_start(c, &nobody, &c.secret);
 }
+
+fn import_through(socket: &Path, src: &Path) -> String {
+    let out = tvix_store().arg("import").args(through(socket)).arg(src).output().unwrap();
+    assert!(out.status.success(), "import of {} failed: {}", src.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn diff(src: &Path, mounted: &Path) -> std::process::Output {
+    Command::new("diff").args(["-r", "--no-dereference"]).arg(src).arg(mounted).output().unwrap()
+}
+
+/// Three nodes, replication factor 3: one node killed (SIGKILL) while a mount reads a tree in
+/// full goes unnoticed by the reader, and an import with the node down completes and reads
+/// back byte-exact.
+#[test]
+fn one_of_three_nodes_dying_during_a_read_and_an_import_goes_unnoticed() {
+    let c = cluster(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let url = c.url(&unique_prefix("node-loss"));
+    let socket = tmp.path().join("d.sock");
+    let _daemon = daemon(c, &url, &socket);
+    let first = tmp.path().join("before-loss");
+    mount_common::make_tree(&first, 21);
+    std::fs::write(first.join("large.bin"), mount_common::data(24 << 20, 22)).unwrap();
+    let first_path = import_through(&socket, &first);
+
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let child = tvix_store().arg("mount").args(through(&socket)).arg(&mnt).stderr(Stdio::null()).spawn().unwrap();
+    let _mount = Running { child, mount: Some(mnt.clone()) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mount_common::is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "the mount did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mounted = mnt.join(first_path.trim_start_matches("/nix/store/"));
+    let reader = {
+        let (first, mounted) = (first.clone(), mounted.clone());
+        std::thread::spawn(move || (diff(&first, &mounted), Instant::now()))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let victim = c.pids[2];
+    // SAFETY: kill(2) of a Garage node this test process started.
+    unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+    let killed = Instant::now();
+    let (read, finished) = reader.join().unwrap();
+    // Otherwise the test proved nothing about reading through the loss.
+    assert!(finished > killed, "the read ended before the node was killed; read more");
+    assert!(read.status.success(), "the read during the node loss differs: {}", String::from_utf8_lossy(&read.stdout));
+
+    let second = tmp.path().join("after-loss");
+    mount_common::make_tree(&second, 23);
+    let second_path = import_through(&socket, &second);
+    let read = diff(&second, &mnt.join(second_path.trim_start_matches("/nix/store/")));
+    assert!(read.status.success(), "the import with a node down differs: {}", String::from_utf8_lossy(&read.stdout));
+}
