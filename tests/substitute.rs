@@ -584,8 +584,10 @@ struct CaPaths {
     flat: String,
     /// `nix-store --add-fixed --recursive sha512 DIR`: `fixed:r:sha512`.
     recursive_sha512: String,
-    /// `nix-store --add-fixed sha1 FILE`: `fixed:sha1`, a hash we do not compute.
+    /// `nix-store --add-fixed sha1 FILE`: `fixed:sha1`.
     flat_sha1: String,
+    /// `nix-store --add-fixed --recursive md5 DIR`: `fixed:r:md5` (hashed over the NAR again).
+    recursive_md5: String,
     /// `builtins.toFile`: `text:sha256`, referring to `text_dep`.
     text: String,
     text_dep: String,
@@ -601,6 +603,7 @@ fn ca_paths(dir: &Path) -> CaPaths {
     let flat = add(&["--add-fixed".as_ref(), "sha256".as_ref(), file.as_os_str()]);
     let flat_sha1 = add(&["--add-fixed".as_ref(), "sha1".as_ref(), file.as_os_str()]);
     let recursive_sha512 = add(&["--add-fixed".as_ref(), "--recursive".as_ref(), "sha512".as_ref(), tree.as_os_str()]);
+    let recursive_md5 = add(&["--add-fixed".as_ref(), "--recursive".as_ref(), "md5".as_ref(), tree.as_os_str()]);
     let eval = |expr: &str| {
         let out = nix("nix-instantiate", &["--read-write-mode", "--eval", "--expr", expr].map(std::ffi::OsStr::new));
         String::from_utf8(out).unwrap().trim().trim_matches('"').to_string()
@@ -608,7 +611,7 @@ fn ca_paths(dir: &Path) -> CaPaths {
     let dep_expr = r#"builtins.toFile "tvix-ca-text-dep" "some text\n""#;
     let text_dep = eval(dep_expr);
     let text = eval(&format!(r#"builtins.toFile "tvix-ca-text" "refers to ${{{dep_expr}}}\n""#));
-    CaPaths { flat, recursive_sha512, flat_sha1, text, text_dep }
+    CaPaths { flat, recursive_sha512, flat_sha1, recursive_md5, text, text_dep }
 }
 
 /// Nix 2.8 trusts a path without a signature when its CA gives its store path; so do we, and
@@ -621,23 +624,25 @@ async fn unsigned_content_addressed_paths_substitute_under_trusted_keys() {
     let ca = ca_paths(tmp.path());
     let dir = tmp.path().join("cache");
     // dep is `nix-store --add` (fixed:r:sha256); top is built, input-addressed.
-    for path in [&c.top, &ca.flat, &ca.flat_sha1, &ca.recursive_sha512, &ca.text] {
+    for path in [&c.top, &ca.flat, &ca.flat_sha1, &ca.recursive_md5, &ca.recursive_sha512, &ca.text] {
         nix_copy_unsigned(&dir, path, "xz");
     }
     let url = format!("nix+file://{}?trusted-public-keys={unrelated}", dir.display());
     let store = store_over(&url);
-    for path in [&c.dep, &ca.flat, &ca.recursive_sha512, &ca.text, &ca.text_dep] {
+    for path in [&c.dep, &ca.flat, &ca.flat_sha1, &ca.recursive_md5, &ca.recursive_sha512, &ca.text, &ca.text_dep] {
         let info = store.get(path).await.unwrap().unwrap_or_else(|| panic!("{path}: unsigned CA path refused"));
         assert!(info.signatures.is_empty());
         assert!(info.ca.is_some(), "{path}: CA kept");
         assert!(store.dump(&info).await == nix_dump(Path::new(path)), "{path}: NAR differs");
     }
     assert_eq!(store.get(&c.top).await.unwrap(), None, "an unsigned input-addressed path was trusted");
-    // Nix would take it; we cannot check its contents against a SHA-1, so it is unsigned.
-    assert_eq!(store.get(&ca.flat_sha1).await.unwrap(), None, "an unchecked fixed:sha1 path was trusted");
-    for (path, ca) in
-        [(&ca.flat, "fixed:sha256:"), (&ca.recursive_sha512, "fixed:r:sha512:"), (&ca.text, "text:sha256:")]
-    {
+    for (path, ca) in [
+        (&ca.flat, "fixed:sha256:"),
+        (&ca.flat_sha1, "fixed:sha1:"),
+        (&ca.recursive_md5, "fixed:r:md5:"),
+        (&ca.recursive_sha512, "fixed:r:sha512:"),
+        (&ca.text, "text:sha256:"),
+    ] {
         let line = std::fs::read_to_string(narinfo_file(&dir, path)).unwrap();
         assert!(line.contains(&format!("\nCA: {ca}")), "{path}: Nix wrote no {ca} CA:\n{line}");
     }

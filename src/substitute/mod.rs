@@ -41,7 +41,7 @@ use crate::castore::directoryservice::DirectoryService;
 use crate::castore::{Error, Node};
 use crate::import::ingest_nar;
 use crate::nar::HashingReader;
-use crate::narinfo::{NarInfo, Trust, TrustedKeys, decompressor, format_sha256};
+use crate::narinfo::{NarInfo, TrustedKeys, decompressor, format_sha256};
 use crate::pathinfo::{CaKind, PathInfo, PathInfoService};
 use crate::storepath::{DIGEST_LEN, STORE_DIR, StorePath, nixbase32};
 
@@ -196,21 +196,10 @@ impl Inner {
             self.misses.lock().insert(digest, Instant::now());
             Ok(None)
         };
-        let trust = match self.options.trusted_keys.as_ref().map(|keys| keys.check(&narinfo)) {
-            Some(Err(why)) => return refuse(&why),
-            Some(Ok(trust)) => Some(trust),
-            None => None,
-        };
-        // Trusted for its CA alone, the path is only what it claims once its contents hash to
-        // that CA, which needs a hash we compute.
-        if trust == Some(Trust::ContentAddressed)
-            && let Some(ca) = &narinfo.ca
-            && !checkable(ca.kind)
-        {
-            return refuse(&format!(
-                "{store_path} is unsigned and its content address {} uses a hash tvix-store does not compute",
-                ca.to_nix_string()
-            ));
+        // Trusted for a signature or for its CA alone: either way the contents are checked
+        // against the CA below, so a CA-trusted path is only what its CA says.
+        if let Some(Err(why)) = self.options.trusted_keys.as_ref().map(|keys| keys.check(&narinfo)) {
+            return refuse(&why);
         }
         let known = self.ingested.lock().get(&narinfo.nar_hash).cloned();
         let node = match known {
@@ -289,8 +278,8 @@ impl Inner {
 
     /// Checks a path's contents against its narinfo's CA, as Nix does when it adds a path
     /// with one (`ca hash mismatch`): for a recursive CA the hash of the NAR, for a flat or
-    /// text CA that of the one file. A CA whose hash we do not compute is left unchecked (the
-    /// lookup refused the path already if trust rested on it).
+    /// text CA that of the one file, with the CA's own algorithm (SHA-1 and MD5 included:
+    /// Nix 2.8 trusts `fixed:sha1` and `fixed:md5` paths without a signature too).
     async fn check_content_address(&self, narinfo: &NarInfo, node: &Node) -> Result<(), Error> {
         let Some(ca) = &narinfo.ca else {
             return Ok(());
@@ -298,16 +287,13 @@ impl Inner {
         let path = &narinfo.store_path;
         let got: Vec<u8> = match ca.kind {
             CaKind::NarSha256 => narinfo.nar_hash.to_vec(),
-            CaKind::NarSha512 => {
-                let sink =
-                    crate::nar::write_nar(DigestSink(sha2::Sha512::default()), node, &*self.blob, &*self.directory)
-                        .await
-                        .map_err(|e| Error::Storage(format!("{path}: re-reading the NAR to hash it: {e}")))?;
-                sha2::Digest::finalize(sink.0).to_vec()
-            }
+            CaKind::NarSha512 => self.nar_hash::<sha2::Sha512>(path, node).await?,
+            CaKind::NarSha1 => self.nar_hash::<sha1::Sha1>(path, node).await?,
+            CaKind::NarMd5 => self.nar_hash::<md5::Md5>(path, node).await?,
             CaKind::FlatSha256 | CaKind::TextSha256 => self.file_hash::<sha2::Sha256>(path, node).await?,
             CaKind::FlatSha512 => self.file_hash::<sha2::Sha512>(path, node).await?,
-            CaKind::NarSha1 | CaKind::NarMd5 | CaKind::FlatSha1 | CaKind::FlatMd5 => return Ok(()),
+            CaKind::FlatSha1 => self.file_hash::<sha1::Sha1>(path, node).await?,
+            CaKind::FlatMd5 => self.file_hash::<md5::Md5>(path, node).await?,
         };
         if got[..] != ca.digest[..] {
             return Err(Error::Corrupt(format!(
@@ -317,6 +303,15 @@ impl Inner {
             )));
         }
         Ok(())
+    }
+
+    /// The hash of a path's NAR with another algorithm than the SHA-256 ingestion computed: the
+    /// NAR is rendered again from the store.
+    async fn nar_hash<D: sha2::Digest + Unpin>(&self, path: &StorePath, node: &Node) -> Result<Vec<u8>, Error> {
+        let sink = crate::nar::write_nar(DigestSink(D::new()), node, &*self.blob, &*self.directory)
+            .await
+            .map_err(|e| Error::Storage(format!("{path}: re-reading the NAR to hash it: {e}")))?;
+        Ok(sink.0.finalize().to_vec())
     }
 
     /// The hash of a flat path's file; anything but a regular file has no flat hash.
@@ -342,11 +337,6 @@ impl Inner {
             hasher.update(&buf[..n]);
         }
     }
-}
-
-/// Whether [`Inner::check_content_address`] can check a CA of this kind.
-fn checkable(kind: CaKind) -> bool {
-    matches!(kind, CaKind::NarSha256 | CaKind::NarSha512 | CaKind::FlatSha256 | CaKind::FlatSha512 | CaKind::TextSha256)
 }
 
 /// An `AsyncWrite` that only hashes what it is given.
