@@ -306,10 +306,12 @@ async fn ranges_heads_and_zstd() {
 }
 
 /// Sends raw bytes and returns the status line's code, the server having answered or closed.
+/// A server refusing a body may answer and close before all of it is written: a failed write
+/// is not an error here, the answer is what counts.
 fn raw(addr: &str, request: &[u8]) -> Option<u16> {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    stream.write_all(request).unwrap();
+    let _ = stream.write_all(request);
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     let text = String::from_utf8_lossy(&answer);
@@ -377,9 +379,15 @@ async fn bad_requests_get_their_status_and_store_nothing() {
     assert_eq!(upload(format!("nar/{}.nar", sha(b"junk")), b"junk".to_vec(), Some("s3cret")).await, 400);
     assert_eq!(upload(format!("nar/{}.nar.lz4", sha(&small)), small.clone(), Some("s3cret")).await, 415);
     assert_eq!(upload(format!("nar/{}.nar.rar", sha(&small)), small.clone(), Some("s3cret")).await, 400);
-    // Over the limit, announced or not.
-    assert_eq!(upload(format!("nar/{}.nar", sha(&dep_nar)), dep_nar.clone(), Some("s3cret")).await, 413);
+    // Over the limit, announced or not. (The announced case is answered before the body is
+    // read, so it is sent without one: a client still writing would see a broken pipe.)
     let host = uploads.url.trim_start_matches("http://").to_string();
+    let announced = format!(
+        "PUT /nar/{}.nar HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        sha(&dep_nar),
+        dep_nar.len()
+    );
+    assert_eq!(raw(&host, announced.as_bytes()), Some(413));
     let chunked = format!(
         "PUT /nar/{}.nar HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
         sha(&dep_nar),
