@@ -1,6 +1,5 @@
 //! `tvix-store daemon`.
 
-use futures::FutureExt;
 use tvix_store::compose::Role;
 use tvix_store::compose::defaultstore::SOCKET_NAME;
 use tvix_store::server::{self, Handlers, ListenAddr, Listener, systemd};
@@ -50,12 +49,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("serving the default store on {}", socket.display());
     }
     systemd::ready(&format!("serving on {}", addresses.join(", ")));
-    let shutdown = async {
-        shutdown.await;
-        systemd::stopping();
-    }
-    .boxed()
-    .shared();
+    let shutdown = super::announced(shutdown);
     let handlers = Handlers::from_services(&store.services);
     futures::future::try_join_all(
         listeners.into_iter().map(|listener| server::serve(listener, handlers.clone(), shutdown.clone())),

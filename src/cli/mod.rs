@@ -176,6 +176,19 @@ impl OpenStore {
     }
 }
 
+/// `shutdown`, telling systemd we are stopping when it comes, shareable by several listeners.
+pub fn announced(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> futures::future::Shared<futures::future::BoxFuture<'static, ()>> {
+    use futures::FutureExt;
+    async move {
+        shutdown.await;
+        tvix_store::server::systemd::stopping();
+    }
+    .boxed()
+    .shared()
+}
+
 /// Installs SIGINT/SIGTERM handlers now (before anything is served, so that a signal arriving
 /// as soon as a socket or mount exists already means "shut down cleanly"); the returned future
 /// resolves on either signal.

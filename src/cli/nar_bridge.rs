@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use futures::FutureExt;
 use tvix_store::narbridge::{NarBridge, Options, UploadOptions};
 use tvix_store::narinfo::SigningKey;
 use tvix_store::server::{ListenAddr, Listener, systemd};
@@ -85,12 +84,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
     eprintln!("tvix-store nar-bridge listening on {}", addresses.join(", "));
     systemd::ready(&format!("serving on {}", addresses.join(", ")));
-    let shutdown = async {
-        shutdown.await;
-        systemd::stopping();
-    }
-    .boxed()
-    .shared();
+    let shutdown = super::announced(shutdown);
     futures::future::try_join_all(listeners.into_iter().map(|listener| {
         let (router, shutdown) = (router.clone(), shutdown.clone());
         async move {
