@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::names::{self, NarName};
 use super::{NarBridge, Reject, bad_request};
-use crate::nar::NarLayout;
+use crate::nar::{NarLayout, NarWriteError, RenderError};
 use crate::narinfo::{Compression, NarFile, NarInfo};
 use crate::pathinfo::PathInfo;
 use crate::storepath::{DIGEST_LEN, nixbase32};
@@ -179,17 +179,17 @@ impl NarBridge {
             let result = if zstd {
                 let encoder = async_compression::tokio::write::ZstdEncoder::new(writer);
                 match layout.write_range(encoder, blob, window).await {
-                    Ok(mut encoder) => encoder.shutdown().await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                    Ok(mut encoder) => encoder.shutdown().await.map_err(|e| RenderError::Write(NarWriteError::Io(e))),
+                    Err(e) => Err(e),
                 }
             } else {
-                layout.write_range(writer, blob, window).await.map(drop).map_err(|e| e.to_string())
+                layout.write_range(writer, blob, window).await.map(drop)
             };
-            if let Err(e) = result {
+            match result {
                 // A client hanging up is no error of ours.
-                if !e.contains("broken pipe") {
-                    tracing::warn!(path = %info.store_path, "serving its NAR failed: {e}");
-                }
+                Err(RenderError::Write(NarWriteError::Io(e))) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                Err(e) => tracing::warn!(path = %info.store_path, "serving its NAR failed: {e}"),
+                Ok(()) => {}
             }
         });
         let stream = tokio_util::io::ReaderStream::with_capacity(reader, 64 * 1024);
