@@ -55,13 +55,11 @@ impl Objects {
         // S3 error code, so those are read off its message.
         let text = e.to_string();
         let said = |codes: &[&str]| codes.iter().any(|code| text.contains(code));
+        let denied =
+            matches!(e, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. })
+                || said(&["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403 Forbidden"]);
         match e {
-            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-                Error::Storage(format!("{context}: access denied (check the credentials): {text}"))
-            }
-            _ if said(&["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403 Forbidden"]) => {
-                Error::Storage(format!("{context}: access denied (check the credentials): {text}"))
-            }
+            _ if denied => Error::Storage(format!("{context}: access denied (check the credentials): {text}")),
             _ if said(&["NoSuchBucket"]) => Error::Storage(format!("{context}: no such bucket: {text}")),
             object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. } => {
                 Error::Storage(format!("{context}: {text}"))
