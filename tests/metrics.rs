@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 
 use cache_common::MountProcess;
-use nar_common::tvix_store;
+use nar_common::{MEMORY_SERVICES, free_port, tvix_store, wait_for_path};
 
 fn scrape(port: u16) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -60,7 +60,7 @@ fn a_mounts_counters_move_after_a_read() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let store_path = String::from_utf8(out.stdout).unwrap().trim().to_string();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let mut mount = tvix_store();
@@ -94,14 +94,7 @@ fn a_metrics_address_in_use_is_an_error_at_start() {
     let addr = taken.local_addr().unwrap().to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_tvix-store"))
         .args(["daemon", "-l", "127.0.0.1:0", "--metrics-listen", &addr])
-        .args([
-            "--blob-service-addr",
-            "memory://",
-            "--directory-service-addr",
-            "memory://",
-            "--path-info-service-addr",
-            "memory://",
-        ])
+        .args(MEMORY_SERVICES)
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -114,15 +107,8 @@ fn a_metrics_address_in_use_is_an_error_at_start() {
 fn the_daemon_counts_rpcs_and_nar_bridge_counts_requests() {
     let tmp = tempfile::tempdir().unwrap();
     let socket = tmp.path().join("d.sock");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let memory = [
-        "--blob-service-addr",
-        "memory://",
-        "--directory-service-addr",
-        "memory://",
-        "--path-info-service-addr",
-        "memory://",
-    ];
+    let port = free_port();
+    let memory = MEMORY_SERVICES;
     let mut daemon = tvix_store()
         .args(["daemon", "--metrics-listen", &format!("127.0.0.1:{port}"), "-l"])
         .arg(&socket)
@@ -130,11 +116,7 @@ fn the_daemon_counts_rpcs_and_nar_bridge_counts_requests() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(std::time::Instant::now() < deadline, "the daemon did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_path(&socket, std::time::Duration::from_secs(20));
     let addr = format!("grpc+unix://{}", socket.display());
     let out = tvix_store()
         .args(["path-info", "--path-info-service-addr", &addr])
@@ -150,8 +132,8 @@ fn the_daemon_counts_rpcs_and_nar_bridge_counts_requests() {
     let gets = sample(&text, "tvix_grpc_requests_total", &["method=\"/tvix.store.v1.PathInfoService/Get\""]);
     assert!(gets.unwrap_or(0.0) >= 1.0, "{text}");
 
-    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http = free_port();
+    let metrics = free_port();
     let mut bridge = tvix_store()
         .args(["nar-bridge", "-l", &format!("127.0.0.1:{http}"), "--metrics-listen", &format!("127.0.0.1:{metrics}")])
         .args(memory)

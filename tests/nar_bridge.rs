@@ -209,7 +209,7 @@ fn nix_copy_to_the_binary_then_a_mount_shows_the_paths() {
     let c = closure();
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut bridge = tvix_store()
         .env("TVIX_STORE_DIR", &store)
@@ -465,11 +465,7 @@ fn keyfile_signing_signs_what_is_put_through_the_daemon() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(std::time::Instant::now() < deadline, "the daemon did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_path(&socket, Duration::from_secs(20));
     let src = tmp.path().join("signed-src");
     std::fs::write(&src, b"signed by the daemon\n").unwrap();
     let addr = format!("grpc+unix://{}", socket.display());

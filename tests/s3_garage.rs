@@ -4,12 +4,14 @@
 
 mod garage_common;
 mod mount_common;
+mod nar_common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use garage_common::{Cluster, cluster, unique_prefix};
+use nar_common::{free_port, wait_for_path};
 
 fn tvix_store() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tvix-store"))
@@ -43,11 +45,7 @@ fn daemon(c: &Cluster, url: &str, socket: &Path) -> Running {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "the daemon on {} did not start", socket.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_path(socket, Duration::from_secs(30));
     Running { child, mount: None }
 }
 
@@ -128,7 +126,7 @@ fn a_misconfigured_bucket_is_an_error_at_start_naming_its_url() {
     assert!(wrong_secret.contains("access denied"), "{wrong_secret}");
     let missing = c.url("x").replace(&format!("//{}/", c.bucket), "//no-such-bucket/");
     assert!(refused_at_start(c, &missing, &c.secret).contains("no such bucket"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let nobody = format!("objectstore+s3://{}/x?endpoint=http://127.0.0.1:{port}&region=garage", c.bucket);
     refused_at_start(c, &nobody, &c.secret);
 }

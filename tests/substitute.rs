@@ -6,7 +6,6 @@
 mod cache_common;
 mod nar_common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -30,7 +29,7 @@ struct HttpServer {
 
 impl HttpServer {
     fn serve(dir: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let child = Command::new("python3")
             .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
             .arg(dir)

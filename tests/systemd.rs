@@ -3,23 +3,18 @@
 //! READY=1 to the NOTIFY_SOCKET once they serve and STOPPING=1 on SIGTERM; bad activation
 //! setups are a one-line error at start.
 
+mod nar_common;
+
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use nar_common::{MEMORY_SERVICES as MEMORY, free_port, wait_for_path};
 
 fn tvix_store_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tvix-store")
 }
-
-const MEMORY: [&str; 6] = [
-    "--blob-service-addr",
-    "memory://",
-    "--directory-service-addr",
-    "memory://",
-    "--path-info-service-addr",
-    "memory://",
-];
 
 /// A NOTIFY_SOCKET listener.
 fn notify_socket(path: &Path) -> UnixDatagram {
@@ -50,14 +45,6 @@ fn activate(sockets: &[&str], notify: &Path, command: &[&str]) -> Child {
         .expect("systemd-socket-activate must be installed (Debian package systemd; scripts/setup-debian)")
 }
 
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "{} did not appear", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
     // systemd-socket-activate execs the service: the child is the service itself.
     // SAFETY: kill(2) on our own child's pid.
@@ -69,13 +56,13 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
 fn the_socket_activated_daemon_serves_every_passed_socket_and_notifies() {
     let tmp = tempfile::tempdir().unwrap();
     let unix = tmp.path().join("daemon.sock");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let tcp = format!("127.0.0.1:{port}");
     let notify = notify_socket(&tmp.path().join("notify"));
     let mut command = vec!["daemon"];
     command.extend(MEMORY);
     let mut daemon = activate(&[unix.to_str().unwrap(), &tcp], &tmp.path().join("notify"), &command);
-    wait_for(&unix);
+    wait_for_path(&unix, Duration::from_secs(20));
     for addr in [format!("grpc+unix://{}", unix.display()), format!("grpc+http://{tcp}")] {
         // The first connection makes systemd-socket-activate start the daemon.
         let out = Command::new(tvix_store_bin())
@@ -104,7 +91,7 @@ fn the_socket_activated_nar_bridge_serves_http_and_notifies() {
     let mut command = vec!["nar-bridge"];
     command.extend(MEMORY);
     let mut bridge = activate(&[unix.to_str().unwrap()], &tmp.path().join("notify"), &command);
-    wait_for(&unix);
+    wait_for_path(&unix, Duration::from_secs(20));
     let mut stream = std::os::unix::net::UnixStream::connect(&unix).unwrap();
     std::io::Write::write_all(&mut stream, b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();

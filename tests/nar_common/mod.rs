@@ -15,6 +15,30 @@ use tvix_store::castore::blobservice::BlobService;
 use tvix_store::castore::directoryservice::DirectoryService;
 use tvix_store::pathinfo::PathInfoService;
 
+/// The three service flags, each `memory://`: a command with a store of its own, gone at exit.
+pub const MEMORY_SERVICES: [&str; 6] = [
+    "--blob-service-addr",
+    "memory://",
+    "--directory-service-addr",
+    "memory://",
+    "--path-info-service-addr",
+    "memory://",
+];
+
+/// A TCP port on the loopback that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until `path` exists (a server's socket), failing the test after `within`.
+pub fn wait_for_path(path: &Path, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "{} did not appear within {within:?}", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// `nix-store --dump PATH`.
 pub fn nix_dump(path: &Path) -> Vec<u8> {
     nix("nix-store", &["--dump".as_ref(), path.as_os_str()])
