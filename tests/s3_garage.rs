@@ -2,6 +2,7 @@
 //! bucket serve one store, and a misconfigured bucket is an error at start naming its URL.
 //! (The backend conformance suite over S3 is in `tests/conformance.rs`.)
 
+mod cache_common;
 mod garage_common;
 mod mount_common;
 mod nar_common;
@@ -10,6 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cache_common::MountProcess;
 use garage_common::{Cluster, cluster, unique_prefix};
 use nar_common::{free_port, wait_for_path};
 
@@ -17,19 +19,15 @@ fn tvix_store() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tvix-store"))
 }
 
-/// A child process killed on drop (a mount is also unmounted).
+/// A daemon process, killed on drop.
 struct Running {
     child: Child,
-    mount: Option<std::path::PathBuf>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(path) = &self.mount {
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(path).stderr(Stdio::null()).status();
-        }
     }
 }
 
@@ -46,7 +44,7 @@ fn daemon(c: &Cluster, url: &str, socket: &Path) -> Running {
         .spawn()
         .unwrap();
     wait_for_path(socket, Duration::from_secs(30));
-    Running { child, mount: None }
+    Running { child }
 }
 
 fn through(socket: &Path) -> Vec<String> {
@@ -70,23 +68,15 @@ fn two_daemons_over_one_bucket_serve_one_store() {
 
     let src = tmp.path().join("s3-tree");
     mount_common::make_tree(&src, 7);
-    let out = tvix_store().arg("import").args(through(&a)).arg(&src).output().unwrap();
-    assert!(out.status.success(), "import through daemon A failed: {}", String::from_utf8_lossy(&out.stderr));
-    let store_path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let store_path = import_through(&a, &src);
 
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let child = tvix_store().arg("mount").args(through(&b)).arg(&mnt).stderr(Stdio::null()).spawn().unwrap();
-    let _mount = Running { child, mount: Some(mnt.clone()) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !mount_common::is_mounted(&mnt) {
-        assert!(Instant::now() < deadline, "the mount did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let basename = store_path.trim_start_matches("/nix/store/");
-    let diff =
-        Command::new("diff").args(["-r", "--no-dereference"]).arg(&src).arg(mnt.join(basename)).output().unwrap();
-    assert!(diff.status.success(), "the mount through daemon B differs: {}", String::from_utf8_lossy(&diff.stdout));
+    let mut mount = tvix_store();
+    mount.arg("mount").args(through(&b)).arg(&mnt);
+    let _mount = MountProcess::start(mount, &mnt);
+    let read = diff(&src, &mnt.join(store_path.trim_start_matches("/nix/store/")));
+    assert!(read.status.success(), "the mount through daemon B differs: {}", String::from_utf8_lossy(&read.stdout));
 }
 
 /// Runs `tvix-store daemon` over `url` expecting it to refuse to start; returns its stderr.
@@ -158,13 +148,9 @@ fn one_of_three_nodes_dying_during_a_read_and_an_import_goes_unnoticed() {
 
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let child = tvix_store().arg("mount").args(through(&socket)).arg(&mnt).stderr(Stdio::null()).spawn().unwrap();
-    let _mount = Running { child, mount: Some(mnt.clone()) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !mount_common::is_mounted(&mnt) {
-        assert!(Instant::now() < deadline, "the mount did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut mount = tvix_store();
+    mount.arg("mount").args(through(&socket)).arg(&mnt);
+    let _mount = MountProcess::start(mount, &mnt);
     let mounted = mnt.join(first_path.trim_start_matches("/nix/store/"));
     let reader = {
         let (first, mounted) = (first.clone(), mounted.clone());
