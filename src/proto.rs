@@ -19,8 +19,21 @@ pub mod tvix {
     }
 }
 
+/// `tvix_store.*`: our own extensions beside the tvix services.
+#[allow(missing_docs, clippy::all)]
+pub mod tvix_store {
+    /// `tvix_store.admin.*`
+    pub mod admin {
+        /// `tvix_store.admin.v1`: verify, delete, garbage collection.
+        pub mod v1 {
+            tonic::include_proto!("tvix_store.admin.v1");
+        }
+    }
+}
+
 pub use tvix::castore::v1 as castore;
 pub use tvix::store::v1 as store;
+pub use tvix_store::admin::v1 as admin;
 
 /// Encoded FileDescriptorSet of all our protos, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tvix_descriptor.bin"));

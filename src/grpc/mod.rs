@@ -1,11 +1,14 @@
-//! gRPC clients of our three services, usable wherever a service trait object is expected.
+//! gRPC clients of our three services, usable wherever a service trait object is expected, and
+//! of our admin extension.
 
+pub(crate) mod admin;
 mod blob;
 pub mod channel;
 mod directory;
 mod pathinfo;
 mod status;
 
+pub use admin::GrpcAdmin;
 pub use blob::GrpcBlobService;
 pub(crate) use channel::widen_send_buffer;
 pub use channel::{GrpcTarget, MAX_MESSAGE_SIZE, channel};

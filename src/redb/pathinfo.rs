@@ -9,7 +9,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{OpenRedbError, blocking, open_database, storage_err};
 use crate::castore::Error;
-use crate::pathinfo::{PathInfo, PathInfoService};
+use crate::pathinfo::{PathInfo, PathInfoRemoval, PathInfoService};
 use crate::storepath::DIGEST_LEN;
 
 const PATH_INFOS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pathinfos");
@@ -106,5 +106,23 @@ impl PathInfoService for RedbPathInfoService {
                 }
             }
         })
+    }
+}
+
+#[async_trait]
+impl PathInfoRemoval for RedbPathInfoService {
+    async fn remove(&self, digest: [u8; DIGEST_LEN]) -> Result<bool, Error> {
+        let (db, name) = (self.db.clone(), self.name.clone());
+        blocking(move || {
+            let err = storage_err(&name);
+            let txn = db.begin_write().map_err(|e| err(e.into()))?;
+            let removed = {
+                let mut table = txn.open_table(PATH_INFOS).map_err(|e| err(e.into()))?;
+                table.remove(digest.as_slice()).map_err(|e| err(e.into()))?.is_some()
+            };
+            txn.commit().map_err(|e| err(e.into()))?;
+            Ok(removed)
+        })
+        .await
     }
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite};
 
 pub use cache::CacheBlobService;
-pub use chunked::{ChunkStore, ChunkedBlobService};
+pub use chunked::{ChunkObject, ChunkStore, ChunkedBlobService};
 pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 pub use local::LocalChunkStore;
 pub use memory::MemoryChunkStore;
