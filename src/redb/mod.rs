@@ -35,7 +35,12 @@ pub(crate) fn open_database(
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| OpenRedbError::Io(name.clone(), e.to_string()))?;
     }
-    let db = redb::Database::create(path).map_err(|e| match e {
+    // redb answers some kinds of damage (flipped bytes in its tree pages) with a panic instead
+    // of an error; a corrupt file must get a clear message, not take the process down.
+    let created = std::panic::catch_unwind(|| redb::Database::create(path)).map_err(|panic| {
+        OpenRedbError::Corrupt(name.clone(), format!("redb failed reading it: {}", panic_message(&panic)))
+    })?;
+    let db = created.map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
             OpenRedbError::Locked(name.clone())
         }
@@ -46,6 +51,15 @@ pub(crate) fn open_database(
     create_tables(&txn).map_err(|e| OpenRedbError::Corrupt(name.clone(), e.to_string()))?;
     txn.commit().map_err(|e| OpenRedbError::Io(name.clone(), e.to_string()))?;
     Ok(Arc::new(db))
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 /// Runs a synchronous redb operation on the blocking pool.
@@ -148,5 +162,43 @@ mod tests {
         drop(putter);
         assert!(matches!(refused, Error::InvalidRequest(_) | Error::NotFound(_)), "{refused}");
         assert_eq!(service.get(&orphan_parent.digest()).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_file_is_an_error_not_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("directories.redb");
+        {
+            let service = StoredDirectoryService::new(RedbDirectoryStore::open(&path).unwrap());
+            for i in 0..200u32 {
+                let mut d = Directory::new();
+                let name = PathComponent::try_from(format!("f{i}").as_str()).unwrap();
+                d.add(name, Node::file(B3Digest::of(&i.to_be_bytes()), 4, false)).unwrap();
+                service.put(d).await.unwrap();
+            }
+        }
+        // Flipped bytes all over the tree pages (past the header), which redb answers with a
+        // panic of its own.
+        let mut bytes = std::fs::read(&path).unwrap();
+        for i in (4096..bytes.len()).step_by(997) {
+            bytes[i] ^= 0xff;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        match RedbDirectoryStore::open(&path) {
+            Err(super::OpenRedbError::Corrupt(name, _)) => assert!(name.contains("directories.redb")),
+            Err(other) => panic!("expected a corrupt-file error, got {other}"),
+            Ok(store) => {
+                // Damage redb does not notice at open must still not be served as a directory.
+                let service = StoredDirectoryService::new(store);
+                for i in 0..200u32 {
+                    let mut d = Directory::new();
+                    let name = PathComponent::try_from(format!("f{i}").as_str()).unwrap();
+                    d.add(name, Node::file(B3Digest::of(&i.to_be_bytes()), 4, false)).unwrap();
+                    if let Ok(Some(read)) = service.get(&d.digest()).await {
+                        assert_eq!(read, d);
+                    }
+                }
+            }
+        }
     }
 }
