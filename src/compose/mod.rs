@@ -513,7 +513,7 @@ pub fn channel(addr: &str) -> Result<tonic::transport::Channel, ComposeError> {
     let bad = |reason: String| ComposeError::Url { entry: "gRPC address".into(), url: addr.to_string(), reason };
     let parsed = ::url::Url::parse(addr).map_err(|e| bad(e.to_string()))?;
     let target: GrpcTarget = url::grpc_target(&parsed).map_err(bad)?;
-    crate::grpc::channel(&target).map_err(|reason| ComposeError::Open {
+    crate::grpc::single_channel(&target).map_err(|reason| ComposeError::Open {
         entry: "gRPC address".into(),
         url: addr.to_string(),
         reason,

@@ -2,8 +2,8 @@
 //! collection run by the daemon that holds the store's backends. Also the conversions between
 //! its messages and the maintenance types, which the server shares.
 
+use super::channel::GrpcChannel;
 use futures::StreamExt;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::maintenance::{
@@ -15,15 +15,15 @@ use crate::storepath::StorePath;
 
 /// The admin service of the daemon at the other end of a channel.
 pub struct GrpcAdmin {
-    client: StoreAdminClient<Channel>,
+    client: StoreAdminClient<GrpcChannel>,
     /// The daemon's address, for messages.
     addr: String,
 }
 
 impl GrpcAdmin {
     /// The admin service on `channel`, to the daemon at `addr`.
-    pub fn new(channel: Channel, addr: impl Into<String>) -> Self {
-        Self { client: StoreAdminClient::new(channel), addr: addr.into() }
+    pub fn new(channel: impl Into<GrpcChannel>, addr: impl Into<String>) -> Self {
+        Self { client: StoreAdminClient::new(channel.into()), addr: addr.into() }
     }
 
     fn error(&self, status: Status) -> MaintenanceError {

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
+use super::channel::GrpcChannel;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 use super::channel::MAX_MESSAGE_SIZE;
 use crate::castore::blobservice::{
@@ -19,14 +19,14 @@ use crate::proto::castore::{self as proto, blob_service_client::BlobServiceClien
 /// A [`BlobService`] talking to a remote `tvix.castore.v1.BlobService`.
 #[derive(Clone)]
 pub struct GrpcBlobService {
-    client: BlobServiceClient<Channel>,
+    client: BlobServiceClient<GrpcChannel>,
 }
 
 impl GrpcBlobService {
     /// A client over `channel`.
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: impl Into<GrpcChannel>) -> Self {
         Self {
-            client: BlobServiceClient::new(channel)
+            client: BlobServiceClient::new(channel.into())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
         }

@@ -11,7 +11,7 @@ mod status;
 pub use admin::GrpcAdmin;
 pub use blob::GrpcBlobService;
 pub(crate) use channel::widen_send_buffer;
-pub use channel::{GrpcTarget, MAX_MESSAGE_SIZE, channel};
+pub use channel::{GrpcChannel, GrpcTarget, MAX_MESSAGE_SIZE, channel, single_channel};
 pub use directory::GrpcDirectoryService;
 pub use pathinfo::GrpcPathInfoService;
 
