@@ -317,3 +317,48 @@ async fn blobs_written_again_count_as_new_so_gc_spares_them() {
     assert!(out.status.success());
     assert!(chunk_files(&store).is_empty(), "without a grace period the unreferenced chunks go");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mount_of_a_broken_path_is_eio_and_logs_the_digest_as_a_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let good = import(&store, &tree(&tmp.path().join("src"), "good", &[("a", 100, 30)]));
+    let missing = B3Digest::of(b"a directory nobody stored");
+    let broken = {
+        let service =
+            tvix_store::compose::path_info_service(&format!("redb://{}", store.join("pathinfo.redb").display()))
+                .unwrap();
+        let info =
+            variant(&path_info(service.as_ref(), &good).await, "broken", |i| i.node = Node::directory(missing, 1));
+        service.put(info.clone()).await.unwrap();
+        info.store_path.to_basename()
+    };
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let log = tmp.path().join("mount.log");
+    let mut mount = tvix_store()
+        .env("TVIX_STORE_DIR", &store)
+        .env("RUST_LOG", "warn")
+        .args(["--log-format", "json", "mount"])
+        .arg(&mnt)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&mnt.display().to_string()) {
+        assert!(std::time::Instant::now() < deadline, "the mount did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let listed = std::fs::read_dir(mnt.join(&broken)).map(|entries| entries.count());
+    let _ = std::process::Command::new("fusermount3").arg("-u").arg(&mnt).status();
+    let _ = mount.kill();
+    let _ = mount.wait();
+    assert_eq!(listed.expect_err("a path with a missing tree listed").raw_os_error(), Some(libc::EIO));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> =
+        text.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN" && l["fields"]["digest"] == missing.to_string()),
+        "no warning carries the missing digest as a field:\n{text}"
+    );
+}
