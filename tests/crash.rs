@@ -18,17 +18,7 @@ use grpc_common::{Daemon, data};
 use nar_common::{nix_dump, tvix_store};
 
 fn run(store: &Path, args: &[&str]) -> Output {
-    let out = tvix_store().env("TVIX_STORE_DIR", store).args(args).output().expect("run tvix-store");
-    if !out.status.success() {
-        eprintln!(
-            "tvix-store {}: {}\nstdout:\n{}stderr:\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
+    nar_common::run_on_store(store, args)
 }
 
 /// The trees of round `round`: one large file (several chunks), and many small files (one of

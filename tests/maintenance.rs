@@ -15,17 +15,8 @@ use tvix_store::castore::{B3Digest, Node};
 use tvix_store::pathinfo::{PathInfo, PathInfoService};
 use tvix_store::storepath::StorePath;
 
-/// Runs `tvix-store ARGS` on the default store in `store`.
 fn run(store: &Path, args: &[&str]) -> Output {
-    let out = tvix_store().env("TVIX_STORE_DIR", store).args(args).output().expect("run tvix-store");
-    eprintln!(
-        "tvix-store {}: {}\nstdout:\n{}stderr:\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    nar_common::run_on_store(store, args)
 }
 
 fn stdout(out: &Output) -> String {

@@ -1,6 +1,5 @@
 //! Directories in redb, keyed by their BLAKE3 digest, stored as their canonical encoding.
 
-use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -8,7 +7,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{OpenRedbError, blocking, open_database, storage_err};
+use super::{OpenRedbError, blocking, entries_after, open_database, paged, storage_err};
 use crate::castore::directoryservice::DirectoryStore;
 use crate::castore::inventory::{Removal, Stored, StoredStream};
 use crate::castore::{B3Digest, Directory, Error};
@@ -79,45 +78,26 @@ impl DirectoryStore for RedbDirectoryStore {
     }
 
     fn list(&self) -> StoredStream<'_> {
-        let (db, name) = (self.db.clone(), self.name.clone());
-        // Read in pages on the blocking pool (redb's iterators borrow their transaction), so a
-        // store of millions of directories is listed in bounded memory.
-        const PAGE: usize = 1024;
-        Box::pin(async_stream::try_stream! {
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let (db, name, start) = (db.clone(), name.clone(), after.clone());
-                let page: Vec<Stored> = blocking(move || {
-                    let err = storage_err(&name);
-                    let txn = db.begin_read().map_err(|e| err(e.into()))?;
-                    let table = txn.open_table(DIRECTORIES).map_err(|e| err(e.into()))?;
-                    let written = txn.open_table(WRITTEN).map_err(|e| err(e.into()))?;
-                    let range = match &start {
-                        None => table.iter(),
-                        Some(key) => table.range::<&[u8]>((Bound::Excluded(key.as_slice()), Bound::Unbounded)),
-                    }
-                    .map_err(|e| err(e.into()))?;
-                    let mut page = Vec::with_capacity(PAGE);
-                    for entry in range.take(PAGE) {
-                        let (key, value) = entry.map_err(|e| err(e.into()))?;
-                        let digest = B3Digest::try_from(key.value()).map_err(|e| {
-                            Error::Corrupt(format!("directory key {} in {name}: {e}", data_encoding::HEXLOWER.encode(key.value())))
-                        })?;
-                        let at = written.get(key.value()).map_err(|e| err(e.into()))?.map_or(0, |t| t.value());
-                        page.push(Stored { digest, size: value.value().len() as u64, written: from_nanos(at) });
-                    }
-                    Ok(page)
-                })
-                .await?;
-                let done = page.len() < PAGE;
-                after = page.last().map(|stored| stored.digest.as_bytes().to_vec());
-                for stored in page {
-                    yield stored;
-                }
-                if done {
-                    break;
-                }
+        let name = self.name.clone();
+        // Paged, so a store of millions of directories is listed in bounded memory.
+        paged(self.db.clone(), self.name.clone(), 1024, move |txn, start, page| {
+            let err = storage_err(&name);
+            let table = txn.open_table(DIRECTORIES).map_err(|e| err(e.into()))?;
+            let written = txn.open_table(WRITTEN).map_err(|e| err(e.into()))?;
+            let mut entries = Vec::with_capacity(page);
+            for entry in entries_after(&table, start).map_err(|e| err(e.into()))?.take(page) {
+                let (key, value) = entry.map_err(|e| err(e.into()))?;
+                let digest = B3Digest::try_from(key.value()).map_err(|e| {
+                    Error::Corrupt(format!(
+                        "directory key {} in {name}: {e}",
+                        data_encoding::HEXLOWER.encode(key.value())
+                    ))
+                })?;
+                let at = written.get(key.value()).map_err(|e| err(e.into()))?.map_or(0, |t| t.value());
+                let stored = Stored { digest, size: value.value().len() as u64, written: from_nanos(at) };
+                entries.push((key.value().to_vec(), stored));
             }
+            Ok(entries)
         })
     }
 

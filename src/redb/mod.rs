@@ -69,6 +69,50 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(|e| Error::Storage(format!("redb task failed: {e}")))?
 }
 
+/// Every entry of a table, read in pages of `page` entries on the blocking pool (redb's
+/// iterators borrow their transaction, so they cannot be held across awaits), so a table of
+/// millions of entries streams in bounded memory. `read` gets a read transaction and the key
+/// to continue after, and returns the next entries with their keys.
+pub(crate) fn paged<T: Send + 'static>(
+    db: Arc<redb::Database>,
+    name: Arc<str>,
+    page: usize,
+    read: impl Fn(&redb::ReadTransaction, Option<&[u8]>, usize) -> Result<Vec<(Vec<u8>, T)>, Error> + Send + Sync + 'static,
+) -> futures::stream::BoxStream<'static, Result<T, Error>> {
+    let read = Arc::new(read);
+    Box::pin(async_stream::try_stream! {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (db, name, start, read) = (db.clone(), name.clone(), after.clone(), read.clone());
+            let entries = blocking(move || {
+                let txn = redb::ReadableDatabase::begin_read(&*db).map_err(|e| storage_err(&name)(e.into()))?;
+                read(&txn, start.as_deref(), page)
+            })
+            .await?;
+            let done = entries.len() < page;
+            after = entries.last().map(|(key, _)| key.clone());
+            for (_, entry) in entries {
+                yield entry;
+            }
+            if done {
+                break;
+            }
+        }
+    })
+}
+
+/// The entries of `table` after `start` (all from the first without one).
+pub(crate) fn entries_after<'t>(
+    table: &'t redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    start: Option<&[u8]>,
+) -> Result<redb::Range<'t, &'static [u8], &'static [u8]>, redb::StorageError> {
+    use redb::ReadableTable;
+    match start {
+        None => table.iter(),
+        Some(key) => table.range::<&[u8]>((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded)),
+    }
+}
+
 /// Wraps any redb failure as a storage error naming the database.
 pub(crate) fn storage_err(db: &str) -> impl Fn(redb::Error) -> Error + '_ {
     move |e| Error::Storage(format!("redb database {db}: {e}"))
