@@ -1,10 +1,12 @@
-//! The content-addressed store: blobs and directories addressed by BLAKE3.
+//! The content-addressed store: blobs and directories addressed by BLAKE3, their services, and
+//! the caches in front of them (near/far combinators, the local disk cache).
 
 pub mod blobservice;
 pub mod cache;
 pub mod digest;
 pub mod directory;
 pub mod directoryservice;
+pub mod diskcache;
 pub mod error;
 pub mod inventory;
 pub mod node;

@@ -123,6 +123,19 @@ pub struct ServiceArgs {
     /// signed what a substituter sends; repeatable. Without any, signatures are not checked.
     #[arg(long = "trusted-public-key", value_name = "KEY")]
     pub trusted_public_keys: Vec<String>,
+    /// A local disk cache in front of the blob and directory services: what is read once is
+    /// kept there (verified when stored and when read) and read from there afterwards, also by
+    /// later processes; several processes may share one directory (see docs/disk-cache.md).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// The most the --cache-dir files may take on disk, in bytes or with a binary unit (K, M,
+    /// G, T), e.g. 10G; least recently used files are evicted beyond it. Default 10G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_cache_size)]
+    pub cache_size: Option<u64>,
+}
+
+fn parse_cache_size(given: &str) -> Result<u64, String> {
+    tvix_store::castore::diskcache::parse_size(given).map_err(|e| e.to_string())
 }
 
 impl ServiceArgs {
@@ -135,6 +148,8 @@ impl ServiceArgs {
             config: self.store_config.clone(),
             substituters: self.substituters.clone(),
             trusted_public_keys: self.trusted_public_keys.clone(),
+            cache_dir: self.cache_dir.clone(),
+            cache_size: self.cache_size,
         };
         Ok(compose::open(&args, role).await?)
     }

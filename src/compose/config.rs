@@ -92,7 +92,8 @@ pub fn parse(text: &str, name: &str) -> Result<Composition, ComposeError> {
     Ok(composition)
 }
 
-/// One entry: `{ url = "..." }` or `{ type = "cache", near = "...", far = "...", write = "..." }`.
+/// One entry: `{ url = "..." }`, `{ type = "cache", near = "...", far = "...", write = "..." }`,
+/// `{ type = "disk-cache", dir = "...", size = "10G", far = "..." }` or a signing one.
 fn parse_entry(kind: Kind, at: &str, value: toml::Value) -> Result<Entry, ComposeError> {
     let err = |reason: String| ComposeError::Entry { entry: at.to_string(), reason };
     let toml::Value::Table(mut fields) = value else {
@@ -127,6 +128,29 @@ fn parse_entry(kind: Kind, at: &str, value: toml::Value) -> Result<Entry, Compos
             };
             Entry::Cache { near, far, writes }
         }
+        Some("disk-cache") if kind == Kind::PathInfo => {
+            return Err(err(
+                "a disk-cache holds blobs and directories: it belongs under [blobservices] or [directoryservices]"
+                    .into(),
+            ));
+        }
+        Some("disk-cache") => {
+            let dir = take_string("dir")?.ok_or_else(|| err("a disk-cache needs dir = \"<directory>\"".into()))?;
+            let far = take_string("far")?.ok_or_else(|| err("a disk-cache needs far = \"<entry>\"".into()))?;
+            let size = match fields.remove("size") {
+                None => crate::castore::diskcache::DEFAULT_SIZE,
+                Some(toml::Value::String(s)) => {
+                    crate::castore::diskcache::parse_size(&s).map_err(|e| err(format!("size: {e}")))?
+                }
+                Some(toml::Value::Integer(n)) if n > 0 => n as u64,
+                Some(other) => {
+                    return Err(err(format!(
+                        "size must be a size such as \"10G\" or a positive number of bytes, not {other:?}"
+                    )));
+                }
+            };
+            Entry::DiskCache { dir: dir.into(), size, far }
+        }
         Some("keyfile-signing") if kind != Kind::PathInfo => {
             return Err(err("keyfile-signing signs PathInfos: it belongs under [pathinfoservices]".into()));
         }
@@ -136,7 +160,9 @@ fn parse_entry(kind: Kind, at: &str, value: toml::Value) -> Result<Entry, Compos
                 .ok_or_else(|| err("keyfile-signing needs keyfile = \"<Nix secret key file>\"".into()))?;
             Entry::Signing { inner, keyfile: keyfile.into() }
         }
-        Some(other) => return Err(err(format!("unknown type {other:?} (known: url, cache, keyfile-signing)"))),
+        Some(other) => {
+            return Err(err(format!("unknown type {other:?} (known: url, cache, disk-cache, keyfile-signing)")));
+        }
     };
     if let Some(key) = fields.keys().next() {
         return Err(err(format!("unknown key {key:?}")));

@@ -30,6 +30,15 @@ pub enum Entry {
         /// Where new data goes.
         writes: CacheWrites,
     },
+    /// Reads `far` through a bounded disk cache in `dir` (blob and directory services only).
+    DiskCache {
+        /// The cache directory; several processes may share it.
+        dir: std::path::PathBuf,
+        /// The most bytes its files may take.
+        size: u64,
+        /// The entry read on a miss, which new data goes to.
+        far: String,
+    },
     /// Signs what is put into `inner` with a Nix secret key (path-info services only).
     Signing {
         /// The entry signed PathInfos go to.
@@ -45,6 +54,7 @@ impl Entry {
         match self {
             Entry::Leaf { .. } => Vec::new(),
             Entry::Cache { near, far, .. } => vec![("near", near), ("far", far)],
+            Entry::DiskCache { far, .. } => vec![("far", far)],
             Entry::Signing { inner, .. } => vec![("inner", inner)],
         }
     }
@@ -53,10 +63,15 @@ impl Entry {
 /// Wraps a built service in a signing one, given the key file.
 pub type Sign<'a, T> = &'a dyn Fn(Arc<T>, &std::path::Path) -> Result<Arc<T>, String>;
 
+/// Puts a disk cache (directory, size bound) in front of a built service.
+pub type DiskCacheOf<'a, T> = &'a dyn Fn(Arc<T>, &std::path::Path, u64) -> Result<Arc<T>, String>;
+
 /// How a graph's combinators become services of type `T`.
 pub struct Combinators<'a, T: ?Sized> {
     /// Reads `near` first and fills it from `far`.
     pub cache: &'a dyn Fn(Arc<T>, Arc<T>, CacheWrites) -> Arc<T>,
+    /// Reads `far` through a disk cache.
+    pub disk_cache: DiskCacheOf<'a, T>,
     /// Signs with the key in the file what is put into the service.
     pub sign: Sign<'a, T>,
 }
@@ -212,6 +227,11 @@ impl Graph {
                 let far = self.build_entry(far, leaf, combine, built)?;
                 (combine.cache)(near, far, *writes)
             }
+            Entry::DiskCache { dir, size, far } => {
+                let far = self.build_entry(far, leaf, combine, built)?;
+                (combine.disk_cache)(far, dir, *size)
+                    .map_err(|reason| ComposeError::Entry { entry: self.describe(name), reason })?
+            }
             Entry::Signing { inner, keyfile } => {
                 let inner = self.build_entry(inner, leaf, combine, built)?;
                 (combine.sign)(inner, keyfile).map_err(|reason| ComposeError::Entry {
@@ -274,6 +294,7 @@ mod tests {
                 },
                 &Combinators {
                     cache: &|near, far, _| Arc::new(format!("cache({near}, {far})")),
+                    disk_cache: &|far, dir, size| Ok(Arc::new(format!("disk({far}, {}, {size})", dir.display()))),
                     sign: &|inner, key| Ok(Arc::new(format!("sign({inner}, {})", key.display()))),
                 },
             )

@@ -28,6 +28,9 @@ use crate::castore::directoryservice::{
     CacheDirectoryService, DirectoryService, DirectoryStore, MemoryDirectoryStore, ObjectStoreDirectoryStore,
     StoredDirectoryService,
 };
+use crate::castore::diskcache::{
+    DEFAULT_SIZE, DiskCache, DiskCacheBlobService, DiskCacheDirectoryService, DiskCacheError,
+};
 use crate::grpc::{GrpcBlobService, GrpcDirectoryService, GrpcPathInfoService, GrpcTarget};
 use crate::maintenance::Backends;
 use crate::narinfo::{SigningKey, SigningPathInfoService};
@@ -84,6 +87,9 @@ pub enum ComposeError {
     /// The embedded default store.
     #[error(transparent)]
     DefaultStore(#[from] DefaultStoreError),
+    /// The disk cache of `--cache-dir` cannot be used.
+    #[error("--cache-dir: {0}")]
+    DiskCache(#[from] DiskCacheError),
 }
 
 /// Where a command's services come from, as given on its command line.
@@ -101,6 +107,10 @@ pub struct StoreArgs {
     pub substituters: Vec<String>,
     /// `--trusted-public-key`: keys of which one must have signed what a substituter sends.
     pub trusted_public_keys: Vec<String>,
+    /// `--cache-dir`: a disk cache in front of the blob and directory services.
+    pub cache_dir: Option<PathBuf>,
+    /// `--cache-size`: the disk cache's bound in bytes ([`DEFAULT_SIZE`] if not given).
+    pub cache_size: Option<u64>,
 }
 
 /// How a command uses the embedded default store.
@@ -150,11 +160,19 @@ struct Plan {
     directory: Option<Graph>,
     path_info: Option<Graph>,
     substituters: Vec<(String, url::BinaryCacheSpec)>,
+    /// `--cache-dir` and its bound: a disk cache in front of the blob and directory services.
+    disk_cache: Option<(PathBuf, u64)>,
 }
 
 impl Plan {
     /// Parses and checks every flag and the composition file; opens nothing.
     fn from_args(args: &StoreArgs) -> Result<Self, ComposeError> {
+        if args.cache_size.is_some() && args.cache_dir.is_none() {
+            return Err(ComposeError::Entry {
+                entry: "--cache-size".into(),
+                reason: "bounds the disk cache of --cache-dir, which is not given".into(),
+            });
+        }
         let composition = match &args.config {
             Some(path) => config::load(path)?,
             None => config::Composition::default(),
@@ -186,6 +204,7 @@ impl Plan {
                 composition.path_info,
             )?,
             substituters,
+            disk_cache: args.cache_dir.clone().map(|dir| (dir, args.cache_size.unwrap_or(DEFAULT_SIZE))),
         })
     }
 }
@@ -229,8 +248,13 @@ pub async fn open_graphs(blob: Graph, directory: Graph, path_info: Graph) -> Res
     for graph in [&blob, &directory, &path_info] {
         graph.check()?;
     }
-    let plan =
-        Plan { blob: Some(blob), directory: Some(directory), path_info: Some(path_info), substituters: Vec::new() };
+    let plan = Plan {
+        blob: Some(blob),
+        directory: Some(directory),
+        path_info: Some(path_info),
+        substituters: Vec::new(),
+        disk_cache: None,
+    };
     build(plan, None).await
 }
 
@@ -249,8 +273,14 @@ async fn build(plan: Plan, store_lock: Option<StoreLock>) -> Result<Services, Co
         }
     }
     let mut kept = Kept::default();
-    let blob = build_blob_keeping(blob, &mut kept.chunks)?;
-    let directory = build_directory_keeping(directory, &mut kept.directories)?;
+    let mut blob = build_blob_keeping(blob, &mut kept.chunks)?;
+    let mut directory = build_directory_keeping(directory, &mut kept.directories)?;
+    if let Some((dir, size)) = &plan.disk_cache {
+        // One cache, so blobs and directories share one bound.
+        let cache = Arc::new(DiskCache::open(dir, *size)?);
+        blob = Arc::new(DiskCacheBlobService::new(cache.clone(), blob));
+        directory = Arc::new(DiskCacheDirectoryService::new(cache, directory));
+    }
     let substitute_stats = Arc::new(SubstituteStats::default());
     let mut path_info =
         build_path_info_counting(path_info, &blob, &directory, &substitute_stats, &mut kept.path_infos)?;
@@ -294,6 +324,9 @@ fn maintenance(plan: &Plan, kept: Kept) -> Maintenance {
 /// Config parsing refuses `keyfile-signing` outside path-info services; this is the backstop.
 const SIGNS_PATH_INFO_ONLY: &str = "keyfile-signing wraps path-info services only";
 
+/// Config parsing refuses `disk-cache` for path-info services; this is the backstop.
+const DISK_CACHE_CASTORE_ONLY: &str = "a disk-cache holds blobs and directories only";
+
 /// Builds a blob service graph.
 pub fn build_blob(graph: &Graph) -> Result<Arc<dyn BlobService>, ComposeError> {
     build_blob_keeping(graph, &mut None)
@@ -335,6 +368,10 @@ fn build_blob_keeping(
         },
         &Combinators {
             cache: &|near, far, writes| Arc::new(CacheBlobService::new(near, far, writes)),
+            disk_cache: &|far, dir, size| {
+                let cache = DiskCache::open(dir, size).map_err(|e| e.to_string())?;
+                Ok(Arc::new(DiskCacheBlobService::new(Arc::new(cache), far)))
+            },
             sign: &|_, _| Err(SIGNS_PATH_INFO_ONLY.into()),
         },
     )
@@ -385,6 +422,10 @@ fn build_directory_keeping(
         },
         &Combinators {
             cache: &|near, far, writes| Arc::new(CacheDirectoryService::new(near, far, writes)),
+            disk_cache: &|far, dir, size| {
+                let cache = DiskCache::open(dir, size).map_err(|e| e.to_string())?;
+                Ok(Arc::new(DiskCacheDirectoryService::new(Arc::new(cache), far)))
+            },
             sign: &|_, _| Err(SIGNS_PATH_INFO_ONLY.into()),
         },
     )
@@ -440,6 +481,7 @@ fn build_path_info_counting(
         },
         &Combinators {
             cache: &|near, far, writes| Arc::new(CachePathInfoService::new(near, far, writes)),
+            disk_cache: &|_, _, _| Err(DISK_CACHE_CASTORE_ONLY.into()),
             sign: &|inner, keyfile| {
                 let key = SigningKey::from_file(keyfile).map_err(|e| e.to_string())?;
                 Ok(Arc::new(SigningPathInfoService::new(inner, key)))

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite};
 
 pub use cache::CacheBlobService;
 pub use chunked::{ChunkObject, ChunkStore, ChunkedBlobService};
+pub(crate) use chunked::{decode_chunk_list, encode_chunk_list};
 pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 pub use local::LocalChunkStore;
 pub use memory::MemoryChunkStore;

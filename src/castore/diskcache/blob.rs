@@ -1,0 +1,248 @@
+//! Blobs through the disk cache: chunks and chunk lists are read from the cache's files,
+//! verified, and on a miss fetched from the far service, verified, and stored.
+//!
+//! The cache works at chunk granularity, so a reader of a large blob's middle fetches (and
+//! caches) only the chunks it reads, and blobs sharing chunks share their files. New blobs go to
+//! the far service; the cache only keeps what was read.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncReadExt;
+
+use super::{DiskCache, Object};
+use crate::castore::blobservice::{
+    BlobReader, BlobService, BlobWriter, CHUNK_MAX, ChunkMeta, ChunkSource, ChunkedReader, verify_chunk,
+};
+use crate::castore::{B3Digest, Error};
+
+/// Most bytes a far service may send for one chunk: ours are at most [`CHUNK_MAX`], and a far
+/// store sending far more is broken and must not make us buffer without bound.
+const CHUNK_FETCH_LIMIT: u64 = 16 * CHUNK_MAX as u64;
+
+/// A blob service reading through a [`DiskCache`] in front of `far`.
+pub struct DiskCacheBlobService {
+    cache: Arc<DiskCache>,
+    far: Arc<dyn BlobService>,
+}
+
+impl DiskCacheBlobService {
+    /// `far`'s blobs, cached in `cache`.
+    pub fn new(cache: Arc<DiskCache>, far: Arc<dyn BlobService>) -> Self {
+        Self { cache, far }
+    }
+
+    /// The chunk list of `blob` from the cache, verified; a torn or corrupt one is dropped.
+    async fn cached_list(&self, blob: &B3Digest) -> Option<Vec<ChunkMeta>> {
+        let data = self.cache.read(Object::ChunkList, blob).await?;
+        match decode_list(blob, &data) {
+            Ok(list) => Some(list),
+            Err(why) => {
+                self.cache.discard(Object::ChunkList, blob, &why).await;
+                None
+            }
+        }
+    }
+
+    /// The chunk list of `blob` from the far service, checked and cached if it has several
+    /// chunks; `None` when far does not have the blob.
+    async fn far_list(&self, blob: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
+        let Some(list) = self.far.chunks(blob).await? else {
+            return Ok(None);
+        };
+        if let [only] = list.as_slice()
+            && only.digest != *blob
+        {
+            return Err(Error::Corrupt(format!(
+                "far store lists blob {blob} as the single chunk {}, which has another digest",
+                only.digest
+            )));
+        }
+        if list.len() > 1 {
+            self.cache.store(Object::ChunkList, blob, encode_list(&list)).await;
+        }
+        Ok(Some(list))
+    }
+
+    fn source(&self) -> Arc<dyn ChunkSource> {
+        Arc::new(CachingSource { cache: self.cache.clone(), far: self.far.clone() })
+    }
+}
+
+/// Reads up to `limit + 1` bytes from `reader`: the whole of it when it has at most `limit`.
+async fn read_prefix(reader: &mut (dyn BlobReader + '_), limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    reader.take(limit + 1).read_to_end(&mut data).await?;
+    Ok(data)
+}
+
+#[async_trait]
+impl BlobService for DiskCacheBlobService {
+    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
+        if self.cache.contains(Object::Chunk, digest).await || self.cache.contains(Object::ChunkList, digest).await {
+            return Ok(true);
+        }
+        self.far.has(digest).await
+    }
+
+    async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
+        // Most blobs are one chunk, stored under the blob's own digest.
+        if let Some(data) = read_chunk(&self.cache, digest).await {
+            return Ok(Some(Box::new(std::io::Cursor::new(data))));
+        }
+        if let Some(list) = self.cached_list(digest).await {
+            return Ok(Some(Box::new(ChunkedReader::new(self.source(), *digest, list))));
+        }
+        // A miss. One far read answers a small blob (over gRPC: one call, where the chunk list
+        // first would take two); a larger one is noticed after one chunk's worth of bytes.
+        let Some(mut reader) = self.far.open_read(digest).await? else {
+            return Ok(None);
+        };
+        let prefix = read_prefix(reader.as_mut(), CHUNK_MAX as u64).await.map_err(|e| Error::from_io(digest, e))?;
+        drop(reader);
+        if prefix.len() <= CHUNK_MAX {
+            let data = Bytes::from(prefix);
+            if B3Digest::of(&data) != *digest {
+                return Err(Error::Corrupt(format!(
+                    "far store sent {} bytes for blob {digest} that do not match its digest; not cached",
+                    data.len()
+                )));
+            }
+            self.cache.store(Object::Chunk, digest, data.clone()).await;
+            return Ok(Some(Box::new(std::io::Cursor::new(data))));
+        }
+        let Some(list) = self.far_list(digest).await? else {
+            return Ok(None);
+        };
+        if list.is_empty() {
+            // A far store that does not expose chunks: nothing to cache piecewise, so the blob
+            // is read from it directly.
+            return self.far.open_read(digest).await;
+        }
+        // The chunks the prefix already holds are not fetched again.
+        let mut offset = 0usize;
+        for chunk in &list {
+            let end = offset + chunk.size as usize;
+            let Some(data) = prefix.get(offset..end) else { break };
+            if verify_chunk(digest, chunk, data).is_ok() {
+                self.cache.store(Object::Chunk, &chunk.digest, Bytes::copy_from_slice(data)).await;
+            }
+            offset = end;
+        }
+        Ok(Some(Box::new(ChunkedReader::new(self.source(), *digest, list))))
+    }
+
+    async fn open_write(&self) -> Box<dyn BlobWriter> {
+        self.far.open_write().await
+    }
+
+    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
+        self.far.open_write_deferred().await
+    }
+
+    async fn sync(&self) -> Result<(), Error> {
+        // Only the far service has deferred writes; the cache's files need no durability.
+        self.far.sync().await
+    }
+
+    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
+        if let Some(list) = self.cached_list(digest).await {
+            return Ok(Some(list));
+        }
+        if let Some(data) = read_chunk(&self.cache, digest).await {
+            return Ok(Some(vec![ChunkMeta { digest: *digest, size: data.len() as u64 }]));
+        }
+        self.far_list(digest).await
+    }
+}
+
+/// A chunk's bytes from the cache, verified against its digest; a torn or corrupt file is
+/// dropped (and `None` returned, a miss).
+async fn read_chunk(cache: &DiskCache, digest: &B3Digest) -> Option<Bytes> {
+    let data = cache.read(Object::Chunk, digest).await?;
+    if B3Digest::of(&data) == *digest {
+        return Some(data);
+    }
+    cache.discard(Object::Chunk, digest, &format!("{} bytes that do not match the digest", data.len())).await;
+    None
+}
+
+/// Chunks for a [`ChunkedReader`]: from the cache, else from the far service, verified, then
+/// cached.
+struct CachingSource {
+    cache: Arc<DiskCache>,
+    far: Arc<dyn BlobService>,
+}
+
+#[async_trait]
+impl ChunkSource for CachingSource {
+    async fn get_chunk(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error> {
+        if let Some(data) = read_chunk(&self.cache, digest).await {
+            return Ok(Some(data));
+        }
+        // A chunk is a blob of its own to the far service (as tvix's BlobService has it).
+        let Some(mut reader) = self.far.open_read(digest).await? else {
+            return Ok(None);
+        };
+        let data = read_prefix(reader.as_mut(), CHUNK_FETCH_LIMIT).await.map_err(|e| Error::from_io(digest, e))?;
+        if data.len() as u64 > CHUNK_FETCH_LIMIT {
+            return Err(Error::Corrupt(format!(
+                "far store sent more than {CHUNK_FETCH_LIMIT} bytes for chunk {digest}"
+            )));
+        }
+        let data = Bytes::from(data);
+        if B3Digest::of(&data) != *digest {
+            return Err(Error::Corrupt(format!(
+                "far store sent {} bytes for chunk {digest} that do not match its digest; not cached",
+                data.len()
+            )));
+        }
+        self.cache.store(Object::Chunk, digest, data.clone()).await;
+        Ok(Some(data))
+    }
+}
+
+/// A stored chunk list: BLAKE3 of the encoded list, then the list (the StatBlobResponse
+/// encoding the local stores use). Unlike a chunk, a list cannot be checked against its name
+/// without reading the whole blob, so it carries its own checksum against torn writes.
+fn encode_list(list: &[ChunkMeta]) -> Bytes {
+    let body = crate::castore::blobservice::encode_chunk_list(list);
+    let mut data = Vec::with_capacity(32 + body.len());
+    data.extend_from_slice(B3Digest::of(&body).as_bytes());
+    data.extend_from_slice(&body);
+    data.into()
+}
+
+/// Checks and decodes a stored chunk list; the error says what is wrong.
+fn decode_list(blob: &B3Digest, data: &[u8]) -> Result<Vec<ChunkMeta>, String> {
+    let (sum, body) = data.split_at_checked(32).ok_or("shorter than its checksum")?;
+    if B3Digest::of(body).as_bytes()[..] != *sum {
+        return Err("checksum mismatch".into());
+    }
+    let list = crate::castore::blobservice::decode_chunk_list(blob, body).map_err(|e| e.to_string())?;
+    if list.len() < 2 {
+        return Err(format!("a list of {} chunks", list.len()));
+    }
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_survives_only_intact() {
+        let blob = B3Digest::of(b"blob");
+        let list =
+            vec![ChunkMeta { digest: B3Digest::of(b"a"), size: 1 }, ChunkMeta { digest: B3Digest::of(b"b"), size: 1 }];
+        let data = encode_list(&list);
+        assert_eq!(decode_list(&blob, &data).unwrap(), list);
+        for cut in [0, 10, 32, data.len() - 1] {
+            assert!(decode_list(&blob, &data[..cut]).is_err(), "torn at {cut} accepted");
+        }
+        let mut flipped = data.to_vec();
+        flipped[40] ^= 1;
+        assert!(decode_list(&blob, &flipped).is_err());
+    }
+}
