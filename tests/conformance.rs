@@ -84,6 +84,32 @@ async fn cache_graph(kind: Kind, near: &str, far: &str) -> (Graph, Vec<Box<dyn s
     (graph, keep)
 }
 
+/// A disk cache in a fresh directory in front of `far` (a template as in [`url_in_tempdir`]), as
+/// a composition file's `type = "disk-cache"` wires it.
+async fn disk_cache_graph(kind: Kind, far: &str) -> (Graph, Vec<Box<dyn std::any::Any + Send>>) {
+    let (far_url, mut keep) = url_in_tempdir(far).await;
+    let dir = tempfile::tempdir().unwrap();
+    let entries = [
+        ("root".to_string(), Entry::DiskCache { dir: dir.path().join("cache"), size: 1 << 30, far: "far".into() }),
+        ("far".to_string(), Entry::Leaf { url: far_url.clone(), leaf: compose::url::parse(kind, &far_url).unwrap() }),
+    ];
+    keep.push(Box::new(dir));
+    let graph = Graph::new(kind, "conformance".into(), entries.into_iter().collect());
+    graph.check().unwrap();
+    (graph, keep)
+}
+
+async fn blob_disk_cache(far: &str) -> Under<dyn BlobService> {
+    let (graph, keep) = disk_cache_graph(Kind::Blob, far).await;
+    Under { service: compose::build_blob(&graph).unwrap(), _keep: keep }
+}
+
+async fn directory_disk_cache(far: &str) -> Under<dyn DirectoryService> {
+    let (graph, keep) = disk_cache_graph(Kind::Directory, far).await;
+    let blobs = compose::blob_service("memory://").unwrap();
+    Under { service: compose::build_directory(&graph, &blobs).unwrap(), _keep: keep }
+}
+
 async fn blob_backend(template: &str) -> Under<dyn BlobService> {
     let (url, keep) = url_in_tempdir(template).await;
     Under { service: compose::blob_service(&url).unwrap(), _keep: keep }
@@ -521,6 +547,8 @@ blob_backends! {
     cache_memory_over_memory => blob_cache("memory://", "memory://");
     cache_memory_over_grpc => blob_cache("memory://", "grpc");
     cache_local_files_over_object_store => blob_cache("objectstore+file://{dir}/blobs", "objectstore+memory://");
+    disk_cache_over_grpc => blob_disk_cache("grpc");
+    disk_cache_over_memory => blob_disk_cache("memory://");
     s3 => s3_blob();
 }
 
@@ -530,6 +558,7 @@ directory_backends! {
     grpc => directory_backend("grpc");
     cache_memory_over_memory => directory_cache("memory://", "memory://");
     cache_redb_over_grpc => directory_cache("redb://{dir}/directories.redb", "grpc");
+    disk_cache_over_grpc => directory_disk_cache("grpc");
     object_store_memory => directory_backend("objectstore+memory://");
     s3 => s3_directory();
 }

@@ -178,6 +178,9 @@ fn cache_bytes(dir: &Path) -> u64 {
 
 const BIG: usize = 3 * 1024 * 1024 + 777;
 
+/// Something done to a cache file's bytes.
+type Damage = fn(&mut Vec<u8>);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_warm_cache_answers_without_the_far_store_also_after_a_reopen() {
     let tmp = tempfile::tempdir().unwrap();
@@ -245,7 +248,7 @@ async fn torn_and_corrupt_cache_files_are_never_served_and_are_replaced() {
     let inner_chunk = object_file(tmp.path(), "chunks", &big_chunks[1].digest);
     let dir_file = object_file(tmp.path(), "dirs", &tree[1].digest());
     // What a power loss can leave (a truncated file) and what a bad disk can (a flipped byte).
-    let damage: [(&PathBuf, fn(&mut Vec<u8>)); 4] = [
+    let damage: [(&PathBuf, Damage); 4] = [
         (&chunk, |b| b.truncate(b.len() / 2)),
         (&inner_chunk, |b| b[100] ^= 0x40),
         (&list, |b| b.truncate(b.len() - 3)),

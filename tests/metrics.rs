@@ -9,27 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 
 use cache_common::MountProcess;
-use nar_common::{MEMORY_SERVICES, free_port, tvix_store, wait_for_path};
-
-fn scrape(port: u16) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
-}
-
-/// The value of the sample `name{labels…}` whose labels include every one of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let matches =
-            series == name || (series.starts_with(&format!("{name}{{")) && labels.iter().all(|l| series.contains(l)));
-        matches.then(|| value.parse().ok()).flatten()
-    })
-}
+use nar_common::{MEMORY_SERVICES, free_port, sample, scrape, tvix_store, wait_for_path};
 
 /// Every line is a comment or `name{labels} value` (the Prometheus text format).
 fn assert_valid_exposition(text: &str) {

@@ -200,6 +200,33 @@ mod tests {
     }
 
     #[test]
+    fn reads_a_disk_cache_entry() {
+        let c = parse(
+            r#"
+            [blobservices.root]
+            type = "disk-cache"
+            dir = "/var/cache/tvix-store"
+            size = "2G"
+            far = "central"
+            [blobservices.central]
+            url = "grpc+http://store.internal:8000"
+            [directoryservices.root]
+            type = "disk-cache"
+            dir = "/var/cache/tvix-store"
+            size = 1048576
+            far = "central"
+            [directoryservices.central]
+            url = "grpc+http://store.internal:8000"
+            "#,
+            "s.toml",
+        )
+        .unwrap();
+        let blob = format!("{:?}", c.blob.unwrap());
+        assert!(blob.contains("DiskCache") && blob.contains("size: 2147483648"), "{blob}");
+        assert!(format!("{:?}", c.directory.unwrap()).contains("size: 1048576"));
+    }
+
+    #[test]
     fn every_mistake_is_one_line_naming_its_entry() {
         let cases = [
             ("[blobservices.root]\ntype = \"cachee\"\n", "s.toml: blobservices.root: unknown type \"cachee\""),
@@ -230,6 +257,24 @@ mod tests {
                 "s.toml: blobservices.root: keyfile-signing signs PathInfos",
             ),
             ("[pathinfoservices.root]\ntype = \"keyfile-signing\"\ninner = \"a\"\n", "needs keyfile"),
+            (
+                "[blobservices.root]\ntype = \"disk-cache\"\nfar = \"a\"\n",
+                "s.toml: blobservices.root: a disk-cache needs dir",
+            ),
+            ("[blobservices.root]\ntype = \"disk-cache\"\ndir = \"/c\"\n", "a disk-cache needs far"),
+            (
+                "[blobservices.root]\ntype = \"disk-cache\"\ndir = \"/c\"\nfar = \"root\"\nsize = \"10Q\"\n",
+                "size: disk cache size \"10Q\": unknown unit",
+            ),
+            ("[blobservices.root]\ntype = \"disk-cache\"\ndir = \"/c\"\nfar = \"root\"\nsize = 0\n", "size must be"),
+            (
+                "[directoryservices.root]\ntype = \"disk-cache\"\ndir = \"/c\"\nfar = \"x\"\n",
+                "far = \"x\" names no entry",
+            ),
+            (
+                "[pathinfoservices.root]\ntype = \"disk-cache\"\ndir = \"/c\"\nfar = \"root\"\n",
+                "s.toml: pathinfoservices.root: a disk-cache holds blobs and directories",
+            ),
             ("[pathinfoservices.root]\ntype = \"keyfile-signing\"\nkeyfile = \"/k\"\n", "needs inner"),
             (
                 "[pathinfoservices.root]\ntype = \"keyfile-signing\"\ninner = \"x\"\nkeyfile = \"/k\"\n",

@@ -155,3 +155,24 @@ pub fn run_on_store(store: &Path, args: &[&str]) -> std::process::Output {
 pub fn tvix_store() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tvix-store"))
 }
+
+/// The text of `GET /metrics` from a `--metrics-listen` endpoint on the loopback.
+pub fn scrape(port: u16) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `name{labels…}` whose labels include every one of `labels`.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let matches =
+            series == name || (series.starts_with(&format!("{name}{{")) && labels.iter().all(|l| series.contains(l)));
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}
