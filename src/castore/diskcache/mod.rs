@@ -120,6 +120,8 @@ pub struct DiskCache {
     since_scan: AtomicU64,
     /// Held by the one task of this process that evicts (other processes: the lock file).
     evicting: parking_lot::Mutex<()>,
+    /// Set while a background eviction is queued or running, so stores start at most one.
+    eviction_queued: AtomicBool,
     /// Set after a write failed (full disk, read-only remount...): hits are still served, but
     /// nothing more is stored; warned about once.
     writes_off: AtomicBool,
@@ -177,6 +179,7 @@ impl DiskCache {
             // The first store scans: what earlier processes left is counted before we add to it.
             since_scan: AtomicU64::new(u64::MAX / 2),
             evicting: parking_lot::Mutex::new(()),
+            eviction_queued: AtomicBool::new(false),
             writes_off: AtomicBool::new(false),
             read_warned: AtomicBool::new(false),
         })
@@ -237,50 +240,79 @@ impl DiskCache {
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
     }
 
-    /// Stores an object's (verified) bytes; evicts first if that takes the cache over its
-    /// bound. Never fails: a cache that cannot store is bypassed (warned once), since the
-    /// caller already has the bytes from the far side.
+    /// Stores an object's (verified) bytes, starting an eviction when that takes the cache
+    /// over its bound. Never fails: a cache that cannot store is bypassed (warned once), since
+    /// the caller already has the bytes from the far side.
     pub(crate) async fn store(self: &std::sync::Arc<Self>, object: Object, digest: &B3Digest, data: Bytes) {
         if self.writes_off.load(Ordering::Relaxed) {
             return;
         }
+        let size = allocated(data.len() as u64);
+        let since = self.since_scan.fetch_add(size, Ordering::Relaxed) + size;
+        let estimate = self.estimate.fetch_add(size, Ordering::Relaxed) + size;
+        // Evictions run beside the reads: a scan of a large cache takes seconds (about 0.1 s
+        // per 10,000 files, more with a cold dentry cache), which must not stall the read that
+        // happened to cross the bound. Only a cache an eighth over its bound, where eviction
+        // fell behind, makes its writers wait for one.
+        let wait = estimate > self.bound + self.bound / 8;
+        if !wait && (estimate > self.bound || since > self.bound / 8) {
+            self.evict_in_background();
+        }
         let this = self.clone();
         let digest = *digest;
-        let result = tokio::task::spawn_blocking(move || this.store_blocking(object, &digest, &data)).await;
-        let error = match result {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => e,
-            Err(e) => std::io::Error::other(e.to_string()),
-        };
+        let result = tokio::task::spawn_blocking(move || {
+            if wait {
+                this.evict_blocking()?;
+                // The scan ran before this file is written: it is counted again.
+                this.estimate.fetch_add(size, Ordering::Relaxed);
+                this.since_scan.fetch_add(size, Ordering::Relaxed);
+            }
+            write_renamed(&this.root, &this.path(object, &digest), &data)
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.stop_writes(&e),
+            Err(e) => self.stop_writes(&std::io::Error::other(e.to_string())),
+        }
+    }
+
+    /// Stops storing after a failure: hits are still served, misses go to the far side.
+    fn stop_writes(&self, error: &std::io::Error) {
         if !self.writes_off.swap(true, Ordering::Relaxed) {
             tracing::warn!(dir = %self.root.display(), error = %error,
                 "disk cache: cannot store into the cache; reading from the far store without caching from now on");
         }
     }
 
-    fn store_blocking(&self, object: Object, digest: &B3Digest, data: &[u8]) -> std::io::Result<()> {
-        let size = allocated(data.len() as u64);
-        let since = self.since_scan.fetch_add(size, Ordering::Relaxed) + size;
-        let estimate = self.estimate.fetch_add(size, Ordering::Relaxed) + size;
-        if estimate > self.bound || since > self.bound / 8 {
-            self.evict_blocking()?;
+    /// Starts an eviction on the blocking pool unless one of ours is queued or running.
+    fn evict_in_background(self: &std::sync::Arc<Self>) {
+        if self.eviction_queued.swap(true, Ordering::AcqRel) {
+            return;
         }
-        write_renamed(&self.root, &self.path(object, digest), data)
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = this.evict_blocking();
+            this.eviction_queued.store(false, Ordering::Release);
+            // A cache that cannot be evicted cannot be kept to its bound: stop filling it.
+            if let Err(e) = result {
+                this.stop_writes(&e);
+            }
+        });
     }
 
     /// Scans the cache and, when it is over its bound, removes the least recently used files
-    /// until it is at 90% of it. Waits for an eviction another process runs.
+    /// until it is at 90% of it. Waits for an eviction this or another process runs.
     pub fn evict_now(&self) -> std::io::Result<Eviction> {
         self.evict_blocking()
     }
 
     fn evict_blocking(&self) -> std::io::Result<Eviction> {
-        // Another task of ours is at it: its scan covers our file too.
-        let Some(_evicting) = self.evicting.try_lock() else {
-            return Ok(Eviction::default());
-        };
+        let _evicting = self.evicting.lock();
         let stored_before = self.since_scan.load(Ordering::Relaxed);
         let report = evict::run(&self.root, self.bound)?;
+        // What was stored during the scan may or may not have been seen by it: counted, so the
+        // estimate errs towards the next scan coming early.
         let stored_during = self.since_scan.load(Ordering::Relaxed).saturating_sub(stored_before);
         self.estimate.store(report.remaining + stored_during, Ordering::Relaxed);
         self.since_scan.store(stored_during, Ordering::Relaxed);
