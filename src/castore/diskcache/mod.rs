@@ -14,7 +14,7 @@
 //!   against their name (chunks by BLAKE3, directories by decoding and hashing, chunk lists by
 //!   the checksum they carry) and drops a file that fails, so a torn file is never served;
 //! - a file's mtime is its last use, refreshed on a hit at most once per [`TOUCH_AFTER`]; eviction
-//!   removes the least recently used files first (see [`evict`]);
+//!   removes the least recently used files first (see `evict.rs`);
 //! - any process may remove any object file at any time (eviction): a reader that finds it gone
 //!   treats that as a miss and fetches it from the far side again.
 
