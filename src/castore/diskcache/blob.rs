@@ -8,12 +8,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::{DiskCache, Object};
 use crate::castore::blobservice::{
-    BlobReader, BlobService, BlobWriter, CHUNK_MAX, ChunkMeta, ChunkSource, ChunkedReader, verify_chunk,
+    BlobReader, BlobService, BlobWriter, CHUNK_MAX, ChunkMeta, ChunkSource, ChunkStream, ChunkedReader, ParkedStream,
+    READ_AHEAD, verify_chunk,
 };
 use crate::castore::{B3Digest, Error};
 
@@ -100,7 +101,6 @@ impl BlobService for DiskCacheBlobService {
             return Ok(None);
         };
         let prefix = read_prefix(reader.as_mut(), CHUNK_MAX as u64).await.map_err(|e| Error::from_io(digest, e))?;
-        drop(reader);
         if prefix.len() <= CHUNK_MAX {
             let data = Bytes::from(prefix);
             if B3Digest::of(&data) != *digest {
@@ -118,19 +118,17 @@ impl BlobService for DiskCacheBlobService {
         if list.is_empty() {
             // A far store that does not expose chunks: nothing to cache piecewise, so the blob
             // is read from it directly.
+            drop(reader);
             return self.far.open_read(digest).await;
         }
-        // The chunks the prefix already holds are not fetched again.
-        let mut offset = 0usize;
-        for chunk in &list {
-            let end = offset + chunk.size as usize;
-            let Some(data) = prefix.get(offset..end) else { break };
-            if verify_chunk(digest, chunk, data).is_ok() {
-                self.cache.store(Object::Chunk, &chunk.digest, Bytes::copy_from_slice(data)).await;
-            }
-            offset = end;
-        }
-        Ok(Some(Box::new(ChunkedReader::new(self.source(), *digest, list))))
+        // A reader from the start (most are) continues the far read already under way, cutting
+        // it into chunks that are verified and stored as they pass; one elsewhere drops it and
+        // fetches the chunks it needs one by one.
+        let (cache, far) = (self.cache.clone(), self.far.clone());
+        let parked: ParkedStream = Box::new(move |blob, chunks| {
+            tee(cache, far, *blob, chunks.clone(), BytesMut::from(&prefix[..]), Some(reader))
+        });
+        Ok(Some(Box::new(ChunkedReader::new(self.source(), *digest, list).with_parked_stream(parked))))
     }
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {
@@ -177,6 +175,17 @@ struct CachingSource {
 
 #[async_trait]
 impl ChunkSource for CachingSource {
+    fn stream_chunks(&self, blob: &B3Digest, chunks: &Arc<[ChunkMeta]>) -> Option<ChunkStream> {
+        // A blob whose first chunk is cached is most likely cached whole: read chunk by chunk
+        // from the cache. Otherwise one far read of the whole blob, instead of one per chunk
+        // (over gRPC, a call per chunk made a cold fill of large files 2.5x slower).
+        let first = chunks.first()?;
+        if self.cache.contains_now(Object::Chunk, &first.digest) {
+            return None;
+        }
+        Some(tee(self.cache.clone(), self.far.clone(), *blob, chunks.clone(), BytesMut::new(), None))
+    }
+
     async fn get_chunk(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error> {
         if let Some(data) = read_chunk(&self.cache, digest).await {
             return Ok(Some(data));
@@ -201,6 +210,63 @@ impl ChunkSource for CachingSource {
         self.cache.store(Object::Chunk, digest, data.clone()).await;
         Ok(Some(data))
     }
+}
+
+/// The chunks of `blob` in order, cut from one far read of the whole blob (`reader`, already
+/// past `buffered`, or a new one), each verified and stored as it passes.
+fn tee(
+    cache: Arc<DiskCache>,
+    far: Arc<dyn BlobService>,
+    blob: B3Digest,
+    chunks: Arc<[ChunkMeta]>,
+    buffered: BytesMut,
+    reader: Option<Box<dyn BlobReader>>,
+) -> ChunkStream {
+    let (to, stream) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        if let Err(e) = tee_chunks(&cache, &far, &blob, &chunks, buffered, reader, &to).await {
+            let _ = to.send(Err(e)).await;
+        }
+    });
+    stream
+}
+
+async fn tee_chunks(
+    cache: &Arc<DiskCache>,
+    far: &Arc<dyn BlobService>,
+    blob: &B3Digest,
+    chunks: &[ChunkMeta],
+    mut buf: BytesMut,
+    reader: Option<Box<dyn BlobReader>>,
+    to: &tokio::sync::mpsc::Sender<Result<Bytes, Error>>,
+) -> Result<(), Error> {
+    let mut reader = match reader {
+        Some(reader) => reader,
+        None => far.open_read(blob).await?.ok_or_else(|| Error::NotFound(format!("blob {blob}")))?,
+    };
+    for meta in chunks {
+        if meta.size > CHUNK_FETCH_LIMIT {
+            return Err(Error::Corrupt(format!(
+                "far store lists chunk {} of blob {blob} with {} bytes, more than {CHUNK_FETCH_LIMIT}",
+                meta.digest, meta.size
+            )));
+        }
+        let size = meta.size as usize;
+        while buf.len() < size {
+            buf.reserve(size - buf.len());
+            if reader.read_buf(&mut buf).await.map_err(|e| Error::from_io(blob, e))? == 0 {
+                return Err(Error::Corrupt(format!("far store's blob {blob} ended before its chunk {}", meta.digest)));
+            }
+        }
+        let chunk = buf.split_to(size).freeze();
+        verify_chunk(blob, meta, &chunk)?;
+        cache.store(Object::Chunk, &meta.digest, chunk.clone()).await;
+        if to.send(Ok(chunk)).await.is_err() {
+            // The reader went elsewhere or is gone: dropping the far reader cancels its read.
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// A stored chunk list: BLAKE3 of the encoded list, then the list (the StatBlobResponse

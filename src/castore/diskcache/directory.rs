@@ -18,6 +18,11 @@ use super::{DiskCache, Object};
 use crate::castore::directoryservice::{DirectoryPutter, DirectoryService};
 use crate::castore::{B3Digest, Directory, Error};
 
+/// Directory files read at once during a recursive get from the cache. One at a time, a warm
+/// remount's first walk of a 3,000-file tree (about 370 directories) took 0.63 s against 0.09 s
+/// on the local store with the page cache dropped: each file was a separate wait for the disk.
+const READS_IN_FLIGHT: usize = 16;
+
 /// A directory service reading through a [`DiskCache`] in front of `far`.
 pub struct DiskCacheDirectoryService {
     cache: Arc<DiskCache>,
@@ -48,13 +53,23 @@ impl DiskCacheDirectoryService {
     }
 
     /// The whole closure of `root` from the cache, root first and each directory after one that
-    /// refers to it; `None` unless every directory of it is cached and valid.
+    /// refers to it; `None` unless every directory of it is cached and valid. Breadth first,
+    /// [`READS_IN_FLIGHT`] files at a time.
     async fn cached_closure(&self, root: &B3Digest) -> Option<Vec<Directory>> {
         let mut order = Vec::new();
         let mut pending = VecDeque::from([*root]);
         let mut seen = HashSet::from([*root]);
-        while let Some(digest) = pending.pop_front() {
-            let directory = self.cached(&digest).await?;
+        let mut in_flight = futures::stream::FuturesOrdered::new();
+        loop {
+            while in_flight.len() < READS_IN_FLIGHT
+                && let Some(digest) = pending.pop_front()
+            {
+                in_flight.push_back(async move { self.cached(&digest).await });
+            }
+            let Some(directory) = futures::StreamExt::next(&mut in_flight).await else {
+                return Some(order);
+            };
+            let directory = directory?;
             for (_, child, _) in directory.child_directories() {
                 if seen.insert(*child) {
                     pending.push_back(*child);
@@ -62,7 +77,6 @@ impl DiskCacheDirectoryService {
             }
             order.push(directory);
         }
-        Some(order)
     }
 
     async fn store(&self, digest: &B3Digest, directory: &Directory) {

@@ -206,6 +206,12 @@ impl DiskCache {
         tokio::task::spawn_blocking(move || path.is_file()).await.unwrap_or(false)
     }
 
+    /// Whether a file for the object exists, checked on the calling thread (one `stat`, for
+    /// callers that cannot wait).
+    pub(crate) fn contains_now(&self, object: Object, digest: &B3Digest) -> bool {
+        self.path(object, digest).is_file()
+    }
+
     /// The bytes of an object's file, unverified (the caller checks them and calls
     /// [`DiskCache::discard`] if they are wrong); `None` when absent or unreadable. A hit's
     /// mtime is refreshed.
