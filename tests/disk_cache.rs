@@ -382,3 +382,60 @@ fn unusable_directories_are_refused_at_open() {
     DiskCache::open(&ours, 1 << 20).unwrap();
     DiskCache::open(&ours, 1 << 20).unwrap();
 }
+
+/// A far service that sends every blob with its first byte flipped (chunk lists are right).
+struct LyingBlobs(Arc<dyn BlobService>);
+
+#[async_trait]
+impl BlobService for LyingBlobs {
+    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
+        self.0.has(digest).await
+    }
+    async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
+        let Some(mut reader) = self.0.open_read(digest).await? else { return Ok(None) };
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).await.unwrap();
+        if let Some(first) = bytes.first_mut() {
+            *first ^= 1;
+        }
+        Ok(Some(Box::new(std::io::Cursor::new(bytes))))
+    }
+    async fn open_write(&self) -> Box<dyn BlobWriter> {
+        self.0.open_write().await
+    }
+    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
+        self.0.open_write_deferred().await
+    }
+    async fn sync(&self) -> Result<(), Error> {
+        self.0.sync().await
+    }
+    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
+        self.0.chunks(digest).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_bytes_from_the_far_store_fail_the_read_and_are_not_cached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let far = Far::new();
+    let small = data(30_000, 5);
+    let big = data(BIG, 6);
+    let small_digest = far.put(&small).await;
+    let big_digest = far.put(&big).await;
+    let cache = Arc::new(DiskCache::open(tmp.path(), 1 << 30).unwrap());
+    let blobs = DiskCacheBlobService::new(cache, Arc::new(LyingBlobs(far.blobs.clone())));
+    let err = blobs.open_read(&small_digest).await.err().expect("wrong bytes of a small blob were accepted");
+    assert!(matches!(err, Error::Corrupt(_)), "{err}");
+    let mut out = Vec::new();
+    let read = match blobs.open_read(&big_digest).await {
+        Ok(Some(mut reader)) => reader.read_to_end(&mut out).await.map(|_| ()),
+        Ok(None) => panic!("big blob absent"),
+        Err(e) => Err(std::io::Error::other(e)),
+    };
+    assert!(read.is_err(), "wrong bytes of a large blob were served");
+    for file in object_files(tmp.path(), "chunks") {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(B3Digest::of(&std::fs::read(&file).unwrap()).to_hex(), name, "a wrong chunk was cached");
+    }
+    assert!(!object_file(tmp.path(), "chunks", &small_digest).exists());
+}
