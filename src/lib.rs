@@ -1,6 +1,7 @@
 //! tvix-store: a content-addressed Nix store that presents /nix/store lazily.
 //!
-//! - [`castore`]: blobs and directories addressed by BLAKE3, and the services storing them;
+//! - [`castore`]: blobs and directories addressed by BLAKE3, the services storing them, and the
+//!   caches in front of them (near/far combinators, the bounded local disk cache);
 //! - [`storepath`]: Nix store paths and nixbase32;
 //! - [`pathinfo`]: a store path's root node and narinfo, and the services storing them;
 //! - [`narinfo`]: Nix binary-cache narinfo files (parse, render, fingerprint, ed25519 keys and
