@@ -72,6 +72,11 @@ fn remote(target: &tvix_store::grpc::GrpcTarget) -> anyhow::Result<GrpcAdmin> {
 /// Runs `verify`: prints each problem on stdout, a summary on stderr; fails if any was found.
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let options = VerifyOptions { paths: parse_paths(&args.store_paths)?, contents: args.contents, nar: args.nar };
+    if args.services.cache_dir.is_some() {
+        // Through a cache, verify would check the cached copies and call a store clean that
+        // has lost data.
+        bail!("verify checks the store itself: run it without --cache-dir");
+    }
     let services = args.services.open(Role::Client).await?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);

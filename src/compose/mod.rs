@@ -307,6 +307,9 @@ fn maintenance(plan: &Plan, kept: Kept) -> Maintenance {
     if !plan.substituters.is_empty() {
         return Maintenance::Unsupported("the store has substituters: collect garbage without --substituter".into());
     }
+    if plan.disk_cache.is_some() {
+        return Maintenance::Unsupported("--cache-dir puts a cache in front of the store: run without it".into());
+    }
     if let (Some(chunks), Some(directories), Some(path_infos)) = (kept.chunks, kept.directories, kept.path_infos) {
         return Maintenance::Local(Backends { chunks, directories, path_infos });
     }
