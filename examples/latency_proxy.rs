@@ -96,13 +96,10 @@ async fn pipe(
     let writer = async move {
         let mut sent_until = Instant::now();
         let mut pending: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
-        loop {
-            let Some((due, piece)) = (match pending.pop_front() {
-                Some(next) => Some(next),
-                None => rx.recv().await,
-            }) else {
-                break;
-            };
+        while let Some((due, piece)) = match pending.pop_front() {
+            Some(next) => Some(next),
+            None => rx.recv().await,
+        } {
             tokio::time::sleep_until(due).await;
             if bytes_per_sec > 0.0 {
                 // The link is busy until the previous pieces have gone out at the capped rate.

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use super::walk::walk;
 use super::{Backends, MaintenanceError, Store};
 use crate::castore::blobservice::ChunkObject;
-use crate::castore::inventory::{Removal, StoredStream};
+use crate::castore::inventory::Removal;
 use crate::castore::{B3Digest, Node};
 
 /// How to collect.
@@ -97,39 +97,11 @@ pub async fn collect_garbage(
     let cutoff = started.checked_sub(options.grace).unwrap_or(SystemTime::UNIX_EPOCH);
     let live = mark(store).await?;
     let mut report = GcReport { paths: live.paths, ..GcReport::default() };
-    report.directories = sweep(
-        backends.directories.list(),
-        &live.directories,
-        options.dry_run,
-        |digest| {
-            let directories = backends.directories.clone();
-            async move { directories.remove(&digest, cutoff).await }
-        },
-        cutoff,
-    )
-    .await?;
-    report.chunk_lists = sweep(
-        backends.chunks.list(ChunkObject::ChunkList),
-        &live.chunk_lists,
-        options.dry_run,
-        |digest| {
-            let chunks = backends.chunks.clone();
-            async move { chunks.remove(ChunkObject::ChunkList, &digest, cutoff).await }
-        },
-        cutoff,
-    )
-    .await?;
-    report.chunks = sweep(
-        backends.chunks.list(ChunkObject::Chunk),
-        &live.chunks,
-        options.dry_run,
-        |digest| {
-            let chunks = backends.chunks.clone();
-            async move { chunks.remove(ChunkObject::Chunk, &digest, cutoff).await }
-        },
-        cutoff,
-    )
-    .await?;
+    let sweep = |kind, live| sweep(backends, kind, live, options.dry_run, cutoff);
+    // Top-down, so what a stopped collection leaves never has a directory without its blobs.
+    report.directories = sweep(SweepKind::Directory, &live.directories).await?;
+    report.chunk_lists = sweep(SweepKind::Chunks(ChunkObject::ChunkList), &live.chunk_lists).await?;
+    report.chunks = sweep(SweepKind::Chunks(ChunkObject::Chunk), &live.chunks).await?;
     if !options.dry_run {
         let leftovers = backends.chunks.remove_leftovers(cutoff).await?;
         report.leftovers = leftovers.count;
@@ -184,18 +156,27 @@ async fn mark(store: &Store) -> Result<LiveSet, MaintenanceError> {
     Ok(live)
 }
 
-/// Removes the objects `listed` that are not `live` and not written at or after `cutoff`.
-async fn sweep<F, Fut>(
-    mut listed: StoredStream<'_>,
+/// Which objects a sweep goes through.
+#[derive(Clone, Copy)]
+enum SweepKind {
+    /// Directories.
+    Directory,
+    /// Chunks or chunk lists.
+    Chunks(ChunkObject),
+}
+
+/// Removes the objects of `kind` that are not `live` and were not written at or after `cutoff`.
+async fn sweep(
+    backends: &Backends,
+    kind: SweepKind,
     live: &HashSet<B3Digest>,
     dry_run: bool,
-    remove: F,
     cutoff: SystemTime,
-) -> Result<Swept, MaintenanceError>
-where
-    F: Fn(B3Digest) -> Fut,
-    Fut: std::future::Future<Output = Result<Removal, crate::castore::Error>>,
-{
+) -> Result<Swept, MaintenanceError> {
+    let mut listed = match kind {
+        SweepKind::Directory => backends.directories.list(),
+        SweepKind::Chunks(object) => backends.chunks.list(object),
+    };
     let mut swept = Swept::default();
     while let Some(stored) = listed.next().await {
         let stored = stored?;
@@ -212,7 +193,11 @@ where
             swept.removed_bytes += stored.size;
             continue;
         }
-        match remove(stored.digest).await? {
+        let removal = match kind {
+            SweepKind::Directory => backends.directories.remove(&stored.digest, cutoff).await?,
+            SweepKind::Chunks(object) => backends.chunks.remove(object, &stored.digest, cutoff).await?,
+        };
+        match removal {
             Removal::Removed(size) => {
                 swept.removed += 1;
                 swept.removed_bytes += size;
