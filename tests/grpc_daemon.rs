@@ -13,8 +13,13 @@ use tokio::io::AsyncWriteExt;
 use tvix_store::castore::blobservice::BlobService;
 use tvix_store::castore::{B3Digest, Error};
 
-const OUR_SERVICES: [&str; 3] =
-    ["tvix.castore.v1.BlobService", "tvix.castore.v1.DirectoryService", "tvix.store.v1.PathInfoService"];
+const OUR_SERVICES: [&str; 4] = [
+    "tvix.castore.v1.BlobService",
+    "tvix.castore.v1.DirectoryService",
+    "tvix.store.v1.PathInfoService",
+    // Our own extension, in its own package.
+    "tvix_store.ext.v1.BlobBatchService",
+];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_reports_serving() {

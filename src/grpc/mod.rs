@@ -1,6 +1,8 @@
-//! gRPC clients of our three services, usable wherever a service trait object is expected.
+//! gRPC clients of our three services, usable wherever a service trait object is expected, and
+//! of our batched blob read beside them.
 
 mod blob;
+mod blob_batch;
 pub mod channel;
 mod directory;
 mod pathinfo;

@@ -1,7 +1,9 @@
-//! gRPC servers for our three services (wire-compatible with tvix), plus `grpc.health.v1` and
+//! gRPC servers for our three services (wire-compatible with tvix), our own extension beside
+//! them (`tvix_store.ext.v1.BlobBatchService`, batched blob reads), plus `grpc.health.v1` and
 //! server reflection (v1 and v1alpha), on a TCP address or a unix socket.
 
 mod blob;
+mod blob_batch;
 mod directory;
 mod listen;
 mod metrics;
@@ -19,6 +21,7 @@ use tonic::transport::server::{Router, TcpIncoming};
 use tower::layer::util::{Identity, Stack};
 
 pub use blob::BlobServer;
+pub use blob_batch::{BlobBatchServer, MAX_DIGESTS as MAX_BATCH_DIGESTS};
 pub use directory::DirectoryServer;
 pub use listen::{ListenAddr, Listener, SocketFile};
 pub use owner::{OwnerSocket, serve_owner_socket};
@@ -31,6 +34,7 @@ use crate::grpc::MAX_MESSAGE_SIZE;
 use crate::pathinfo::{NarCalculationService, PathInfoService};
 use crate::proto::castore::blob_service_server::BlobServiceServer;
 use crate::proto::castore::directory_service_server::DirectoryServiceServer;
+use crate::proto::ext::blob_batch_service_server::BlobBatchServiceServer;
 use crate::proto::store::path_info_service_server::PathInfoServiceServer;
 
 /// Why serving failed.
@@ -98,6 +102,9 @@ async fn router(
     handlers: Handlers,
 ) -> Result<Router<Stack<metrics::RpcMetrics, Stack<uploads::WatchUploads, Identity>>>, ServeError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
+    let blob_batch = BlobBatchServiceServer::new(BlobBatchServer::new(handlers.blob.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let blob = BlobServiceServer::new(BlobServer::new(handlers.blob))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -110,6 +117,7 @@ async fn router(
     health_reporter.set_serving::<BlobServiceServer<BlobServer>>().await;
     health_reporter.set_serving::<DirectoryServiceServer<DirectoryServer>>().await;
     health_reporter.set_serving::<PathInfoServiceServer<PathInfoServer>>().await;
+    health_reporter.set_serving::<BlobBatchServiceServer<BlobBatchServer>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -130,7 +138,8 @@ async fn router(
         .add_service(reflection_v1alpha)
         .add_service(blob)
         .add_service(directory)
-        .add_service(path_info))
+        .add_service(path_info)
+        .add_service(blob_batch))
 }
 
 /// Serves `handlers` on `listener` until `shutdown` resolves; then lets calls in progress finish

@@ -14,7 +14,9 @@ mod writer;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncWrite};
 
 pub use cache::CacheBlobService;
 pub use chunked::{ChunkStore, ChunkedBlobService};
@@ -55,6 +57,17 @@ pub trait BlobWriter: AsyncWrite + Send + Unpin {
     /// returns the same digest.
     async fn close(&mut self) -> Result<B3Digest, Error>;
 }
+
+/// One result of [`BlobService::read_many`]: a digest asked for, and the blob's whole bytes,
+/// verified against it (`None` when the blob is absent).
+pub type ManyBlob = (B3Digest, Result<Option<Bytes>, Error>);
+
+/// The results of [`BlobService::read_many`], one per digest asked for, in the order asked.
+pub type ManyBlobs<'a> = BoxStream<'a, ManyBlob>;
+
+/// Blobs the default [`BlobService::read_many`] reads at once: what the NAR renderer kept in
+/// flight before batching (16 kept a daemon-backed render at the speed of a local one, issue 2).
+pub const READ_MANY_CONCURRENCY: usize = 16;
 
 /// Stores and serves blobs.
 #[async_trait]
@@ -100,6 +113,47 @@ pub trait BlobService: Send + Sync {
     fn serving(&self) -> Option<&dyn ServingReads> {
         None
     }
+
+    /// The whole bytes of many blobs, each verified against its digest, for a caller that
+    /// knows what it needs next (NAR rendering, the mount's prefetch): one result per digest
+    /// asked for (a digest asked twice gets two), in the order asked. The stream reads ahead
+    /// of the caller by a bounded amount only. Meant for small blobs: each result holds a
+    /// whole blob in memory, so a caller bounds the bytes of what it asks for at once.
+    ///
+    /// A read-speed hook, so unlike the durability hooks it has a default: one read per blob,
+    /// [`READ_MANY_CONCURRENCY`] at a time ([`read_each`]). The gRPC client overrides it with
+    /// batched calls; a wrapper that does not forward it loses speed, never a guarantee.
+    fn read_many(&self, digests: Vec<B3Digest>) -> ManyBlobs<'_> {
+        read_each(self, digests)
+    }
+}
+
+/// [`BlobService::read_many`] as single reads of `blob`, [`READ_MANY_CONCURRENCY`] at a time,
+/// results in the order asked: the default, also for wrappers that add to it.
+pub fn read_each<'a, S: BlobService + ?Sized>(blob: &'a S, digests: Vec<B3Digest>) -> ManyBlobs<'a> {
+    futures::stream::iter(digests)
+        .map(move |digest| async move { (digest, read_whole_blob(blob, &digest).await) })
+        .buffered(READ_MANY_CONCURRENCY)
+        .boxed()
+}
+
+/// All of one blob's bytes, verified; `None` when absent. A backend with [`ServingReads`]
+/// hands over its own buffer (one lookup, no reader); otherwise the blob is read through its
+/// reader, which verifies every chunk.
+pub async fn read_whole_blob<S: BlobService + ?Sized>(blob: &S, digest: &B3Digest) -> Result<Option<Bytes>, Error> {
+    if let Some(serving) = blob.serving() {
+        return match serving.read_whole(digest, u64::MAX).await? {
+            WholeBlob::Absent => Ok(None),
+            WholeBlob::Verified(data) => Ok(Some(data)),
+            WholeBlob::TooLarge => Err(Error::Storage(format!("blob {digest} is too large to be read whole"))),
+        };
+    }
+    let Some(mut reader) = blob.open_read(digest).await? else {
+        return Ok(None);
+    };
+    let mut data = Vec::new();
+    reader.read_to_end(&mut data).await.map_err(|e| Error::from_io(digest, e))?;
+    Ok(Some(data.into()))
 }
 
 /// Reads that hand out a backend's own verified buffers, for a sender that passes them on
