@@ -6,7 +6,6 @@ mod grpc_common;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,9 +17,10 @@ use tvix_store::castore::blobservice::{BlobReader, BlobService, BlobWriter, Chun
 use tvix_store::castore::{B3Digest, Error};
 use tvix_store::grpc::GrpcBlobService;
 use tvix_store::proto::castore::blob_service_server::BlobServiceServer;
+use tvix_store::proto::castore::directory_service_server::DirectoryServiceServer;
 use tvix_store::proto::ext;
 use tvix_store::proto::ext::blob_batch_service_server::{BlobBatchService, BlobBatchServiceServer};
-use tvix_store::server::BlobServer;
+use tvix_store::server::{BlobBatchServer, BlobServer, DirectoryServer};
 
 async fn put(service: &dyn BlobService, content: &[u8]) -> B3Digest {
     let mut w = service.open_write().await;
@@ -236,35 +236,61 @@ impl BlobBatchService for Liar {
     }
 }
 
-/// Serves `blob` with the tvix BlobService, plus `batch` when given, on a unix socket in
-/// `dir`; counts the calls of the batched read that reached the server (whether served or not).
+/// Which batched read a test server offers.
+enum Batch {
+    /// None: a plain tvix-protocol server.
+    Absent,
+    Liar(Liar),
+    /// Ours, over the same blob service.
+    Ours,
+}
+
+/// The paths of the calls a test server received.
+type Calls = Arc<Mutex<Vec<String>>>;
+
+fn count(calls: &Calls, prefix: &str) -> usize {
+    calls.lock().iter().filter(|p| p.starts_with(prefix)).count()
+}
+
+const BATCH_PATH: &str = "/tvix_store.ext.v1.BlobBatchService/";
+const READ_PATH: &str = "/tvix.castore.v1.BlobService/Read";
+
+/// Serves `blob` with the tvix BlobService (and DirectoryService, when given), plus `batch`,
+/// on a unix socket in `dir`; records the path of every call that reached the server (whether
+/// it has that service or not).
 async fn serve(
     dir: &std::path::Path,
     blob: Arc<dyn BlobService>,
-    batch: Option<Liar>,
-) -> (String, Arc<AtomicUsize>, tokio::sync::oneshot::Sender<()>) {
+    directory: Option<Arc<dyn tvix_store::castore::directoryservice::DirectoryService>>,
+    batch: Batch,
+) -> (String, Calls, tokio::sync::oneshot::Sender<()>) {
     let socket = dir.join("test.sock");
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let batch_calls = Arc::new(AtomicUsize::new(0));
-    let counter = {
-        let batch_calls = batch_calls.clone();
+    let calls: Calls = Arc::default();
+    let recorder = {
+        let calls = calls.clone();
         tower::util::MapRequestLayer::new(move |request: tonic::codegen::http::Request<tonic::body::Body>| {
-            if request.uri().path().starts_with("/tvix_store.ext.v1.BlobBatchService/") {
-                batch_calls.fetch_add(1, Ordering::Relaxed);
-            }
+            calls.lock().push(request.uri().path().to_string());
             request
         })
     };
+    let (liar, ours) = match batch {
+        Batch::Absent => (None, None),
+        Batch::Liar(liar) => (Some(BlobBatchServiceServer::new(liar)), None),
+        Batch::Ours => (None, Some(BlobBatchServiceServer::new(BlobBatchServer::new(blob.clone())))),
+    };
     let router = tonic::transport::Server::builder()
-        .layer(counter)
+        .layer(recorder)
         .add_service(BlobServiceServer::new(BlobServer::new(blob)))
-        .add_optional_service(batch.map(BlobBatchServiceServer::new));
+        .add_optional_service(directory.map(|d| DirectoryServiceServer::new(DirectoryServer::new(d))))
+        .add_optional_service(liar)
+        .add_optional_service(ours);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stopped.await;
     }));
-    (format!("grpc+unix://{}", socket.display()), batch_calls, stop)
+    (format!("grpc+unix://{}", socket.display()), calls, stop)
 }
 
 /// Eight small blobs and one more (the "not asked for" one) in a memory store.
@@ -284,12 +310,12 @@ async fn broken_batched_entries_fail_only_themselves_and_are_read_again() {
     let (store, blobs, unrequested) = eight_and_one().await;
     let recording = Arc::new(Recording { inner: store.clone(), opened: Mutex::new(vec![]), corrupt: None });
     let dir = tempfile::tempdir().unwrap();
-    let (addr, batch_calls, _stop) =
-        serve(dir.path(), recording.clone(), Some(Liar { store: store.clone(), unrequested })).await;
+    let (addr, calls, _stop) =
+        serve(dir.path(), recording.clone(), None, Batch::Liar(Liar { store: store.clone(), unrequested })).await;
     let client = GrpcBlobService::new(tvix_store::compose::channel(&addr).unwrap());
     let digests: Vec<B3Digest> = blobs.iter().map(|(d, _)| *d).collect();
     let results = read_many(&client, &digests).await;
-    assert_eq!(batch_calls.load(Ordering::Relaxed), 1);
+    assert_eq!(count(&calls, BATCH_PATH), 1);
     assert_eq!(client.has_batch_read(), Some(true));
     assert_eq!(results.len(), 8, "one result per digest asked for, none for the one not asked for");
     for ((digest, result), (want, content)) in results.iter().zip(&blobs) {
@@ -313,7 +339,8 @@ async fn an_entry_broken_in_the_batch_and_in_its_read_again_is_an_error_naming_i
     // Blob 3 comes corrupt in the batch, and corrupt again from the plain Read.
     let recording = Arc::new(Recording { inner: store.clone(), opened: Mutex::new(vec![]), corrupt: Some(digests[3]) });
     let dir = tempfile::tempdir().unwrap();
-    let (addr, _, _stop) = serve(dir.path(), recording, Some(Liar { store: store.clone(), unrequested })).await;
+    let (addr, _, _stop) =
+        serve(dir.path(), recording, None, Batch::Liar(Liar { store: store.clone(), unrequested })).await;
     let client = GrpcBlobService::new(tvix_store::compose::channel(&addr).unwrap());
     let results = read_many(&client, &digests).await;
     assert_eq!(results.len(), 8);
@@ -342,7 +369,7 @@ async fn a_plain_tvix_server_is_read_one_blob_at_a_time_and_remembered() {
     let recording = Arc::new(Recording { inner: store.clone(), opened: Mutex::new(vec![]), corrupt: None });
     let dir = tempfile::tempdir().unwrap();
     // Only the tvix services: the batched read is answered UNIMPLEMENTED.
-    let (addr, batch_calls, _stop) = serve(dir.path(), recording.clone(), None).await;
+    let (addr, calls, _stop) = serve(dir.path(), recording.clone(), None, Batch::Absent).await;
     let client = GrpcBlobService::new(tvix_store::compose::channel(&addr).unwrap());
     for round in 0..2 {
         let results = read_many(&client, &digests).await;
@@ -358,13 +385,13 @@ async fn a_plain_tvix_server_is_read_one_blob_at_a_time_and_remembered() {
         }
         assert_eq!(client.has_batch_read(), Some(false));
         // The first call found out; the second went straight to plain Reads.
-        assert_eq!(batch_calls.load(Ordering::Relaxed), 1, "round {round}: the fallback must be remembered");
+        assert_eq!(count(&calls, BATCH_PATH), 1, "round {round}: the fallback must be remembered");
         assert_eq!(recording.opened.lock().len(), digests.len() * (round + 1), "one Read per blob");
     }
     // A clone (same channel) knows it too.
     let clone = client.clone();
     let _ = read_many(&clone, &digests[..1]).await;
-    assert_eq!(batch_calls.load(Ordering::Relaxed), 1);
+    assert_eq!(count(&calls, BATCH_PATH), 1);
 
     // A client forced to the plain protocol never asks, even a server that has the extension.
     let daemon = Daemon::unix();
@@ -373,4 +400,46 @@ async fn a_plain_tvix_server_is_read_one_blob_at_a_time_and_remembered() {
     let results = read_many(&forced, &[digest]).await;
     assert!(results[0].1.as_ref().unwrap().as_deref() == Some(&contents[2][..]));
     assert_eq!(forced.has_batch_read(), Some(false));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nar_rendering_over_grpc_reads_small_files_in_batches() {
+    // 600 small files (more than two batches), a large one, and a subdirectory.
+    let tree = tempfile::tempdir().unwrap();
+    let root = tree.path().join("tree");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("big"), data(3_000_000, 1)).unwrap();
+    for i in 0..600u32 {
+        std::fs::write(root.join(format!("f{i:04}")), data(100 + i as usize * 7, 1000 + i)).unwrap();
+    }
+    for i in 0..20u32 {
+        std::fs::write(root.join("sub").join(format!("s{i:02}")), data(5000, 5000 + i)).unwrap();
+    }
+    let blob = tvix_store::compose::blob_service("memory://").unwrap();
+    let directory = tvix_store::compose::directory_service("memory://").unwrap();
+    let ingested = tvix_store::import::ingest_path(blob.clone(), directory.clone(), &root, None).await.unwrap();
+    let local =
+        tvix_store::nar::write_nar(Vec::new(), &ingested.node, blob.as_ref(), directory.as_ref()).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, calls, _stop) = serve(dir.path(), blob.clone(), Some(directory.clone()), Batch::Ours).await;
+    let remote_blob = GrpcBlobService::new(tvix_store::compose::channel(&addr).unwrap());
+    let remote_directory = tvix_store::compose::directory_service(&addr).unwrap();
+    let layout = tvix_store::nar::NarLayout::of(&ingested.node, remote_directory.as_ref()).await.unwrap();
+    let rendered = layout.write(Vec::new(), &remote_blob).await.unwrap();
+    assert!(rendered == local, "the NAR rendered over gRPC differs from the local one");
+    // 620 small files in batches of at most 256 (cut also where the large file sits): a few
+    // batched calls, and Reads only for the large file.
+    let batches = count(&calls, BATCH_PATH);
+    assert!((3..=5).contains(&batches), "{batches} batched calls for 620 small files");
+    let reads = count(&calls, READ_PATH);
+    assert!(reads <= 2, "{reads} Read calls: small files must not be read one by one");
+
+    // A range inside the small files: its files only, still batched.
+    calls.lock().clear();
+    let (offset, size) = layout.files().nth(300).unwrap();
+    let part = layout.write_range(Vec::new(), &remote_blob, offset + 1..offset + size + 5000).await.unwrap();
+    assert!(part == local[offset as usize + 1..offset as usize + size as usize + 5000]);
+    assert_eq!(count(&calls, BATCH_PATH), 1);
+    assert_eq!(count(&calls, READ_PATH), 0);
 }

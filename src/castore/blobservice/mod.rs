@@ -291,6 +291,60 @@ mod tests {
         assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
 
+    #[tokio::test(flavor = "multi_thread")]
+    async fn read_many_equals_single_reads_and_fails_only_a_corrupt_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        for service in local_services(dir.path()).await {
+            let mut digests = Vec::new();
+            // More than one get_chunks group, with empty, tiny, multi-chunk and large blobs.
+            for (i, len) in [0, 1, 700_000, 5_000_000].into_iter().chain((0..40).map(|i| 100 + i * 50)).enumerate() {
+                let mut content = data(len);
+                content.extend_from_slice(&(i as u32).to_le_bytes()[..len.min(4)]);
+                let mut w = service.open_write().await;
+                w.write_all(&content).await.unwrap();
+                digests.push(w.close().await.unwrap());
+            }
+            let absent = B3Digest::of(b"absent");
+            let asked = [&digests[..2], &[absent], &digests[2..], &[digests[5]]].concat();
+            let results: Vec<ManyBlob> = service.read_many(asked.clone()).collect().await;
+            assert_eq!(results.len(), asked.len());
+            for ((digest, result), want) in results.iter().zip(&asked) {
+                assert_eq!(digest, want, "in the order asked");
+                let got = result.as_ref().unwrap();
+                let single = match service.open_read(digest).await.unwrap() {
+                    Some(mut r) => {
+                        let mut back = Vec::new();
+                        r.read_to_end(&mut back).await.unwrap();
+                        Some(back)
+                    }
+                    None => None,
+                };
+                assert_eq!(got.as_ref().map(|b| b.to_vec()), single, "blob {digest}");
+            }
+        }
+        // A chunk file corrupted on disk fails its own entry only.
+        let service = ChunkedBlobService::new(LocalChunkStore::open(dir.path()).unwrap());
+        let (good, bad) = (data(3000), data(4000));
+        let mut pair = Vec::new();
+        for content in [&good, &bad] {
+            let mut w = service.open_write().await;
+            w.write_all(content).await.unwrap();
+            pair.push(w.close().await.unwrap());
+        }
+        let hex = pair[1].to_hex();
+        let path = dir.path().join("chunks").join(&hex[..2]).join(&hex);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[7] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let results: Vec<ManyBlob> = service.read_many(vec![pair[1], pair[0]]).collect().await;
+        assert!(
+            matches!(&results[0].1, Err(Error::Corrupt(m)) if m.contains(&pair[1].to_string())),
+            "{:?}",
+            results[0].1
+        );
+        assert_eq!(results[1].1.as_ref().unwrap().as_deref(), Some(&good[..]));
+    }
+
     #[tokio::test]
     async fn memory_and_local_roundtrip() {
         let dir = tempfile::tempdir().unwrap();
