@@ -50,8 +50,9 @@ impl BlobBatchServer {
 enum Entry {
     /// All of it, verified (at most [`PART_SIZE`] bytes).
     Whole(Bytes),
-    /// A larger blob, as verified chunk buffers.
-    Chunked(ChunkedReader),
+    /// A larger blob, as verified chunk buffers (boxed: a reader is large, and most blobs
+    /// come whole).
+    Chunked(Box<ChunkedReader>),
     /// A larger blob of a backend without [`crate::castore::blobservice::ServingReads`]; its
     /// reader verifies what it hands out.
     Reader(Box<dyn BlobReader>),
@@ -74,7 +75,7 @@ async fn try_open(blob: &dyn BlobService, digest: &B3Digest) -> Result<Entry, Er
             WholeBlob::TooLarge => {}
         }
         return Ok(match serving.open_chunked(digest).await? {
-            Some(reader) => Entry::Chunked(reader),
+            Some(reader) => Entry::Chunked(Box::new(reader)),
             None => Entry::NotFound,
         });
     }
