@@ -443,3 +443,35 @@ async fn nar_rendering_over_grpc_reads_small_files_in_batches() {
     assert_eq!(count(&calls, BATCH_PATH), 1);
     assert_eq!(count(&calls, READ_PATH), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_chunk_on_the_servers_disk_fails_only_its_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs");
+    let store = tvix_store::compose::blob_service(&format!("objectstore+file://{}", blobs.display())).unwrap();
+    let contents: Vec<Vec<u8>> = (0..5).map(|i| data(2000 + i * 100, 300 + i as u32)).collect();
+    let mut digests = Vec::new();
+    for content in &contents {
+        digests.push(put(store.as_ref(), content).await);
+    }
+    let hex = digests[2].to_hex();
+    let path = blobs.join("chunks").join(&hex[..2]).join(&hex);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let (addr, calls, _stop) = serve(dir.path(), store, None, Batch::Ours).await;
+    let client = GrpcBlobService::new(tvix_store::compose::channel(&addr).unwrap());
+    let results = read_many(&client, &digests).await;
+    assert_eq!(count(&calls, BATCH_PATH), 1);
+    for (i, (digest, result)) in results.iter().enumerate() {
+        if i == 2 {
+            let err = result.as_ref().expect_err("a corrupt blob must not be read");
+            assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
+            assert!(err.to_string().contains(&digest.to_string()), "{err}");
+        } else {
+            assert!(result.as_ref().unwrap().as_deref() == Some(&contents[i][..]), "blob {i}");
+        }
+    }
+    // The server's error part made the client try once more with Read (which failed too).
+    assert_eq!(count(&calls, READ_PATH), 1);
+}

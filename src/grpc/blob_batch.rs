@@ -55,13 +55,13 @@ impl BatchSupport {
     }
 
     fn set(&self, present: bool) {
-        // Absent stays absent: a client forced to the plain protocol must stay there.
-        let _ = self.0.compare_exchange(
-            UNKNOWN,
-            if present { PRESENT } else { ABSENT },
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        if present {
+            // Absent stays absent: a client forced to the plain protocol must stay there.
+            let _ = self.0.compare_exchange(UNKNOWN, PRESENT, Ordering::Relaxed, Ordering::Relaxed);
+        } else {
+            // Also after it was present: the daemon was replaced by a server without it.
+            self.0.store(ABSENT, Ordering::Relaxed);
+        }
     }
 }
 

@@ -1,9 +1,9 @@
 //! Our `tvix_store.ext.v1.BlobBatchService` server over any [`BlobService`]: many blobs in one
 //! call, streamed back in the order asked, each part tagged with its blob's digest.
 //!
-//! Read-ahead is bounded twice: at most [`READ_AHEAD_BLOBS`] blobs are being fetched ahead of
-//! the one being sent, each at most one message's worth ([`PART_SIZE`]) when fetched whole;
-//! and tonic pulls the response stream only as HTTP/2 flow control lets it send, so a client
+//! Read-ahead is bounded twice: at most [`GROUPS_AHEAD`] groups of [`GROUP`] blobs are being
+//! fetched ahead of the one being sent, each at most one message's worth ([`PART_SIZE`]) when
+//! fetched whole; and tonic pulls the response stream only as HTTP/2 flow control lets it send, so a client
 //! that stops reading stops the fetching after that.
 
 use std::pin::Pin;
@@ -22,9 +22,13 @@ use crate::proto::ext as proto;
 /// Most digests one request may ask for: 128 KiB of request, and far more small files than a
 /// client batches at once (the NAR renderer asks for at most 256).
 pub const MAX_DIGESTS: usize = 4096;
-/// Blobs fetched ahead of the one being sent. As many as the renderer kept in flight with one
-/// Read per blob (16), which hid the backend's per-blob latency (issue 2's measurements).
-const READ_AHEAD_BLOBS: usize = 16;
+/// Blobs fetched together ([`ServingReads::read_whole_many`](crate::castore::blobservice::ServingReads::read_whole_many)): a local store reads them in one
+/// trip to the blocking pool instead of one trip each.
+const GROUP: usize = 16;
+/// Groups under way at once: the next is fetched while one is sent. So at most 32 blobs, each
+/// fetched whole only up to [`PART_SIZE`], are read ahead of what was sent (32 MiB at worst,
+/// a few hundred KiB for small files); a larger blob is read chunk by chunk as it is sent.
+const GROUPS_AHEAD: usize = 2;
 /// Largest piece of a blob in one part, and the blobs fetched whole: our largest chunk, so a
 /// chunk goes out as the verified buffer the store handed over.
 const PART_SIZE: usize = 1024 * 1024;
@@ -60,29 +64,38 @@ enum Entry {
     Failed(Error),
 }
 
-async fn open(blob: &dyn BlobService, digest: &B3Digest) -> Entry {
-    match try_open(blob, digest).await {
-        Ok(entry) => entry,
-        Err(e) => Entry::Failed(e),
-    }
-}
-
-async fn try_open(blob: &dyn BlobService, digest: &B3Digest) -> Result<Entry, Error> {
-    if let Some(serving) = blob.serving() {
-        match serving.read_whole(digest, PART_SIZE as u64).await? {
-            WholeBlob::Absent => return Ok(Entry::NotFound),
-            WholeBlob::Verified(data) => return Ok(Entry::Whole(data)),
-            WholeBlob::TooLarge => {}
+/// Opens one group of the blobs asked for: the whole ones read with one
+/// [`ServingReads::read_whole_many`](crate::castore::blobservice::ServingReads::read_whole_many) where the backend has it (a local store: one trip to the
+/// blocking pool for the group), larger ones as chunked readers.
+async fn open_group(blob: &dyn BlobService, group: Vec<B3Digest>) -> Vec<(B3Digest, Entry)> {
+    let Some(serving) = blob.serving() else {
+        let mut entries = Vec::with_capacity(group.len());
+        for digest in group {
+            let entry = match blob.open_read(&digest).await {
+                Ok(Some(reader)) => Entry::Reader(reader),
+                Ok(None) => Entry::NotFound,
+                Err(e) => Entry::Failed(e),
+            };
+            entries.push((digest, entry));
         }
-        return Ok(match serving.open_chunked(digest).await? {
-            Some(reader) => Entry::Chunked(Box::new(reader)),
-            None => Entry::NotFound,
-        });
+        return entries;
+    };
+    let wholes = serving.read_whole_many(&group, PART_SIZE as u64).await;
+    let mut entries = Vec::with_capacity(group.len());
+    for (digest, whole) in group.into_iter().zip(wholes) {
+        let entry = match whole {
+            Ok(WholeBlob::Absent) => Entry::NotFound,
+            Ok(WholeBlob::Verified(data)) => Entry::Whole(data),
+            Ok(WholeBlob::TooLarge) => match serving.open_chunked(&digest).await {
+                Ok(Some(reader)) => Entry::Chunked(Box::new(reader)),
+                Ok(None) => Entry::NotFound,
+                Err(e) => Entry::Failed(e),
+            },
+            Err(e) => Entry::Failed(e),
+        };
+        entries.push((digest, entry));
     }
-    Ok(match blob.open_read(digest).await? {
-        Some(reader) => Entry::Reader(reader),
-        None => Entry::NotFound,
-    })
+    entries
 }
 
 fn part(digest: &B3Digest, offset: u64, data: Bytes, last: bool) -> proto::BlobPart {
@@ -103,12 +116,14 @@ fn failed(digest: &B3Digest, e: Error) -> proto::BlobPart {
 /// stream goes on.
 fn parts(blob: Arc<dyn BlobService>, digests: Vec<B3Digest>) -> impl Stream<Item = proto::BlobPart> + Send {
     async_stream::stream! {
-        let mut entries = futures::stream::iter(digests)
-            .map(|digest| {
+        let groups: Vec<Vec<B3Digest>> = digests.chunks(GROUP).map(<[B3Digest]>::to_vec).collect();
+        let mut entries = futures::stream::iter(groups)
+            .map(|group| {
                 let blob = blob.clone();
-                async move { (digest, open(blob.as_ref(), &digest).await) }
+                async move { open_group(blob.as_ref(), group).await }
             })
-            .buffered(READ_AHEAD_BLOBS);
+            .buffered(GROUPS_AHEAD)
+            .flat_map(futures::stream::iter);
         while let Some((digest, entry)) = entries.next().await {
             match entry {
                 Entry::Whole(data) => yield part(&digest, 0, data, true),

@@ -183,6 +183,25 @@ impl<S: ChunkStore> ServingReads for ChunkedBlobService<S> {
         }
         self.read_listed(digest, limit).await
     }
+
+    async fn read_whole_many(&self, digests: &[B3Digest], limit: u64) -> Vec<Result<WholeBlob, Error>> {
+        let mut fetched = self.store.get_chunks(digests).await.into_iter();
+        let mut results = Vec::with_capacity(digests.len());
+        for digest in digests {
+            results.push(match fetched.next() {
+                Some(Ok(Some(data))) => {
+                    verify_chunk(digest, &ChunkMeta { digest: *digest, size: data.len() as u64 }, &data).map(|()| {
+                        if data.len() as u64 > limit { WholeBlob::TooLarge } else { WholeBlob::Verified(data) }
+                    })
+                }
+                // Not a single chunk: a blob with a chunk list, or absent.
+                Some(Ok(None)) => self.read_listed(digest, limit).await,
+                Some(Err(e)) => Err(e),
+                None => Err(Error::Storage(format!("chunk store gave no answer for chunk {digest}"))),
+            });
+        }
+        results
+    }
 }
 
 impl<S: ChunkStore> ChunkedBlobService<S> {
@@ -207,27 +226,19 @@ impl<S: ChunkStore> ChunkedBlobService<S> {
     /// One group of a [`BlobService::read_many`]: the single-chunk blobs with one
     /// [`ChunkStore::get_chunks`], the others through their chunk lists.
     async fn read_group(&self, group: Vec<B3Digest>) -> Vec<ManyBlob> {
-        let mut fetched = self.store.get_chunks(&group).await.into_iter();
-        let mut results = Vec::with_capacity(group.len());
-        for digest in group {
-            let result = match fetched.next() {
-                Some(Ok(Some(data))) => {
-                    verify_chunk(&digest, &ChunkMeta { digest, size: data.len() as u64 }, &data).map(|()| Some(data))
-                }
-                Some(Ok(None)) => match self.read_listed(&digest, u64::MAX).await {
-                    Ok(WholeBlob::Verified(data)) => Ok(Some(data)),
-                    Ok(WholeBlob::Absent) => Ok(None),
-                    Ok(WholeBlob::TooLarge) => {
-                        Err(Error::Storage(format!("blob {digest} is too large to be read whole")))
-                    }
-                    Err(e) => Err(e),
-                },
-                Some(Err(e)) => Err(e),
-                None => Err(Error::Storage(format!("chunk store gave no answer for chunk {digest}"))),
-            };
-            results.push((digest, result));
-        }
-        results
+        let results = self.read_whole_many(&group, u64::MAX).await;
+        group
+            .into_iter()
+            .zip(results)
+            .map(|(digest, result)| {
+                let result = result.and_then(|whole| match whole {
+                    WholeBlob::Verified(data) => Ok(Some(data)),
+                    WholeBlob::Absent => Ok(None),
+                    WholeBlob::TooLarge => Err(Error::Storage(format!("blob {digest} is too large to be read whole"))),
+                });
+                (digest, result)
+            })
+            .collect()
     }
 
     /// The verified bytes of the blob if it is stored as a single chunk (under its own digest).

@@ -168,6 +168,18 @@ pub trait ServingReads: Send + Sync {
     /// A reader handing out the blob's verified chunk buffers themselves
     /// ([`ChunkedReader::next_piece`]); `None` when the blob is absent.
     async fn open_chunked(&self, digest: &B3Digest) -> Result<Option<ChunkedReader>, Error>;
+
+    /// Several blobs at once, each answered as [`ServingReads::read_whole`] would, in the
+    /// order asked: for the batched read's server. A read-speed hook, so it has a default (one
+    /// `read_whole` each, [`READ_MANY_CONCURRENCY`] at a time); a local chunk store reads
+    /// them with one trip to the blocking pool.
+    async fn read_whole_many(&self, digests: &[B3Digest], limit: u64) -> Vec<Result<WholeBlob, Error>> {
+        futures::stream::iter(digests.iter().copied())
+            .map(|digest| async move { self.read_whole(&digest, limit).await })
+            .buffered(READ_MANY_CONCURRENCY)
+            .collect()
+            .await
+    }
 }
 
 /// Outcome of [`ServingReads::read_whole`].
