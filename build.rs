@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "protos/tvix/castore/v1/rpc_directory.proto",
     "protos/tvix/store/v1/pathinfo.proto",
     "protos/tvix/store/v1/rpc_pathinfo.proto",
+    "protos/tvix_store/admin/v1/admin.proto",
     "protos/tvix_store/ext/v1/blob_batch.proto",
 ];
 

@@ -12,6 +12,7 @@
 //!   (`tvix_store.ext.v1`, the batched blob read);
 //! - [`grpc`], [`server`]: gRPC clients and servers for the three services;
 //! - [`nar`], [`import`]: the NAR codec, and ingestion of NARs and local paths;
+//! - [`maintenance`]: verify, delete and garbage collection;
 //! - [`substitute`]: Nix binary caches as a PathInfo source;
 //! - [`narbridge`]: the store served as a Nix binary cache over HTTP (reads and uploads);
 //! - [`fs`]: the filesystem core shared by the FUSE mount and the virtiofs frontend;
@@ -23,6 +24,7 @@ pub mod compose;
 pub mod fs;
 pub mod grpc;
 pub mod import;
+pub mod maintenance;
 pub mod nar;
 pub mod narbridge;
 pub mod narinfo;

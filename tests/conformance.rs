@@ -38,12 +38,12 @@ struct Under<T: ?Sized> {
 async fn grpc_server(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
     let socket = dir.join("conformance.sock");
     let listener = Listener::bind(&ListenAddr::Unix(socket.clone())).await.unwrap();
-    let handlers = Handlers {
-        blob: compose::blob_service("memory://").unwrap(),
-        directory: compose::directory_service("memory://").unwrap(),
-        path_info: compose::path_info_service("memory://").unwrap(),
-        nar: Arc::new(NoNarCalculation),
-    };
+    let handlers = Handlers::new(
+        compose::blob_service("memory://").unwrap(),
+        compose::directory_service("memory://").unwrap(),
+        compose::path_info_service("memory://").unwrap(),
+        Arc::new(NoNarCalculation),
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server::serve(listener, handlers, async move {
         let _ = stopped.await;
@@ -377,6 +377,122 @@ mod path_info {
 
     pub async fn not_found(service: &dyn PathInfoService) {
         assert_eq!(service.get([0xee; 20]).await.unwrap(), None);
+    }
+}
+
+/// The seams beneath the services that `delete` and garbage collection use.
+mod seams {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+    use tvix_store::castore::blobservice::ChunkObject;
+    use tvix_store::castore::inventory::Removal;
+    use tvix_store::compose::{Maintenance, Services};
+
+    pub async fn list_and_remove(services: &Services) {
+        let Maintenance::Local(backends) = &services.maintenance else {
+            panic!("three single backends must offer their seams");
+        };
+        let past = SystemTime::now() - Duration::from_secs(3600);
+        // Beyond any clock skew between us and a remote store's timestamps.
+        let future = || SystemTime::now() + Duration::from_secs(5);
+        let small = data(1000, 41);
+        let large = data(3 * CHUNK_MAX, 42);
+        let mut digests = Vec::new();
+        for content in [&small, &large] {
+            let mut w = services.blob.open_write().await;
+            w.write_all(content).await.unwrap();
+            digests.push(w.close().await.unwrap());
+        }
+        let chunks: HashSet<B3Digest> =
+            backends.chunks.list(ChunkObject::Chunk).map_ok(|s| s.digest).try_collect().await.unwrap();
+        let listed: Vec<_> = backends.chunks.list(ChunkObject::Chunk).try_collect().await.unwrap();
+        let small_entry = listed.iter().find(|s| s.digest == digests[0]).expect("the small blob is a listed chunk");
+        assert_eq!(small_entry.size, 1000);
+        let large_chunks = services.blob.chunks(&digests[1]).await.unwrap().unwrap();
+        assert!(large_chunks.len() > 1);
+        assert!(large_chunks.iter().all(|c| chunks.contains(&c.digest)), "chunks of the large blob not listed");
+        let lists: HashSet<B3Digest> =
+            backends.chunks.list(ChunkObject::ChunkList).map_ok(|s| s.digest).try_collect().await.unwrap();
+        assert_eq!(lists, HashSet::from([digests[1]]));
+
+        assert_eq!(backends.chunks.remove(ChunkObject::Chunk, &digests[0], past).await.unwrap(), Removal::Recent);
+        assert!(services.blob.has(&digests[0]).await.unwrap(), "a recent chunk was removed");
+        assert_eq!(
+            backends.chunks.remove(ChunkObject::Chunk, &digests[0], future()).await.unwrap(),
+            Removal::Removed(1000)
+        );
+        assert_eq!(backends.chunks.remove(ChunkObject::Chunk, &digests[0], future()).await.unwrap(), Removal::Absent);
+        assert!(!services.blob.has(&digests[0]).await.unwrap());
+        assert!(matches!(
+            backends.chunks.remove(ChunkObject::ChunkList, &digests[1], future()).await.unwrap(),
+            Removal::Removed(_)
+        ));
+        assert!(!services.blob.has(&digests[1]).await.unwrap(), "a blob without its chunk list is still there");
+
+        let mut dir = Directory::new();
+        dir.add(PathComponent::try_from("file").unwrap(), Node::file(digests[1], large.len() as u64, false)).unwrap();
+        let dir_digest = services.directory.put(dir).await.unwrap();
+        let stored: Vec<_> = backends.directories.list().try_collect().await.unwrap();
+        assert!(stored.iter().any(|s| s.digest == dir_digest), "the directory is not listed");
+        assert_eq!(backends.directories.remove(&dir_digest, past).await.unwrap(), Removal::Recent);
+        assert!(matches!(backends.directories.remove(&dir_digest, future()).await.unwrap(), Removal::Removed(_)));
+        assert_eq!(services.directory.get(&dir_digest).await.unwrap(), None);
+        assert_eq!(backends.directories.remove(&dir_digest, future()).await.unwrap(), Removal::Absent);
+
+        let info = path_info::info(77);
+        services.path_info.put(info.clone()).await.unwrap();
+        assert!(backends.path_infos.remove(*info.store_path.digest()).await.unwrap());
+        assert_eq!(services.path_info.get(*info.store_path.digest()).await.unwrap(), None);
+        assert!(!backends.path_infos.remove(*info.store_path.digest()).await.unwrap());
+    }
+}
+
+/// A store of three single backends, each a template as in [`url_in_tempdir`] (one temporary
+/// directory for all three).
+async fn store(blob: &str, directory: &str, path_info: &str) -> (compose::Services, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = |template: &str| template.replace("{dir}", &dir.path().display().to_string());
+    let graph = |kind, template: &str| Graph::single(kind, "conformance", &url(template)).unwrap();
+    let services = compose::open_graphs(
+        graph(Kind::Blob, blob),
+        graph(Kind::Directory, directory),
+        graph(Kind::PathInfo, path_info),
+    )
+    .await
+    .unwrap();
+    (services, dir)
+}
+
+async fn s3_store() -> compose::Services {
+    compose::open_graphs(s3_graph(Kind::Blob), s3_graph(Kind::Directory), s3_graph(Kind::PathInfo)).await.unwrap()
+}
+
+mod store_seams {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn memory() {
+        let (services, _dir) = store("memory://", "memory://", "memory://").await;
+        seams::list_and_remove(&services).await
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn local_files_and_redb() {
+        let (services, _dir) =
+            store("objectstore+file://{dir}/blobs", "redb://{dir}/directories.redb", "redb://{dir}/pathinfo.redb")
+                .await;
+        seams::list_and_remove(&services).await
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn object_store_memory() {
+        let (services, _dir) = store("objectstore+memory://", "objectstore+memory://", "objectstore+memory://").await;
+        seams::list_and_remove(&services).await
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn s3() {
+        seams::list_and_remove(&s3_store().await).await
     }
 }
 

@@ -243,12 +243,12 @@ impl BlobService for Instrumented {
 async fn in_process(blob: Arc<dyn BlobService>, dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
     let socket = dir.join("inproc.sock");
     let listener = Listener::bind(&ListenAddr::Unix(socket.clone())).await.unwrap();
-    let handlers = Handlers {
+    let handlers = Handlers::new(
         blob,
-        directory: tvix_store::compose::directory_service("memory://").unwrap(),
-        path_info: tvix_store::compose::path_info_service("memory://").unwrap(),
-        nar: Arc::new(NoNarCalculation),
-    };
+        tvix_store::compose::directory_service("memory://").unwrap(),
+        tvix_store::compose::path_info_service("memory://").unwrap(),
+        Arc::new(NoNarCalculation),
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server::serve(listener, handlers, async move {
         let _ = stopped.await;

@@ -13,11 +13,12 @@ use tokio::io::AsyncWriteExt;
 use tvix_store::castore::blobservice::BlobService;
 use tvix_store::castore::{B3Digest, Error};
 
-const OUR_SERVICES: [&str; 4] = [
+const OUR_SERVICES: [&str; 5] = [
     "tvix.castore.v1.BlobService",
     "tvix.castore.v1.DirectoryService",
     "tvix.store.v1.PathInfoService",
-    // Our own extension, in its own package.
+    // Our own extensions, each in its own package.
+    "tvix_store.admin.v1.StoreAdmin",
     "tvix_store.ext.v1.BlobBatchService",
 ];
 
@@ -280,4 +281,46 @@ async fn default_store_is_shared_between_the_daemon_and_other_commands() {
     // A new daemon serves what the command stored on its own.
     daemon.restart();
     assert!(path_info_ok(store_dir, &path_b));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_of_several_daemons_fails_over_when_one_goes_away() {
+    // Two stateless daemons over one blob store (as two daemons over one bucket would be).
+    let shared = tempfile::tempdir().unwrap();
+    let services = [
+        "--blob-service-addr".to_string(),
+        format!("objectstore+file://{}", shared.path().display()),
+        "--directory-service-addr".into(),
+        "memory://".into(),
+        "--path-info-service-addr".into(),
+        "memory://".into(),
+    ];
+    let mut first = Daemon::tcp_with(&services);
+    let second = Daemon::tcp_with(&services);
+    let addr = format!("{}?fallback={}", first.addr, second.addr.trim_start_matches("grpc+http://"));
+    let blobs = tvix_store::compose::blob_service(&addr).unwrap();
+    let content = data(200_000, 5);
+    let mut w = blobs.open_write().await;
+    w.write_all(&content).await.unwrap();
+    let digest = w.close().await.unwrap();
+
+    first.kill();
+    // The call that finds the first daemon gone fails; every later one goes to the second.
+    let mut failed = 0;
+    for _ in 0..20 {
+        match blobs.has(&digest).await {
+            Ok(found) => assert!(found, "the second daemon does not see the shared blob"),
+            Err(Error::Unavailable(_)) => failed += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert!(failed <= 1, "{failed} of 20 calls failed after the first daemon went away");
+    let mut back = Vec::new();
+    use tokio::io::AsyncReadExt;
+    blobs.open_read(&digest).await.unwrap().unwrap().read_to_end(&mut back).await.unwrap();
+    assert!(back == content);
+
+    // A single address without fallbacks keeps failing, as before.
+    let alone = tvix_store::compose::blob_service(&first.addr).unwrap();
+    assert!(matches!(alone.has(&digest).await, Err(Error::Unavailable(_))));
 }

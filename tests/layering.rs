@@ -109,3 +109,27 @@ fn the_binary_cache_server_and_source_know_no_schemes() {
         }
     }
 }
+
+#[test]
+fn maintenance_works_on_the_traits_only() {
+    // verify, delete and gc run the same on the embedded store and inside a daemon: they see the
+    // services and the backend seams, never which backend or transport is behind them.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let higher =
+        ["crate::compose", "crate::grpc", "crate::redb", "crate::server", "crate::fs", "crate::cli", "tonic::"];
+    let mut files = Vec::new();
+    rust_files(&src.join("maintenance"), &mut files);
+    assert!(files.len() >= 4, "found only {files:?}");
+    let offences: Vec<String> = files
+        .iter()
+        .flat_map(|file| {
+            let text = std::fs::read_to_string(file).unwrap();
+            text.lines()
+                .enumerate()
+                .filter(|(_, line)| !line.trim_start().starts_with("//") && higher.iter().any(|h| line.contains(h)))
+                .map(|(n, line)| format!("{}:{}: {}", file.display(), n + 1, line.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(offences.is_empty(), "maintenance imports higher layers:\n{}", offences.join("\n"));
+}

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cache_common::MountProcess;
-use garage_common::{Cluster, cluster, unique_prefix};
+use garage_common::{Cluster, cluster, own_cluster, unique_prefix};
 use nar_common::{free_port, wait_for_path};
 
 fn tvix_store() -> Command {
@@ -171,4 +171,120 @@ fn one_of_three_nodes_dying_during_a_read_and_an_import_goes_unnoticed() {
     let second_path = import_through(&socket, &second);
     let read = diff(&second, &mnt.join(second_path.trim_start_matches("/nix/store/")));
     assert!(read.status.success(), "the import with a node down differs: {}", String::from_utf8_lossy(&read.stdout));
+}
+
+/// `tvix-store ARGS` with all three services on `url` and the cluster's credentials.
+fn on_bucket(c: &Cluster, url: &str, args: &[&str]) -> std::process::Output {
+    let mut command = tvix_store();
+    c.credentials(&mut command);
+    let out = command
+        .args(args)
+        .args(["--blob-service-addr", url, "--directory-service-addr", url, "--path-info-service-addr", url])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "{args:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// kill -9 of the daemon during imports into the bucket: whatever import returned is intact,
+/// no PathInfo refers to a missing object (`verify --contents` on the bucket itself), and gc
+/// then removes the interrupted imports' objects.
+#[test]
+fn a_daemon_killed_during_imports_to_s3_leaves_a_verifiable_store() {
+    let c = cluster(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let url = c.url(&unique_prefix("kill-during-import"));
+    let socket = tmp.path().join("d.sock");
+    let mut interrupted = 0;
+    let mut imported = Vec::new();
+    for (round, delay) in [150u64, 500, 1200].into_iter().enumerate() {
+        let src = tmp.path().join(format!("tree-{round}"));
+        mount_common::make_tree(&src, 40 + round as u32);
+        std::fs::write(src.join("large.bin"), mount_common::data(12 << 20, 50 + round as u32)).unwrap();
+        // A killed daemon leaves its socket file; the next must not be taken as listening early.
+        let _ = std::fs::remove_file(&socket);
+        let daemon = daemon(c, &url, &socket);
+        let import = tvix_store()
+            .arg("import")
+            .args(through(&socket))
+            .arg(&src)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        drop(daemon);
+        let out = import.wait_with_output().unwrap();
+        if out.status.success() {
+            imported.push((String::from_utf8(out.stdout).unwrap().trim().to_string(), src));
+        } else {
+            interrupted += 1;
+        }
+    }
+    assert!(interrupted > 0, "no import was interrupted: the test did not test a crash");
+    assert!(on_bucket(c, &url, &["verify", "--contents"]).status.success(), "the bucket does not verify");
+    let out = on_bucket(c, &url, &["gc", "--grace", "0s"]);
+    assert!(out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!report.contains("removed 0 objects"), "interrupted imports left nothing behind? {report}");
+    let mut args = vec!["verify", "--contents", "--nar"];
+    args.extend(imported.iter().map(|(p, _)| p.as_str()));
+    assert!(on_bucket(c, &url, &args).status.success(), "gc broke a path whose import returned");
+    let out = on_bucket(c, &url, &["gc", "--dry-run", "--grace", "0s"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would remove 0 objects"), "gc left debris");
+}
+
+/// Every node of the cluster stopped (SIGSTOP: the engine hangs, as an unreachable one would):
+/// a mount's read fails with EIO within its call timeout, the mount and the daemon stay up, and
+/// reads succeed byte-exact once the nodes run again.
+#[test]
+fn all_nodes_down_is_eio_within_the_timeout_and_reads_recover() {
+    let c = own_cluster(1, "all-down");
+    let tmp = tempfile::tempdir().unwrap();
+    let url = c.url(&unique_prefix("all-down"));
+    let socket = tmp.path().join("d.sock");
+    let mut daemon = daemon(&c, &url, &socket);
+    let src = tmp.path().join("tree");
+    mount_common::make_tree(&src, 60);
+    let store_path = import_through(&socket, &src);
+
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let timeout = 3;
+    let mut mount = tvix_store();
+    mount.arg("mount").args(through(&socket)).args(["--timeout", &timeout.to_string()]).arg(&mnt);
+    let _mount = MountProcess::start(mount, &mnt);
+    let mounted = mnt.join(store_path.trim_start_matches("/nix/store/"));
+    let signal_all = |signal| {
+        for pid in &c.pids {
+            // SAFETY: kill(2) of Garage nodes this test started.
+            unsafe { libc::kill(*pid as libc::pid_t, signal) };
+        }
+    };
+    signal_all(libc::SIGSTOP);
+    let started = Instant::now();
+    let read = std::fs::read(mounted.join("bin/data-exe"));
+    let took = started.elapsed();
+    signal_all(libc::SIGCONT);
+    let err = read.expect_err("a read with every node stopped succeeded");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // The call timeout plus the kernel's round trip; a hang would be far longer.
+    assert!(took < Duration::from_secs(timeout * 3), "EIO took {took:?}");
+    assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon died");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let again = diff(&src, &mounted);
+        if again.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reads did not recover: {}", String::from_utf8_lossy(&again.stdout));
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

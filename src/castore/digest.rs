@@ -31,6 +31,16 @@ impl B3Digest {
     pub fn to_hex(&self) -> String {
         data_encoding::HEXLOWER.encode(&self.0)
     }
+
+    /// The digest a file of an on-disk layout is named by: exactly 64 lower-case hex
+    /// characters ([`B3Digest::to_hex`]); `None` for any other name (temporary files).
+    pub fn from_hex(name: &str) -> Option<Self> {
+        if name.len() != 2 * B3_LEN {
+            return None;
+        }
+        let raw = data_encoding::HEXLOWER.decode(name.as_bytes()).ok()?;
+        Self::try_from(raw.as_slice()).ok()
+    }
 }
 
 impl From<[u8; B3_LEN]> for B3Digest {

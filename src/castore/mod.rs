@@ -6,6 +6,7 @@ pub mod digest;
 pub mod directory;
 pub mod directoryservice;
 pub mod error;
+pub mod inventory;
 pub mod node;
 pub mod objects;
 pub mod path_component;

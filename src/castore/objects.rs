@@ -16,6 +16,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::Error;
+use super::inventory::Removal;
 
 /// A key prefix in an object store, and how to name it in errors.
 #[derive(Clone)]
@@ -96,6 +97,32 @@ impl Objects {
     /// at the first read.
     pub async fn probe(&self) -> Result<(), Error> {
         self.store.list_with_delimiter(Some(&self.prefix)).await.map(drop).map_err(|e| self.error(&self.prefix, e))
+    }
+
+    /// Every object below the prefix: its key, size and last write.
+    pub fn list_meta(&self) -> BoxStream<'_, Result<object_store::ObjectMeta, Error>> {
+        self.store.list(Some(&self.prefix)).map_err(|e| self.error(&self.prefix, e)).boxed()
+    }
+
+    /// Removes the object at `key` unless it was last written at or after `cutoff` (whatever
+    /// its age without one). Checked
+    /// just before the delete: an object store has no conditional delete, so a write landing
+    /// between the check and the delete can still lose (see docs/gc.md for what that means
+    /// with several writers).
+    pub async fn remove(&self, key: &Path, cutoff: Option<std::time::SystemTime>) -> Result<Removal, Error> {
+        let meta = match self.store.head(key).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Removal::Absent),
+            Err(e) => return Err(self.error(key, e)),
+        };
+        if cutoff.is_some_and(|cutoff| std::time::SystemTime::from(meta.last_modified) >= cutoff) {
+            return Ok(Removal::Recent);
+        }
+        match self.store.delete(key).await {
+            Ok(()) => Ok(Removal::Removed(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(Removal::Absent),
+            Err(e) => Err(self.error(key, e)),
+        }
     }
 
     /// Every key below the prefix.

@@ -22,6 +22,11 @@ pub struct Args {
     /// store's socket (<store dir>/daemon.sock) when serving the default store, else [::1]:8000.
     #[arg(short = 'l', long)]
     listen_address: Option<String>,
+    /// Serve delete and garbage collection (`tvix-store delete`, `tvix-store gc`) on TCP
+    /// listeners too; without it they are served on unix sockets only, which file permissions
+    /// guard.
+    #[arg(long)]
+    allow_remote_admin: bool,
 }
 
 /// Runs the command: serves until SIGINT or SIGTERM.
@@ -50,7 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     systemd::ready(&format!("serving on {}", addresses.join(", ")));
     let shutdown = super::announced(shutdown);
-    let handlers = Handlers::from_services(&store.services);
+    let handlers = Handlers { remote_admin: args.allow_remote_admin, ..Handlers::from_services(&store.services) };
     futures::future::try_join_all(
         listeners.into_iter().map(|listener| server::serve(listener, handlers.clone(), shutdown.clone())),
     )

@@ -4,6 +4,7 @@ mod copy;
 mod daemon;
 mod dump;
 mod import;
+mod maintenance;
 mod metrics;
 mod mount;
 mod nar_bridge;
@@ -60,6 +61,12 @@ enum Command {
     Virtiofs(virtiofs::Args),
     /// Serve the store as a Nix binary cache over HTTP (nix copy --from, substituters, uploads).
     NarBridge(nar_bridge::Args),
+    /// Check that every store path's data is present and intact; exit status 0 only when clean.
+    Verify(maintenance::VerifyArgs),
+    /// Remove store paths (their PathInfos); their data goes with the next gc.
+    Delete(maintenance::DeleteArgs),
+    /// Remove everything no store path keeps alive (blobs, chunks, directories).
+    Gc(maintenance::GcArgs),
     /// Print a shell completion script (bash, zsh, fish) to stdout.
     Completions(shell::CompletionsArgs),
     /// Write man pages for every command into a directory.
@@ -79,6 +86,9 @@ impl Cli {
             Command::Mount(args) => mount::run(args).await,
             Command::Virtiofs(args) => virtiofs::run(args).await,
             Command::NarBridge(args) => nar_bridge::run(args).await,
+            Command::Verify(args) => maintenance::verify(args).await,
+            Command::Delete(args) => maintenance::delete(args).await,
+            Command::Gc(args) => maintenance::gc(args).await,
             Command::Completions(args) => shell::completions(args),
             Command::Man(args) => shell::man(args),
         }

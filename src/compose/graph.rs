@@ -106,6 +106,14 @@ impl Graph {
         format!("{}.{name}", self.origin)
     }
 
+    /// The backend the graph is, when its root is one (no combinator in between).
+    pub fn root_leaf(&self) -> Option<&Leaf> {
+        match self.entries.get(ROOT) {
+            Some(Entry::Leaf { leaf, .. }) => Some(leaf),
+            _ => None,
+        }
+    }
+
     /// Every backend of the graph: its name in messages, its URL, what it names.
     pub fn leaves(&self) -> impl Iterator<Item = (String, &str, &Leaf)> + '_ {
         self.entries.iter().filter_map(|(name, entry)| match entry {

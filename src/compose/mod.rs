@@ -21,14 +21,19 @@ pub use url::Leaf;
 
 use crate::castore::CacheWrites;
 use crate::castore::blobservice::{
-    BlobService, CacheBlobService, ChunkedBlobService, LocalChunkStore, MemoryChunkStore, ObjectStoreChunkStore,
+    BlobService, CacheBlobService, ChunkStore, ChunkedBlobService, LocalChunkStore, MemoryChunkStore,
+    ObjectStoreChunkStore,
 };
 use crate::castore::directoryservice::{
-    CacheDirectoryService, DirectoryService, MemoryDirectoryStore, ObjectStoreDirectoryStore, StoredDirectoryService,
+    CacheDirectoryService, DirectoryService, DirectoryStore, MemoryDirectoryStore, ObjectStoreDirectoryStore,
+    StoredDirectoryService,
 };
 use crate::grpc::{GrpcBlobService, GrpcDirectoryService, GrpcPathInfoService, GrpcTarget};
+use crate::maintenance::Backends;
 use crate::narinfo::{SigningKey, SigningPathInfoService};
-use crate::pathinfo::{CachePathInfoService, MemoryPathInfoService, ObjectStorePathInfoService, PathInfoService};
+use crate::pathinfo::{
+    CachePathInfoService, MemoryPathInfoService, ObjectStorePathInfoService, PathInfoRemoval, PathInfoService,
+};
 use crate::substitute::{BinaryCache, SubstituteStats, Substituters, Transport};
 use defaultstore::{DefaultStoreError, StoreLock};
 
@@ -121,6 +126,21 @@ pub struct Services {
     pub store_lock: Option<StoreLock>,
     /// What the binary caches among these services fetched and stored (zero without any).
     pub substitute_stats: Arc<SubstituteStats>,
+    /// Where `delete` and garbage collection can run on this store.
+    pub maintenance: Maintenance,
+}
+
+/// Where a store's `delete` and garbage collection run: they remove from the backends
+/// themselves, which only the process holding them can do.
+#[derive(Clone)]
+pub enum Maintenance {
+    /// This process holds the backends.
+    Local(Backends),
+    /// The store is a daemon's (or the default store's owner's), reached at this address: the
+    /// operations run there, through its admin service.
+    Remote(GrpcTarget),
+    /// Neither; the reason, for the message.
+    Unsupported(String),
 }
 
 /// The checked graphs of the three services (`None` where the default store fills in), and the
@@ -200,8 +220,24 @@ pub async fn open(args: &StoreArgs, role: Role) -> Result<Services, ComposeError
         plan.path_info.get_or_insert_with(|| default(Kind::PathInfo));
         store_lock = attached.into_lock();
     }
+    build(plan, store_lock).await
+}
+
+/// Opens the services of three graphs (each checked), as [`open`] would for flags naming them:
+/// no default store, no substituters.
+pub async fn open_graphs(blob: Graph, directory: Graph, path_info: Graph) -> Result<Services, ComposeError> {
+    for graph in [&blob, &directory, &path_info] {
+        graph.check()?;
+    }
+    let plan =
+        Plan { blob: Some(blob), directory: Some(directory), path_info: Some(path_info), substituters: Vec::new() };
+    build(plan, None).await
+}
+
+/// Builds the services of a complete plan.
+async fn build(plan: Plan, store_lock: Option<StoreLock>) -> Result<Services, ComposeError> {
     let (Some(blob), Some(directory), Some(path_info)) = (&plan.blob, &plan.directory, &plan.path_info) else {
-        unreachable!("the default store fills in every service not given");
+        unreachable!("every service is planned before building");
     };
     for graph in [blob, directory, path_info] {
         for (entry, url, leaf) in graph.leaves() {
@@ -212,16 +248,47 @@ pub async fn open(args: &StoreArgs, role: Role) -> Result<Services, ComposeError
             }
         }
     }
-    let blob = build_blob(blob)?;
-    let directory = build_directory(directory, &blob)?;
+    let mut kept = Kept::default();
+    let blob = build_blob_keeping(blob, &mut kept.chunks)?;
+    let directory = build_directory_keeping(directory, &mut kept.directories)?;
     let substitute_stats = Arc::new(SubstituteStats::default());
-    let mut path_info = build_path_info_counting(path_info, &blob, &directory, &substitute_stats)?;
+    let mut path_info =
+        build_path_info_counting(path_info, &blob, &directory, &substitute_stats, &mut kept.path_infos)?;
+    let maintenance = maintenance(&plan, kept);
     if let Some(far) = substituters(&plan.substituters, &blob, &directory, &substitute_stats)? {
         // What a substituter sends is kept in the store's own PathInfo service, so the next
         // lookup is local; the caches themselves are never written to.
         path_info = Arc::new(CachePathInfoService::new(path_info, far, CacheWrites::Near));
     }
-    Ok(Services { blob, directory, path_info, store_lock, substitute_stats })
+    Ok(Services { blob, directory, path_info, store_lock, substitute_stats, maintenance })
+}
+
+/// The backends of services that are each one backend, kept as they are built.
+#[derive(Default)]
+struct Kept {
+    chunks: Option<Arc<dyn ChunkStore>>,
+    directories: Option<Arc<dyn DirectoryStore>>,
+    path_infos: Option<Arc<dyn PathInfoRemoval>>,
+}
+
+/// Where `delete` and garbage collection can run on the services `plan` describes.
+fn maintenance(plan: &Plan, kept: Kept) -> Maintenance {
+    let roots = [&plan.blob, &plan.directory, &plan.path_info].map(|g| g.as_ref().and_then(Graph::root_leaf));
+    if !plan.substituters.is_empty() {
+        return Maintenance::Unsupported("the store has substituters: collect garbage without --substituter".into());
+    }
+    if let (Some(chunks), Some(directories), Some(path_infos)) = (kept.chunks, kept.directories, kept.path_infos) {
+        return Maintenance::Local(Backends { chunks, directories, path_infos });
+    }
+    match roots {
+        [Some(Leaf::Grpc(a)), Some(Leaf::Grpc(b)), Some(Leaf::Grpc(c))] if a == b && b == c => {
+            Maintenance::Remote(a.clone())
+        }
+        _ => Maintenance::Unsupported(
+            "the blob, directory and path-info services must each be one backend (no cache or signing in between), or all one daemon's address"
+                .into(),
+        ),
+    }
 }
 
 /// Config parsing refuses `keyfile-signing` outside path-info services; this is the backstop.
@@ -229,18 +296,38 @@ const SIGNS_PATH_INFO_ONLY: &str = "keyfile-signing wraps path-info services onl
 
 /// Builds a blob service graph.
 pub fn build_blob(graph: &Graph) -> Result<Arc<dyn BlobService>, ComposeError> {
+    build_blob_keeping(graph, &mut None)
+}
+
+/// [`build_blob`], keeping the chunk store in `kept` when the graph is one backend that has one.
+fn build_blob_keeping(
+    graph: &Graph,
+    kept: &mut Option<Arc<dyn ChunkStore>>,
+) -> Result<Arc<dyn BlobService>, ComposeError> {
+    let single = graph.root_leaf().is_some();
+    let mut chunked = |store: Arc<dyn ChunkStore>, service: Arc<dyn BlobService>| {
+        if single {
+            *kept = Some(store);
+        }
+        Ok(service)
+    };
     graph.build::<dyn BlobService>(
         &mut |leaf| match leaf {
-            Leaf::Memory => Ok(Arc::new(ChunkedBlobService::new(MemoryChunkStore::default()))),
+            Leaf::Memory => {
+                let service = ChunkedBlobService::new(MemoryChunkStore::default());
+                chunked(service.chunk_store(), Arc::new(service))
+            }
             Leaf::LocalFiles(dir) => {
-                let store = LocalChunkStore::open(dir).map_err(|e| e.to_string())?;
-                Ok(Arc::new(ChunkedBlobService::new(store)))
+                let service = ChunkedBlobService::new(LocalChunkStore::open(dir).map_err(|e| e.to_string())?);
+                chunked(service.chunk_store(), Arc::new(service))
             }
             Leaf::ObjectStoreMemory => {
-                Ok(Arc::new(ChunkedBlobService::new(ObjectStoreChunkStore::in_objects(objectstore::memory()))))
+                let service = ChunkedBlobService::new(ObjectStoreChunkStore::in_objects(objectstore::memory()));
+                chunked(service.chunk_store(), Arc::new(service))
             }
             Leaf::S3(spec) => {
-                Ok(Arc::new(ChunkedBlobService::new(ObjectStoreChunkStore::in_objects(objectstore::s3(spec)?))))
+                let service = ChunkedBlobService::new(ObjectStoreChunkStore::in_objects(objectstore::s3(spec)?));
+                chunked(service.chunk_store(), Arc::new(service))
             }
             Leaf::Grpc(target) => Ok(Arc::new(GrpcBlobService::new(crate::grpc::channel(target)?))),
             Leaf::Redb(_) => Err("redb does not store blobs".into()),
@@ -256,19 +343,42 @@ pub fn build_blob(graph: &Graph) -> Result<Arc<dyn BlobService>, ComposeError> {
 /// Builds a directory service graph; `_blob` is the blob service already built (for backends
 /// that need one).
 pub fn build_directory(graph: &Graph, _blob: &Arc<dyn BlobService>) -> Result<Arc<dyn DirectoryService>, ComposeError> {
+    build_directory_keeping(graph, &mut None)
+}
+
+/// [`build_directory`], keeping the directory store in `kept` when the graph is one backend
+/// that has one.
+fn build_directory_keeping(
+    graph: &Graph,
+    kept: &mut Option<Arc<dyn DirectoryStore>>,
+) -> Result<Arc<dyn DirectoryService>, ComposeError> {
+    let single = graph.root_leaf().is_some();
+    let mut stored = |store: Arc<dyn DirectoryStore>, service: Arc<dyn DirectoryService>| {
+        if single {
+            *kept = Some(store);
+        }
+        Ok(service)
+    };
     graph.build::<dyn DirectoryService>(
         &mut |leaf| match leaf {
-            Leaf::Memory => Ok(Arc::new(StoredDirectoryService::new(MemoryDirectoryStore::default()))),
+            Leaf::Memory => {
+                let service = StoredDirectoryService::new(MemoryDirectoryStore::default());
+                stored(service.directory_store(), Arc::new(service))
+            }
             Leaf::Redb(path) => {
-                let store = crate::redb::RedbDirectoryStore::open(path).map_err(|e| e.to_string())?;
-                Ok(Arc::new(StoredDirectoryService::new(store)))
+                let service = StoredDirectoryService::new(
+                    crate::redb::RedbDirectoryStore::open(path).map_err(|e| e.to_string())?,
+                );
+                stored(service.directory_store(), Arc::new(service))
             }
             Leaf::Grpc(target) => Ok(Arc::new(GrpcDirectoryService::new(crate::grpc::channel(target)?))),
             Leaf::ObjectStoreMemory => {
-                Ok(Arc::new(StoredDirectoryService::new(ObjectStoreDirectoryStore::new(&objectstore::memory()))))
+                let service = StoredDirectoryService::new(ObjectStoreDirectoryStore::new(&objectstore::memory()));
+                stored(service.directory_store(), Arc::new(service))
             }
             Leaf::S3(spec) => {
-                Ok(Arc::new(StoredDirectoryService::new(ObjectStoreDirectoryStore::new(&objectstore::s3(spec)?))))
+                let service = StoredDirectoryService::new(ObjectStoreDirectoryStore::new(&objectstore::s3(spec)?));
+                stored(service.directory_store(), Arc::new(service))
             }
             Leaf::LocalFiles(_) => Err("this backend stores blobs only".into()),
             Leaf::BinaryCache(_) => Err("a binary cache is a path-info source only".into()),
@@ -287,24 +397,45 @@ pub fn build_path_info(
     blob: &Arc<dyn BlobService>,
     directory: &Arc<dyn DirectoryService>,
 ) -> Result<Arc<dyn PathInfoService>, ComposeError> {
-    build_path_info_counting(graph, blob, directory, &Arc::default())
+    build_path_info_counting(graph, blob, directory, &Arc::default(), &mut None)
 }
 
-/// [`build_path_info`], its binary caches counting into `stats`.
+/// [`build_path_info`], its binary caches counting into `stats`, keeping the backend in `kept`
+/// when the graph is one backend that removes PathInfos.
 fn build_path_info_counting(
     graph: &Graph,
     blob: &Arc<dyn BlobService>,
     directory: &Arc<dyn DirectoryService>,
     stats: &Arc<SubstituteStats>,
+    kept: &mut Option<Arc<dyn PathInfoRemoval>>,
 ) -> Result<Arc<dyn PathInfoService>, ComposeError> {
+    let single = graph.root_leaf().is_some();
+    let mut removable = |service: Arc<dyn PathInfoRemoval>, as_service: Arc<dyn PathInfoService>| {
+        if single {
+            *kept = Some(service);
+        }
+        Ok(as_service)
+    };
     graph.build::<dyn PathInfoService>(
         &mut |leaf| match leaf {
-            Leaf::Memory => Ok(Arc::new(MemoryPathInfoService::default())),
-            Leaf::Redb(path) => Ok(Arc::new(crate::redb::RedbPathInfoService::open(path).map_err(|e| e.to_string())?)),
+            Leaf::Memory => {
+                let service = Arc::new(MemoryPathInfoService::default());
+                removable(service.clone(), service)
+            }
+            Leaf::Redb(path) => {
+                let service = Arc::new(crate::redb::RedbPathInfoService::open(path).map_err(|e| e.to_string())?);
+                removable(service.clone(), service)
+            }
             Leaf::Grpc(target) => Ok(Arc::new(GrpcPathInfoService::new(crate::grpc::channel(target)?))),
             Leaf::BinaryCache(spec) => Ok(Arc::new(binary_cache(spec, blob, directory, stats)?)),
-            Leaf::ObjectStoreMemory => Ok(Arc::new(ObjectStorePathInfoService::new(&objectstore::memory()))),
-            Leaf::S3(spec) => Ok(Arc::new(ObjectStorePathInfoService::new(&objectstore::s3(spec)?))),
+            Leaf::ObjectStoreMemory => {
+                let service = Arc::new(ObjectStorePathInfoService::new(&objectstore::memory()));
+                removable(service.clone(), service)
+            }
+            Leaf::S3(spec) => {
+                let service = Arc::new(ObjectStorePathInfoService::new(&objectstore::s3(spec)?));
+                removable(service.clone(), service)
+            }
             Leaf::LocalFiles(_) => Err("this backend stores blobs only".into()),
         },
         &Combinators {
@@ -382,7 +513,7 @@ pub fn channel(addr: &str) -> Result<tonic::transport::Channel, ComposeError> {
     let bad = |reason: String| ComposeError::Url { entry: "gRPC address".into(), url: addr.to_string(), reason };
     let parsed = ::url::Url::parse(addr).map_err(|e| bad(e.to_string()))?;
     let target: GrpcTarget = url::grpc_target(&parsed).map_err(bad)?;
-    crate::grpc::channel(&target).map_err(|reason| ComposeError::Open {
+    crate::grpc::single_channel(&target).map_err(|reason| ComposeError::Open {
         entry: "gRPC address".into(),
         url: addr.to_string(),
         reason,

@@ -238,17 +238,41 @@ fn supported(kind: Kind) -> &'static str {
 }
 
 /// Where a `grpc+unix://` or `grpc+http://` URL points.
+///
+/// `?fallback=ADDR` (repeatable) names further daemons serving the same store, tried in order
+/// when the one before cannot be reached: `host:port` for `grpc+http`, a socket path for
+/// `grpc+unix`.
 pub fn grpc_target(url: &url::Url) -> Result<GrpcTarget, String> {
-    match url.scheme() {
-        "grpc+unix" => Ok(GrpcTarget::Unix(local_path(url)?)),
+    let mut fallbacks = Vec::new();
+    for (key, value) in url.query_pairs() {
+        if key != "fallback" {
+            return Err(format!("unknown option {key:?} (gRPC addresses take only fallback=)"));
+        }
+        let fallback = match url.scheme() {
+            "grpc+unix" => format!("grpc+unix://{value}"),
+            _ => format!("grpc+http://{value}"),
+        };
+        let parsed = url::Url::parse(&fallback).map_err(|e| format!("fallback {value:?}: {e}"))?;
+        if parsed.query().is_some() {
+            return Err(format!("fallback {value:?}: a fallback takes no options"));
+        }
+        fallbacks.push(grpc_target(&parsed).map_err(|e| format!("fallback {value:?}: {e}"))?);
+    }
+    let first = match url.scheme() {
+        "grpc+unix" => GrpcTarget::Unix(local_path(url)?),
         "grpc+http" => {
             let host = url.host_str().filter(|h| !h.is_empty()).ok_or("no host given")?;
             let port = url.port().ok_or("no port given")?;
             no_path(url)?;
-            Ok(GrpcTarget::Tcp { host: host.to_string(), port })
+            GrpcTarget::Tcp { host: host.to_string(), port }
         }
-        other => Err(format!("unsupported scheme {other:?} for gRPC (supported: grpc+unix, grpc+http)")),
+        other => return Err(format!("unsupported scheme {other:?} for gRPC (supported: grpc+unix, grpc+http)")),
+    };
+    if fallbacks.is_empty() {
+        return Ok(first);
     }
+    fallbacks.insert(0, first);
+    Ok(GrpcTarget::Failover(fallbacks))
 }
 
 /// A URL that names no location must not carry one: `memory:///x` is a typo, not a setting.
@@ -318,6 +342,25 @@ mod tests {
         assert!(parse(Kind::Blob, "grpc+http://localhost").unwrap_err().contains("no port"));
         assert!(parse(Kind::Blob, "grpc+http://localhost:1/path").is_err());
         assert!(parse(Kind::Blob, "grpc+unix://").is_err());
+        let several = parse(Kind::PathInfo, "grpc+http://a:1?fallback=b:2&fallback=[::1]:3").unwrap();
+        assert_eq!(
+            several,
+            Leaf::Grpc(GrpcTarget::Failover(vec![
+                GrpcTarget::Tcp { host: "a".into(), port: 1 },
+                GrpcTarget::Tcp { host: "b".into(), port: 2 },
+                GrpcTarget::Tcp { host: "[::1]".into(), port: 3 },
+            ]))
+        );
+        let sockets = parse(Kind::Blob, "grpc+unix:///a.sock?fallback=/b.sock").unwrap();
+        assert_eq!(
+            sockets,
+            Leaf::Grpc(GrpcTarget::Failover(vec![
+                GrpcTarget::Unix("/a.sock".into()),
+                GrpcTarget::Unix("/b.sock".into())
+            ]))
+        );
+        assert!(parse(Kind::Blob, "grpc+http://a:1?fallback=b").unwrap_err().contains("no port"));
+        assert!(parse(Kind::Blob, "grpc+http://a:1?other=b:2").unwrap_err().contains("unknown option"));
         assert!(parse(Kind::Blob, "http://localhost:1").is_err());
     }
 }

@@ -3,7 +3,18 @@
 use std::time::Duration;
 
 use super::Ino;
-use crate::castore;
+use crate::castore::{self, B3Digest};
+
+/// What a store failure was about, carried as a field of its log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// A blob or directory.
+    Digest(B3Digest),
+    /// A store path (its basename).
+    StorePath(String),
+    /// Nothing in particular (listing all paths, an inode's prefetched bytes).
+    None,
+}
 
 /// Why a filesystem operation failed. [`FsError::errno`] gives the value to reply with.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +59,8 @@ pub enum FsError {
     Timeout {
         /// What was being done.
         what: String,
+        /// What it was about.
+        subject: Subject,
         /// The timeout.
         after: Duration,
     },
@@ -56,6 +69,8 @@ pub enum FsError {
     Store {
         /// What was being done.
         what: String,
+        /// What it was about.
+        subject: Subject,
         /// The service's error.
         source: castore::Error,
     },
@@ -64,6 +79,8 @@ pub enum FsError {
     Io {
         /// What was being done.
         what: String,
+        /// What it was about.
+        subject: Subject,
         /// The reader's error.
         source: std::io::Error,
     },
@@ -100,10 +117,24 @@ impl FsError {
             FsError::Io { .. } => "io",
         }
     }
+}
 
-    /// Whether the error is about the backing store rather than the request (worth logging).
-    pub fn is_store_failure(&self) -> bool {
-        matches!(self, FsError::Timeout { .. } | FsError::Store { .. } | FsError::Io { .. })
+impl FsError {
+    /// Logs the error for a frontend: a failure of the store as a warning with the digest or
+    /// store path it was about as a field, anything else (the request's own mistake) at debug.
+    pub fn log(&self) {
+        let subject = match self {
+            FsError::Timeout { subject, .. } | FsError::Store { subject, .. } | FsError::Io { subject, .. } => subject,
+            _ => {
+                tracing::debug!(error = %self, "request refused");
+                return;
+            }
+        };
+        match subject {
+            Subject::Digest(digest) => tracing::warn!(%digest, error = %self, "store failure"),
+            Subject::StorePath(store_path) => tracing::warn!(%store_path, error = %self, "store failure"),
+            Subject::None => tracing::warn!(error = %self, "store failure"),
+        }
     }
 }
 

@@ -72,11 +72,7 @@ pub fn session(fs: Arc<StoreFs>, mountpoint: &Path, options: &MountOptions) -> s
 }
 
 fn errno(e: &FsError) -> Errno {
-    if e.is_store_failure() {
-        tracing::warn!("{e}");
-    } else {
-        tracing::debug!("{e}");
-    }
+    e.log();
     Errno::from_i32(e.errno())
 }
 

@@ -40,7 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::runtime::Handle;
 
 pub use attr::{Attr, BLKSIZE, DirEntry, Entry, FileKind, Ino, MTIME_SECS, Opened, ROOT_INO, StatFs, XattrReply};
-pub use error::FsError;
+pub use error::{FsError, Subject};
 
 use crate::castore::blobservice::{BlobReader, BlobService};
 use crate::castore::directoryservice::DirectoryService;
@@ -229,6 +229,7 @@ impl StoreFs {
     /// Runs a service call on the runtime, bounded by the call timeout.
     fn call<T>(
         &self,
+        subject: Subject,
         what: impl FnOnce() -> String,
         fut: impl Future<Output = Result<T, castore::Error>>,
     ) -> Result<T, FsError> {
@@ -236,8 +237,8 @@ impl StoreFs {
         // The timer must be created inside the runtime: enter it before building the timeout.
         match self.runtime.block_on(async move { tokio::time::timeout(timeout, fut).await }) {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(source)) => Err(FsError::Store { what: what(), source }),
-            Err(_) => Err(FsError::Timeout { what: what(), after: self.options.call_timeout }),
+            Ok(Err(source)) => Err(FsError::Store { what: what(), subject, source }),
+            Err(_) => Err(FsError::Timeout { what: what(), subject, after: self.options.call_timeout }),
         }
     }
 
@@ -253,7 +254,7 @@ impl StoreFs {
         let directory = self.directory.clone();
         let want = *digest;
         let fetched: Vec<(B3Digest, Arc<Listing>)> =
-            self.call(|| format!("fetching directory {digest}"), async move {
+            self.call(Subject::Digest(*digest), || format!("fetching directory {digest}"), async move {
                 let mut stream = directory.get_recursive(&want);
                 let mut out = Vec::new();
                 let mut entries = 0usize;
@@ -281,6 +282,7 @@ impl StoreFs {
             _ => {
                 return Err(FsError::Store {
                     what: format!("fetching directory {digest}"),
+                    subject: Subject::Digest(*digest),
                     source: castore::Error::NotFound(format!("directory {digest} was not returned first")),
                 });
             }
@@ -428,7 +430,11 @@ impl StoreFs {
             None => {
                 let path_info = self.path_info.clone();
                 let info = self
-                    .call(|| format!("looking up {}", path.to_basename()), async move { path_info.get(digest).await })?
+                    .call(
+                        Subject::StorePath(path.to_basename()),
+                        || format!("looking up {}", path.to_basename()),
+                        async move { path_info.get(digest).await },
+                    )?
                     .ok_or(FsError::NotFound)?;
                 if info.store_path.name() != path.name() {
                     return Err(FsError::NotFound);
@@ -505,7 +511,7 @@ impl StoreFs {
                     }
                     let path_info = self.path_info.clone();
                     let infos: Vec<crate::pathinfo::PathInfo> =
-                        self.call(|| "listing store paths".to_string(), async move {
+                        self.call(Subject::None, || "listing store paths".to_string(), async move {
                             path_info.list().try_collect().await
                         })?;
                     let mut entries: RootListing = infos
@@ -681,6 +687,7 @@ impl StoreFs {
                 prefetch::Prefetched::TimedOut => {
                     return Err(FsError::Timeout {
                         what: format!("reading inode {ino} (prefetched)"),
+                        subject: Subject::None,
                         after: self.options.call_timeout,
                     });
                 }
@@ -820,10 +827,10 @@ impl StoreFs {
         let what = || format!("reading {want} bytes at offset {offset} of blob {digest} (inode {ino})");
         match result {
             Ok(Ok(buf)) => Ok(buf),
-            Ok(Err(source)) => Err(FsError::Io { what: what(), source }),
+            Ok(Err(source)) => Err(FsError::Io { what: what(), subject: Subject::Digest(digest), source }),
             Err(_) => {
                 file.reader = None;
-                Err(FsError::Timeout { what: what(), after: timeout })
+                Err(FsError::Timeout { what: what(), subject: Subject::Digest(digest), after: timeout })
             }
         }
     }

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
+use super::channel::GrpcChannel;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 use super::blob_batch::BatchSupport;
 use super::channel::MAX_MESSAGE_SIZE;
@@ -24,15 +24,16 @@ use crate::proto::ext::blob_batch_service_client::BlobBatchServiceClient;
 /// server has it. Clones share the channel and what was learnt about the server.
 #[derive(Clone)]
 pub struct GrpcBlobService {
-    pub(super) client: BlobServiceClient<Channel>,
-    pub(super) batch_client: BlobBatchServiceClient<Channel>,
+    pub(super) client: BlobServiceClient<GrpcChannel>,
+    pub(super) batch_client: BlobBatchServiceClient<GrpcChannel>,
     /// Whether the server has the batched read, found out on first use, for this channel.
     pub(super) batch: Arc<BatchSupport>,
 }
 
 impl GrpcBlobService {
     /// A client over `channel`.
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: impl Into<GrpcChannel>) -> Self {
+        let channel = channel.into();
         Self {
             client: BlobServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)

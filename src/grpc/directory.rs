@@ -2,12 +2,12 @@
 
 use std::collections::HashSet;
 
+use super::channel::GrpcChannel;
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use super::channel::MAX_MESSAGE_SIZE;
 use crate::castore::directoryservice::{DirectoryPutter, DirectoryService};
@@ -17,14 +17,14 @@ use crate::proto::castore::{self as proto, directory_service_client::DirectorySe
 /// A [`DirectoryService`] talking to a remote `tvix.castore.v1.DirectoryService`.
 #[derive(Clone)]
 pub struct GrpcDirectoryService {
-    client: DirectoryServiceClient<Channel>,
+    client: DirectoryServiceClient<GrpcChannel>,
 }
 
 impl GrpcDirectoryService {
     /// A client over `channel`.
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: impl Into<GrpcChannel>) -> Self {
         Self {
-            client: DirectoryServiceClient::new(channel)
+            client: DirectoryServiceClient::new(channel.into())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
         }

@@ -1,6 +1,7 @@
 //! gRPC clients of our three services, usable wherever a service trait object is expected, and
-//! of our batched blob read beside them.
+//! of our own extensions beside them (the batched blob read, admin).
 
+pub(crate) mod admin;
 mod blob;
 mod blob_batch;
 pub mod channel;
@@ -8,9 +9,10 @@ mod directory;
 mod pathinfo;
 mod status;
 
+pub use admin::GrpcAdmin;
 pub use blob::GrpcBlobService;
 pub(crate) use channel::widen_send_buffer;
-pub use channel::{GrpcTarget, MAX_MESSAGE_SIZE, channel};
+pub use channel::{GrpcChannel, GrpcTarget, MAX_MESSAGE_SIZE, channel, single_channel};
 pub use directory::GrpcDirectoryService;
 pub use pathinfo::GrpcPathInfoService;
 

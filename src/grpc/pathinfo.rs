@@ -1,10 +1,10 @@
 //! PathInfoService and NarCalculationService over gRPC (`tvix.store.v1.PathInfoService`).
 
+use super::channel::GrpcChannel;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tonic::transport::Channel;
 
 use super::channel::MAX_MESSAGE_SIZE;
 use crate::castore::{Error, Node};
@@ -16,14 +16,14 @@ use crate::storepath::{DIGEST_LEN, nixbase32};
 /// `tvix.store.v1.PathInfoService`.
 #[derive(Clone)]
 pub struct GrpcPathInfoService {
-    client: PathInfoServiceClient<Channel>,
+    client: PathInfoServiceClient<GrpcChannel>,
 }
 
 impl GrpcPathInfoService {
     /// A client over `channel`.
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: impl Into<GrpcChannel>) -> Self {
         Self {
-            client: PathInfoServiceClient::new(channel)
+            client: PathInfoServiceClient::new(channel.into())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
         }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use parking_lot::RwLock;
 
-use super::{PathInfo, PathInfoService};
+use super::{PathInfo, PathInfoRemoval, PathInfoService};
 use crate::castore::Error;
 use crate::storepath::DIGEST_LEN;
 
@@ -30,5 +30,12 @@ impl PathInfoService for MemoryPathInfoService {
     fn list(&self) -> BoxStream<'_, Result<PathInfo, Error>> {
         let all: Vec<_> = self.infos.read().values().cloned().map(Ok).collect();
         Box::pin(futures::stream::iter(all))
+    }
+}
+
+#[async_trait]
+impl PathInfoRemoval for MemoryPathInfoService {
+    async fn remove(&self, digest: [u8; DIGEST_LEN]) -> Result<bool, Error> {
+        Ok(self.infos.write().remove(&digest).is_some())
     }
 }

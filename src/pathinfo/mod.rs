@@ -10,5 +10,5 @@ mod types;
 pub use cache::CachePathInfoService;
 pub use memory::MemoryPathInfoService;
 pub use objectstore::ObjectStorePathInfoService;
-pub use service::{NarCalculationService, PathInfoService};
+pub use service::{NarCalculationService, PathInfoRemoval, PathInfoService};
 pub use types::{CaKind, ContentAddress, InvalidPathInfo, PathInfo, Signature};

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
-use super::{PathInfo, PathInfoService};
+use super::{PathInfo, PathInfoRemoval, PathInfoService};
 use crate::castore::Error;
 use crate::castore::objects::Objects;
 use crate::storepath::{DIGEST_LEN, nixbase32};
@@ -73,5 +73,15 @@ impl PathInfoService for ObjectStorePathInfoService {
             .buffered(LIST_PARALLEL)
             .try_filter_map(|info| async move { Ok(info) })
             .boxed()
+    }
+}
+
+#[async_trait]
+impl PathInfoRemoval for ObjectStorePathInfoService {
+    async fn remove(&self, digest: [u8; DIGEST_LEN]) -> Result<bool, Error> {
+        let key = self.objects.key(&[nixbase32::encode(&digest)]);
+        // Whatever its age: unlike unreferenced data, a PathInfo is removed because it was named.
+        let removal = self.objects.remove(&key, None).await?;
+        Ok(matches!(removal, crate::castore::inventory::Removal::Removed(_)))
     }
 }

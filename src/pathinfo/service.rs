@@ -20,6 +20,15 @@ pub trait PathInfoService: Send + Sync {
     fn list(&self) -> BoxStream<'_, Result<PathInfo, Error>>;
 }
 
+/// Removal of PathInfos, offered by the backends that store them (not by wrappers, remote
+/// services or binary caches): what `tvix-store delete` and garbage collection work on.
+#[async_trait]
+pub trait PathInfoRemoval: Send + Sync {
+    /// Removes the PathInfo of the store path with this digest durably; `false` when there was
+    /// none.
+    async fn remove(&self, digest: [u8; DIGEST_LEN]) -> Result<bool, Error>;
+}
+
 /// Computes the NAR size and SHA-256 of a node's NAR serialisation.
 #[async_trait]
 pub trait NarCalculationService: Send + Sync {

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, TableDefinition};
 
-use super::{OpenRedbError, blocking, open_database, storage_err};
+use super::{OpenRedbError, blocking, entries_after, open_database, paged, storage_err};
 use crate::castore::Error;
-use crate::pathinfo::{PathInfo, PathInfoService};
+use crate::pathinfo::{PathInfo, PathInfoRemoval, PathInfoService};
 use crate::storepath::DIGEST_LEN;
 
 const PATH_INFOS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pathinfos");
@@ -71,40 +71,35 @@ impl PathInfoService for RedbPathInfoService {
     }
 
     fn list(&self) -> BoxStream<'_, Result<PathInfo, Error>> {
-        let (db, name) = (self.db.clone(), self.name.clone());
-        // redb's iterators borrow the transaction, so entries are read in pages on the blocking
-        // pool and handed to the stream; a page bounds memory for stores with many paths.
-        const PAGE: usize = 256;
-        Box::pin(async_stream::try_stream! {
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let (db, name, start) = (db.clone(), name.clone(), after.clone());
-                let page: Vec<PathInfo> = blocking(move || {
-                    let err = storage_err(&name);
-                    let txn = db.begin_read().map_err(|e| err(e.into()))?;
-                    let table = txn.open_table(PATH_INFOS).map_err(|e| err(e.into()))?;
-                    let range = match &start {
-                        None => table.iter(),
-                        Some(key) => table.range::<&[u8]>((std::ops::Bound::Excluded(key.as_slice()), std::ops::Bound::Unbounded)),
-                    }
-                    .map_err(|e| err(e.into()))?;
-                    let mut page = Vec::with_capacity(PAGE);
-                    for entry in range.take(PAGE) {
-                        let (key, value) = entry.map_err(|e| err(e.into()))?;
-                        page.push(decode(&name, key.value(), value.value())?);
-                    }
-                    Ok(page)
-                })
-                .await?;
-                let done = page.len() < PAGE;
-                after = page.last().map(|info| info.store_path.digest().to_vec());
-                for info in page {
-                    yield info;
-                }
-                if done {
-                    break;
-                }
+        let name = self.name.clone();
+        // A page bounds memory for stores with many paths.
+        paged(self.db.clone(), self.name.clone(), 256, move |txn, start, page| {
+            let err = storage_err(&name);
+            let table = txn.open_table(PATH_INFOS).map_err(|e| err(e.into()))?;
+            let mut entries = Vec::with_capacity(page);
+            for entry in entries_after(&table, start).map_err(|e| err(e.into()))?.take(page) {
+                let (key, value) = entry.map_err(|e| err(e.into()))?;
+                entries.push((key.value().to_vec(), decode(&name, key.value(), value.value())?));
             }
+            Ok(entries)
         })
+    }
+}
+
+#[async_trait]
+impl PathInfoRemoval for RedbPathInfoService {
+    async fn remove(&self, digest: [u8; DIGEST_LEN]) -> Result<bool, Error> {
+        let (db, name) = (self.db.clone(), self.name.clone());
+        blocking(move || {
+            let err = storage_err(&name);
+            let txn = db.begin_write().map_err(|e| err(e.into()))?;
+            let removed = {
+                let mut table = txn.open_table(PATH_INFOS).map_err(|e| err(e.into()))?;
+                table.remove(digest.as_slice()).map_err(|e| err(e.into()))?.is_some()
+            };
+            txn.commit().map_err(|e| err(e.into()))?;
+            Ok(removed)
+        })
+        .await
     }
 }

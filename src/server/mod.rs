@@ -1,7 +1,9 @@
-//! gRPC servers for our three services (wire-compatible with tvix), our own extension beside
-//! them (`tvix_store.ext.v1.BlobBatchService`, batched blob reads), plus `grpc.health.v1` and
-//! server reflection (v1 and v1alpha), on a TCP address or a unix socket.
+//! gRPC servers for our three services (wire-compatible with tvix), our own extensions beside
+//! them (`tvix_store.ext.v1.BlobBatchService`, batched blob reads; `tvix_store.admin.v1`),
+//! plus `grpc.health.v1` and server reflection (v1 and v1alpha), on a TCP address or a unix
+//! socket.
 
+mod admin;
 mod blob;
 mod blob_batch;
 mod directory;
@@ -20,6 +22,7 @@ use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpIncoming};
 use tower::layer::util::{Identity, Stack};
 
+pub use admin::{Admin, AdminServer};
 pub use blob::BlobServer;
 pub use blob_batch::{BlobBatchServer, MAX_DIGESTS as MAX_BATCH_DIGESTS};
 pub use directory::DirectoryServer;
@@ -29,9 +32,11 @@ pub use pathinfo::{NoNarCalculation, PathInfoServer};
 
 use crate::castore::blobservice::BlobService;
 use crate::castore::directoryservice::DirectoryService;
-use crate::compose::Services;
+use crate::compose::{Maintenance, Services};
 use crate::grpc::MAX_MESSAGE_SIZE;
+use crate::maintenance::Store;
 use crate::pathinfo::{NarCalculationService, PathInfoService};
+use crate::proto::admin::store_admin_server::StoreAdminServer;
 use crate::proto::castore::blob_service_server::BlobServiceServer;
 use crate::proto::castore::directory_service_server::DirectoryServiceServer;
 use crate::proto::ext::blob_batch_service_server::BlobBatchServiceServer;
@@ -69,17 +74,39 @@ pub struct Handlers {
     pub path_info: Arc<dyn PathInfoService>,
     /// Answers CalculateNAR.
     pub nar: Arc<dyn NarCalculationService>,
+    /// The admin extension (verify, delete, garbage collection).
+    pub admin: Admin,
+    /// Whether Delete and CollectGarbage are served on TCP listeners too (they always are on
+    /// unix sockets, which the file system's permissions guard).
+    pub remote_admin: bool,
 }
 
 impl Handlers {
-    /// Serves `services`, with this build's NAR calculation over them.
+    /// Serves these services, with no backends for the admin extension (its Delete and
+    /// CollectGarbage answer FAILED_PRECONDITION; Verify works).
+    pub fn new(
+        blob: Arc<dyn BlobService>,
+        directory: Arc<dyn DirectoryService>,
+        path_info: Arc<dyn PathInfoService>,
+        nar: Arc<dyn NarCalculationService>,
+    ) -> Self {
+        let store = Store { blob: blob.clone(), directory: directory.clone(), path_info: path_info.clone() };
+        Self { blob, directory, path_info, nar, admin: Admin { store, backends: None }, remote_admin: false }
+    }
+
+    /// Serves `services`, with this build's NAR calculation over them, and the admin
+    /// extension on their backends where this process holds them.
     pub fn from_services(services: &Services) -> Self {
-        Self {
-            blob: services.blob.clone(),
-            directory: services.directory.clone(),
-            path_info: services.path_info.clone(),
-            nar: nar_calculation(services),
+        let mut handlers = Self::new(
+            services.blob.clone(),
+            services.directory.clone(),
+            services.path_info.clone(),
+            nar_calculation(services),
+        );
+        if let Maintenance::Local(backends) = &services.maintenance {
+            handlers.admin.backends = Some(backends.clone());
         }
+        handlers
     }
 }
 
@@ -100,6 +127,7 @@ const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
 async fn router(
     handlers: Handlers,
+    over_tcp: bool,
 ) -> Result<Router<Stack<metrics::RpcMetrics, Stack<uploads::WatchUploads, Identity>>>, ServeError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let blob_batch = BlobBatchServiceServer::new(BlobBatchServer::new(handlers.blob.clone()))
@@ -114,10 +142,12 @@ async fn router(
     let path_info = PathInfoServiceServer::new(PathInfoServer::new(handlers.path_info, handlers.nar))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let admin = StoreAdminServer::new(AdminServer::new(handlers.admin, !over_tcp || handlers.remote_admin));
     health_reporter.set_serving::<BlobServiceServer<BlobServer>>().await;
     health_reporter.set_serving::<DirectoryServiceServer<DirectoryServer>>().await;
     health_reporter.set_serving::<PathInfoServiceServer<PathInfoServer>>().await;
     health_reporter.set_serving::<BlobBatchServiceServer<BlobBatchServer>>().await;
+    health_reporter.set_serving::<StoreAdminServer<AdminServer>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -139,7 +169,8 @@ async fn router(
         .add_service(blob)
         .add_service(directory)
         .add_service(path_info)
-        .add_service(blob_batch))
+        .add_service(blob_batch)
+        .add_service(admin))
 }
 
 /// Serves `handlers` on `listener` until `shutdown` resolves; then lets calls in progress finish
@@ -149,7 +180,7 @@ pub async fn serve(
     handlers: Handlers,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let router = router(handlers).await?;
+    let router = router(handlers, matches!(listener, Listener::Tcp(_))).await?;
     let stopping = Arc::new(tokio::sync::Notify::new());
     let signal = {
         let stopping = stopping.clone();

@@ -22,9 +22,7 @@ fn erofs() -> io::Error {
 
 /// Logs failures of the store itself (a request's own mistakes are the guest's business).
 fn fail(e: FsError) -> io::Error {
-    if e.is_store_failure() {
-        tracing::warn!(error = %e, "virtiofs: store failure");
-    }
+    e.log();
     e.into()
 }
 

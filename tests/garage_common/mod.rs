@@ -33,8 +33,17 @@ pub fn cluster(nodes: usize) -> &'static Cluster {
     cell.get_or_init(|| start(nodes))
 }
 
+/// A cluster of `nodes` nodes for one test alone (one that stops or kills all of its nodes),
+/// under `name`; stopped when the test process ends.
+pub fn own_cluster(nodes: usize, name: &str) -> Cluster {
+    start_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("garage-{}-{name}", std::process::id())), nodes)
+}
+
 fn start(nodes: usize) -> Cluster {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("garage-{}-{nodes}", std::process::id()));
+    start_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("garage-{}-{nodes}", std::process::id())), nodes)
+}
+
+fn start_in(dir: PathBuf, nodes: usize) -> Cluster {
     let _ = std::fs::remove_dir_all(&dir);
     let out = Command::new(script()).arg("start").arg(&dir).arg(nodes.to_string()).output().unwrap();
     assert!(

@@ -61,6 +61,16 @@ impl Daemon {
         Self::start(args, vec![], format!("grpc+http://{listen}"), listen, dir, Some(tmp))
     }
 
+    /// A daemon on a free loopback TCP port over the given service flags.
+    pub fn tcp_with(services: &[String]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut args = services.to_vec();
+        args.extend(["-l".into(), listen.clone()]);
+        Self::start(args, vec![], format!("grpc+http://{listen}"), listen, dir, Some(tmp))
+    }
+
     /// `tvix-store daemon` with no addresses on the default store in `store_dir`.
     pub fn default_store(store_dir: &Path) -> Self {
         let socket = store_dir.join("daemon.sock");

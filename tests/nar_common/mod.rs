@@ -137,6 +137,20 @@ pub async fn memory_services() -> (Arc<dyn BlobService>, Arc<dyn DirectoryServic
     )
 }
 
+/// Runs `tvix-store ARGS` on the default store in `store`; what it printed goes to the test's
+/// output, where a failing test shows it.
+pub fn run_on_store(store: &Path, args: &[&str]) -> std::process::Output {
+    let out = tvix_store().env("TVIX_STORE_DIR", store).args(args).output().expect("run tvix-store");
+    eprintln!(
+        "tvix-store {}: {}\nstdout:\n{}stderr:\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The `tvix-store` binary built for these tests.
 pub fn tvix_store() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tvix-store"))

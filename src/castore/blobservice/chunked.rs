@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -16,6 +17,7 @@ use super::{
     BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader, IncomingBlob,
     ManyBlob, ManyBlobs, READ_MANY_CONCURRENCY, ServingReads, WholeBlob,
 };
+use crate::castore::inventory::{Leftovers, Removal, StoredStream};
 use crate::castore::{B3Digest, Error};
 
 /// Storage of chunks (by their digest) and of the chunk lists of multi-chunk blobs (by the
@@ -48,6 +50,39 @@ pub trait ChunkStore: ChunkSource {
             .collect()
             .await
     }
+
+    /// Every stored object of `kind`, for garbage collection and integrity checks. A write that
+    /// finds its object already present must still count as a write (a backend refreshes the
+    /// object's write time): see [`crate::castore::inventory`].
+    fn list(&self, kind: ChunkObject) -> StoredStream<'_>;
+    /// Removes the object of `kind` stored under `digest`, unless it was written at or after
+    /// `cutoff` (checked as it is removed, so a write racing the removal keeps it).
+    async fn remove(&self, kind: ChunkObject, digest: &B3Digest, cutoff: SystemTime) -> Result<Removal, Error>;
+    /// Removes what interrupted writes left behind (temporary files) that is older than
+    /// `cutoff`. Backends whose writes leave nothing behind return nothing.
+    async fn remove_leftovers(&self, cutoff: SystemTime) -> Result<Leftovers, Error>;
+}
+
+/// The two kinds of objects a [`ChunkStore`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChunkObject {
+    /// A chunk's bytes, by the chunk's digest.
+    Chunk,
+    /// The chunk list of a multi-chunk blob, by the blob's digest.
+    ChunkList,
+}
+
+impl ChunkObject {
+    /// Both kinds.
+    pub const ALL: [ChunkObject; 2] = [ChunkObject::Chunk, ChunkObject::ChunkList];
+
+    /// The top-level name of this kind in the persistent layouts (see [`stored_key`]).
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            ChunkObject::Chunk => "chunks",
+            ChunkObject::ChunkList => "blobs",
+        }
+    }
 }
 
 /// Blobs of a [`BlobService::read_many`] fetched with one [`ChunkStore::get_chunks`] call. A
@@ -77,6 +112,13 @@ impl<S: ChunkStore> ChunkedBlobService<S> {
     /// Serves blobs out of `store`.
     pub fn new(store: S) -> Self {
         Self { store: Arc::new(store), pending: Arc::default(), syncing: tokio::sync::Mutex::new(()) }
+    }
+}
+
+impl<S: ChunkStore + 'static> ChunkedBlobService<S> {
+    /// The chunk store underneath, for garbage collection.
+    pub fn chunk_store(&self) -> Arc<dyn ChunkStore> {
+        self.store.clone()
     }
 }
 

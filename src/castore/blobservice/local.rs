@@ -22,12 +22,14 @@
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::chunked::{decode_chunk_list, encode_chunk_list, stored_key};
-use super::{ChunkMeta, ChunkSource, ChunkStore};
+use super::{ChunkMeta, ChunkObject, ChunkSource, ChunkStore};
+use crate::castore::inventory::{Leftovers, Removal, Stored, StoredStream};
 use crate::castore::{B3Digest, Error};
 
 /// Chunk storage in a local directory.
@@ -37,6 +39,9 @@ pub struct LocalChunkStore {
     /// Shown in errors, so a failure names the store it happened in.
     location: String,
     sync: GroupSync,
+    /// Held shared by every write and exclusively by every removal, so a removal that checked
+    /// an object's write time cannot delete it while a write in this process renews it.
+    removal: Arc<std::sync::RwLock<()>>,
 }
 
 /// Batches the durability requests of concurrent writers into shared `syncfs` calls.
@@ -85,7 +90,12 @@ impl LocalChunkStore {
         let sync = GroupSync::open(dir)
             .map_err(|e| Error::storage(format!("cannot open blob directory {}", dir.display()), e))?;
         create_fan_out(dir)?;
-        Ok(Self { root: Arc::new(dir.to_path_buf()), location: dir.display().to_string(), sync })
+        Ok(Self {
+            root: Arc::new(dir.to_path_buf()),
+            location: dir.display().to_string(),
+            sync,
+            removal: Arc::default(),
+        })
     }
 
     /// Writes `data` as the file of `digest` under `kind` unless a file of that length is
@@ -102,10 +112,14 @@ impl LocalChunkStore {
         let root = self.root.clone();
         let digest = *digest;
         let path = Self::path(kind, &digest);
-        tokio::task::spawn_blocking(move || write_file_blocking(&root, kind, &digest, &data, skip_if_present))
-            .await
-            .map_err(|e| Error::Storage(format!("blob store write task failed: {e}")))?
-            .map_err(|e| Error::storage(format!("blob store {}: {path}", self.location), e))
+        let removal = self.removal.clone();
+        tokio::task::spawn_blocking(move || {
+            let _writing = removal.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            write_file_blocking(&root, kind, &digest, &data, skip_if_present)
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("blob store write task failed: {e}")))?
+        .map_err(|e| Error::storage(format!("blob store {}: {path}", self.location), e))
     }
 
     fn path(kind: &'static str, digest: &B3Digest) -> String {
@@ -188,6 +202,95 @@ impl ChunkStore for LocalChunkStore {
     async fn sync(&self) -> Result<(), Error> {
         self.sync.sync().await.map_err(|e| Error::storage(format!("cannot sync blob store {}", self.location), e))
     }
+
+    fn list(&self, kind: ChunkObject) -> StoredStream<'_> {
+        Box::pin(async_stream::try_stream! {
+            for byte in 0..=255u8 {
+                let fan_out = format!("{}/{byte:02x}", kind.dir_name());
+                // One fan-out directory at a time: a store of millions of chunks is listed
+                // in bounded memory.
+                let found = self.blocking(fan_out, list_fan_out).await?.unwrap_or_default();
+                for stored in found {
+                    yield stored;
+                }
+            }
+        })
+    }
+
+    async fn remove(&self, kind: ChunkObject, digest: &B3Digest, cutoff: SystemTime) -> Result<Removal, Error> {
+        let removal = self.removal.clone();
+        let removed = self
+            .blocking(Self::path(kind.dir_name(), digest), move |path| {
+                let _removing = removal.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let meta = std::fs::metadata(&path)?;
+                if meta.modified()? >= cutoff {
+                    return Ok(Removal::Recent);
+                }
+                std::fs::remove_file(&path)?;
+                Ok(Removal::Removed(meta.len()))
+            })
+            .await?;
+        Ok(removed.unwrap_or(Removal::Absent))
+    }
+
+    async fn remove_leftovers(&self, cutoff: SystemTime) -> Result<Leftovers, Error> {
+        let mut total = Leftovers::default();
+        for kind in ChunkObject::ALL {
+            for byte in 0..=255u8 {
+                let removal = self.removal.clone();
+                let fan_out = format!("{}/{byte:02x}", kind.dir_name());
+                let found = self
+                    .blocking(fan_out, move |dir| {
+                        // No write of this process is between creating and renaming a
+                        // temporary file while this is held; older ones are a dead writer's.
+                        let _removing = removal.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        remove_temporaries(&dir, cutoff)
+                    })
+                    .await?
+                    .unwrap_or_default();
+                total.count += found.count;
+                total.bytes += found.bytes;
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// The chunk files (or chunk lists) of one fan-out directory; temporary files are skipped.
+fn list_fan_out(dir: std::path::PathBuf) -> std::io::Result<Vec<Stored>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        let Some(digest) = entry.file_name().to_str().and_then(B3Digest::from_hex) else {
+            continue;
+        };
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            // Removed since the directory was read.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        found.push(Stored { digest, size: meta.len(), written: meta.modified()? });
+    }
+    Ok(found)
+}
+
+/// Removes the temporary files in `dir` last written before `cutoff`.
+fn remove_temporaries(dir: &std::path::Path, cutoff: SystemTime) -> std::io::Result<Leftovers> {
+    let mut removed = Leftovers::default();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().ends_with(".tmp") {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        if meta.modified()? < cutoff {
+            std::fs::remove_file(entry.path())?;
+            removed.count += 1;
+            removed.bytes += meta.len();
+        }
+    }
+    Ok(removed)
 }
 
 /// The two kinds of files, each fanned out over 256 directories by the first byte of the digest.
@@ -256,7 +359,9 @@ fn write_file_blocking(
         && let Ok(meta) = std::fs::metadata(&target)
         && meta.len() == data.len() as u64
     {
-        return Ok(());
+        // Found present, it still counts as written now: garbage collection spares recent
+        // writes, and the import relying on this chunk has not written its PathInfo yet.
+        return std::fs::File::options().write(true).open(&target)?.set_modified(std::time::SystemTime::now());
     }
     static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let pid = *PID.get_or_init(std::process::id);

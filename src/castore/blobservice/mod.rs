@@ -19,7 +19,7 @@ use futures::stream::BoxStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncWrite};
 
 pub use cache::CacheBlobService;
-pub use chunked::{ChunkStore, ChunkedBlobService};
+pub use chunked::{ChunkObject, ChunkStore, ChunkedBlobService};
 pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 pub use local::LocalChunkStore;
 pub use memory::MemoryChunkStore;

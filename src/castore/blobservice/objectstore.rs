@@ -7,6 +7,9 @@
 //! [`ChunkStore`] asks for: `sync` has nothing left to do.
 
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::StreamExt;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,7 +17,8 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 
 use super::chunked::{decode_chunk_list, encode_chunk_list, stored_key};
-use super::{ChunkMeta, ChunkSource, ChunkStore};
+use super::{ChunkMeta, ChunkObject, ChunkSource, ChunkStore};
+use crate::castore::inventory::{Leftovers, Removal, Stored, StoredStream};
 use crate::castore::objects::Objects;
 use crate::castore::{B3Digest, Error};
 
@@ -72,5 +76,28 @@ impl ChunkStore for ObjectStoreChunkStore {
     async fn sync(&self) -> Result<(), Error> {
         // Every put was durable when it returned (see the module docs).
         Ok(())
+    }
+
+    fn list(&self, kind: ChunkObject) -> StoredStream<'_> {
+        let below = self.objects.below(kind.dir_name());
+        Box::pin(async_stream::try_stream! {
+            let mut objects = below.list_meta();
+            while let Some(meta) = objects.next().await {
+                let meta = meta?;
+                // Anything not named by a digest is not ours to judge.
+                if let Some(digest) = meta.location.filename().and_then(B3Digest::from_hex) {
+                    yield Stored { digest, size: meta.size, written: meta.last_modified.into() };
+                }
+            }
+        })
+    }
+
+    async fn remove(&self, kind: ChunkObject, digest: &B3Digest, cutoff: SystemTime) -> Result<Removal, Error> {
+        self.objects.remove(&self.path(kind.dir_name(), digest), Some(cutoff)).await
+    }
+
+    async fn remove_leftovers(&self, _cutoff: SystemTime) -> Result<Leftovers, Error> {
+        // A put appears whole or not at all (see the module docs): nothing is left behind.
+        Ok(Leftovers::default())
     }
 }

@@ -7,12 +7,14 @@
 //! never one whose children are missing.
 
 use std::collections::HashMap;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::DirectoryStore;
+use crate::castore::inventory::{Removal, Stored, StoredStream};
 use crate::castore::objects::Objects;
 use crate::castore::{B3Digest, Directory, Error};
 
@@ -70,6 +72,8 @@ impl DirectoryStore for ObjectStoreDirectoryStore {
             }
             levels[level].push((digest, Bytes::from(directory.encode())));
         }
+        // Every directory is put, present or not: the put renews its write time, which keeps it
+        // from garbage collection until the PathInfo that needs it is written.
         for level in levels {
             futures::stream::iter(level)
                 .map(|(digest, bytes)| async move { self.objects.put(&self.key(&digest), bytes).await })
@@ -78,5 +82,21 @@ impl DirectoryStore for ObjectStoreDirectoryStore {
                 .await?;
         }
         Ok(())
+    }
+
+    fn list(&self) -> StoredStream<'_> {
+        Box::pin(async_stream::try_stream! {
+            let mut objects = self.objects.list_meta();
+            while let Some(meta) = objects.next().await {
+                let meta = meta?;
+                if let Some(digest) = meta.location.filename().and_then(B3Digest::from_hex) {
+                    yield Stored { digest, size: meta.size, written: meta.last_modified.into() };
+                }
+            }
+        })
+    }
+
+    async fn remove(&self, digest: &B3Digest, cutoff: SystemTime) -> Result<Removal, Error> {
+        self.objects.remove(&self.key(digest), Some(cutoff)).await
     }
 }

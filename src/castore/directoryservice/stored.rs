@@ -3,11 +3,13 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 use super::{DirectoryPutter, DirectoryService, GraphBuilder};
+use crate::castore::inventory::{Removal, StoredStream};
 use crate::castore::{B3Digest, Directory, Error};
 
 /// Storage of validated directories by digest.
@@ -19,6 +21,15 @@ pub trait DirectoryStore: Send + Sync + 'static {
 
     /// Stores a whole validated graph atomically and durably: all of it or none.
     async fn insert_batch(&self, directories: Vec<(B3Digest, Directory)>) -> Result<(), Error>;
+
+    /// Every stored directory (digest, encoded size, last write), for garbage collection. An
+    /// insert of a directory already present counts as a write of it (see
+    /// [`crate::castore::inventory`]).
+    fn list(&self) -> StoredStream<'_>;
+
+    /// Removes the directory stored under `digest` unless it was written at or after `cutoff`
+    /// (checked as it is removed).
+    async fn remove(&self, digest: &B3Digest, cutoff: SystemTime) -> Result<Removal, Error>;
 }
 
 /// Directory gets in flight during a recursive get. One at a time, a tree of a thousand
@@ -35,6 +46,11 @@ impl<S: DirectoryStore> StoredDirectoryService<S> {
     /// Serves directories out of `store`.
     pub fn new(store: S) -> Self {
         Self { store: Arc::new(store) }
+    }
+
+    /// The store underneath, for garbage collection.
+    pub fn directory_store(&self) -> Arc<dyn DirectoryStore> {
+        self.store.clone()
     }
 }
 
