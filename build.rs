@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "protos/tvix/store/v1/pathinfo.proto",
     "protos/tvix/store/v1/rpc_pathinfo.proto",
     "protos/tvix_store/admin/v1/admin.proto",
+    "protos/tvix_store/ext/v1/blob_batch.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -8,6 +8,10 @@
 //!   LABEL=ADDR a BlobService address to measure, e.g. `local=objectstore+file:///tmp/b`,
 //!              `daemon=grpc+unix:///tmp/d.sock`.
 //!
+//! Small blobs are also read many at a time with `BlobService::read_many` (batches of 256, as
+//! the NAR renderer asks), and for a gRPC target once more with the client restricted to the
+//! tvix protocol (one pipelined Read per blob, what a server without our batched read gets).
+//!
 //! Every read goes through the service's verifying reader and is checked against the digest the
 //! put returned, so a fast but wrong path cannot win. Reads (the baseline's too) are repeated
 //! ROUNDS times and the best round counts: on a shared machine, other load only ever slows a
@@ -21,6 +25,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tvix_store::castore::B3Digest;
 use tvix_store::castore::blobservice::BlobService;
+use tvix_store::grpc::GrpcBlobService;
 
 const BUF: usize = 1024 * 1024;
 const ROUNDS: usize = 3;
@@ -31,6 +36,8 @@ const ROUNDS: usize = 3;
 const CONCURRENCY: usize = 16;
 /// Read buffer of each concurrent small read (the files are at most 16 KiB).
 const SMALL_BUF: usize = 64 * 1024;
+/// Small blobs asked for per `read_many` call: the NAR renderer's batch.
+const BATCH: usize = 256;
 
 /// Reads everything from `r`, returning the byte count.
 async fn drain(mut r: impl AsyncRead + Unpin, buf: &mut [u8]) -> std::io::Result<u64> {
@@ -65,6 +72,27 @@ async fn put_file(service: &dyn BlobService, path: &Path, buf: &mut [u8]) -> B3D
 async fn read_blob(service: &dyn BlobService, digest: &B3Digest, buf: &mut [u8]) -> u64 {
     let r = service.open_read(digest).await.expect("open_read").expect("blob present");
     drain(r, buf).await.expect("read blob")
+}
+
+/// Best-of-[`ROUNDS`] MB/s of reading `digests` with `read_many`, [`BATCH`] per call; every
+/// result must be the blob asked for, present.
+async fn read_many_rate(service: &dyn BlobService, digests: &[B3Digest], bytes: u64) -> f64 {
+    let mut took = Duration::MAX;
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let mut n = 0u64;
+        for batch in digests.chunks(BATCH) {
+            let mut results = service.read_many(batch.to_vec());
+            let mut asked = batch.iter();
+            while let Some((digest, result)) = results.next().await {
+                assert_eq!(Some(&digest), asked.next(), "read_many answered out of order");
+                n += result.expect("read_many").expect("blob present").len() as u64;
+            }
+        }
+        assert_eq!(n, bytes);
+        took = took.min(t.elapsed());
+    }
+    rate(bytes, took)
 }
 
 fn rate(bytes: u64, took: Duration) -> f64 {
@@ -185,6 +213,11 @@ async fn main() {
             took = took.min(t.elapsed());
         }
         line("read small, 16 at once", rate(small_bytes, took), base_small_conc);
+        line("read_many, batched", read_many_rate(service.as_ref(), &digests, small_bytes).await, base_small_conc);
+        if addr.starts_with("grpc+") {
+            let plain = GrpcBlobService::new(tvix_store::compose::channel(addr).expect("channel")).plain_protocol();
+            line("read_many, plain Reads", read_many_rate(&plain, &digests, small_bytes).await, base_small_conc);
+        }
         // The latency behind small-blob reads: one lookup (a Stat call through the daemon).
         let t = Instant::now();
         for d in &digests {
@@ -199,7 +232,9 @@ async fn main() {
             if *label == first {
                 continue;
             }
-            if let Some((_, _, base)) = results.iter().find(|(l, o, _)| *l == first && o == op) {
+            // The plain-protocol fallback against what the first target does with read_many.
+            let base_op = if *op == "read_many, plain Reads" { "read_many, batched" } else { op };
+            if let Some((_, _, base)) = results.iter().find(|(l, o, _)| *l == first && *o == base_op) {
                 println!("{label}/{first} {op}: {:.2}", mbs / base);
             }
         }

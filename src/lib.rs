@@ -9,7 +9,8 @@
 //! - [`redb`]: the redb backends for directories and PathInfo;
 //! - [`compose`]: building the services from store URLs, a composition file or the embedded
 //!   default store; the only module that knows URL schemes;
-//! - [`proto`]: the wire protocol (`tvix.castore.v1`, `tvix.store.v1`);
+//! - [`proto`]: the wire protocol (`tvix.castore.v1`, `tvix.store.v1`) and our extension
+//!   (`tvix_store.ext.v1`, the batched blob read);
 //! - [`grpc`], [`server`]: gRPC clients and servers for the three services;
 //! - [`nar`], [`import`]: the NAR codec, and ingestion of NARs and local paths;
 //! - [`maintenance`]: verify, delete and garbage collection;

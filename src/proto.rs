@@ -1,5 +1,6 @@
 //! Generated protobuf and gRPC code for the wire protocol. The module nesting mirrors the
 //! proto package names because generated code refers across packages by relative path.
+//! `tvix.*` is the tvix wire protocol; `tvix_store.*` holds our own extensions.
 
 #[allow(missing_docs, clippy::all)]
 pub mod tvix {
@@ -19,7 +20,7 @@ pub mod tvix {
     }
 }
 
-/// `tvix_store.*`: our own extensions beside the tvix services.
+/// `tvix_store.*`: our own extensions, beside the tvix packages (never inside them).
 #[allow(missing_docs, clippy::all)]
 pub mod tvix_store {
     /// `tvix_store.admin.*`
@@ -29,11 +30,19 @@ pub mod tvix_store {
             tonic::include_proto!("tvix_store.admin.v1");
         }
     }
+    /// `tvix_store.ext.*`
+    pub mod ext {
+        /// `tvix_store.ext.v1`: the batched blob read.
+        pub mod v1 {
+            tonic::include_proto!("tvix_store.ext.v1");
+        }
+    }
 }
 
 pub use tvix::castore::v1 as castore;
 pub use tvix::store::v1 as store;
 pub use tvix_store::admin::v1 as admin;
+pub use tvix_store::ext::v1 as ext;
 
 /// Encoded FileDescriptorSet of all our protos, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tvix_descriptor.bin"));

@@ -60,6 +60,38 @@ async fn blob_miss_fills_near_from_a_grpc_far_and_writes_go_far() {
     assert!(!far.has(&local_digest).await.unwrap());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn read_many_takes_hits_from_near_and_fills_misses_from_far_in_one_batch() {
+    let daemon = Daemon::unix();
+    let far = compose::blob_service(&daemon.addr).unwrap();
+    let near = compose::blob_service("memory://").unwrap();
+    let cache = CacheBlobService::new(near.clone(), far.clone(), CacheWrites::Far);
+    let contents: Vec<Vec<u8>> = (0..6).map(|i| data(1000 * (i + 1), 30 + i as u32)).collect();
+    let mut digests = Vec::new();
+    for (i, content) in contents.iter().enumerate() {
+        digests.push(put_blob(far.as_ref(), content).await);
+        // Every other blob is in near already.
+        if i % 2 == 0 {
+            put_blob(near.as_ref(), content).await;
+        }
+    }
+    let absent = B3Digest::of(b"nowhere");
+    let asked = [&digests[..], &[absent, digests[1]]].concat();
+    let results: Vec<_> = futures::StreamExt::collect::<Vec<_>>(cache.read_many(asked.clone())).await;
+    assert_eq!(results.len(), asked.len());
+    for (i, ((digest, result), want)) in results.iter().zip(&asked).enumerate() {
+        assert_eq!(digest, want, "in the order asked");
+        let got = result.as_ref().unwrap();
+        match contents.get(i).or(if i == 7 { Some(&contents[1]) } else { None }) {
+            Some(content) => assert!(got.as_deref() == Some(&content[..]), "blob {i}"),
+            None => assert!(got.is_none(), "the absent blob"),
+        }
+    }
+    for digest in &digests {
+        assert!(near.has(digest).await.unwrap(), "every blob read from far is filled into near");
+    }
+}
+
 /// A far blob service whose readers fail after `good` bytes, as a far store dying mid-transfer.
 struct FailingFar {
     inner: Arc<dyn BlobService>,

@@ -249,6 +249,32 @@ mod blob {
         service.sync().await.unwrap();
     }
 
+    /// Many blobs at once: one verified result per digest asked for (a repeat gets its own),
+    /// in the order asked, absent ones `None`; the same bytes as single reads.
+    pub async fn read_many(service: &dyn BlobService) {
+        let mut asked = Vec::new();
+        let mut want = Vec::new();
+        for (seed, len) in [0, 1, 1000, 700_000, CHUNK_MAX + 1, 3_000_000].into_iter().enumerate() {
+            let content = data(len, 50 + seed as u32);
+            asked.push(put(service, &content).await);
+            want.push(Some(content));
+        }
+        let absent = B3Digest::of(b"never stored anywhere");
+        asked.insert(2, absent);
+        want.insert(2, None);
+        asked.push(asked[3]);
+        want.push(want[3].clone());
+        let results: Vec<_> = futures::StreamExt::collect::<Vec<_>>(service.read_many(asked.clone())).await;
+        assert_eq!(results.len(), asked.len(), "one result per digest asked for");
+        for (((digest, result), asked), want) in results.iter().zip(&asked).zip(&want) {
+            assert_eq!(digest, asked, "results in the order asked");
+            let got = result.as_ref().unwrap_or_else(|e| panic!("blob {digest}: {e}"));
+            assert!(got.as_deref() == want.as_deref(), "read_many of {digest} differs");
+        }
+        let none: Vec<_> = futures::StreamExt::collect::<Vec<_>>(service.read_many(Vec::new())).await;
+        assert!(none.is_empty());
+    }
+
     pub async fn dropped_writer_stores_nothing(service: &dyn BlobService) {
         let content = data(600_000, 7);
         let mut w = service.open_write().await;
@@ -509,6 +535,7 @@ macro_rules! blob_backends {
                 #[tokio::test(flavor = "multi_thread")] async fn seeks_and_ranges() { blob::seeks_and_ranges(&*$setup.await.service).await }
                 #[tokio::test(flavor = "multi_thread")] async fn deferred_writes_then_sync() { blob::deferred_writes_then_sync(&*$setup.await.service).await }
                 #[tokio::test(flavor = "multi_thread")] async fn dropped_writer_stores_nothing() { blob::dropped_writer_stores_nothing(&*$setup.await.service).await }
+                #[tokio::test(flavor = "multi_thread")] async fn read_many() { blob::read_many(&*$setup.await.service).await }
             }
         )* }
     };

@@ -13,11 +13,13 @@ use tokio::io::AsyncWriteExt;
 use tvix_store::castore::blobservice::BlobService;
 use tvix_store::castore::{B3Digest, Error};
 
-const OUR_SERVICES: [&str; 4] = [
+const OUR_SERVICES: [&str; 5] = [
     "tvix.castore.v1.BlobService",
     "tvix.castore.v1.DirectoryService",
     "tvix.store.v1.PathInfoService",
+    // Our own extensions, each in its own package.
     "tvix_store.admin.v1.StoreAdmin",
+    "tvix_store.ext.v1.BlobBatchService",
 ];
 
 #[tokio::test(flavor = "multi_thread")]

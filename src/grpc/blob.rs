@@ -1,4 +1,5 @@
-//! BlobService over gRPC (`tvix.castore.v1.BlobService`).
+//! BlobService over gRPC (`tvix.castore.v1.BlobService`, and our batched read beside it: see
+//! [`super::blob_batch`]).
 
 use std::sync::Arc;
 
@@ -8,28 +9,54 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::blob_batch::BatchSupport;
 use super::channel::MAX_MESSAGE_SIZE;
 use crate::castore::blobservice::{
     BlobReader, BlobService, BlobWriter, CHUNK_MAX, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkStream,
-    ChunkedReader, ParkedStream, READ_AHEAD, verify_chunk,
+    ChunkedReader, ManyBlobs, ParkedStream, READ_AHEAD, verify_chunk,
 };
 use crate::castore::{B3Digest, Error};
 use crate::proto::castore::{self as proto, blob_service_client::BlobServiceClient};
+use crate::proto::ext::blob_batch_service_client::BlobBatchServiceClient;
 
-/// A [`BlobService`] talking to a remote `tvix.castore.v1.BlobService`.
+/// A [`BlobService`] talking to a remote `tvix.castore.v1.BlobService`; many blobs at once
+/// ([`BlobService::read_many`]) go through our `tvix_store.ext.v1.BlobBatchService` where the
+/// server has it. Clones share the channel and what was learnt about the server.
 #[derive(Clone)]
 pub struct GrpcBlobService {
-    client: BlobServiceClient<GrpcChannel>,
+    pub(super) client: BlobServiceClient<GrpcChannel>,
+    pub(super) batch_client: BlobBatchServiceClient<GrpcChannel>,
+    /// Whether the server has the batched read, found out on first use, for this channel.
+    pub(super) batch: Arc<BatchSupport>,
 }
 
 impl GrpcBlobService {
     /// A client over `channel`.
     pub fn new(channel: impl Into<GrpcChannel>) -> Self {
+        let channel = channel.into();
         Self {
-            client: BlobServiceClient::new(channel.into())
+            client: BlobServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            batch_client: BlobBatchServiceClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            batch: Arc::default(),
         }
+    }
+
+    /// The same client restricted to the tvix protocol: [`BlobService::read_many`] makes one
+    /// Read per blob (pipelined), as against a server without our extension. For benchmarks
+    /// and tests, the baseline a tvix client sees.
+    pub fn plain_protocol(mut self) -> Self {
+        self.batch = Arc::new(BatchSupport::absent());
+        self
+    }
+
+    /// Whether the server was found to serve the batched read: `None` before the first
+    /// [`BlobService::read_many`] call found out.
+    pub fn has_batch_read(&self) -> Option<bool> {
+        self.batch.known()
     }
 
     async fn stat(&self, digest: &B3Digest, send_chunks: bool) -> Result<Option<proto::StatBlobResponse>, Error> {
@@ -64,7 +91,7 @@ impl GrpcBlobService {
     }
 
     /// Reads and verifies a whole blob of at most `limit` bytes.
-    async fn read_verified(&self, digest: &B3Digest, limit: Option<usize>) -> Result<WholeRead, Error> {
+    pub(super) async fn read_verified(&self, digest: &B3Digest, limit: Option<usize>) -> Result<WholeRead, Error> {
         let read = self.read_up_to(digest, limit).await?;
         if let WholeRead::Complete(data) = &read {
             verify_whole(digest, data)?;
@@ -74,7 +101,7 @@ impl GrpcBlobService {
 }
 
 /// Checks bytes the server sent as all of blob `digest`.
-fn verify_whole(digest: &B3Digest, data: &[u8]) -> Result<(), Error> {
+pub(super) fn verify_whole(digest: &B3Digest, data: &[u8]) -> Result<(), Error> {
     if B3Digest::of(data) != *digest {
         return Err(Error::Corrupt(format!(
             "server sent {} bytes for blob {digest} that do not match its digest",
@@ -85,7 +112,7 @@ fn verify_whole(digest: &B3Digest, data: &[u8]) -> Result<(), Error> {
 }
 
 /// Outcome of reading a whole blob with one call.
-enum WholeRead {
+pub(super) enum WholeRead {
     Absent,
     Complete(Bytes),
     /// Boxed: a call in progress is large, and most reads complete.
@@ -94,7 +121,7 @@ enum WholeRead {
 
 /// A Read call of a whole blob stopped after its first messages, still open: a reader that
 /// then reads the blob from its start continues it instead of making a new call.
-struct Probe {
+pub(super) struct Probe {
     received: Vec<Bytes>,
     stream: tonic::Streaming<proto::BlobChunk>,
 }
@@ -110,7 +137,7 @@ impl Probe {
 }
 
 /// The messages of a blob as one buffer; the common case of a single message needs no copy.
-fn concat(mut parts: Vec<Bytes>) -> Bytes {
+pub(super) fn concat(mut parts: Vec<Bytes>) -> Bytes {
     if parts.len() == 1 {
         return parts.pop().unwrap_or_default();
     }
@@ -320,6 +347,10 @@ impl BlobService for GrpcBlobService {
             Some(response) => Ok(Some(parse_chunks(digest, response.chunks)?)),
             None => Ok(None),
         }
+    }
+
+    fn read_many(&self, digests: Vec<B3Digest>) -> ManyBlobs<'_> {
+        self.read_batched(digests)
     }
 }
 

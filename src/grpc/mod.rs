@@ -1,8 +1,9 @@
 //! gRPC clients of our three services, usable wherever a service trait object is expected, and
-//! of our admin extension.
+//! of our own extensions beside them (the batched blob read, admin).
 
 pub(crate) mod admin;
 mod blob;
+mod blob_batch;
 pub mod channel;
 mod directory;
 mod pathinfo;

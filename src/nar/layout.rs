@@ -13,18 +13,26 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
 use super::{NarWriter, RenderError};
-use crate::castore::blobservice::{BlobReader, BlobService, WholeBlob};
+use crate::castore::blobservice::{BlobReader, BlobService};
 use crate::castore::directoryservice::DirectoryService;
 use crate::castore::{B3Digest, Directory, Node, PathComponent};
 
-/// Blobs up to this size are read ahead whole; larger ones are opened ahead and streamed.
+/// Blobs up to this size are read ahead whole, in batches; larger ones are opened ahead and
+/// streamed.
 const READ_AHEAD_WHOLE: u64 = 1024 * 1024;
-/// Files fetched ahead of the one being written: small files are mostly round trips, and 16
-/// in flight kept a daemon-backed render at the speed of a local one (issue 2's measurements).
-const READ_AHEAD: usize = 16;
+/// A batch of small files ([`BlobService::read_many`], one call to a daemon) holds at most
+/// this many bytes and files. 256 files are ~12 small store paths of the nar-bridge benchmark,
+/// so most NARs are one batch; 4 MiB bounds what one batch holds in memory.
+const BATCH_BYTES: u64 = 4 * 1024 * 1024;
+const BATCH_FILES: usize = 256;
+/// Fetches (a batch of small files, or one large file opened) under way ahead of the one being
+/// written: the next batch arrives while this one is written, and at most this many times
+/// [`BATCH_BYTES`] are held (with one Read per file, 16 files ahead had kept a daemon-backed
+/// render at the speed of a local one, issue 2's measurements; a batch is that and more).
+const FETCHES_AHEAD: usize = 4;
 /// Bytes copied from a streamed blob per write.
 const COPY_BUF: usize = 64 * 1024;
 
@@ -195,16 +203,19 @@ impl NarLayout {
             })
             .filter(|(_, r)| !r.is_empty())
             .collect();
-        let fetches: Vec<(B3Digest, u64, Range<u64>)> = window
-            .iter()
-            .filter_map(|(s, part)| match s {
-                Segment::Contents { digest, size, .. } => Some((*digest, *size, part.clone())),
-                Segment::Framing { .. } => None,
+        let files = window.iter().filter_map(|(s, part)| match s {
+            Segment::Contents { digest, size, .. } => Some(File { digest: *digest, size: *size, part: part.clone() }),
+            Segment::Framing { .. } => None,
+        });
+        let mut fetched = futures::stream::iter(fetches(files))
+            .map(|fetch| async move {
+                match fetch {
+                    Fetch::Batch(files) => fetch_batch(blob, files).await,
+                    Fetch::Large(file) => Ok(vec![fetch_large(blob, file).await?]),
+                }
             })
-            .collect();
-        let mut fetched = futures::stream::iter(fetches)
-            .map(|(digest, size, part)| fetch(blob, digest, size, part))
-            .buffered(READ_AHEAD);
+            .buffered(FETCHES_AHEAD);
+        let mut ready = std::collections::VecDeque::new();
         let mut buf = Vec::new();
         for (segment, part) in &window {
             match segment {
@@ -213,10 +224,15 @@ impl NarLayout {
                     w.write_all(bytes).await.map_err(write_error)?;
                 }
                 Segment::Contents { digest, size, .. } => {
-                    let Some(contents) = fetched.next().await else {
-                        unreachable!("one fetch per contents segment in the window");
+                    if ready.is_empty()
+                        && let Some(batch) = fetched.next().await
+                    {
+                        ready.extend(batch?);
+                    }
+                    let Some(contents) = ready.pop_front() else {
+                        unreachable!("one fetched file per contents segment in the window");
                     };
-                    match contents? {
+                    match contents {
                         Fetched::Whole(data) => w.write_all(&data).await.map_err(write_error)?,
                         Fetched::Stream(reader) => {
                             copy_exact(reader, &mut w, *digest, *size, part.clone(), &mut buf).await?
@@ -305,42 +321,81 @@ enum Fetched {
     Stream(Box<dyn BlobReader>),
 }
 
-/// Gets `part` of a blob of `size` bytes: small blobs whole (their length checked), larger ones
-/// as an open reader positioned at `part.start`.
-async fn fetch(blob: &dyn BlobService, digest: B3Digest, size: u64, part: Range<u64>) -> Result<Fetched, RenderError> {
-    // A local store hands a small blob over as one verified buffer: one lookup instead of a
-    // reader's chunk-list lookup, fetch task and copies.
-    if size <= READ_AHEAD_WHOLE
-        && let Some(serving) = blob.serving()
-    {
-        match serving.read_whole(&digest, READ_AHEAD_WHOLE).await? {
-            WholeBlob::Verified(data) if data.len() as u64 == size => {
-                return Ok(Fetched::Whole(data.slice(part.start as usize..part.end as usize)));
+/// A file whose contents are in the range being written: `part` of a blob of `size` bytes.
+struct File {
+    digest: B3Digest,
+    size: u64,
+    part: Range<u64>,
+}
+
+/// What is fetched ahead together.
+enum Fetch {
+    /// Small files, read whole with one [`BlobService::read_many`].
+    Batch(Vec<File>),
+    /// A large file, opened and streamed.
+    Large(File),
+}
+
+/// Groups `files` (in NAR order) into fetches: runs of small files cut into batches of at most
+/// [`BATCH_FILES`] files and [`BATCH_BYTES`] bytes, each large file on its own.
+fn fetches(files: impl Iterator<Item = File>) -> Vec<Fetch> {
+    let mut fetches = Vec::new();
+    let mut batch: Vec<File> = Vec::new();
+    let mut batch_bytes = 0;
+    for file in files {
+        if file.size > READ_AHEAD_WHOLE {
+            if !batch.is_empty() {
+                fetches.push(Fetch::Batch(std::mem::take(&mut batch)));
+                batch_bytes = 0;
             }
-            WholeBlob::Verified(_) | WholeBlob::TooLarge => return Err(RenderError::SizeMismatch { digest, size }),
-            WholeBlob::Absent => return Err(RenderError::Missing { what: "blob", digest }),
+            fetches.push(Fetch::Large(file));
+            continue;
         }
+        if !batch.is_empty() && (batch.len() == BATCH_FILES || batch_bytes + file.size > BATCH_BYTES) {
+            fetches.push(Fetch::Batch(std::mem::take(&mut batch)));
+            batch_bytes = 0;
+        }
+        batch_bytes += file.size;
+        batch.push(file);
     }
+    if !batch.is_empty() {
+        fetches.push(Fetch::Batch(batch));
+    }
+    fetches
+}
+
+/// Reads a batch of small files whole (each checked against its node's size) and cuts out
+/// their parts.
+async fn fetch_batch(blob: &dyn BlobService, files: Vec<File>) -> Result<Vec<Fetched>, RenderError> {
+    let mut results = blob.read_many(files.iter().map(|f| f.digest).collect());
+    let mut fetched = Vec::with_capacity(files.len());
+    for File { digest, size, part } in files {
+        let data = match results.next().await {
+            Some((got, result)) if got == digest => result?,
+            // A read_many that skips or reorders results is a bug of its implementation; the
+            // file's bytes are missing either way.
+            _ => None,
+        };
+        let data = data.ok_or(RenderError::Missing { what: "blob", digest })?;
+        if data.len() as u64 != size {
+            return Err(RenderError::SizeMismatch { digest, size });
+        }
+        fetched.push(Fetched::Whole(data.slice(part.start as usize..part.end as usize)));
+    }
+    Ok(fetched)
+}
+
+/// Opens a large blob, positioned at `part.start`.
+async fn fetch_large(blob: &dyn BlobService, file: File) -> Result<Fetched, RenderError> {
+    let File { digest, part, .. } = file;
     let mut reader = blob.open_read(&digest).await?.ok_or(RenderError::Missing { what: "blob", digest })?;
-    if size > READ_AHEAD_WHOLE {
-        if part.start > 0 {
-            reader
-                .seek(std::io::SeekFrom::Start(part.start))
-                .await
-                .map_err(|source| RenderError::BlobRead { digest, source })?;
-        }
-        return Ok(Fetched::Stream(reader));
+    if part.start > 0 {
+        reader
+            .seek(std::io::SeekFrom::Start(part.start))
+            .await
+            .map_err(|source| RenderError::BlobRead { digest, source })?;
     }
-    let mut data = Vec::with_capacity(size as usize);
-    (&mut reader as &mut (dyn AsyncRead + Unpin + Send))
-        .take(size + 1)
-        .read_to_end(&mut data)
-        .await
-        .map_err(|source| RenderError::BlobRead { digest, source })?;
-    if data.len() as u64 != size {
-        return Err(RenderError::SizeMismatch { digest, size });
-    }
-    Ok(Fetched::Whole(Bytes::from(data).slice(part.start as usize..part.end as usize)))
+    Ok(Fetched::Stream(reader))
 }
 
 /// Copies `part` of a streamed blob to `w`; a blob shorter than its node says, or (when read

@@ -1,8 +1,11 @@
-//! gRPC servers for our three services (wire-compatible with tvix), plus `grpc.health.v1` and
-//! server reflection (v1 and v1alpha), on a TCP address or a unix socket.
+//! gRPC servers for our three services (wire-compatible with tvix), our own extensions beside
+//! them (`tvix_store.ext.v1.BlobBatchService`, batched blob reads; `tvix_store.admin.v1`),
+//! plus `grpc.health.v1` and server reflection (v1 and v1alpha), on a TCP address or a unix
+//! socket.
 
 mod admin;
 mod blob;
+mod blob_batch;
 mod directory;
 mod listen;
 mod metrics;
@@ -21,6 +24,7 @@ use tower::layer::util::{Identity, Stack};
 
 pub use admin::{Admin, AdminServer};
 pub use blob::BlobServer;
+pub use blob_batch::{BlobBatchServer, MAX_DIGESTS as MAX_BATCH_DIGESTS};
 pub use directory::DirectoryServer;
 pub use listen::{ListenAddr, Listener, SocketFile};
 pub use owner::{OwnerSocket, serve_owner_socket};
@@ -35,6 +39,7 @@ use crate::pathinfo::{NarCalculationService, PathInfoService};
 use crate::proto::admin::store_admin_server::StoreAdminServer;
 use crate::proto::castore::blob_service_server::BlobServiceServer;
 use crate::proto::castore::directory_service_server::DirectoryServiceServer;
+use crate::proto::ext::blob_batch_service_server::BlobBatchServiceServer;
 use crate::proto::store::path_info_service_server::PathInfoServiceServer;
 
 /// Why serving failed.
@@ -125,6 +130,9 @@ async fn router(
     over_tcp: bool,
 ) -> Result<Router<Stack<metrics::RpcMetrics, Stack<uploads::WatchUploads, Identity>>>, ServeError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
+    let blob_batch = BlobBatchServiceServer::new(BlobBatchServer::new(handlers.blob.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let blob = BlobServiceServer::new(BlobServer::new(handlers.blob))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -138,6 +146,7 @@ async fn router(
     health_reporter.set_serving::<BlobServiceServer<BlobServer>>().await;
     health_reporter.set_serving::<DirectoryServiceServer<DirectoryServer>>().await;
     health_reporter.set_serving::<PathInfoServiceServer<PathInfoServer>>().await;
+    health_reporter.set_serving::<BlobBatchServiceServer<BlobBatchServer>>().await;
     health_reporter.set_serving::<StoreAdminServer<AdminServer>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -160,6 +169,7 @@ async fn router(
         .add_service(blob)
         .add_service(directory)
         .add_service(path_info)
+        .add_service(blob_batch)
         .add_service(admin))
 }
 

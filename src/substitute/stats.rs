@@ -17,7 +17,7 @@ use std::task::{Context, Poll, ready};
 use async_trait::async_trait;
 use tokio::io::AsyncWrite;
 
-use crate::castore::blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta, ServingReads};
+use crate::castore::blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta, ManyBlobs, ServingReads};
 use crate::castore::{B3Digest, Error};
 
 /// Counters shared by every binary cache of one set of services. All figures count from
@@ -109,6 +109,10 @@ impl BlobService for CountingBlobs {
 
     fn serving(&self) -> Option<&dyn ServingReads> {
         self.inner.serving()
+    }
+
+    fn read_many(&self, digests: Vec<B3Digest>) -> ManyBlobs<'_> {
+        self.inner.read_many(digests)
     }
 }
 

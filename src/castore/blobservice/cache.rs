@@ -7,8 +7,10 @@
 //! store never holds a partial blob under the digest asked for.
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
 
-use super::{BlobReader, BlobService, BlobWriter, ChunkMeta};
+use super::{BlobReader, BlobService, BlobWriter, ChunkMeta, ManyBlobs};
 use crate::castore::{B3Digest, Cache, Error};
 
 /// Blobs from `near`, filled from `far` on a miss; new blobs go where [`CacheWrites`](crate::castore::CacheWrites) says.
@@ -31,6 +33,21 @@ impl Cache<dyn BlobService> {
         }
         tracing::debug!(%digest, "blob cached from the far store");
         Ok(true)
+    }
+
+    /// Stores `data`, which far verified as blob `digest`, in near. A failure only costs the
+    /// next read another trip to far, so it is logged, not returned: the bytes are good.
+    async fn fill_with(&self, digest: &B3Digest, data: Bytes) {
+        let mut writer = self.near.open_write().await;
+        let stored = match writer.write_bytes(data).await {
+            Ok(()) => writer.close().await,
+            Err(e) => Err(Error::from_io(digest, e)),
+        };
+        match stored {
+            Ok(stored) if stored == *digest => tracing::debug!(%digest, "blob cached from the far store"),
+            Ok(stored) => tracing::warn!(%digest, %stored, "near store stored a far blob under another digest"),
+            Err(e) => tracing::warn!(%digest, "caching a blob from the far store: {e}"),
+        }
     }
 }
 
@@ -73,5 +90,45 @@ impl BlobService for Cache<dyn BlobService> {
             Some(chunks) => Ok(Some(chunks)),
             None => self.far.chunks(digest).await,
         }
+    }
+
+    /// The batch from near; what near lacks from far in one batch of its own (a remote far
+    /// store then costs one batched call instead of a call per missing blob), stored in near.
+    /// The whole batch is gathered before the first result: callers bound its bytes.
+    fn read_many(&self, digests: Vec<B3Digest>) -> ManyBlobs<'_> {
+        async_stream::stream! {
+            let mut results: Vec<_> = self.near.read_many(digests).collect().await;
+            let missing: Vec<B3Digest> =
+                results.iter().filter(|(_, r)| matches!(r, Ok(None))).map(|(d, _)| *d).collect();
+            for (_, result) in &results {
+                if let Ok(Some(_)) = result {
+                    crate::castore::cache::count("blob", true);
+                }
+            }
+            if !missing.is_empty() {
+                let mut filled = std::collections::HashMap::new();
+                let mut far = self.far.read_many(missing);
+                while let Some((digest, result)) = far.next().await {
+                    crate::castore::cache::count("blob", false);
+                    if let Ok(Some(data)) = &result
+                        && !filled.contains_key(&digest)
+                    {
+                        self.fill_with(&digest, data.clone()).await;
+                    }
+                    filled.insert(digest, result);
+                }
+                for (digest, result) in &mut results {
+                    if matches!(result, Ok(None))
+                        && let Some(far) = filled.get(digest)
+                    {
+                        *result = far.clone();
+                    }
+                }
+            }
+            for result in results {
+                yield result;
+            }
+        }
+        .boxed()
     }
 }

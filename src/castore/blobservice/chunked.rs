@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
@@ -14,7 +15,7 @@ use super::chunker::{CHUNK_MAX, final_chunk_lengths};
 use super::reader::verify_chunk;
 use super::{
     BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader, IncomingBlob,
-    ServingReads, WholeBlob,
+    ManyBlob, ManyBlobs, READ_MANY_CONCURRENCY, ServingReads, WholeBlob,
 };
 use crate::castore::inventory::{Leftovers, Removal, StoredStream};
 use crate::castore::{B3Digest, Error};
@@ -37,6 +38,18 @@ pub trait ChunkStore: ChunkSource {
     /// Makes everything stored before this call durable. Required: a backend whose puts are
     /// durable by themselves says so in its own (empty) implementation.
     async fn sync(&self) -> Result<(), Error>;
+
+    /// Several chunks at once, one result per digest in the order asked (`None` for an absent
+    /// one), unverified like [`ChunkSource::get_chunk`]; for [`BlobService::read_many`]. A
+    /// read-speed hook, so it has a default (one `get_chunk` each, a few at a time); a backend
+    /// that fetches several with one call (one trip to the blocking pool) overrides it.
+    async fn get_chunks(&self, digests: &[B3Digest]) -> Vec<Result<Option<Bytes>, Error>> {
+        futures::stream::iter(digests.iter().copied())
+            .map(|digest| async move { self.get_chunk(&digest).await })
+            .buffered(READ_MANY_CONCURRENCY)
+            .collect()
+            .await
+    }
 
     /// Every stored object of `kind`, for garbage collection and integrity checks. A write that
     /// finds its object already present must still count as a write (a backend refreshes the
@@ -71,6 +84,14 @@ impl ChunkObject {
         }
     }
 }
+
+/// Blobs of a [`BlobService::read_many`] fetched with one [`ChunkStore::get_chunks`] call. A
+/// local store reads them in one trip to the blocking pool instead of one trip each: those
+/// hand-offs were a third of a small NAR's CPU time in nar-bridge (docs/benchmarks.md).
+const CHUNKS_PER_GET: usize = 32;
+/// [`ChunkStore::get_chunks`] calls under way at once: on the 2-core machine two already keep
+/// both cores busy, four leave room for a backend that waits on I/O.
+const GETS_AHEAD: usize = 4;
 
 /// Chunks stored concurrently per blob being written: enough to overlap hashing and storage I/O
 /// on a few cores, bounded so a writer holds at most this many chunks (≤ 1 MiB each) in memory.
@@ -177,6 +198,15 @@ impl<S: ChunkStore> BlobService for ChunkedBlobService<S> {
     fn serving(&self) -> Option<&dyn ServingReads> {
         Some(self)
     }
+
+    fn read_many(&self, digests: Vec<B3Digest>) -> ManyBlobs<'_> {
+        let groups: Vec<Vec<B3Digest>> = digests.chunks(CHUNKS_PER_GET).map(<[B3Digest]>::to_vec).collect();
+        futures::stream::iter(groups)
+            .map(move |group| self.read_group(group))
+            .buffered(GETS_AHEAD)
+            .flat_map(futures::stream::iter)
+            .boxed()
+    }
 }
 
 #[async_trait]
@@ -193,6 +223,32 @@ impl<S: ChunkStore> ServingReads for ChunkedBlobService<S> {
         if let Some(data) = self.single_chunk(digest).await? {
             return Ok(if data.len() as u64 > limit { WholeBlob::TooLarge } else { WholeBlob::Verified(data) });
         }
+        self.read_listed(digest, limit).await
+    }
+
+    async fn read_whole_many(&self, digests: &[B3Digest], limit: u64) -> Vec<Result<WholeBlob, Error>> {
+        let mut fetched = self.store.get_chunks(digests).await.into_iter();
+        let mut results = Vec::with_capacity(digests.len());
+        for digest in digests {
+            results.push(match fetched.next() {
+                Some(Ok(Some(data))) => {
+                    verify_chunk(digest, &ChunkMeta { digest: *digest, size: data.len() as u64 }, &data).map(|()| {
+                        if data.len() as u64 > limit { WholeBlob::TooLarge } else { WholeBlob::Verified(data) }
+                    })
+                }
+                // Not a single chunk: a blob with a chunk list, or absent.
+                Some(Ok(None)) => self.read_listed(digest, limit).await,
+                Some(Err(e)) => Err(e),
+                None => Err(Error::Storage(format!("chunk store gave no answer for chunk {digest}"))),
+            });
+        }
+        results
+    }
+}
+
+impl<S: ChunkStore> ChunkedBlobService<S> {
+    /// A blob with a chunk list (not a single chunk) read whole, if at most `limit` bytes.
+    async fn read_listed(&self, digest: &B3Digest, limit: u64) -> Result<WholeBlob, Error> {
         let Some(chunks) = self.store.get_chunk_list(digest).await? else {
             return Ok(WholeBlob::Absent);
         };
@@ -208,9 +264,25 @@ impl<S: ChunkStore> ServingReads for ChunkedBlobService<S> {
             .map_err(|e| Error::from_io(digest, e))?;
         Ok(WholeBlob::Verified(data.into()))
     }
-}
 
-impl<S: ChunkStore> ChunkedBlobService<S> {
+    /// One group of a [`BlobService::read_many`]: the single-chunk blobs with one
+    /// [`ChunkStore::get_chunks`], the others through their chunk lists.
+    async fn read_group(&self, group: Vec<B3Digest>) -> Vec<ManyBlob> {
+        let results = self.read_whole_many(&group, u64::MAX).await;
+        group
+            .into_iter()
+            .zip(results)
+            .map(|(digest, result)| {
+                let result = result.and_then(|whole| match whole {
+                    WholeBlob::Verified(data) => Ok(Some(data)),
+                    WholeBlob::Absent => Ok(None),
+                    WholeBlob::TooLarge => Err(Error::Storage(format!("blob {digest} is too large to be read whole"))),
+                });
+                (digest, result)
+            })
+            .collect()
+    }
+
     /// The verified bytes of the blob if it is stored as a single chunk (under its own digest).
     async fn single_chunk(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error> {
         let Some(data) = self.store.get_chunk(digest).await? else {

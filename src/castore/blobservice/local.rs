@@ -165,6 +165,29 @@ impl ChunkStore for LocalChunkStore {
         self.write_file("chunks", digest, data, true).await
     }
 
+    async fn get_chunks(&self, digests: &[B3Digest]) -> Vec<Result<Option<Bytes>, Error>> {
+        let root = self.root.clone();
+        let location = self.location.clone();
+        let digests = digests.to_vec();
+        let count = digests.len();
+        // All in one trip to the blocking pool; see CHUNKS_PER_GET in chunked.rs.
+        let read = tokio::task::spawn_blocking(move || {
+            digests
+                .iter()
+                .map(|digest| {
+                    let path = Self::path("chunks", digest);
+                    match std::fs::read(root.join(&path)) {
+                        Ok(data) => Ok(Some(Bytes::from(data))),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                        Err(e) => Err(Error::storage(format!("blob store {location}: {path}"), e)),
+                    }
+                })
+                .collect()
+        })
+        .await;
+        read.unwrap_or_else(|e| vec![Err(Error::Storage(format!("blob store task failed: {e}"))); count])
+    }
+
     async fn get_chunk_list(&self, blob: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
         match self.get(Self::path("blobs", blob)).await? {
             Some(buf) => Ok(Some(decode_chunk_list(blob, &buf)?)),
