@@ -314,7 +314,9 @@ fn maintenance(plan: &Plan, kept: Kept) -> Maintenance {
         return Maintenance::Local(Backends { chunks, directories, path_infos });
     }
     match roots {
-        [Some(Leaf::Grpc(a)), Some(Leaf::Grpc(b)), Some(Leaf::Grpc(c))] if a == b && b == c => {
+        [Some(Leaf::Grpc(a) | Leaf::GrpcTvixOnly(a)), Some(Leaf::Grpc(b) | Leaf::GrpcTvixOnly(b)), Some(Leaf::Grpc(c) | Leaf::GrpcTvixOnly(c))]
+            if a == b && b == c =>
+        {
             Maintenance::Remote(a.clone())
         }
         _ => Maintenance::Unsupported(
@@ -366,6 +368,9 @@ fn build_blob_keeping(
                 chunked(service.chunk_store(), Arc::new(service))
             }
             Leaf::Grpc(target) => Ok(Arc::new(GrpcBlobService::new(crate::grpc::channel(target)?))),
+            Leaf::GrpcTvixOnly(target) => {
+                Ok(Arc::new(GrpcBlobService::new(crate::grpc::channel(target)?).plain_protocol()))
+            }
             Leaf::Redb(_) => Err("redb does not store blobs".into()),
             Leaf::BinaryCache(_) => Err("a binary cache is a path-info source only".into()),
         },
@@ -411,7 +416,9 @@ fn build_directory_keeping(
                 );
                 stored(service.directory_store(), Arc::new(service))
             }
-            Leaf::Grpc(target) => Ok(Arc::new(GrpcDirectoryService::new(crate::grpc::channel(target)?))),
+            Leaf::Grpc(target) | Leaf::GrpcTvixOnly(target) => {
+                Ok(Arc::new(GrpcDirectoryService::new(crate::grpc::channel(target)?)))
+            }
             Leaf::ObjectStoreMemory => {
                 let service = StoredDirectoryService::new(ObjectStoreDirectoryStore::new(&objectstore::memory()));
                 stored(service.directory_store(), Arc::new(service))
@@ -470,7 +477,9 @@ fn build_path_info_counting(
                 let service = Arc::new(crate::redb::RedbPathInfoService::open(path).map_err(|e| e.to_string())?);
                 removable(service.clone(), service)
             }
-            Leaf::Grpc(target) => Ok(Arc::new(GrpcPathInfoService::new(crate::grpc::channel(target)?))),
+            Leaf::Grpc(target) | Leaf::GrpcTvixOnly(target) => {
+                Ok(Arc::new(GrpcPathInfoService::new(crate::grpc::channel(target)?)))
+            }
             Leaf::BinaryCache(spec) => Ok(Arc::new(binary_cache(spec, blob, directory, stats)?)),
             Leaf::ObjectStoreMemory => {
                 let service = Arc::new(ObjectStorePathInfoService::new(&objectstore::memory()));

@@ -41,6 +41,9 @@ pub enum Leaf {
     Redb(PathBuf),
     /// `grpc+unix://` or `grpc+http://`: our (or tvix's) gRPC service.
     Grpc(GrpcTarget),
+    /// The same with `?protocol=tvix`: a blob client held to the plain tvix protocol (one Read
+    /// per blob, never our batched read), the baseline a tvix client sees in benchmarks.
+    GrpcTvixOnly(GrpcTarget),
     /// `nix+http://`, `nix+https://`, `nix+file://`: a Nix binary cache as a PathInfo source.
     BinaryCache(BinaryCacheSpec),
 }
@@ -211,7 +214,14 @@ pub fn parse(kind: Kind, addr: &str) -> Result<Leaf, String> {
         }
         "objectstore+s3" => Leaf::S3(s3(addr, &url)?),
         "redb" if kind != Kind::Blob => Leaf::Redb(local_path(&url)?),
-        "grpc+unix" | "grpc+http" => Leaf::Grpc(grpc_target(&url)?),
+        "grpc+unix" | "grpc+http" => {
+            let target = grpc_target(&url)?;
+            if url.query_pairs().any(|(key, value)| key == "protocol" && value == "tvix") {
+                Leaf::GrpcTvixOnly(target)
+            } else {
+                Leaf::Grpc(target)
+            }
+        }
         "nix+http" | "nix+https" | "nix+file" if kind == Kind::PathInfo => {
             Leaf::BinaryCache(binary_cache(addr.strip_prefix("nix+").unwrap_or(addr), &[])?)
         }
@@ -245,8 +255,14 @@ fn supported(kind: Kind) -> &'static str {
 pub fn grpc_target(url: &url::Url) -> Result<GrpcTarget, String> {
     let mut fallbacks = Vec::new();
     for (key, value) in url.query_pairs() {
+        if key == "protocol" {
+            if value != "tvix" && value != "ours" {
+                return Err(format!("protocol={value:?}: expected tvix (the plain tvix protocol) or ours"));
+            }
+            continue;
+        }
         if key != "fallback" {
-            return Err(format!("unknown option {key:?} (gRPC addresses take only fallback=)"));
+            return Err(format!("unknown option {key:?} (gRPC addresses take fallback= and protocol=)"));
         }
         let fallback = match url.scheme() {
             "grpc+unix" => format!("grpc+unix://{value}"),
@@ -361,6 +377,9 @@ mod tests {
         );
         assert!(parse(Kind::Blob, "grpc+http://a:1?fallback=b").unwrap_err().contains("no port"));
         assert!(parse(Kind::Blob, "grpc+http://a:1?other=b:2").unwrap_err().contains("unknown option"));
+        let plain = parse(Kind::Blob, "grpc+http://a:1?protocol=tvix").unwrap();
+        assert_eq!(plain, Leaf::GrpcTvixOnly(GrpcTarget::Tcp { host: "a".into(), port: 1 }));
+        assert!(parse(Kind::Blob, "grpc+http://a:1?protocol=http2").unwrap_err().contains("expected tvix"));
         assert!(parse(Kind::Blob, "http://localhost:1").is_err());
     }
 }
