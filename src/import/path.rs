@@ -49,7 +49,7 @@ pub async fn ingest_path(
             progress,
             any_directory: false,
         };
-        let node = walker.node(&path, None)?;
+        let node = walker.walk(&path)?;
         let Walker { nar, uploads, any_directory, .. } = walker;
         let hasher = futures::executor::block_on(nar.finish())?;
         let (nar_size, nar_sha256) = hasher.finalize();
@@ -82,8 +82,66 @@ fn now<F: std::future::Future>(f: F) -> F::Output {
     futures::executor::block_on(f)
 }
 
+/// A directory being walked: where it is, its name in its parent, the entries still to visit
+/// (last first, so `pop` gives them in name order) and the listing built so far.
+struct Frame {
+    path: PathBuf,
+    name: Option<PathComponent>,
+    pending: Vec<(Vec<u8>, PathBuf)>,
+    dir: Directory,
+}
+
 impl Walker<'_> {
-    fn node(&mut self, path: &Path, name: Option<&[u8]>) -> Result<Node, ImportError> {
+    /// Walks the tree at `root` depth-first in NAR order, with an explicit stack rather than a
+    /// call per level: a local tree can be as deep as PATH_MAX allows (about 2,000 levels),
+    /// and recursing overflowed the 2 MiB stack of the blocking thread at 1,990 levels in a
+    /// debug build (tests/deep_nesting.rs).
+    fn walk(&mut self, root: &Path) -> Result<Node, ImportError> {
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut next: Option<(PathBuf, Option<PathComponent>)> = Some((root.to_path_buf(), None));
+        loop {
+            let (path, name, node) = match next.take() {
+                Some((path, name)) => match self.leaf(&path, name.as_ref())? {
+                    Some(node) => (path, name, node),
+                    None => {
+                        let pending = list(&path)?;
+                        now(self.nar.directory_start(name.as_ref().map(PathComponent::as_bytes)))?;
+                        stack.push(Frame { path, name, pending, dir: Directory::new() });
+                        continue;
+                    }
+                },
+                None => {
+                    let Some(top) = stack.last_mut() else {
+                        unreachable!("an entry is only taken from an open directory");
+                    };
+                    if let Some((child_name, child_path)) = top.pending.pop() {
+                        let component =
+                            PathComponent::try_from(&child_name[..]).map_err(|e| invalid(&child_path, e))?;
+                        next = Some((child_path, Some(component)));
+                        continue;
+                    }
+                    let Some(Frame { path, name, dir, .. }) = stack.pop() else {
+                        unreachable!("the top frame was just looked at");
+                    };
+                    now(self.nar.directory_end())?;
+                    let node = Node::directory(dir.digest(), dir.size());
+                    self.rt.block_on(self.putter.put(dir))?;
+                    self.any_directory = true;
+                    self.count();
+                    (path, name, node)
+                }
+            };
+            match (stack.last_mut(), name) {
+                (Some(parent), Some(name)) => parent.dir.add(name, node).map_err(|e| invalid(&path, e))?,
+                _ => return Ok(node),
+            }
+        }
+    }
+
+    /// Writes and returns a symlink or file node; `None` for a directory, which the caller
+    /// opens.
+    fn leaf(&mut self, path: &Path, name: Option<&PathComponent>) -> Result<Option<Node>, ImportError> {
+        let name = name.map(PathComponent::as_bytes);
         let meta = std::fs::symlink_metadata(path).map_err(ImportError::io(path))?;
         let ft = meta.file_type();
         if ft.is_symlink() {
@@ -92,12 +150,12 @@ impl Walker<'_> {
             let target = SymlinkTarget::try_from(target).map_err(|e| invalid(path, e))?;
             now(self.nar.symlink(name, target.as_bytes()))?;
             self.count();
-            Ok(Node::Symlink { target })
+            Ok(Some(Node::Symlink { target }))
         } else if ft.is_file() {
             let executable = meta.permissions().mode() & 0o100 != 0;
-            self.file(path, name, executable, meta.len())
+            self.file(path, name, executable, meta.len()).map(Some)
         } else if ft.is_dir() {
-            self.directory(path, name)
+            Ok(None)
         } else {
             let kind = if ft.is_socket() {
                 "socket"
@@ -112,29 +170,6 @@ impl Walker<'_> {
             };
             Err(ImportError::UnsupportedType { path: path.to_path_buf(), kind })
         }
-    }
-
-    fn directory(&mut self, path: &Path, name: Option<&[u8]>) -> Result<Node, ImportError> {
-        let mut entries: Vec<(Vec<u8>, PathBuf)> = Vec::new();
-        for entry in std::fs::read_dir(path).map_err(ImportError::io(path))? {
-            let entry = entry.map_err(ImportError::io(path))?;
-            entries.push((entry.file_name().as_bytes().to_vec(), entry.path()));
-        }
-        // NAR order is by name bytes, which is also castore's order.
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        now(self.nar.directory_start(name))?;
-        let mut dir = Directory::new();
-        for (child_name, child_path) in entries {
-            let component = PathComponent::try_from(&child_name[..]).map_err(|e| invalid(&child_path, e))?;
-            let node = self.node(&child_path, Some(&child_name))?;
-            dir.add(component, node).map_err(|e| invalid(&child_path, e))?;
-        }
-        now(self.nar.directory_end())?;
-        let node = Node::directory(dir.digest(), dir.size());
-        self.rt.block_on(self.putter.put(dir))?;
-        self.any_directory = true;
-        self.count();
-        Ok(node)
     }
 
     fn file(&mut self, path: &Path, name: Option<&[u8]>, executable: bool, size: u64) -> Result<Node, ImportError> {
@@ -196,6 +231,18 @@ impl Walker<'_> {
             p.add_entry();
         }
     }
+}
+
+/// The entries of the directory at `path`, last in NAR order first.
+fn list(path: &Path) -> Result<Vec<(Vec<u8>, PathBuf)>, ImportError> {
+    let mut entries: Vec<(Vec<u8>, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(ImportError::io(path))? {
+        let entry = entry.map_err(ImportError::io(path))?;
+        entries.push((entry.file_name().as_bytes().to_vec(), entry.path()));
+    }
+    // NAR order is by name bytes, which is also castore's order.
+    entries.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    Ok(entries)
 }
 
 fn invalid(path: &Path, e: impl std::fmt::Display) -> ImportError {

@@ -87,10 +87,19 @@ pub enum VerifyError {
     NotContentAddressed { store_path: StorePath, ca: String, gives: String, unsigned: Box<VerifyError> },
 }
 
+/// Decodes standard base64 in its one canonical spelling. `data_encoding` also accepts a
+/// concatenation of padded pieces (`…ua0=HCA=` for `…ua0cIA==`); Nix 2.8's decoder stops at
+/// the first `=`, so to Nix such a value is other, shorter bytes. Found by the `narinfo_keys`
+/// fuzz target: a `Sig:` had two spellings.
+pub(super) fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    let bytes = BASE64.decode(s.as_bytes()).ok()?;
+    (BASE64.encode(&bytes) == s).then_some(bytes)
+}
+
 /// Splits `name:base64` and decodes the base64; the name must be non-empty.
 fn split_key(s: &str) -> Result<(&str, Vec<u8>), KeyError> {
     let (name, b64) = s.split_once(':').filter(|(n, _)| !n.is_empty()).ok_or(KeyError::NoName)?;
-    let bytes = BASE64.decode(b64.as_bytes()).map_err(|_| KeyError::Base64(name.to_string()))?;
+    let bytes = decode_base64(b64).ok_or_else(|| KeyError::Base64(name.to_string()))?;
     Ok((name, bytes))
 }
 
@@ -102,9 +111,7 @@ fn read_key_file(path: &Path) -> Result<String, KeyError> {
 pub fn parse_signature(s: &str) -> Result<Signature, SignatureError> {
     let (name, b64) =
         s.split_once(':').filter(|(n, _)| !n.is_empty()).ok_or_else(|| SignatureError::NoName(s.to_string()))?;
-    let data = BASE64
-        .decode(b64.as_bytes())
-        .ok()
+    let data = decode_base64(b64)
         .and_then(|d| <[u8; 64]>::try_from(d).ok())
         .ok_or_else(|| SignatureError::Data(name.to_string()))?;
     Ok(Signature { name: name.to_string(), data })
@@ -325,6 +332,18 @@ impl TrustedKeys {
 mod tests {
     use super::super::tests::{ADDED, BUILT, PUBLIC, SECRET};
     use super::*;
+
+    #[test]
+    fn base64_has_one_spelling() {
+        // The fuzz finding: the same 64 bytes as two padded pieces.
+        let canonical =
+            "fuzz-s:hbXiDiDMYQLk/HXOzs6Vi85Fbof7M87xngYVQYEx2aObC7W3Dv4EHJBF+zSsX619atD+rlK+QxDfWZg2ua0cIA==";
+        let pieces = "fuzz-s:hbXiDiDMYQLk/HXOzs6Vi85Fbof7M87xngYVQYEx2aObC7W3Dv4EHJBF+zSsX619atD+rlK+QxDfWZg2ua0=HCA=";
+        assert_eq!(format_signature(&parse_signature(canonical).unwrap()), canonical);
+        assert_eq!(parse_signature(pieces), Err(SignatureError::Data("fuzz-s".into())));
+        assert_eq!(decode_base64("AAAA"), Some(vec![0; 3]));
+        assert_eq!(decode_base64("AA==AA=="), None);
+    }
 
     #[test]
     fn keys_round_trip_and_match() {

@@ -18,7 +18,7 @@ use std::fmt;
 
 use data_encoding::{BASE64, HEXLOWER_PERMISSIVE};
 
-use super::keys::{SignatureError, parse_signature};
+use super::keys::{SignatureError, decode_base64, parse_signature};
 use super::{Compression, NarInfo};
 use crate::pathinfo::{CaKind, ContentAddress};
 use crate::storepath::{InvalidStorePath, StorePath, nixbase32};
@@ -122,7 +122,7 @@ fn decode_digest(body: &str, len: usize) -> Option<Vec<u8>> {
     } else if body.len() == nixbase32::encoded_len(len) {
         nixbase32::decode(body.as_bytes(), len).ok()?
     } else if body.len() == BASE64.encode_len(len) {
-        BASE64.decode(body.as_bytes()).ok()?
+        decode_base64(body)?
     } else {
         return None;
     };
@@ -147,8 +147,7 @@ pub fn parse_sha256(value: &str) -> Result<[u8; 32], HashError> {
     if algorithm != "sha256" {
         return Err(HashError::Algorithm(algorithm.to_string()));
     }
-    let digest =
-        if sri { BASE64.decode(body.as_bytes()).ok().filter(|d| d.len() == 32) } else { decode_digest(body, 32) };
+    let digest = if sri { decode_base64(body).filter(|d| d.len() == 32) } else { decode_digest(body, 32) };
     digest.and_then(|d| d.try_into().ok()).ok_or_else(|| HashError::Digest(value.to_string()))
 }
 
@@ -425,6 +424,15 @@ mod tests {
         let info = NarInfo::parse(&text).unwrap();
         assert_eq!(info.system.as_deref(), Some("x86_64-linux"));
         assert_eq!(info, NarInfo { system: Some("x86_64-linux".into()), ..NarInfo::parse(BUILT).unwrap() });
+    }
+
+    #[test]
+    fn base64_hashes_in_padded_pieces_are_refused() {
+        // Nix stops decoding at the first `=`; data_encoding alone would read on.
+        let want = NarInfo::parse(BUILT).unwrap().nar_hash;
+        let pieces = format!("sha256-{}{}", BASE64.encode(&want[..31]), BASE64.encode(&want[31..]));
+        assert_eq!(parse_sha256(&pieces), Err(HashError::Digest(pieces.clone())));
+        assert_eq!(parse_sha256(&format!("sha256-{}", BASE64.encode(&want))), Ok(want));
     }
 
     #[test]
