@@ -69,6 +69,40 @@ fn a_mounts_counters_move_after_a_read() {
 }
 
 #[test]
+fn prefetch_hits_are_counted_when_a_directory_is_read_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let src = tmp.path().join("small-files");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..40u32 {
+        std::fs::write(src.join(format!("f{i:02}")), vec![i as u8; 2000 + i as usize]).unwrap();
+    }
+    let out = tvix_store().env("TVIX_STORE_DIR", &store).arg("import").arg(&src).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let store_path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let port = free_port();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut mount = tvix_store();
+    mount.env("TVIX_STORE_DIR", &store).args(["mount", "--metrics-listen", &format!("127.0.0.1:{port}")]).arg(&mnt);
+    let _mount = MountProcess::start(mount, &mnt);
+    // tar lists the directory (handing out every inode) and reads its files in listing order
+    // (into a file: writing to /dev/null, GNU tar skips reading the files at all).
+    let tar = Command::new("tar")
+        .arg("-cf")
+        .arg(tmp.path().join("out.tar"))
+        .arg("-C")
+        .arg(mnt.join(store_path.trim_start_matches("/nix/store/")))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let after = scrape(port);
+    let hits = sample(&after, "tvix_fs_prefetch_reads_total", &["result=\"hit\""]).unwrap_or(0.0);
+    assert!(hits >= 1.0, "no read of 40 small files in order found its bytes prefetched:\n{after}");
+}
+
+#[test]
 fn a_metrics_address_in_use_is_an_error_at_start() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

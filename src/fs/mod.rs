@@ -681,7 +681,14 @@ impl StoreFs {
             if offset == 0 {
                 self.prefetch_siblings(ino);
             }
-            match self.prefetch.read(&self.runtime, ino, offset, size, self.options.call_timeout) {
+            let prefetched = self.prefetch.read(&self.runtime, ino, offset, size, self.options.call_timeout);
+            let result = match prefetched {
+                prefetch::Prefetched::Data(_) => "hit",
+                prefetch::Prefetched::No => "miss",
+                prefetch::Prefetched::TimedOut => "timeout",
+            };
+            metrics::counter!("tvix_fs_prefetch_reads_total", "result" => result).increment(1);
+            match prefetched {
                 prefetch::Prefetched::Data(data) => return Ok(data),
                 prefetch::Prefetched::No => {}
                 prefetch::Prefetched::TimedOut => {
