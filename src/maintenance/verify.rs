@@ -1,7 +1,7 @@
 //! `verify`: checks that each PathInfo's tree is complete and intact, reporting every problem
 //! with the store path, the digest and what is wrong, and going on to the next.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
@@ -97,7 +97,8 @@ pub async fn verify(
     report(VerifyEvent::Progress { done: 0, total });
     let known: HashSet<[u8; DIGEST_LEN]> = infos.iter().map(|info| *info.store_path.digest()).collect();
     let mut seen_directories = HashSet::new();
-    let mut blob_results: HashMap<B3Digest, Result<u64, String>> = HashMap::new();
+    // Blobs shared by several files or paths are checked (and reported) once.
+    let mut checked_blobs: HashSet<B3Digest> = HashSet::new();
     for info in &infos {
         let path = info.store_path.to_absolute_path();
         let problems_before = summary.problems;
@@ -121,8 +122,7 @@ pub async fn verify(
             }
         };
         summary.directories += tree.directories.len() as u64;
-        let unchecked: Vec<FileRef> =
-            tree.files.into_iter().filter(|f| !blob_results.contains_key(&f.digest)).collect();
+        let unchecked: Vec<FileRef> = tree.files.into_iter().filter(|f| checked_blobs.insert(f.digest)).collect();
         let contents = options.contents;
         let mut checks = futures::stream::iter(unchecked.into_iter().map(|file| async move {
             let result = check_blob(store, &file, contents).await;
@@ -130,18 +130,14 @@ pub async fn verify(
         }))
         .buffer_unordered(BLOBS_IN_FLIGHT);
         while let Some((file, result)) = checks.next().await {
-            if blob_results.contains_key(&file.digest) {
-                continue;
-            }
             summary.blobs += 1;
-            if let Ok(hashed) = &result {
-                summary.bytes_hashed += hashed;
+            match result {
+                Ok(hashed) => summary.bytes_hashed += hashed,
+                Err(what) => {
+                    let at = if file.path.is_empty() { path.clone() } else { format!("{path}{}", file.path) };
+                    problem(&mut summary, &at, Some(file.digest.to_string()), what);
+                }
             }
-            if let Err(what) = &result {
-                let at = if file.path.is_empty() { path.clone() } else { format!("{path}{}", file.path) };
-                problem(&mut summary, &at, Some(file.digest.to_string()), what.clone());
-            }
-            blob_results.insert(file.digest, result);
         }
         // A path whose blobs are already known to be wrong would only fail to render again.
         if options.nar && summary.problems == problems_before {
