@@ -89,7 +89,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let (router, shutdown) = (router.clone(), shutdown.clone());
         async move {
             match listener {
-                Listener::Tcp(l) => axum::serve(l, router).with_graceful_shutdown(shutdown).await,
+                Listener::Tcp(l) => {
+                    // A response goes out in several writes (headers, then NAR pieces); with
+                    // Nagle's algorithm the last small one waits for the client's delayed ACK.
+                    // That held 16 clients of small NARs to 820 requests/s at half a CPU.
+                    let l = axum::serve::ListenerExt::tap_io(l, |stream: &mut tokio::net::TcpStream| {
+                        if let Err(e) = stream.set_nodelay(true) {
+                            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
+                        }
+                    });
+                    axum::serve(l, router).with_graceful_shutdown(shutdown).await
+                }
                 // The socket file (if ours) lives until serving ends.
                 Listener::Unix(l, _socket_file) => axum::serve(l, router).with_graceful_shutdown(shutdown).await,
             }

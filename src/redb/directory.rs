@@ -18,6 +18,9 @@ const DIRECTORIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("directo
 /// without an entry (stored before this table existed) counts as written at the epoch.
 const WRITTEN: TableDefinition<&[u8], u64> = TableDefinition::new("directories_written");
 
+/// Directories read in one transaction by a recursive get.
+const DIRECTORIES_PER_READ: usize = 256;
+
 /// Directory storage in a redb file.
 pub struct RedbDirectoryStore {
     db: Arc<redb::Database>,
@@ -38,22 +41,42 @@ impl RedbDirectoryStore {
 #[async_trait]
 impl DirectoryStore for RedbDirectoryStore {
     async fn get(&self, digest: &B3Digest) -> Result<Option<Directory>, Error> {
-        let (db, name, digest) = (self.db.clone(), self.name.clone(), *digest);
-        blocking(move || {
+        self.get_many(std::slice::from_ref(digest)).await.pop().unwrap_or(Ok(None))
+    }
+
+    async fn get_many(&self, digests: &[B3Digest]) -> Vec<Result<Option<Directory>, Error>> {
+        let (db, name, digests) = (self.db.clone(), self.name.clone(), digests.to_vec());
+        let count = digests.len();
+        let read = blocking(move || {
             let err = storage_err(&name);
             let txn = db.begin_read().map_err(|e| err(e.into()))?;
             let table = txn.open_table(DIRECTORIES).map_err(|e| err(e.into()))?;
-            let Some(bytes) = table.get(digest.as_bytes().as_slice()).map_err(|e| err(e.into()))? else {
-                return Ok(None);
-            };
-            let directory = Directory::decode(bytes.value())?;
-            // A flipped bit on disk must not be served as if it were the requested directory.
-            if directory.digest() != digest {
-                return Err(Error::Corrupt(format!("directory {digest} in {name} has digest {}", directory.digest())));
-            }
-            Ok(Some(directory))
+            Ok(digests
+                .iter()
+                .map(|digest| {
+                    let Some(bytes) = table.get(digest.as_bytes().as_slice()).map_err(|e| err(e.into()))? else {
+                        return Ok(None);
+                    };
+                    let directory = Directory::decode(bytes.value())?;
+                    // A flipped bit on disk must not be served as if it were the requested directory.
+                    if directory.digest() != *digest {
+                        return Err(Error::Corrupt(format!(
+                            "directory {digest} in {name} has digest {}",
+                            directory.digest()
+                        )));
+                    }
+                    Ok(Some(directory))
+                })
+                .collect())
         })
-        .await
+        .await;
+        read.unwrap_or_else(|e| vec![Err(e); count])
+    }
+
+    fn gets_per_call(&self) -> usize {
+        // One read transaction and one trip to the blocking pool for a whole level of a tree:
+        // those trips, one per directory, were a sixth of a small NAR's CPU time in nar-bridge.
+        DIRECTORIES_PER_READ
     }
 
     async fn insert_batch(&self, directories: Vec<(B3Digest, Directory)>) -> Result<(), Error> {

@@ -19,6 +19,25 @@ pub trait DirectoryStore: Send + Sync + 'static {
     /// a valid directory with that digest (Error::Corrupt otherwise).
     async fn get(&self, digest: &B3Digest) -> Result<Option<Directory>, Error>;
 
+    /// Several directories at once, one result per digest in the order asked, each checked like
+    /// [`DirectoryStore::get`]. A read-speed hook with a default (one `get` after the other); a
+    /// store that reads many in one go (one read transaction, one trip to the blocking pool)
+    /// overrides it and says so in [`DirectoryStore::gets_per_call`].
+    async fn get_many(&self, digests: &[B3Digest]) -> Vec<Result<Option<Directory>, Error>> {
+        let mut found = Vec::with_capacity(digests.len());
+        for digest in digests {
+            found.push(self.get(digest).await);
+        }
+        found
+    }
+
+    /// How many digests a recursive get hands to one [`DirectoryStore::get_many`] call: 1 (the
+    /// default) for a store whose gets are independent round trips, which a recursive get then
+    /// runs side by side instead.
+    fn gets_per_call(&self) -> usize {
+        1
+    }
+
     /// Stores a whole validated graph atomically and durably: all of it or none.
     async fn insert_batch(&self, directories: Vec<(B3Digest, Directory)>) -> Result<(), Error>;
 
@@ -62,34 +81,41 @@ impl<S: DirectoryStore> DirectoryService for StoredDirectoryService<S> {
 
     fn get_recursive(&self, root: &B3Digest) -> BoxStream<'_, Result<Directory, Error>> {
         let root = *root;
+        let per_call = self.store.gets_per_call().max(1);
         Box::pin(async_stream::try_stream! {
-            // Breadth first, up to GET_RECURSIVE_PARALLEL gets in flight, answered in the
+            // Breadth first, up to GET_RECURSIVE_PARALLEL calls in flight, answered in the
             // order asked: each directory still comes after the one that referred to it.
             let mut pending = VecDeque::from([(root, None::<B3Digest>)]);
             let mut seen = HashSet::from([root]);
             let mut in_flight = futures::stream::FuturesOrdered::new();
             loop {
-                while in_flight.len() < GET_RECURSIVE_PARALLEL
-                    && let Some((digest, parent)) = pending.pop_front()
-                {
+                while in_flight.len() < GET_RECURSIVE_PARALLEL && !pending.is_empty() {
+                    let wanted: Vec<(B3Digest, Option<B3Digest>)> =
+                        pending.drain(..per_call.min(pending.len())).collect();
                     let store = self.store.clone();
-                    in_flight.push_back(async move { (digest, parent, store.get(&digest).await) });
+                    in_flight.push_back(async move {
+                        let digests: Vec<B3Digest> = wanted.iter().map(|(digest, _)| *digest).collect();
+                        let got = store.get_many(&digests).await;
+                        wanted.into_iter().zip(got).collect::<Vec<_>>()
+                    });
                 }
-                let Some((digest, parent, got)) = futures::StreamExt::next(&mut in_flight).await else {
+                let Some(answered) = futures::StreamExt::next(&mut in_flight).await else {
                     break;
                 };
-                let directory = got?.ok_or_else(|| match parent {
-                    None => Error::NotFound(format!("directory {digest}")),
-                    Some(parent) => Error::NotFound(format!(
-                        "directory {digest}, referred to by directory {parent} below {root}"
-                    )),
-                })?;
-                for (_, child, _) in directory.child_directories() {
-                    if seen.insert(*child) {
-                        pending.push_back((*child, Some(digest)));
+                for ((digest, parent), got) in answered {
+                    let directory = got?.ok_or_else(|| match parent {
+                        None => Error::NotFound(format!("directory {digest}")),
+                        Some(parent) => Error::NotFound(format!(
+                            "directory {digest}, referred to by directory {parent} below {root}"
+                        )),
+                    })?;
+                    for (_, child, _) in directory.child_directories() {
+                        if seen.insert(*child) {
+                            pending.push_back((*child, Some(digest)));
+                        }
                     }
+                    yield directory;
                 }
-                yield directory;
             }
         })
     }
