@@ -34,7 +34,7 @@ const IMPORTERS: usize = 2;
 
 /// The bound on the mount's resident memory. What the mount keeps is bounded whatever is read
 /// or imported (docs/mount-memory.md): a listing cache of about 10 MB, 8 readers per open
-/// inode, a prefetcher of 32 files of at most 512 KiB, and the chunks of the uploads in flight
+/// inode, a prefetcher holding at most 32 MiB, and the chunks of the uploads in flight
 /// through its owner socket. Walking 500,000 entries peaks at 59 MB (release build); this test
 /// runs the debug build and moves far more data than the bound through the mount (each
 /// imported tree is 5.3 MB, each reader reads hundreds of MB), so a mount that kept what

@@ -128,12 +128,6 @@ fn parse_entry(kind: Kind, at: &str, value: toml::Value) -> Result<Entry, Compos
             };
             Entry::Cache { near, far, writes }
         }
-        Some("disk-cache") if kind == Kind::PathInfo => {
-            return Err(err(
-                "a disk-cache holds blobs and directories: it belongs under [blobservices] or [directoryservices]"
-                    .into(),
-            ));
-        }
         Some("disk-cache") => {
             let dir = take_string("dir")?.ok_or_else(|| err("a disk-cache needs dir = \"<directory>\"".into()))?;
             let far = take_string("far")?.ok_or_else(|| err("a disk-cache needs far = \"<entry>\"".into()))?;
@@ -270,10 +264,6 @@ mod tests {
             (
                 "[directoryservices.root]\ntype = \"disk-cache\"\ndir = \"/c\"\nfar = \"x\"\n",
                 "far = \"x\" names no entry",
-            ),
-            (
-                "[pathinfoservices.root]\ntype = \"disk-cache\"\ndir = \"/c\"\nfar = \"root\"\n",
-                "s.toml: pathinfoservices.root: a disk-cache holds blobs and directories",
             ),
             ("[pathinfoservices.root]\ntype = \"keyfile-signing\"\nkeyfile = \"/k\"\n", "needs inner"),
             (

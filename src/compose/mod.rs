@@ -35,7 +35,8 @@ use crate::grpc::{GrpcBlobService, GrpcDirectoryService, GrpcPathInfoService, Gr
 use crate::maintenance::Backends;
 use crate::narinfo::{SigningKey, SigningPathInfoService};
 use crate::pathinfo::{
-    CachePathInfoService, MemoryPathInfoService, ObjectStorePathInfoService, PathInfoRemoval, PathInfoService,
+    CachePathInfoService, DiskCachePathInfoService, MemoryPathInfoService, ObjectStorePathInfoService, PathInfoRemoval,
+    PathInfoService,
 };
 use crate::substitute::{BinaryCache, SubstituteStats, Substituters, Transport};
 use defaultstore::{DefaultStoreError, StoreLock};
@@ -160,7 +161,8 @@ struct Plan {
     directory: Option<Graph>,
     path_info: Option<Graph>,
     substituters: Vec<(String, url::BinaryCacheSpec)>,
-    /// `--cache-dir` and its bound: a disk cache in front of the blob and directory services.
+    /// `--cache-dir` and its bound: a disk cache in front of the blob, directory and path-info
+    /// services.
     disk_cache: Option<(PathBuf, u64)>,
 }
 
@@ -275,15 +277,21 @@ async fn build(plan: Plan, store_lock: Option<StoreLock>) -> Result<Services, Co
     let mut kept = Kept::default();
     let mut blob = build_blob_keeping(blob, &mut kept.chunks)?;
     let mut directory = build_directory_keeping(directory, &mut kept.directories)?;
-    if let Some((dir, size)) = &plan.disk_cache {
-        // One cache, so blobs and directories share one bound.
-        let cache = Arc::new(DiskCache::open(dir, *size)?);
+    let disk_cache = match &plan.disk_cache {
+        Some((dir, size)) => Some(Arc::new(DiskCache::open(dir, *size)?)),
+        None => None,
+    };
+    if let Some(cache) = &disk_cache {
+        // One cache, so blobs, directories and PathInfo share one bound.
         blob = Arc::new(DiskCacheBlobService::new(cache.clone(), blob));
-        directory = Arc::new(DiskCacheDirectoryService::new(cache, directory));
+        directory = Arc::new(DiskCacheDirectoryService::new(cache.clone(), directory));
     }
     let substitute_stats = Arc::new(SubstituteStats::default());
     let mut path_info =
         build_path_info_counting(path_info, &blob, &directory, &substitute_stats, &mut kept.path_infos)?;
+    if let Some(cache) = disk_cache {
+        path_info = Arc::new(DiskCachePathInfoService::new(cache, path_info));
+    }
     let maintenance = maintenance(&plan, kept);
     if let Some(far) = substituters(&plan.substituters, &blob, &directory, &substitute_stats)? {
         // What a substituter sends is kept in the store's own PathInfo service, so the next
@@ -328,9 +336,6 @@ fn maintenance(plan: &Plan, kept: Kept) -> Maintenance {
 
 /// Config parsing refuses `keyfile-signing` outside path-info services; this is the backstop.
 const SIGNS_PATH_INFO_ONLY: &str = "keyfile-signing wraps path-info services only";
-
-/// Config parsing refuses `disk-cache` for path-info services; this is the backstop.
-const DISK_CACHE_CASTORE_ONLY: &str = "a disk-cache holds blobs and directories only";
 
 /// Builds a blob service graph.
 pub fn build_blob(graph: &Graph) -> Result<Arc<dyn BlobService>, ComposeError> {
@@ -493,7 +498,10 @@ fn build_path_info_counting(
         },
         &Combinators {
             cache: &|near, far, writes| Arc::new(CachePathInfoService::new(near, far, writes)),
-            disk_cache: &|_, _, _| Err(DISK_CACHE_CASTORE_ONLY.into()),
+            disk_cache: &|far, dir, size| {
+                let cache = DiskCache::open(dir, size).map_err(|e| e.to_string())?;
+                Ok(Arc::new(DiskCachePathInfoService::new(Arc::new(cache), far)))
+            },
             sign: &|inner, keyfile| {
                 let key = SigningKey::from_file(keyfile).map_err(|e| e.to_string())?;
                 Ok(Arc::new(SigningPathInfoService::new(inner, key)))

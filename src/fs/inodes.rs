@@ -337,11 +337,6 @@ impl InodeTable {
             self.free_if_unreferenced(ino, freed);
         }
     }
-
-    /// The live inode of entry `index` of `parent`, if there is one.
-    pub fn child(&self, parent: Ino, index: usize) -> Option<Ino> {
-        self.kids.get(&parent)?.get(index).copied().filter(|&k| k != 0)
-    }
 }
 
 #[cfg(test)]

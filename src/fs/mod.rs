@@ -678,10 +678,15 @@ impl StoreFs {
     /// deliver.
     pub fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
         observe("read", || {
-            if offset == 0 {
-                self.prefetch_siblings(ino);
+            let digest = match self.node_of(ino)? {
+                Some(Node::File { digest, .. }) => digest,
+                Some(Node::Directory { .. }) | None => return Err(FsError::IsDirectory(ino)),
+                Some(Node::Symlink { .. }) => return Err(FsError::NotSymlink(ino)),
+            };
+            if offset == 0 && self.prefetch.wants_plan(&digest) {
+                self.prefetch_walk(ino);
             }
-            let prefetched = self.prefetch.read(&self.runtime, ino, offset, size, self.options.call_timeout);
+            let prefetched = self.prefetch.read(&self.runtime, &digest, offset, size, self.options.call_timeout);
             let result = match prefetched {
                 prefetch::Prefetched::Data(_) => "hit",
                 prefetch::Prefetched::No => "miss",
@@ -744,44 +749,43 @@ impl StoreFs {
         })
     }
 
-    /// When `ino` is read from its start right after an earlier file of the same directory,
-    /// starts fetching the next small files of that directory (see [`prefetch`]).
-    fn prefetch_siblings(&self, ino: Ino) {
-        let (parent, index) = {
+    /// Starts fetching the small files a walk of `ino`'s store path meets after `ino` (see
+    /// [`prefetch`]): the walk's position is `ino`'s place in its directory and that
+    /// directory's place in each directory above it, up to the store path's root.
+    fn prefetch_walk(&self, ino: Ino) {
+        // Directory digests from the store path's root down, each with the entry to go on at.
+        let mut chain: Vec<(B3Digest, usize)> = Vec::new();
+        {
             let inodes = self.inodes.read();
-            let Some(slot) = inodes.get(ino) else { return };
-            (slot.parent, slot.index as usize)
-        };
-        // Store paths are not siblings in any listing order worth following.
-        if parent == ROOT_INO || !self.prefetch.note_read(parent, index) {
+            let mut child = ino;
+            loop {
+                let Some(slot) = inodes.get(child) else { return };
+                // Store paths are not siblings in any listing order worth following.
+                if slot.parent == ROOT_INO {
+                    break;
+                }
+                let Some(Some(Node::Directory { digest, .. })) = inodes.get(slot.parent).map(|p| p.node.as_ref())
+                else {
+                    return;
+                };
+                chain.push((*digest, slot.index as usize + 1));
+                child = slot.parent;
+            }
+        }
+        if chain.is_empty() {
             return;
         }
-        let Ok(Some(Node::Directory { digest, .. })) = self.node_of(parent) else { return };
-        let Some(listing) = self.listings.lock().get(&digest) else { return };
-        let candidates: Vec<(usize, B3Digest, u64)> = listing
-            .entries
-            .iter()
-            .enumerate()
-            .skip(index + 1)
-            .take(prefetch::AHEAD)
-            .filter_map(|(i, (_, node))| match node {
-                Node::File { digest, size, .. } if *size > 0 && *size <= prefetch::MAX_FILE => {
-                    Some((i, *digest, *size))
-                }
-                _ => None,
-            })
-            .collect();
-        // Only siblings with a live inode: prefetched bytes are found by inode number, and one
-        // not handed out yet would get a number only when looked up (readdirplus hands out the
-        // whole directory, so a walk's siblings are live).
-        let next: Vec<(Ino, B3Digest, u64)> = {
-            let inodes = self.inodes.read();
-            candidates
-                .into_iter()
-                .filter_map(|(i, digest, size)| Some((inodes.child(parent, i)?, digest, size)))
-                .collect()
+        chain.reverse();
+        let files = {
+            let mut listings = self.listings.lock();
+            let mut at = Vec::with_capacity(chain.len());
+            for (digest, next) in chain {
+                let Some(listing) = listings.get(&digest) else { return };
+                at.push((listing, next));
+            }
+            prefetch::walk_ahead(at, |digest| listings.get(digest))
         };
-        self.prefetch.start(&self.runtime, &self.blob, next);
+        self.prefetch.start(&self.runtime, &self.blob, files);
     }
 
     /// The shared reader slot of inode `ino`, for reads without a handle.

@@ -2,12 +2,14 @@
 //! services storing them.
 
 mod cache;
+mod diskcache;
 mod memory;
 mod objectstore;
 mod service;
 mod types;
 
 pub use cache::CachePathInfoService;
+pub use diskcache::DiskCachePathInfoService;
 pub use memory::MemoryPathInfoService;
 pub use objectstore::ObjectStorePathInfoService;
 pub use service::{NarCalculationService, PathInfoRemoval, PathInfoService};

@@ -5,7 +5,8 @@
 //! Layout below the cache directory (one file per object, named by its digest):
 //! `chunks/<2 hex>/<64 hex>` a chunk's bytes (a blob of one chunk is that chunk),
 //! `lists/<2 hex>/<64 hex>` the chunk list of a multi-chunk blob, `dirs/<2 hex>/<64 hex>` an
-//! encoded Directory; `tmp/` files being written; `tvix-disk-cache` marks the directory as ours.
+//! encoded Directory, `records/<2 hex>/<64 hex>` a higher layer's record (a PathInfo) behind
+//! its BLAKE3 checksum, under a key that layer derives; `tmp/` files being written; `tvix-disk-cache` marks the directory as ours.
 //!
 //! Invariants, which hold across crashes and concurrent processes without any lock held for a
 //! process's lifetime:
@@ -44,6 +45,9 @@ pub const DEFAULT_SIZE: u64 = 10 << 30;
 /// cache turns over 10% of its size between two), so the order is LRU to within a minute.
 pub const TOUCH_AFTER: Duration = Duration::from_secs(60);
 
+/// Length of the checksum in front of a record's bytes.
+const RECORD_SUM: usize = blake3::OUT_LEN;
+
 /// Name of the file that marks a directory as a disk cache. A non-empty directory without it
 /// is refused: eviction deletes files, and must never be pointed at someone else's.
 const MARKER: &str = "tvix-disk-cache";
@@ -57,17 +61,21 @@ pub(crate) enum Object {
     ChunkList,
     /// An encoded Directory.
     Directory,
+    /// An opaque record of a higher layer (a PathInfo), under a key that layer derives, with
+    /// a checksum the cache adds and checks ([`DiskCache::store_record`]).
+    Record,
 }
 
 impl Object {
     /// Every kind, in the order eviction scans them.
-    const ALL: [Object; 3] = [Object::Chunk, Object::ChunkList, Object::Directory];
+    const ALL: [Object; 4] = [Object::Chunk, Object::ChunkList, Object::Directory, Object::Record];
 
     fn dir(self) -> &'static str {
         match self {
             Object::Chunk => "chunks",
             Object::ChunkList => "lists",
             Object::Directory => "dirs",
+            Object::Record => "records",
         }
     }
 
@@ -77,6 +85,7 @@ impl Object {
             Object::Chunk => "chunk",
             Object::ChunkList => "chunk_list",
             Object::Directory => "directory",
+            Object::Record => "record",
         }
     }
 }
@@ -159,7 +168,7 @@ impl DiskCache {
             return Err(DiskCacheError::Foreign { dir: dir.to_path_buf() });
         }
         let unwritable = |source| DiskCacheError::Unwritable { dir: dir.to_path_buf(), source };
-        for sub in ["tmp", "chunks", "lists", "dirs"] {
+        for sub in ["tmp", "chunks", "lists", "dirs", "records"] {
             match std::fs::create_dir(dir.join(sub)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -244,6 +253,33 @@ impl DiskCache {
         count(object, "corrupt");
         let path = self.path(object, digest);
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+    }
+
+    /// A record stored with [`DiskCache::store_record`] under `key`, its checksum checked (a
+    /// torn or corrupt file is dropped and reads as absent). Records are for layers above the
+    /// castore whose contents the cache cannot check by their name: the caller still validates
+    /// what it reads against what it asked for.
+    pub async fn read_record(&self, key: &B3Digest) -> Option<Bytes> {
+        let data = self.read(Object::Record, key).await?;
+        if data.len() >= RECORD_SUM && blake3::hash(&data[RECORD_SUM..]).as_bytes()[..] == data[..RECORD_SUM] {
+            return Some(data.slice(RECORD_SUM..));
+        }
+        self.discard(Object::Record, key, "its checksum does not match").await;
+        None
+    }
+
+    /// Stores a record under `key` (see [`DiskCache::read_record`]), prefixed with its
+    /// BLAKE3 checksum. Never fails, like every store into the cache.
+    pub async fn store_record(self: &std::sync::Arc<Self>, key: &B3Digest, record: &[u8]) {
+        let mut data = Vec::with_capacity(RECORD_SUM + record.len());
+        data.extend_from_slice(blake3::hash(record).as_bytes());
+        data.extend_from_slice(record);
+        self.store(Object::Record, key, Bytes::from(data)).await;
+    }
+
+    /// Drops the record under `key` (the caller found it invalid or outdated).
+    pub async fn discard_record(&self, key: &B3Digest, why: &str) {
+        self.discard(Object::Record, key, why).await;
     }
 
     /// Stores an object's (verified) bytes, starting an eviction when that takes the cache
