@@ -45,10 +45,10 @@ impl CountingDaemon {
             .collect()
     }
 
-    /// How many calls of `method` (e.g. `BlobService/Read`) the daemon answered so far.
+    /// How many calls of `method` (e.g. `castore.v1.BlobService/Read`) the daemon answered so far.
     fn calls(&self, method: &str) -> f64 {
         let text = scrape(self.metrics);
-        sample(&text, "tvix_grpc_requests_total", &[&format!("method=\"/tvix.castore.v1.{method}\"")]).unwrap_or(0.0)
+        sample(&text, "tvix_grpc_requests_total", &[&format!("method=\"/tvix.{method}\"")]).unwrap_or(0.0)
     }
 
     /// Imports `src` into the daemon; its store path.
@@ -124,18 +124,25 @@ fn a_remount_reads_a_warm_cache_without_blob_requests() {
     let files = read_and_compare(&src, &mnt.join(&basename));
     assert!(files > 200, "only {files} files read");
     drop(cold);
-    let reads = daemon.calls("BlobService/Read");
-    let stats = daemon.calls("BlobService/Stat");
-    let gets = daemon.calls("DirectoryService/Get");
+    let reads = daemon.calls("castore.v1.BlobService/Read");
+    let stats = daemon.calls("castore.v1.BlobService/Stat");
+    let gets = daemon.calls("castore.v1.DirectoryService/Get");
+    let path_infos = daemon.calls("store.v1.PathInfoService/Get");
     assert!(reads > 0.0, "the cold mount read no blob from the daemon");
+    assert!(path_infos > 0.0, "the cold mount looked up no PathInfo at the daemon");
 
     // A new process on the warm cache.
     let warm = mount(&daemon, &cache, "1G", &mnt);
     assert_eq!(read_and_compare(&src, &mnt.join(&basename)), files);
     drop(warm);
-    assert_eq!(daemon.calls("BlobService/Read"), reads, "the remount read blobs from the daemon");
-    assert_eq!(daemon.calls("BlobService/Stat"), stats, "the remount asked the daemon for chunk lists");
-    assert_eq!(daemon.calls("DirectoryService/Get"), gets, "the remount read directories from the daemon");
+    assert_eq!(daemon.calls("castore.v1.BlobService/Read"), reads, "the remount read blobs from the daemon");
+    assert_eq!(daemon.calls("castore.v1.BlobService/Stat"), stats, "the remount asked the daemon for chunk lists");
+    assert_eq!(daemon.calls("castore.v1.DirectoryService/Get"), gets, "the remount read directories from the daemon");
+    assert_eq!(
+        daemon.calls("store.v1.PathInfoService/Get"),
+        path_infos,
+        "the remount looked up PathInfo at the daemon"
+    );
 
     // The same cache as a composition file's disk-cache entry, read by another command.
     let config = tmp.path().join("store.toml");
@@ -147,16 +154,22 @@ fn a_remount_reads_a_warm_cache_without_blob_requests() {
              [blobservices.central]\nurl = \"{addr}\"\n\
              [directoryservices.root]\ntype = \"disk-cache\"\ndir = \"{dir}\"\nfar = \"central\"\n\
              [directoryservices.central]\nurl = \"{addr}\"\n\
-             [pathinfoservices.root]\nurl = \"{addr}\"\n"
+             [pathinfoservices.root]\ntype = \"disk-cache\"\ndir = \"{dir}\"\nfar = \"central\"\n\
+             [pathinfoservices.central]\nurl = \"{addr}\"\n"
         ),
     )
     .unwrap();
     let out = tvix_store().args(["dump", "--store-config"]).arg(&config).arg(&store_path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(daemon.calls("BlobService/Read"), reads, "the dump through the disk-cache entry read blobs");
+    assert_eq!(daemon.calls("castore.v1.BlobService/Read"), reads, "the dump through the disk-cache entry read blobs");
+    assert_eq!(
+        daemon.calls("store.v1.PathInfoService/Get"),
+        path_infos,
+        "the dump through the disk-cache entry asked for PathInfo"
+    );
     let direct = tvix_store().arg("dump").args(daemon.flags()).arg(&store_path).output().unwrap();
     assert!(direct.status.success() && out.stdout == direct.stdout, "the NAR through the cache differs");
-    let reads_direct = daemon.calls("BlobService/Read");
+    let reads_direct = daemon.calls("castore.v1.BlobService/Read");
     assert!(reads_direct > reads, "the direct dump did not count");
 }
 
