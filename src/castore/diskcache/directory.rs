@@ -79,6 +79,26 @@ impl DiskCacheDirectoryService {
         }
     }
 
+    /// The closure of `root` from its closure record (one file), validated; a record that
+    /// fails is dropped.
+    async fn closure_record(&self, root: &B3Digest) -> Option<Vec<Directory>> {
+        let key = closure_key(root);
+        let data = self.cache.read_record(&key).await?;
+        match decode_closure(root, &data) {
+            Ok(closure) => Some(closure),
+            Err(why) => {
+                self.cache.discard_record(&key, &format!("closure record of directory {root}: {why}")).await;
+                None
+            }
+        }
+    }
+
+    async fn store_closure(&self, root: &B3Digest, record: ClosureRecord) {
+        if let Some(data) = record.finish() {
+            self.cache.store_record(&closure_key(root), &data).await;
+        }
+    }
+
     async fn store(&self, digest: &B3Digest, directory: &Directory) {
         self.cache.store(Object::Directory, digest, Bytes::from(directory.encode())).await;
     }
@@ -106,7 +126,16 @@ impl DirectoryService for DiskCacheDirectoryService {
     fn get_recursive(&self, root: &B3Digest) -> BoxStream<'_, Result<Directory, Error>> {
         let root = *root;
         Box::pin(async_stream::try_stream! {
+            if let Some(closure) = self.closure_record(&root).await {
+                for directory in closure {
+                    yield directory;
+                }
+                return;
+            }
             if let Some(closure) = self.cached_closure(&root).await {
+                let mut record = ClosureRecord::default();
+                closure.iter().for_each(|directory| record.add(directory));
+                self.store_closure(&root, record).await;
                 for directory in closure {
                     yield directory;
                 }
@@ -115,6 +144,7 @@ impl DirectoryService for DiskCacheDirectoryService {
             // Each directory the far store sends must be the root or one referred to by a
             // directory it sent before: anything else is not part of this closure.
             let mut expected = HashSet::from([root]);
+            let mut record = ClosureRecord::default();
             let mut far = self.far.get_recursive(&root);
             while let Some(directory) = far.try_next().await? {
                 let digest = directory.digest();
@@ -127,12 +157,118 @@ impl DirectoryService for DiskCacheDirectoryService {
                     expected.insert(*child);
                 }
                 self.store(&digest, &directory).await;
+                record.add(&directory);
                 yield directory;
             }
+            self.store_closure(&root, record).await;
         })
     }
 
     fn put_multiple_start(&self) -> Box<dyn DirectoryPutter + '_> {
         self.far.put_multiple_start()
+    }
+}
+
+/// Largest closure kept as a record of its own; a larger one is read file by file.
+const CLOSURE_RECORD_MAX: usize = 16 << 20;
+
+/// The cache key of `root`'s closure record: a digest of it, in a name space of its own.
+fn closure_key(root: &B3Digest) -> B3Digest {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"tvix-store directory closure\0");
+    hasher.update(root.as_bytes());
+    B3Digest::from(*hasher.finalize().as_bytes())
+}
+
+/// A whole closure as one record, so a warm remount's first lookup of a store path reads one
+/// file instead of one per directory: with a file per directory and the page cache dropped,
+/// a warm `find` over 3 store paths took 0.19-0.40 s against 0.06 s on the local store.
+/// Directories as sent (root first), each a 4-byte little-endian length and its encoding.
+#[derive(Default)]
+struct ClosureRecord {
+    data: Vec<u8>,
+    too_large: bool,
+}
+
+impl ClosureRecord {
+    fn add(&mut self, directory: &Directory) {
+        let encoded = directory.encode();
+        if self.too_large || self.data.len() + 4 + encoded.len() > CLOSURE_RECORD_MAX {
+            self.too_large = true;
+            self.data = Vec::new();
+            return;
+        }
+        self.data.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+        self.data.extend_from_slice(&encoded);
+    }
+
+    fn finish(self) -> Option<Vec<u8>> {
+        (!self.too_large && !self.data.is_empty()).then_some(self.data)
+    }
+}
+
+/// The directories of a closure record, checked: the first is `root`, each later one is
+/// referred to by one before it, and every directory referred to is there.
+fn decode_closure(root: &B3Digest, mut data: &[u8]) -> Result<Vec<Directory>, String> {
+    let mut expected = HashSet::from([*root]);
+    let mut seen = HashSet::new();
+    let mut closure = Vec::new();
+    while !data.is_empty() {
+        let (len, rest) = data.split_first_chunk::<4>().ok_or("a truncated length")?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let encoded = rest.get(..len).ok_or("a truncated directory")?;
+        let directory = Directory::decode(encoded).map_err(|e| e.to_string())?;
+        let digest = directory.digest();
+        if !expected.remove(&digest) {
+            return Err(format!("it holds directory {digest}, which nothing before it refers to"));
+        }
+        seen.insert(digest);
+        for (_, child, _) in directory.child_directories() {
+            if !seen.contains(child) {
+                expected.insert(*child);
+            }
+        }
+        closure.push(directory);
+        data = &rest[len..];
+    }
+    match expected.iter().next() {
+        Some(missing) => Err(format!("directory {missing} is missing")),
+        None => Ok(closure),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::castore::{Node, PathComponent};
+
+    fn name(s: &str) -> PathComponent {
+        PathComponent::try_from(s).unwrap()
+    }
+
+    fn record(directories: &[&Directory]) -> Vec<u8> {
+        let mut record = ClosureRecord::default();
+        directories.iter().for_each(|d| record.add(d));
+        record.finish().unwrap()
+    }
+
+    #[test]
+    fn a_closure_record_holds_exactly_a_closure() {
+        let mut leaf = Directory::new();
+        leaf.add(name("f"), Node::file(B3Digest::of(b"f"), 1, false)).unwrap();
+        let mut mid = Directory::new();
+        mid.add(name("leaf"), Node::directory(leaf.digest(), leaf.size())).unwrap();
+        let mut root = Directory::new();
+        root.add(name("a"), Node::directory(leaf.digest(), leaf.size())).unwrap();
+        root.add(name("b"), Node::directory(mid.digest(), mid.size())).unwrap();
+        let whole = record(&[&root, &leaf, &mid]);
+        assert_eq!(decode_closure(&root.digest(), &whole).unwrap(), vec![root.clone(), leaf.clone(), mid.clone()]);
+
+        let missing = decode_closure(&root.digest(), &record(&[&root, &leaf])).unwrap_err();
+        assert!(missing.contains(&mid.digest().to_string()), "{missing}");
+        let stranger = decode_closure(&mid.digest(), &record(&[&mid, &leaf, &root])).unwrap_err();
+        assert!(stranger.contains("nothing before it refers to"), "{stranger}");
+        let torn = decode_closure(&root.digest(), &whole[..whole.len() - 3]).unwrap_err();
+        assert!(torn.contains("truncated"), "{torn}");
     }
 }
