@@ -783,7 +783,7 @@ impl StoreFs {
                 let Some(listing) = listings.get(&digest) else { return };
                 at.push((listing, next));
             }
-            prefetch::walk_ahead(at, |digest| listings.get(digest))
+            prefetch::walk_ahead(at, |digest| listings.get(digest), |digest| self.prefetch.holds(digest))
         };
         self.prefetch.start(&self.runtime, &self.blob, files);
     }

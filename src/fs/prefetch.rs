@@ -7,9 +7,9 @@
 //! its bytes were not prefetched, the next files of that walk are planned ([`walk_ahead`]: the
 //! rest of its directory, the directories below it, then the rest of the directories above,
 //! depth first in listing order, as far as [`WINDOW_FILES`] / [`WINDOW_BYTES`] reach) and
-//! fetched in the background with batched reads (one call to a daemon per batch). A read that
-//! finds its file prefetched at a batch's middle plans the next window, so the fetches stay
-//! ahead of a reader that follows the walk, and stop when nobody reads.
+//! fetched in the background with batched reads (one call to a daemon per batch). Reading a
+//! window's first file plans the next window (files already held are passed over), so the
+//! fetches stay a window ahead of a reader that follows the walk, and stop when nobody reads.
 //!
 //! Bounded: files of at most [`MAX_FILE`] bytes, at most [`PLANS_IN_FLIGHT`] windows fetched
 //! at once, at most [`CAPACITY_BYTES`] held (oldest dropped first). Prefetched bytes are found
@@ -50,7 +50,9 @@ const BATCH_BYTES: u64 = 2 * 1024 * 1024;
 /// Windows fetched at once, for all readers together; a plan over the bound is skipped (the
 /// next unprefetched read plans again).
 const PLANS_IN_FLIGHT: usize = 2;
-/// Bytes prefetched or being prefetched held at once; past it the oldest files are dropped.
+/// Bytes prefetched or being prefetched held at once; past it the oldest files are dropped. A
+/// reader following the walk holds two windows (the one it reads and the next), so what is
+/// dropped is what it passed over.
 const CAPACITY_BYTES: u64 = 4 * WINDOW_BYTES;
 
 type Fetch = Shared<BoxFuture<'static, Option<Bytes>>>;
@@ -102,9 +104,14 @@ pub(crate) struct Prefetcher {
 
 impl Prefetcher {
     /// Whether reading `digest` from its start should plan a window: it was not prefetched
-    /// (the reader left the windows planned so far), or it marks the middle of a window.
+    /// (the reader left the windows planned so far), or it is the first file of a window.
     pub fn wants_plan(&self, digest: &B3Digest) -> bool {
         self.files.lock().by_digest.get(digest).is_none_or(|held| held.plans_next)
+    }
+
+    /// Whether `digest` is prefetched or being prefetched (a plan passes over it).
+    pub fn holds(&self, digest: &B3Digest) -> bool {
+        self.files.lock().by_digest.contains_key(digest)
     }
 
     /// Starts fetching `files` (digest and size, in walk order) not held yet, on `runtime`, in
@@ -129,9 +136,8 @@ impl Prefetcher {
                 let fetch: Fetch = async move { rx.await.ok().flatten() }.boxed().shared();
                 new.push((digest, size, (tx, fetch)));
             }
-            let middle = new.len() / 2;
             for (i, (digest, size, (tx, fetch))) in new.into_iter().enumerate() {
-                state.by_digest.insert(digest, Held { fetch, size, plans_next: i == middle });
+                state.by_digest.insert(digest, Held { fetch, size, plans_next: i == 0 });
                 state.order.push_back(digest);
                 state.bytes += size;
                 let fits = batches.last().is_some_and(|b| {
@@ -208,10 +214,12 @@ impl Prefetcher {
 /// window reaches. `chain` is the walk's position: the directories from the store path's root
 /// down to the one being read, each with the index of the next entry the walk visits in it.
 /// `listing_of` gives a subdirectory's listing if it is at hand (the planner never fetches
-/// one: a subdirectory without a listing is skipped).
+/// one: a subdirectory without a listing is skipped); files `held` already are passed over
+/// without counting towards the window.
 pub(crate) fn walk_ahead(
     chain: Vec<(Arc<Listing>, usize)>,
     mut listing_of: impl FnMut(&B3Digest) -> Option<Arc<Listing>>,
+    held: impl Fn(&B3Digest) -> bool,
 ) -> Vec<(B3Digest, u64)> {
     let mut stack = chain;
     let (mut files, mut bytes, mut steps) = (Vec::new(), 0u64, 0usize);
@@ -224,7 +232,7 @@ pub(crate) fn walk_ahead(
         *next += 1;
         steps += 1;
         match node {
-            Node::File { digest, size, .. } if *size > 0 && *size <= MAX_FILE => {
+            Node::File { digest, size, .. } if *size > 0 && *size <= MAX_FILE && !held(digest) => {
                 files.push((*digest, *size));
                 bytes += size;
             }
@@ -270,9 +278,13 @@ mod tests {
             [&sub, &here, &root].iter().map(|d| (d.digest(), Arc::new(Listing::new(d)))).collect();
         let at = |d: &Directory| listings[&d.digest()].clone();
         // Reading `a` (index 0) of `here`, which is entry 0 of the root.
-        let planned = walk_ahead(vec![(at(&root), 1), (at(&here), 1)], |d| listings.get(d).cloned());
+        let planned = walk_ahead(vec![(at(&root), 1), (at(&here), 1)], |d| listings.get(d).cloned(), |_| false);
         let tags: Vec<u64> = planned.iter().map(|(_, size)| *size / 10).collect();
         assert_eq!(tags, [2, 3, 5, 6, 7], "b, the sub's small files, d, then the root's c");
+        let held = B3Digest::of(&[3]);
+        let planned = walk_ahead(vec![(at(&root), 1), (at(&here), 1)], |d| listings.get(d).cloned(), |d| *d == held);
+        let tags: Vec<u64> = planned.iter().map(|(_, size)| *size / 10).collect();
+        assert_eq!(tags, [2, 5, 6, 7], "a file held already is passed over");
     }
 
     #[test]
@@ -297,8 +309,9 @@ mod tests {
         files.push((absent, 10));
         assert!(prefetcher.wants_plan(&digests[0]), "nothing is prefetched yet");
         prefetcher.start(runtime.handle(), &blob, files);
-        assert!(!prefetcher.wants_plan(&digests[0]), "the first file is in the window");
-        assert!(prefetcher.wants_plan(&digests[3]), "the middle of the window plans the next one");
+        assert!(prefetcher.wants_plan(&digests[0]), "the window's first file plans the next window");
+        assert!(!prefetcher.wants_plan(&digests[1]), "a later file of the window is held");
+        assert!(prefetcher.holds(&digests[1]));
         let timeout = Duration::from_secs(10);
         for i in [0usize, 1, 2, 4] {
             let Prefetched::Data(data) = prefetcher.read(runtime.handle(), &digests[i], 0, 4096, timeout) else {
