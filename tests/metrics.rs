@@ -30,26 +30,33 @@ fn assert_valid_exposition(text: &str) {
     }
 }
 
-#[test]
-fn a_mounts_counters_move_after_a_read() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("store");
-    let src = tmp.path().join("measured.bin");
-    std::fs::write(&src, vec![7u8; 300_000]).unwrap();
-    let out = tvix_store().env("TVIX_STORE_DIR", &store).arg("import").arg(&src).output().unwrap();
+/// `src` imported into a fresh default store under `tmp`, mounted with metrics served on a
+/// free port: the mount (alive while held), the port, and the store path's directory in it.
+fn import_and_mount(tmp: &std::path::Path, src: &std::path::Path) -> (MountProcess, u16, std::path::PathBuf) {
+    let store = tmp.join("store");
+    let out = tvix_store().env("TVIX_STORE_DIR", &store).arg("import").arg(src).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let store_path = String::from_utf8(out.stdout).unwrap().trim().to_string();
-
     let port = free_port();
-    let mnt = tmp.path().join("mnt");
+    let mnt = tmp.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let mut mount = tvix_store();
     mount.env("TVIX_STORE_DIR", &store).args(["mount", "--metrics-listen", &format!("127.0.0.1:{port}")]).arg(&mnt);
-    let _mount = MountProcess::start(mount, &mnt);
+    let mount = MountProcess::start(mount, &mnt);
+    (mount, port, mnt.join(store_path.trim_start_matches("/nix/store/")))
+}
+
+#[test]
+fn a_mounts_counters_move_after_a_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("measured.bin");
+    std::fs::write(&src, vec![7u8; 300_000]).unwrap();
+    let (_mount, port, mounted) = import_and_mount(tmp.path(), &src);
+    let mnt = tmp.path().join("mnt");
 
     let before = scrape(port);
     let reads_before = sample(&before, "tvix_fs_operations_total", &["op=\"read\""]).unwrap_or(0.0);
-    let data = std::fs::read(mnt.join(store_path.trim_start_matches("/nix/store/"))).unwrap();
+    let data = std::fs::read(&mounted).unwrap();
     assert_eq!(data.len(), 300_000);
     let after = scrape(port);
     assert_valid_exposition(&after);
@@ -71,28 +78,18 @@ fn a_mounts_counters_move_after_a_read() {
 #[test]
 fn prefetch_hits_are_counted_when_a_directory_is_read_in_order() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("store");
     let src = tmp.path().join("small-files");
     std::fs::create_dir(&src).unwrap();
     for i in 0..40u32 {
         std::fs::write(src.join(format!("f{i:02}")), vec![i as u8; 2000 + i as usize]).unwrap();
     }
-    let out = tvix_store().env("TVIX_STORE_DIR", &store).arg("import").arg(&src).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let store_path = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let port = free_port();
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mut mount = tvix_store();
-    mount.env("TVIX_STORE_DIR", &store).args(["mount", "--metrics-listen", &format!("127.0.0.1:{port}")]).arg(&mnt);
-    let _mount = MountProcess::start(mount, &mnt);
-    // tar lists the directory (handing out every inode) and reads its files in listing order
-    // (into a file: writing to /dev/null, GNU tar skips reading the files at all).
+    let (_mount, port, mounted) = import_and_mount(tmp.path(), &src);
+    // tar reads the files in listing order (into a file: writing to /dev/null, GNU tar skips reading the files at all).
     let tar = Command::new("tar")
         .arg("-cf")
         .arg(tmp.path().join("out.tar"))
         .arg("-C")
-        .arg(mnt.join(store_path.trim_start_matches("/nix/store/")))
+        .arg(&mounted)
         .arg(".")
         .status()
         .unwrap();
