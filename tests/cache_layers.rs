@@ -2,6 +2,7 @@
 //! near store with what was validated, new data goes where `write` says, and a far store that
 //! fails during a fill leaves no partial entry in the near one.
 
+mod blob_common;
 mod grpc_common;
 
 use std::pin::Pin;
@@ -9,11 +10,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
+use blob_common::{BlobHooks, Wrapped};
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use grpc_common::{Daemon, data};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncWriteExt, ReadBuf};
-use tvix_store::castore::blobservice::{BlobReader, BlobService, BlobWriter, CacheBlobService, ChunkMeta};
+use tvix_store::castore::blobservice::{BlobReader, BlobService, CacheBlobService};
 use tvix_store::castore::directoryservice::{CacheDirectoryService, DirectoryPutter, DirectoryService};
 use tvix_store::castore::{B3Digest, CacheWrites, Directory, Error, Node, PathComponent};
 use tvix_store::compose;
@@ -131,9 +133,9 @@ impl AsyncSeek for FailingReader {
 }
 
 #[async_trait]
-impl BlobService for FailingFar {
-    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
-        self.inner.has(digest).await
+impl BlobHooks for FailingFar {
+    fn inner(&self) -> &dyn BlobService {
+        self.inner.as_ref()
     }
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         Ok(self
@@ -142,18 +144,6 @@ impl BlobService for FailingFar {
             .await?
             .map(|inner| Box::new(FailingReader { inner, left: self.good }) as Box<dyn BlobReader>))
     }
-    async fn open_write(&self) -> Box<dyn BlobWriter> {
-        self.inner.open_write().await
-    }
-    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
-        self.inner.open_write_deferred().await
-    }
-    async fn sync(&self) -> Result<(), Error> {
-        self.inner.sync().await
-    }
-    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
-        self.inner.chunks(digest).await
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -161,7 +151,7 @@ async fn a_far_blob_store_failing_mid_fill_leaves_nothing_in_near() {
     let backing = compose::blob_service("memory://").unwrap();
     let content = data(2_500_000, 21);
     let digest = put_blob(backing.as_ref(), &content).await;
-    let far: Arc<dyn BlobService> = Arc::new(FailingFar { inner: backing, good: 1_300_000 });
+    let far: Arc<dyn BlobService> = Arc::new(Wrapped(FailingFar { inner: backing, good: 1_300_000 }));
     let near = compose::blob_service("memory://").unwrap();
     let cache = CacheBlobService::new(near.clone(), far, CacheWrites::Far);
     let err = read_blob(&cache, &digest).await.expect_err("a failing far store must fail the read");

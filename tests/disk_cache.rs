@@ -4,6 +4,8 @@
 //! replaced; eviction keeps the cache at its bound in LRU order; a cache that cannot store is
 //! bypassed; unusable directories are refused at open.
 
+mod blob_common;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,13 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use blob_common::{BlobHooks, Wrapped};
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use tvix_store::castore::blobservice::{
-    BlobReader, BlobService, BlobWriter, ChunkMeta, ChunkedBlobService, MemoryChunkStore,
-};
+use tvix_store::castore::blobservice::{BlobReader, BlobService, ChunkMeta, ChunkedBlobService, MemoryChunkStore};
 use tvix_store::castore::directoryservice::{
     DirectoryPutter, DirectoryService, MemoryDirectoryStore, StoredDirectoryService,
 };
@@ -45,22 +46,13 @@ struct CountingBlobs {
 }
 
 #[async_trait]
-impl BlobService for CountingBlobs {
-    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
-        self.inner.has(digest).await
+impl BlobHooks for CountingBlobs {
+    fn inner(&self) -> &dyn BlobService {
+        self.inner.as_ref()
     }
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.open_read(digest).await
-    }
-    async fn open_write(&self) -> Box<dyn BlobWriter> {
-        self.inner.open_write().await
-    }
-    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
-        self.inner.open_write_deferred().await
-    }
-    async fn sync(&self) -> Result<(), Error> {
-        self.inner.sync().await
     }
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
         self.reads.fetch_add(1, Ordering::SeqCst);
@@ -91,17 +83,17 @@ impl DirectoryService for CountingDirectories {
 
 /// The far side: blobs and directories in memory, with counted reads.
 struct Far {
-    blobs: Arc<CountingBlobs>,
+    blobs: Arc<Wrapped<CountingBlobs>>,
     directories: Arc<CountingDirectories>,
 }
 
 impl Far {
     fn new() -> Self {
         Far {
-            blobs: Arc::new(CountingBlobs {
+            blobs: Arc::new(Wrapped(CountingBlobs {
                 inner: Arc::new(ChunkedBlobService::new(MemoryChunkStore::default())),
                 reads: AtomicUsize::new(0),
-            }),
+            })),
             directories: Arc::new(CountingDirectories {
                 inner: Arc::new(StoredDirectoryService::new(MemoryDirectoryStore::default())),
                 reads: AtomicUsize::new(0),
@@ -387,9 +379,9 @@ fn unusable_directories_are_refused_at_open() {
 struct LyingBlobs(Arc<dyn BlobService>);
 
 #[async_trait]
-impl BlobService for LyingBlobs {
-    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
-        self.0.has(digest).await
+impl BlobHooks for LyingBlobs {
+    fn inner(&self) -> &dyn BlobService {
+        self.0.as_ref()
     }
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         let Some(mut reader) = self.0.open_read(digest).await? else { return Ok(None) };
@@ -399,18 +391,6 @@ impl BlobService for LyingBlobs {
             *first ^= 1;
         }
         Ok(Some(Box::new(std::io::Cursor::new(bytes))))
-    }
-    async fn open_write(&self) -> Box<dyn BlobWriter> {
-        self.0.open_write().await
-    }
-    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
-        self.0.open_write_deferred().await
-    }
-    async fn sync(&self) -> Result<(), Error> {
-        self.0.sync().await
-    }
-    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
-        self.0.chunks(digest).await
     }
 }
 
@@ -423,7 +403,7 @@ async fn wrong_bytes_from_the_far_store_fail_the_read_and_are_not_cached() {
     let small_digest = far.put(&small).await;
     let big_digest = far.put(&big).await;
     let cache = Arc::new(DiskCache::open(tmp.path(), 1 << 30).unwrap());
-    let blobs = DiskCacheBlobService::new(cache, Arc::new(LyingBlobs(far.blobs.clone())));
+    let blobs = DiskCacheBlobService::new(cache, Arc::new(Wrapped(LyingBlobs(far.blobs.clone()))));
     let err = blobs.open_read(&small_digest).await.err().expect("wrong bytes of a small blob were accepted");
     assert!(matches!(err, Error::Corrupt(_)), "{err}");
     let mut out = Vec::new();

@@ -2,6 +2,7 @@
 //! and on loopback TCP, and in-process servers over instrumented backends where the test needs
 //! to see which chunks were fetched or needs a server that lies.
 
+mod blob_common;
 mod grpc_common;
 
 use std::collections::HashSet;
@@ -10,11 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use blob_common::{BlobHooks, Wrapped};
 use bytes::Bytes;
 use grpc_common::{Daemon, data};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tvix_store::castore::blobservice::{BlobReader, BlobService, BlobWriter, CHUNK_MAX, CHUNK_MIN, ChunkMeta};
+use tvix_store::castore::blobservice::{BlobReader, BlobService, CHUNK_MAX, CHUNK_MIN, ChunkMeta};
 use tvix_store::castore::{B3Digest, Error};
 use tvix_store::proto::castore as proto;
 use tvix_store::proto::castore::blob_service_client::BlobServiceClient;
@@ -187,7 +189,7 @@ impl Instrumented {
 /// `content` stored in a memory backend and served in-process through an [`Instrumented`]
 /// wrapper, with a client of that server.
 struct Served {
-    instrumented: Arc<Instrumented>,
+    instrumented: Arc<Wrapped<Instrumented>>,
     client: Arc<dyn BlobService>,
     digest: B3Digest,
     chunks: Vec<ChunkMeta>,
@@ -199,16 +201,16 @@ async fn serve_instrumented(content: &[u8]) -> Served {
     let backend = tvix_store::compose::blob_service("memory://").unwrap();
     let digest = put(backend.as_ref(), content).await;
     let chunks = backend.chunks(&digest).await.unwrap().unwrap();
-    let instrumented = Arc::new(Instrumented::over(backend));
+    let instrumented = Arc::new(Wrapped(Instrumented::over(backend)));
     let (addr, stop) = in_process(instrumented.clone(), dir.path()).await;
     let client = tvix_store::compose::blob_service(&addr).unwrap();
     Served { instrumented, client, digest, chunks, _server: (dir, stop) }
 }
 
 #[async_trait]
-impl BlobService for Instrumented {
-    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
-        self.inner.has(digest).await
+impl BlobHooks for Instrumented {
+    fn inner(&self) -> &dyn BlobService {
+        self.inner.as_ref()
     }
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         self.reads.lock().push(*digest);
@@ -221,15 +223,6 @@ impl BlobService for Instrumented {
         let count = Arc::new(AtomicU64::new(0));
         self.served.lock().push((*digest, count.clone()));
         Ok(Some(Box::new(Counting { inner, count })))
-    }
-    async fn open_write(&self) -> Box<dyn BlobWriter> {
-        self.inner.open_write().await
-    }
-    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
-        self.inner.open_write_deferred().await
-    }
-    async fn sync(&self) -> Result<(), Error> {
-        self.inner.sync().await
     }
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
         match (&self.chunk_list, self.inner.chunks(digest).await?) {
@@ -336,7 +329,7 @@ async fn server_without_chunks_is_read_whole_and_verified() {
     let backend = tvix_store::compose::blob_service("memory://").unwrap();
     let content = data(3_000_000, 11);
     let digest = put(backend.as_ref(), &content).await;
-    let honest = Arc::new(Instrumented { chunk_list: Some(vec![]), ..Instrumented::over(backend.clone()) });
+    let honest = Arc::new(Wrapped(Instrumented { chunk_list: Some(vec![]), ..Instrumented::over(backend.clone()) }));
     let (addr, _stop) = in_process(honest.clone(), dir.path()).await;
     let client = tvix_store::compose::blob_service(&addr).unwrap();
     assert!(read_all(client.as_ref(), &digest).await == content);
@@ -346,8 +339,11 @@ async fn server_without_chunks_is_read_whole_and_verified() {
     let dir2 = tempfile::tempdir().unwrap();
     let mut wrong = content.clone();
     wrong[1_234_567] ^= 1;
-    let liar =
-        Arc::new(Instrumented { chunk_list: Some(vec![]), serve_instead: Some(wrong), ..Instrumented::over(backend) });
+    let liar = Arc::new(Wrapped(Instrumented {
+        chunk_list: Some(vec![]),
+        serve_instead: Some(wrong),
+        ..Instrumented::over(backend)
+    }));
     let (addr, _stop2) = in_process(liar, dir2.path()).await;
     let client = tvix_store::compose::blob_service(&addr).unwrap();
     let err = match client.open_read(&digest).await {
@@ -385,7 +381,7 @@ async fn corrupt_bytes_from_server_are_refused() {
         let digest = put(backend.as_ref(), &content).await;
         let mut wrong = content.clone();
         wrong[len / 2] ^= 0xff;
-        let liar = Arc::new(Instrumented { serve_instead: Some(wrong), ..Instrumented::over(backend) });
+        let liar = Arc::new(Wrapped(Instrumented { serve_instead: Some(wrong), ..Instrumented::over(backend) }));
         let (addr, _stop) = in_process(liar, dir.path()).await;
         let client = tvix_store::compose::blob_service(&addr).unwrap();
         // Chunks before the corrupt one verify and may be handed out; the corrupt one not.

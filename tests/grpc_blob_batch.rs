@@ -2,18 +2,20 @@
 //! gRPC) against real servers on unix sockets: the `tvix-store daemon` binary, a server that
 //! lies in its batched answers, and a plain tvix-protocol server without the extension.
 
+mod blob_common;
 mod grpc_common;
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use blob_common::{BlobHooks, Wrapped};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use grpc_common::{Daemon, data};
 use parking_lot::Mutex;
 use tokio::io::AsyncReadExt;
-use tvix_store::castore::blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta};
+use tvix_store::castore::blobservice::{BlobReader, BlobService};
 use tvix_store::castore::{B3Digest, Error};
 use tvix_store::grpc::GrpcBlobService;
 use tvix_store::proto::castore::blob_service_server::BlobServiceServer;
@@ -132,9 +134,9 @@ struct Recording {
 }
 
 #[async_trait]
-impl BlobService for Recording {
-    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
-        self.inner.has(digest).await
+impl BlobHooks for Recording {
+    fn inner(&self) -> &dyn BlobService {
+        self.inner.as_ref()
     }
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         self.opened.lock().push(*digest);
@@ -145,18 +147,6 @@ impl BlobService for Recording {
             return Ok(Some(Box::new(std::io::Cursor::new(real))));
         }
         self.inner.open_read(digest).await
-    }
-    async fn open_write(&self) -> Box<dyn BlobWriter> {
-        self.inner.open_write().await
-    }
-    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
-        self.inner.open_write_deferred().await
-    }
-    async fn sync(&self) -> Result<(), Error> {
-        self.inner.sync().await
-    }
-    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
-        self.inner.chunks(digest).await
     }
 }
 
@@ -308,7 +298,7 @@ async fn eight_and_one() -> (Arc<dyn BlobService>, Vec<(B3Digest, Vec<u8>)>, B3D
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_batched_entries_fail_only_themselves_and_are_read_again() {
     let (store, blobs, unrequested) = eight_and_one().await;
-    let recording = Arc::new(Recording { inner: store.clone(), opened: Mutex::new(vec![]), corrupt: None });
+    let recording = Arc::new(Wrapped(Recording { inner: store.clone(), opened: Mutex::new(vec![]), corrupt: None }));
     let dir = tempfile::tempdir().unwrap();
     let (addr, calls, _stop) =
         serve(dir.path(), recording.clone(), None, Batch::Liar(Liar { store: store.clone(), unrequested })).await;
@@ -337,7 +327,8 @@ async fn an_entry_broken_in_the_batch_and_in_its_read_again_is_an_error_naming_i
     let (store, blobs, unrequested) = eight_and_one().await;
     let digests: Vec<B3Digest> = blobs.iter().map(|(d, _)| *d).collect();
     // Blob 3 comes corrupt in the batch, and corrupt again from the plain Read.
-    let recording = Arc::new(Recording { inner: store.clone(), opened: Mutex::new(vec![]), corrupt: Some(digests[3]) });
+    let recording =
+        Arc::new(Wrapped(Recording { inner: store.clone(), opened: Mutex::new(vec![]), corrupt: Some(digests[3]) }));
     let dir = tempfile::tempdir().unwrap();
     let (addr, _, _stop) =
         serve(dir.path(), recording, None, Batch::Liar(Liar { store: store.clone(), unrequested })).await;
@@ -366,7 +357,7 @@ async fn a_plain_tvix_server_is_read_one_blob_at_a_time_and_remembered() {
     }
     let absent = B3Digest::of(b"not there");
     digests.push(absent);
-    let recording = Arc::new(Recording { inner: store.clone(), opened: Mutex::new(vec![]), corrupt: None });
+    let recording = Arc::new(Wrapped(Recording { inner: store.clone(), opened: Mutex::new(vec![]), corrupt: None }));
     let dir = tempfile::tempdir().unwrap();
     // Only the tvix services: the batched read is answered UNIMPLEMENTED.
     let (addr, calls, _stop) = serve(dir.path(), recording.clone(), None, Batch::Absent).await;

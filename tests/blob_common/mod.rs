@@ -1,0 +1,60 @@
+//! Test wrappers around a blob service: a wrapper implements [`BlobHooks`] with only the
+//! calls it changes (the rest pass through to [`BlobHooks::inner`]), and [`Wrapped`] makes it
+//! a [`BlobService`].
+
+#![allow(dead_code)]
+
+use async_trait::async_trait;
+use tvix_store::castore::blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta};
+use tvix_store::castore::{B3Digest, Error};
+
+/// What a test wrapper changes about the blob service it wraps; every call it does not
+/// override goes to [`BlobHooks::inner`] unchanged.
+#[async_trait]
+pub trait BlobHooks: Send + Sync + 'static {
+    /// The wrapped service.
+    fn inner(&self) -> &dyn BlobService;
+
+    /// [`BlobService::open_read`].
+    async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
+        self.inner().open_read(digest).await
+    }
+
+    /// [`BlobService::chunks`].
+    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
+        self.inner().chunks(digest).await
+    }
+}
+
+/// A [`BlobHooks`] as a [`BlobService`]; derefs to the hooks, so a test reads their fields
+/// through it.
+pub struct Wrapped<H>(pub H);
+
+impl<H> std::ops::Deref for Wrapped<H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.0
+    }
+}
+
+#[async_trait]
+impl<H: BlobHooks> BlobService for Wrapped<H> {
+    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
+        self.0.inner().has(digest).await
+    }
+    async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
+        self.0.open_read(digest).await
+    }
+    async fn open_write(&self) -> Box<dyn BlobWriter> {
+        self.0.inner().open_write().await
+    }
+    async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
+        self.0.inner().open_write_deferred().await
+    }
+    async fn sync(&self) -> Result<(), Error> {
+        self.0.inner().sync().await
+    }
+    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
+        self.0.chunks(digest).await
+    }
+}
