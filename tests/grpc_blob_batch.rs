@@ -466,3 +466,56 @@ async fn a_corrupt_chunk_on_the_servers_disk_fails_only_its_blob() {
     // The server's error part made the client try once more with Read (which failed too).
     assert_eq!(count(&calls, READ_PATH), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_daemon_of_a_failover_list_is_asked_for_the_batched_read_on_its_own() {
+    let contents = mixed_contents();
+    // First a plain tvix server, then our daemon; both hold the same blobs.
+    let plain_store = tvix_store::compose::blob_service("memory://").unwrap();
+    let daemon = Daemon::unix();
+    let ours = tvix_store::compose::blob_service(&daemon.addr).unwrap();
+    let mut digests = Vec::new();
+    for content in &contents {
+        digests.push(put(plain_store.as_ref(), content).await);
+        put(ours.as_ref(), content).await;
+    }
+    // The plain server runs on a runtime of its own, so that dropping the runtime breaks its
+    // connections the way a dead daemon's break.
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let socket_dir = dir.path().to_path_buf();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let served = runtime.block_on(serve(&socket_dir, plain_store, None, Batch::Absent));
+        tx.send((served.0, served.1)).unwrap();
+        let _ = stop_rx.recv();
+        drop(served.2);
+        runtime.shutdown_background();
+    });
+    let (plain_addr, calls) = rx.recv().unwrap();
+    let fallback = daemon.addr.trim_start_matches("grpc+unix://");
+    let url = url::Url::parse(&format!("{plain_addr}?fallback={fallback}")).unwrap();
+    let target = tvix_store::compose::url::grpc_target(&url).unwrap();
+    let client = GrpcBlobService::new(tvix_store::grpc::channel(&target).unwrap());
+
+    let results = read_many(&client, &digests).await;
+    assert!(results.iter().all(|(_, r)| matches!(r, Ok(Some(_)))), "{results:?}");
+    assert_eq!(client.has_batch_read(), Some(false), "the plain server has no batched read");
+    assert_eq!(count(&calls, BATCH_PATH), 1);
+
+    stop_tx.send(()).unwrap();
+    server.join().unwrap();
+    // The call that finds the plain server gone may fail; later ones go to our daemon, which is
+    // asked for the batched read afresh and has it.
+    let mut answered = false;
+    for _ in 0..5 {
+        let results = read_many(&client, &digests).await;
+        if results.iter().all(|(_, r)| matches!(r, Ok(Some(_)))) {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "our daemon did not answer after the failover");
+    assert_eq!(client.has_batch_read(), Some(true), "our daemon was not asked for the batched read");
+}

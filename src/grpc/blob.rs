@@ -28,6 +28,7 @@ pub struct GrpcBlobService {
     pub(super) batch_client: BlobBatchServiceClient<GrpcChannel>,
     /// Whether the server has the batched read, found out on first use, for this channel.
     pub(super) batch: Arc<BatchSupport>,
+    channel: GrpcChannel,
 }
 
 impl GrpcBlobService {
@@ -38,10 +39,11 @@ impl GrpcBlobService {
             client: BlobServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
-            batch_client: BlobBatchServiceClient::new(channel)
+            batch_client: BlobBatchServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
-            batch: Arc::default(),
+            batch: Arc::new(BatchSupport::of(&channel)),
+            channel,
         }
     }
 
@@ -49,7 +51,7 @@ impl GrpcBlobService {
     /// Read per blob (pipelined), as against a server without our extension. For benchmarks
     /// and tests, the baseline a tvix client sees.
     pub fn plain_protocol(mut self) -> Self {
-        self.batch = Arc::new(BatchSupport::absent());
+        self.batch = Arc::new(BatchSupport::absent(&self.channel));
         self
     }
 

@@ -125,6 +125,18 @@ pub struct GrpcChannel {
     current: Arc<AtomicUsize>,
 }
 
+impl GrpcChannel {
+    /// How many daemons calls may go to.
+    pub(crate) fn daemons(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// The index of the daemon calls go to now.
+    pub(crate) fn current_daemon(&self) -> usize {
+        self.current.load(Ordering::Relaxed) % self.channels.len()
+    }
+}
+
 impl From<Channel> for GrpcChannel {
     fn from(channel: Channel) -> Self {
         Self { channels: Arc::from([channel]), current: Arc::default() }
