@@ -5,8 +5,9 @@
 //! Layout below the cache directory (one file per object, named by its digest):
 //! `chunks/<2 hex>/<64 hex>` a chunk's bytes (a blob of one chunk is that chunk),
 //! `lists/<2 hex>/<64 hex>` the chunk list of a multi-chunk blob, `dirs/<2 hex>/<64 hex>` an
-//! encoded Directory, `records/<2 hex>/<64 hex>` a higher layer's record (a PathInfo) behind
-//! its BLAKE3 checksum, under a key that layer derives; `tmp/` files being written; `tvix-disk-cache` marks the directory as ours.
+//! encoded Directory, `records/<2 hex>/<64 hex>` a record behind its BLAKE3 checksum (a
+//! directory closure, or a higher layer's PathInfo) under a key its writer derives; `tmp/`
+//! files being written; `tvix-disk-cache` marks the directory as ours.
 //!
 //! Invariants, which hold across crashes and concurrent processes without any lock held for a
 //! process's lifetime:
@@ -61,8 +62,8 @@ pub(crate) enum Object {
     ChunkList,
     /// An encoded Directory.
     Directory,
-    /// An opaque record of a higher layer (a PathInfo), under a key that layer derives, with
-    /// a checksum the cache adds and checks ([`DiskCache::store_record`]).
+    /// An opaque record (a directory closure, a higher layer's PathInfo) under a key its
+    /// writer derives, with a checksum the cache adds and checks ([`DiskCache::store_record`]).
     Record,
 }
 
