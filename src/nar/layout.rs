@@ -162,6 +162,14 @@ impl NarLayout {
         self.size
     }
 
+    /// About how many bytes of memory the layout holds (for bounding caches of layouts).
+    pub fn memory(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.framing.len()
+            + self.segments.len() * std::mem::size_of::<Segment>()
+            + self.listing.as_ref().map_or(0, String::len)
+    }
+
     /// Where each file's contents start in the NAR and how long they are, in NAR order.
     pub fn files(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.segments.iter().filter_map(|s| match s {

@@ -17,6 +17,7 @@
 //!
 //! Every answer that is not a success carries a one-line reason as its body.
 
+mod layouts;
 mod names;
 mod read;
 mod upload;
@@ -72,6 +73,7 @@ pub struct NarBridge {
     path_info: Arc<dyn PathInfoService>,
     options: Options,
     uploads: upload::PendingNars,
+    layouts: layouts::LayoutCache,
 }
 
 impl NarBridge {
@@ -82,7 +84,7 @@ impl NarBridge {
         path_info: Arc<dyn PathInfoService>,
         options: Options,
     ) -> Arc<Self> {
-        Arc::new(Self { blob, directory, path_info, options, uploads: Default::default() })
+        Arc::new(Self { blob, directory, path_info, options, uploads: Default::default(), layouts: Default::default() })
     }
 
     /// The HTTP routes, ready for `axum::serve`.

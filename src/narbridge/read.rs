@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::names::{self, NarName};
 use super::{NarBridge, Reject, bad_request};
+use crate::castore::Node;
 use crate::nar::{NarLayout, NarWriteError, RenderError};
 use crate::narinfo::{Compression, NarFile, NarInfo};
 use crate::pathinfo::PathInfo;
@@ -151,8 +152,16 @@ impl NarBridge {
             .ok_or_else(|| Reject::new(StatusCode::NOT_FOUND, format!("{hash}: no such store path here")))
     }
 
-    /// The layout of a path's NAR (its directories fetched).
-    async fn layout(&self, info: &PathInfo, listing: bool) -> Result<NarLayout, Reject> {
+    /// The layout of a path's NAR (its directories fetched), from the layout cache when the
+    /// same tree was laid out before (listings are not cached: `.ls` files are asked for rarely).
+    async fn layout(&self, info: &PathInfo, listing: bool) -> Result<Arc<NarLayout>, Reject> {
+        let root = match &info.node {
+            Node::Directory { digest, .. } if !listing => Some(*digest),
+            _ => None,
+        };
+        if let Some(layout) = root.and_then(|root| self.layouts.get(&root)) {
+            return Ok(layout);
+        }
         let what = || format!("laying out the NAR of {}", info.store_path);
         let layout = async {
             if listing {
@@ -162,13 +171,23 @@ impl NarBridge {
             }
             .map_err(crate::castore::Error::from)
         };
-        self.bounded(what, layout).await
+        let layout = Arc::new(self.bounded(what, layout).await?);
+        if let Some(root) = root {
+            self.layouts.insert(root, layout.clone());
+        }
+        Ok(layout)
     }
 
     /// The body streaming `window` of the NAR, rendered by a task of its own through a bounded
     /// pipe. A failure midway (a blob missing or corrupt) cuts the body off, which the client
     /// sees as a broken download, and is logged with the path.
-    fn render(self: &Arc<Self>, info: PathInfo, layout: NarLayout, window: std::ops::Range<u64>, zstd: bool) -> Body {
+    fn render(
+        self: &Arc<Self>,
+        info: PathInfo,
+        layout: Arc<NarLayout>,
+        window: std::ops::Range<u64>,
+        zstd: bool,
+    ) -> Body {
         let (writer, reader) = tokio::io::duplex(PIPE_BYTES);
         // A NAR is written in many small pieces (framing, small files): unbuffered, each would
         // wake the connection task and go out in a send of its own.
