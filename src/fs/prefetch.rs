@@ -16,7 +16,7 @@
 //! by blob digest, so a file needs no inode yet to be prefetched. Foreground reads never wait
 //! for a prefetch they did not ask for: a file not in a window is read the normal way at once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -76,21 +76,39 @@ struct Held {
     size: u64,
     /// Reading this file from its start plans the next window.
     plans_next: bool,
+    /// Which insertion this is, so a stale entry of `order` does not drop a later one.
+    added: u64,
 }
 
 #[derive(Default)]
 struct Files {
     by_digest: HashMap<B3Digest, Held>,
-    /// Oldest first, for dropping past [`CAPACITY_BYTES`].
-    order: VecDeque<B3Digest>,
+    /// Oldest first, for dropping past [`CAPACITY_BYTES`]. A file read to its end leaves its
+    /// entry here (removing it would cost a scan of thousands of small files per read); it is
+    /// skipped when it comes up.
+    order: VecDeque<(B3Digest, u64)>,
     bytes: u64,
+    added: u64,
 }
 
 impl Files {
     fn forget(&mut self, digest: &B3Digest) {
         if let Some(held) = self.by_digest.remove(digest) {
             self.bytes -= held.size;
-            self.order.retain(|d| d != digest);
+        }
+    }
+
+    fn drop_oldest_past_capacity(&mut self) {
+        while self.bytes > CAPACITY_BYTES {
+            let Some((old, added)) = self.order.pop_front() else { break };
+            if self.by_digest.get(&old).is_some_and(|held| held.added == added) {
+                self.forget(&old);
+            }
+        }
+        // Stale entries of files read long ago would otherwise pile up while nothing is dropped.
+        if self.order.len() > 4 * self.by_digest.len() + WINDOW_FILES {
+            let by_digest = &self.by_digest;
+            self.order.retain(|(digest, added)| by_digest.get(digest).is_some_and(|held| held.added == *added));
         }
     }
 }
@@ -127,8 +145,9 @@ impl Prefetcher {
         {
             let mut state = self.files.lock();
             let mut new = Vec::new();
+            let mut planned = HashSet::new();
             for (digest, size) in files {
-                if state.by_digest.contains_key(&digest) || new.iter().any(|(d, _, _)| *d == digest) {
+                if state.by_digest.contains_key(&digest) || !planned.insert(digest) {
                     continue;
                 }
                 let (tx, rx) = oneshot::channel::<Option<Bytes>>();
@@ -137,8 +156,10 @@ impl Prefetcher {
                 new.push((digest, size, (tx, fetch)));
             }
             for (i, (digest, size, (tx, fetch))) in new.into_iter().enumerate() {
-                state.by_digest.insert(digest, Held { fetch, size, plans_next: i == 0 });
-                state.order.push_back(digest);
+                state.added += 1;
+                let added = state.added;
+                state.by_digest.insert(digest, Held { fetch, size, plans_next: i == 0, added });
+                state.order.push_back((digest, added));
                 state.bytes += size;
                 let fits = batches.last().is_some_and(|b| {
                     b.len() < BATCH_FILES && b.iter().map(|(_, s, _)| s).sum::<u64>() + size <= BATCH_BYTES
@@ -150,12 +171,7 @@ impl Prefetcher {
                     batch.push((digest, size, tx));
                 }
             }
-            while state.bytes > CAPACITY_BYTES {
-                let Some(old) = state.order.pop_front() else { break };
-                if let Some(held) = state.by_digest.remove(&old) {
-                    state.bytes -= held.size;
-                }
-            }
+            state.drop_oldest_past_capacity();
         }
         let plans = self.plans.clone();
         if batches.is_empty() {
@@ -256,6 +272,34 @@ mod tests {
 
     fn name(s: &str) -> PathComponent {
         PathComponent::try_from(s).unwrap()
+    }
+
+    #[test]
+    fn past_the_capacity_the_oldest_files_go_and_a_file_held_again_stays() {
+        let mut files = Files::default();
+        let hold = |files: &mut Files, digest: B3Digest, size: u64| {
+            files.added += 1;
+            let fetch: Fetch = async { None }.boxed().shared();
+            files.by_digest.insert(digest, Held { fetch, size, plans_next: false, added: files.added });
+            files.order.push_back((digest, files.added));
+            files.bytes += size;
+        };
+        let (a, b) = (B3Digest::of(b"a"), B3Digest::of(b"b"));
+        hold(&mut files, a, 1);
+        hold(&mut files, b, 1);
+        // `a` read to its end, then planned again: its first entry in the order is stale.
+        files.forget(&a);
+        hold(&mut files, a, 1);
+        // One byte over the capacity in all: dropping `b` is enough.
+        let count = CAPACITY_BYTES / MAX_FILE;
+        for i in 0..count {
+            let size = if i + 1 == count { MAX_FILE - 1 } else { MAX_FILE };
+            hold(&mut files, B3Digest::of(&i.to_le_bytes()), size);
+        }
+        files.drop_oldest_past_capacity();
+        assert!(files.bytes <= CAPACITY_BYTES);
+        assert!(!files.by_digest.contains_key(&b), "the oldest file stayed");
+        assert!(files.by_digest.contains_key(&a), "the stale entry dropped the file held again");
     }
 
     #[test]
