@@ -7,6 +7,7 @@
 //! built in order blob → directory → path-info, and each builder gets the services already built
 //! (a path-info source that ingests NARs needs somewhere to put blobs and directories).
 
+mod awsprofile;
 pub mod config;
 pub mod defaultstore;
 mod graph;

@@ -7,6 +7,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
+use super::awsprofile;
 use super::url::S3Spec;
 use crate::castore::objects::Objects;
 
@@ -27,13 +28,23 @@ pub fn memory() -> Objects {
 }
 
 /// The bucket an S3 URL names, with credentials from the usual AWS environment variables
-/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_DEFAULT_REGION`).
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_DEFAULT_REGION`) or,
+/// when no key is set there, from the AWS profile files ([`awsprofile`]).
 pub fn s3(spec: &S3Spec) -> Result<Objects, String> {
     crate::tuning::install_tls_provider();
+    let resolved = awsprofile::resolve(spec, &|name| std::env::var(name).ok()).map_err(|e| e.to_string())?;
     // Without a key, object_store falls back to the EC2 instance metadata service, which a
     // self-hosted engine's machines do not have: say what is missing instead.
-    if spec.credentials.is_none() && spec.endpoint.is_some() && std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-        return Err("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into());
+    if spec.credentials.is_none()
+        && resolved.key.is_none()
+        && resolved.endpoint.is_some()
+        && std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+    {
+        return Err(
+            "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE and a profile file \
+                    (~/.aws/credentials)"
+                .into(),
+        );
     }
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(&spec.bucket)
@@ -49,12 +60,18 @@ pub fn s3(spec: &S3Spec) -> Result<Objects, String> {
             retry_timeout: RETRY_FOR,
         })
         .with_client_options(ClientOptions::new().with_timeout(REQUEST_TIMEOUT).with_connect_timeout(CONNECT_TIMEOUT));
-    if let Some(endpoint) = &spec.endpoint {
+    if let Some(endpoint) = &resolved.endpoint {
         // An http:// endpoint is meant as given.
         builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
     }
-    if let Some(region) = &spec.region {
+    if let Some(region) = &resolved.region {
         builder = builder.with_region(region);
+    }
+    if let Some(key) = &resolved.key {
+        builder = builder.with_access_key_id(&key.access_key_id).with_secret_access_key(&key.secret_access_key);
+        if let Some(token) = &key.session_token {
+            builder = builder.with_token(token);
+        }
     }
     if let Some(key) = &spec.credentials {
         builder = builder.with_access_key_id(&key.access_key_id).with_secret_access_key(&key.secret_access_key);

@@ -17,7 +17,7 @@
 //!
 //! An S3 URL takes `endpoint=` (for self-hosted engines: `http://…` is used as given, with
 //! path-style requests) and `region=`; credentials come from the usual AWS environment
-//! variables. The three services can share one URL: each keeps its objects under its own key
+//! variables or the AWS profile files (`super::awsprofile`). The three services can share one URL: each keeps its objects under its own key
 //! prefix below the URL's (`chunks/`+`blobs/`, `directories/`, `pathinfo/`).
 
 use std::path::PathBuf;
@@ -52,7 +52,7 @@ pub enum Leaf {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Spec {
     /// The URL as given, for messages (it holds no secrets: credentials come from the
-    /// environment).
+    /// environment or the profile files).
     pub url: String,
     /// The bucket.
     pub bucket: String,
