@@ -1,14 +1,19 @@
-//! Building object stores from store URLs: `objectstore+memory://` and `objectstore+s3://`.
+//! Building object stores from store URLs: `objectstore+memory://`, `objectstore+s3://`,
+//! `objectstore+gs://` and `objectstore+az://`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path;
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
+use super::Leaf;
 use super::awsprofile;
-use super::url::S3Spec;
+use super::url::{CloudProvider, CloudSpec, S3Spec};
 use crate::castore::objects::Objects;
 
 /// A request that gets no answer for this long fails (and is retried): an object is at most a
@@ -21,6 +26,32 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// range instead of object_store's default three minutes.
 const RETRIES: usize = 8;
 const RETRY_FOR: Duration = Duration::from_secs(30);
+
+fn retry() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        },
+        max_retries: RETRIES,
+        retry_timeout: RETRY_FOR,
+    }
+}
+
+fn client_options() -> ClientOptions {
+    ClientOptions::new().with_timeout(REQUEST_TIMEOUT).with_connect_timeout(CONNECT_TIMEOUT)
+}
+
+/// The object store of a remote leaf (`objectstore+s3://`, `+gs://`, `+az://`); `None` for
+/// every other kind of leaf.
+pub fn remote(leaf: &Leaf) -> Option<Result<Objects, String>> {
+    match leaf {
+        Leaf::S3(spec) => Some(s3(spec)),
+        Leaf::Cloud(spec) => Some(cloud(spec)),
+        _ => None,
+    }
+}
 
 /// `object_store`'s in-memory store (one per URL: the services do not share it).
 pub fn memory() -> Objects {
@@ -50,16 +81,8 @@ pub fn s3(spec: &S3Spec) -> Result<Objects, String> {
         .with_bucket_name(&spec.bucket)
         // Self-hosted engines (Garage, MinIO, Ceph) address buckets by path, not by host name.
         .with_virtual_hosted_style_request(false)
-        .with_retry(RetryConfig {
-            backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(5),
-                base: 2.0,
-            },
-            max_retries: RETRIES,
-            retry_timeout: RETRY_FOR,
-        })
-        .with_client_options(ClientOptions::new().with_timeout(REQUEST_TIMEOUT).with_connect_timeout(CONNECT_TIMEOUT));
+        .with_retry(retry())
+        .with_client_options(client_options());
     if let Some(endpoint) = &resolved.endpoint {
         // An http:// endpoint is meant as given.
         builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
@@ -79,4 +102,32 @@ pub fn s3(spec: &S3Spec) -> Result<Objects, String> {
     let store = builder.build().map_err(|e| e.to_string())?;
     let prefix = Path::parse(&spec.prefix).map_err(|e| format!("prefix {:?}: {e}", spec.prefix))?;
     Ok(Objects::new(Arc::new(store), prefix, spec.url.clone()))
+}
+
+/// The GCS bucket or Azure container a URL names, configured from `object_store`'s environment
+/// variables for the service (`GOOGLE_SERVICE_ACCOUNT`, `GOOGLE_APPLICATION_CREDENTIALS`, …;
+/// `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_USE_EMULATOR`, …),
+/// with the same timeouts and retries as S3.
+pub fn cloud(spec: &CloudSpec) -> Result<Objects, String> {
+    crate::tuning::install_tls_provider();
+    let store: Arc<dyn ObjectStore> = match spec.provider {
+        CloudProvider::Gcs => Arc::new(
+            GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(&spec.bucket)
+                .with_retry(retry())
+                .with_client_options(client_options())
+                .build()
+                .map_err(|e| e.to_string())?,
+        ),
+        CloudProvider::Azure => Arc::new(
+            MicrosoftAzureBuilder::from_env()
+                .with_container_name(&spec.bucket)
+                .with_retry(retry())
+                .with_client_options(client_options())
+                .build()
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    let prefix = Path::parse(&spec.prefix).map_err(|e| format!("prefix {:?}: {e}", spec.prefix))?;
+    Ok(Objects::new(store, prefix, spec.url.clone()))
 }
