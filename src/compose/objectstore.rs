@@ -27,6 +27,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRIES: usize = 8;
 const RETRY_FOR: Duration = Duration::from_secs(30);
 
+/// The retry policy above, for every remote object store.
 fn retry() -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig {
@@ -39,6 +40,7 @@ fn retry() -> RetryConfig {
     }
 }
 
+/// The timeouts above, for every remote object store.
 fn client_options() -> ClientOptions {
     ClientOptions::new().with_timeout(REQUEST_TIMEOUT).with_connect_timeout(CONNECT_TIMEOUT)
 }
