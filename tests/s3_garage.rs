@@ -288,3 +288,96 @@ fn all_nodes_down_is_eio_within_the_timeout_and_reads_recover() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// `tvix-store ARGS… --*-service-addr URL` with no AWS variable of the test's environment and
+/// `vars` instead (HOME, AWS_PROFILE, the files' variables).
+fn with_only(vars: &[(&str, &Path)], profile: Option<&str>, url: &str, args: &[&str]) -> std::process::Output {
+    let mut command = tvix_store();
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AWS_") {
+            command.env_remove(name);
+        }
+    }
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    if let Some(profile) = profile {
+        command.env("AWS_PROFILE", profile);
+    }
+    command
+        .args(args)
+        .args(["--blob-service-addr", url, "--directory-service-addr", url, "--path-info-service-addr", url])
+        .output()
+        .unwrap()
+}
+
+/// With the AWS key variables unset, a profile file alone gives key, region and endpoint: an
+/// import through a named profile in `~/.aws` and a dump through the default profile of files
+/// named by AWS_SHARED_CREDENTIALS_FILE / AWS_CONFIG_FILE reach the same bucket as the
+/// environment's key does; a profile that does not exist is a one-line error at start naming
+/// the profile and both files, without the secret.
+#[test]
+fn aws_profile_files_alone_reach_the_bucket() {
+    let c = cluster(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(home.join(".aws")).unwrap();
+    std::fs::write(
+        home.join(".aws/credentials"),
+        format!("[default]\naws_access_key_id = WRONG\naws_secret_access_key = WRONG\n\n[tvix]\naws_access_key_id = {}\naws_secret_access_key = {}\n", c.key_id, c.secret),
+    )
+    .unwrap();
+    std::fs::write(
+        home.join(".aws/config"),
+        format!(
+            "[default]\nregion = garage\nendpoint_url = {0}\n\n[profile tvix]\nregion = garage\nendpoint_url = {0}\n",
+            c.endpoint
+        ),
+    )
+    .unwrap();
+    let (credentials, config) = (tmp.path().join("creds"), tmp.path().join("conf"));
+    std::fs::write(
+        &credentials,
+        format!("[default]\naws_access_key_id={}\naws_secret_access_key={}\n", c.key_id, c.secret),
+    )
+    .unwrap();
+    std::fs::write(&config, format!("[default]\nregion=garage\nendpoint_url={}\n", c.endpoint)).unwrap();
+    // The URL names only bucket and prefix: endpoint and region come from the profile.
+    let url = format!("objectstore+s3://{}/{}", c.bucket, unique_prefix("profile"));
+    let src = tmp.path().join("hello");
+    std::fs::write(&src, b"read through a profile file\n").unwrap();
+
+    let out = with_only(&[("HOME", &home)], Some("tvix"), &url, &["import", src.to_str().unwrap()]);
+    assert!(out.status.success(), "import with a profile: {}", String::from_utf8_lossy(&out.stderr));
+    let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    let files: [(&str, &Path); 3] =
+        [("HOME", &home), ("AWS_SHARED_CREDENTIALS_FILE", &credentials), ("AWS_CONFIG_FILE", &config)];
+    let through_files = with_only(&files, None, &url, &["dump", &path]);
+    assert!(through_files.status.success(), "dump: {}", String::from_utf8_lossy(&through_files.stderr));
+    let endpoint_url = format!("{url}?endpoint={}&region=garage", c.endpoint);
+    let through_env = on_bucket(c, &endpoint_url, &["dump", &path]);
+    assert!(through_env.status.success());
+    assert_eq!(through_files.stdout, through_env.stdout);
+    let needle = b"read through a profile file\n";
+    assert!(through_env.stdout.windows(needle.len()).any(|w| w == needle), "the NAR does not hold the file");
+
+    // `default` in ~/.aws has a wrong key: the profile chosen is the one used.
+    let wrong = with_only(&[("HOME", &home)], None, &url, &["dump", &path]);
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        !wrong.status.success() && stderr.contains("access denied"),
+        "the default profile's key was not used: {stderr}"
+    );
+
+    let started = Instant::now();
+    let missing = with_only(&[("HOME", &home)], Some("no-such-profile"), &url, &["import", src.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&missing.stderr).to_string();
+    assert!(!missing.status.success(), "import with a missing profile succeeded");
+    assert!(started.elapsed() < Duration::from_secs(30), "refusing took {:?}", started.elapsed());
+    assert!(stderr.contains("\"no-such-profile\""), "the error does not name the profile: {stderr}");
+    assert!(stderr.contains(".aws/credentials") && stderr.contains(".aws/config"), "no file named: {stderr}");
+    assert!(stderr.contains(&url), "the error does not name the URL: {stderr}");
+    assert!(!stderr.contains(&c.secret), "the error shows the secret: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
+}

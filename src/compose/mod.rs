@@ -7,6 +7,7 @@
 //! built in order blob → directory → path-info, and each builder gets the services already built
 //! (a path-info source that ingests NARs needs somewhere to put blobs and directories).
 
+mod awsprofile;
 pub mod config;
 pub mod defaultstore;
 mod graph;
@@ -267,10 +268,10 @@ async fn build(plan: Plan, store_lock: Option<StoreLock>) -> Result<Services, Co
     };
     for graph in [blob, directory, path_info] {
         for (entry, url, leaf) in graph.leaves() {
-            if let Leaf::S3(spec) = leaf {
+            if let Some(objects) = objectstore::remote(leaf) {
                 let open_error =
                     |reason: String| ComposeError::Open { entry: entry.clone(), url: url.to_string(), reason };
-                objectstore::s3(spec).map_err(open_error)?.probe().await.map_err(|e| open_error(e.to_string()))?;
+                objects.map_err(open_error)?.probe().await.map_err(|e| open_error(e.to_string()))?;
             }
         }
     }
@@ -368,8 +369,9 @@ fn build_blob_keeping(
                 let service = ChunkedBlobService::new(ObjectStoreChunkStore::in_objects(objectstore::memory()));
                 chunked(service.chunk_store(), Arc::new(service))
             }
-            Leaf::S3(spec) => {
-                let service = ChunkedBlobService::new(ObjectStoreChunkStore::in_objects(objectstore::s3(spec)?));
+            Leaf::S3(_) | Leaf::Cloud(_) => {
+                let objects = objectstore::remote(leaf).ok_or("not an object store")??;
+                let service = ChunkedBlobService::new(ObjectStoreChunkStore::in_objects(objects));
                 chunked(service.chunk_store(), Arc::new(service))
             }
             Leaf::Grpc(target) => Ok(Arc::new(GrpcBlobService::new(crate::grpc::channel(target)?))),
@@ -428,8 +430,9 @@ fn build_directory_keeping(
                 let service = StoredDirectoryService::new(ObjectStoreDirectoryStore::new(&objectstore::memory()));
                 stored(service.directory_store(), Arc::new(service))
             }
-            Leaf::S3(spec) => {
-                let service = StoredDirectoryService::new(ObjectStoreDirectoryStore::new(&objectstore::s3(spec)?));
+            Leaf::S3(_) | Leaf::Cloud(_) => {
+                let objects = objectstore::remote(leaf).ok_or("not an object store")??;
+                let service = StoredDirectoryService::new(ObjectStoreDirectoryStore::new(&objects));
                 stored(service.directory_store(), Arc::new(service))
             }
             Leaf::LocalFiles(_) => Err("this backend stores blobs only".into()),
@@ -490,8 +493,9 @@ fn build_path_info_counting(
                 let service = Arc::new(ObjectStorePathInfoService::new(&objectstore::memory()));
                 removable(service.clone(), service)
             }
-            Leaf::S3(spec) => {
-                let service = Arc::new(ObjectStorePathInfoService::new(&objectstore::s3(spec)?));
+            Leaf::S3(_) | Leaf::Cloud(_) => {
+                let objects = objectstore::remote(leaf).ok_or("not an object store")??;
+                let service = Arc::new(ObjectStorePathInfoService::new(&objects));
                 removable(service.clone(), service)
             }
             Leaf::LocalFiles(_) => Err("this backend stores blobs only".into()),

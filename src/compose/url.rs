@@ -6,6 +6,8 @@
 //! | `objectstore+file:///dir` | local chunk files | | |
 //! | `objectstore+memory://` | object_store in memory | yes | yes |
 //! | `objectstore+s3://bucket[/prefix]?endpoint=…&region=…` | S3 (or a clone) | yes | yes |
+//! | `objectstore+gs://bucket[/prefix]` | Google Cloud Storage | yes | yes |
+//! | `objectstore+az://container[/prefix]` | Azure Blob Storage | yes | yes |
 //! | `redb:///file.redb` | | yes | yes |
 //! | `grpc+unix:///socket`, `grpc+http://host:port` | yes | yes | yes |
 //! | `nix+http://host[:port][/prefix]`, `nix+https://…`, `nix+file:///dir` | | | a Nix binary cache, read-only |
@@ -17,8 +19,10 @@
 //!
 //! An S3 URL takes `endpoint=` (for self-hosted engines: `http://…` is used as given, with
 //! path-style requests) and `region=`; credentials come from the usual AWS environment
-//! variables. The three services can share one URL: each keeps its objects under its own key
-//! prefix below the URL's (`chunks/`+`blobs/`, `directories/`, `pathinfo/`).
+//! variables or the AWS profile files (`super::awsprofile`). The three services can share one URL: each keeps its objects under its own key
+//! prefix below the URL's (`chunks/`+`blobs/`, `directories/`, `pathinfo/`). A GCS or Azure
+//! URL takes no options: account, credentials and endpoint come from `object_store`'s usual
+//! environment variables for each (`GOOGLE_*`, `AZURE_*`).
 
 use std::path::PathBuf;
 
@@ -37,6 +41,9 @@ pub enum Leaf {
     ObjectStoreMemory,
     /// `objectstore+s3://bucket[/prefix]`: an S3 bucket (AWS or a self-hosted clone).
     S3(S3Spec),
+    /// `objectstore+gs://bucket[/prefix]` or `objectstore+az://container[/prefix]`: a Google
+    /// Cloud Storage bucket or an Azure Blob Storage container.
+    Cloud(CloudSpec),
     /// `redb:///file.redb`: directories or PathInfo in a redb database.
     Redb(PathBuf),
     /// `grpc+unix://` or `grpc+http://`: our (or tvix's) gRPC service.
@@ -52,7 +59,7 @@ pub enum Leaf {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Spec {
     /// The URL as given, for messages (it holds no secrets: credentials come from the
-    /// environment).
+    /// environment or the profile files).
     pub url: String,
     /// The bucket.
     pub bucket: String,
@@ -108,6 +115,51 @@ fn s3(addr: &str, url: &url::Url) -> Result<S3Spec, String> {
         }
     }
     Ok(spec)
+}
+
+/// Which object storage service a [`CloudSpec`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudProvider {
+    /// Google Cloud Storage (`objectstore+gs://`).
+    Gcs,
+    /// Azure Blob Storage (`objectstore+az://`).
+    Azure,
+}
+
+/// A GCS bucket or an Azure container as its store URL says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudSpec {
+    /// The service.
+    pub provider: CloudProvider,
+    /// The URL as given, for messages (it holds no secrets: those come from the environment).
+    pub url: String,
+    /// The bucket (GCS) or container (Azure).
+    pub bucket: String,
+    /// The key prefix below which the store's objects are (may be empty).
+    pub prefix: String,
+}
+
+/// Reads `objectstore+gs://bucket[/prefix]` and `objectstore+az://container[/prefix]`.
+fn cloud(provider: CloudProvider, addr: &str, url: &url::Url) -> Result<CloudSpec, String> {
+    let (scheme, what) = match provider {
+        CloudProvider::Gcs => ("gs", "BUCKET"),
+        CloudProvider::Azure => ("az", "CONTAINER"),
+    };
+    let bucket = url
+        .host_str()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| format!("no {} given (objectstore+{scheme}://{what}/…)", what.to_lowercase()))?;
+    if let Some((key, _)) = url.query_pairs().next() {
+        return Err(format!(
+            "unknown option {key:?} (this URL takes none: the service's settings come from the environment)"
+        ));
+    }
+    Ok(CloudSpec {
+        provider,
+        url: addr.to_string(),
+        bucket: bucket.to_string(),
+        prefix: url.path().trim_matches('/').to_string(),
+    })
 }
 
 /// A binary cache and how to use it, as its store URL says.
@@ -213,6 +265,8 @@ pub fn parse(kind: Kind, addr: &str) -> Result<Leaf, String> {
             Leaf::ObjectStoreMemory
         }
         "objectstore+s3" => Leaf::S3(s3(addr, &url)?),
+        "objectstore+gs" => Leaf::Cloud(cloud(CloudProvider::Gcs, addr, &url)?),
+        "objectstore+az" => Leaf::Cloud(cloud(CloudProvider::Azure, addr, &url)?),
         "redb" if kind != Kind::Blob => Leaf::Redb(local_path(&url)?),
         "grpc+unix" | "grpc+http" => {
             let target = grpc_target(&url)?;
@@ -239,10 +293,14 @@ pub fn parse(kind: Kind, addr: &str) -> Result<Leaf, String> {
 /// The schemes a service of `kind` accepts, for error messages.
 fn supported(kind: Kind) -> &'static str {
     match kind {
-        Kind::Blob => "memory, objectstore+file, objectstore+memory, objectstore+s3, grpc+unix, grpc+http",
-        Kind::Directory => "memory, redb, objectstore+memory, objectstore+s3, grpc+unix, grpc+http",
+        Kind::Blob => {
+            "memory, objectstore+file, objectstore+memory, objectstore+s3, objectstore+gs, objectstore+az, grpc+unix, grpc+http"
+        }
+        Kind::Directory => {
+            "memory, redb, objectstore+memory, objectstore+s3, objectstore+gs, objectstore+az, grpc+unix, grpc+http"
+        }
         Kind::PathInfo => {
-            "memory, redb, objectstore+memory, objectstore+s3, grpc+unix, grpc+http, nix+http, nix+https, nix+file"
+            "memory, redb, objectstore+memory, objectstore+s3, objectstore+gs, objectstore+az, grpc+unix, grpc+http, nix+http, nix+https, nix+file"
         }
     }
 }
@@ -327,6 +385,24 @@ mod tests {
         assert!(parse(Kind::Blob, "memory:///oops").is_err());
         assert!(parse(Kind::Blob, "objectstore+file://").is_err());
         assert!(parse(Kind::Blob, "objectstore+file://otherhost/x").is_err());
+    }
+
+    #[test]
+    fn gcs_and_azure_urls_name_bucket_and_prefix() {
+        let spec = |provider, url: &str, bucket: &str, prefix: &str| {
+            Leaf::Cloud(CloudSpec { provider, url: url.into(), bucket: bucket.into(), prefix: prefix.into() })
+        };
+        for kind in [Kind::Blob, Kind::Directory, Kind::PathInfo] {
+            let gs = "objectstore+gs://nix-store/fleet/one/";
+            assert_eq!(parse(kind, gs), Ok(spec(CloudProvider::Gcs, gs, "nix-store", "fleet/one")));
+            let az = "objectstore+az://container";
+            assert_eq!(parse(kind, az), Ok(spec(CloudProvider::Azure, az, "container", "")));
+        }
+        assert!(parse(Kind::Blob, "objectstore+gs:///x").unwrap_err().contains("no bucket given"));
+        assert!(parse(Kind::Blob, "objectstore+az://").unwrap_err().contains("no container given"));
+        let err = parse(Kind::Blob, "objectstore+gs://b/p?endpoint=http://x").unwrap_err();
+        assert!(err.contains("unknown option \"endpoint\""), "{err}");
+        assert!(parse(Kind::Blob, "objectstore+gcs://b").unwrap_err().contains("objectstore+gs, objectstore+az"));
     }
 
     #[test]
