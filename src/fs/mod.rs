@@ -133,6 +133,9 @@ type RootListing = Vec<RootEntry>;
 
 /// An open file shared by the frontend threads serving its reads.
 struct FileSlot {
+    /// The file's blob, readable without waiting for the state's lock (prefetched bytes are
+    /// found by it).
+    digest: B3Digest,
     state: Mutex<OpenFile>,
     /// Signalled whenever the reader's position moved or a read arrived.
     moved: Condvar,
@@ -666,7 +669,8 @@ impl StoreFs {
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             let file = OpenFile { ino, digest, size, reader: None, pos: 0, pending: Vec::new() };
             self.inodes.write().open(ino);
-            self.files.lock().insert(fh, Arc::new(FileSlot { state: Mutex::new(file), moved: Condvar::new() }));
+            let slot = FileSlot { digest, state: Mutex::new(file), moved: Condvar::new() };
+            self.files.lock().insert(fh, Arc::new(slot));
             Ok(Opened { fh, keep_cache: true })
         })
     }
@@ -678,11 +682,12 @@ impl StoreFs {
     /// deliver.
     pub fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
         observe("read", || {
-            let digest = match self.node_of(ino)? {
-                Some(Node::File { digest, .. }) => digest,
-                Some(Node::Directory { .. }) | None => return Err(FsError::IsDirectory(ino)),
-                Some(Node::Symlink { .. }) => return Err(FsError::NotSymlink(ino)),
+            let slot = if fh == NO_HANDLE {
+                self.inode_slot(ino)?
+            } else {
+                self.files.lock().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?
             };
+            let digest = slot.digest;
             if offset == 0 && self.prefetch.wants_plan(&digest) {
                 self.prefetch_walk(ino);
             }
@@ -704,11 +709,6 @@ impl StoreFs {
                     });
                 }
             }
-            let slot = if fh == NO_HANDLE {
-                self.inode_slot(ino)?
-            } else {
-                self.files.lock().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?
-            };
             let mut file = slot.state.lock();
             if offset >= file.size || size == 0 {
                 return Ok(Bytes::new());
@@ -803,7 +803,7 @@ impl StoreFs {
             _ => return Err(FsError::IsDirectory(ino)),
         };
         let file = OpenFile { ino, digest, size, reader: None, pos: 0, pending: Vec::new() };
-        let slot = Arc::new(FileSlot { state: Mutex::new(file), moved: Condvar::new() });
+        let slot = Arc::new(FileSlot { digest, state: Mutex::new(file), moved: Condvar::new() });
         if slots.len() >= INODE_READERS {
             slots.pop_front();
         }
