@@ -5,6 +5,7 @@
 //! bypassed; unusable directories are refused at open.
 
 mod blob_common;
+mod mount_common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use blob_common::{BlobHooks, Wrapped};
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
+use mount_common::data;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use tvix_store::castore::blobservice::{BlobReader, BlobService, ChunkMeta, ChunkedBlobService, MemoryChunkStore};
@@ -24,19 +26,6 @@ use tvix_store::castore::directoryservice::{
 };
 use tvix_store::castore::diskcache::{DiskCache, DiskCacheBlobService, DiskCacheDirectoryService, DiskCacheError};
 use tvix_store::castore::{B3Digest, Directory, Error, Node, PathComponent};
-
-/// Deterministic bytes that do not compress or repeat (so chunking sees real content).
-fn data(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 3) as u8
-        })
-        .collect()
-}
 
 /// A blob service passing every call to `inner`, counting the reads (open_read, chunks) that
 /// reach it: the "remote" whose requests a warm cache must not make.

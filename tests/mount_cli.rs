@@ -9,13 +9,6 @@ use std::time::{Duration, Instant};
 
 use mount_common::*;
 
-fn tvix_store(store_dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tvix-store"));
-    cmd.env("TVIX_STORE_DIR", store_dir).env_remove("BLOB_SERVICE_ADDR").env_remove("DIRECTORY_SERVICE_ADDR");
-    cmd.env_remove("PATH_INFO_SERVICE_ADDR");
-    cmd
-}
-
 /// A running `tvix-store mount`; killed and unmounted on drop.
 struct MountProcess {
     child: Child,
@@ -24,7 +17,7 @@ struct MountProcess {
 
 impl MountProcess {
     fn start(store_dir: &Path, path: &Path, extra: &[&str]) -> Self {
-        let child = tvix_store(store_dir)
+        let child = tvix_store_in(store_dir)
             .arg("mount")
             .arg(path)
             .args(extra)
@@ -85,14 +78,14 @@ fn bad_mount_points_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
 
-    let out = tvix_store(&store_dir).arg("mount").arg(dir.path().join("missing")).output().unwrap();
+    let out = tvix_store_in(&store_dir).arg("mount").arg(dir.path().join("missing")).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("mount point") && err.contains("missing") && err.contains("No such file"), "{err}");
 
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").unwrap();
-    let out = tvix_store(&store_dir).arg("mount").arg(&file).output().unwrap();
+    let out = tvix_store_in(&store_dir).arg("mount").arg(&file).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a directory"), "{err}");
@@ -101,7 +94,7 @@ fn bad_mount_points_get_clear_errors() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let _first = MountProcess::start(&dir.path().join("store1"), &mnt, &[]);
-    let out = tvix_store(&dir.path().join("store2")).arg("mount").arg(&mnt).output().unwrap();
+    let out = tvix_store_in(&dir.path().join("store2")).arg("mount").arg(&mnt).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("busy"), "{err}");

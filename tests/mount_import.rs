@@ -10,17 +10,8 @@ use std::time::{Duration, Instant};
 
 use mount_common::*;
 
-fn tvix_store(store_dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tvix-store"));
-    cmd.env("TVIX_STORE_DIR", store_dir);
-    for var in ["BLOB_SERVICE_ADDR", "DIRECTORY_SERVICE_ADDR", "PATH_INFO_SERVICE_ADDR"] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
 fn import(store_dir: &Path, path: &Path) -> String {
-    let out = tvix_store(store_dir).arg("import").arg(path).output().unwrap();
+    let out = tvix_store_in(store_dir).arg("import").arg(path).output().unwrap();
     assert!(out.status.success(), "import {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     let line = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let base = line.strip_prefix("/nix/store/").unwrap_or_else(|| panic!("import printed {line:?}"));
@@ -54,7 +45,7 @@ fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 fn mount(store_dir: &Path, mnt: &Path, args: &[&str]) -> Proc {
-    let child = tvix_store(store_dir).arg("mount").arg(mnt).args(args).stderr(Stdio::null()).spawn().unwrap();
+    let child = tvix_store_in(store_dir).arg("mount").arg(mnt).args(args).stderr(Stdio::null()).spawn().unwrap();
     let p = Proc { child, mountpoint: Some(mnt.to_path_buf()) };
     wait_for("mount", Duration::from_secs(20), || is_mounted(mnt));
     p
@@ -99,7 +90,7 @@ fn daemon_killed_under_the_mount_gives_eio_and_recovers() {
     let sp = import(&store, &tree);
     let sock = dir.path().join("d.sock");
     let start_daemon = || {
-        let child = tvix_store(&store).arg("daemon").arg("-l").arg(&sock).stderr(Stdio::null()).spawn().unwrap();
+        let child = tvix_store_in(&store).arg("daemon").arg("-l").arg(&sock).stderr(Stdio::null()).spawn().unwrap();
         let p = Proc { child, mountpoint: None };
         wait_for("daemon socket", Duration::from_secs(20), || std::os::unix::net::UnixStream::connect(&sock).is_ok());
         p
@@ -167,7 +158,7 @@ fn mount_beside_a_daemon_on_the_default_store_uses_its_socket() {
     make_tree(&first, 21);
     let first_sp = import(&store, &first);
 
-    let daemon_child = tvix_store(&store).arg("daemon").stderr(Stdio::null()).spawn().unwrap();
+    let daemon_child = tvix_store_in(&store).arg("daemon").stderr(Stdio::null()).spawn().unwrap();
     let _daemon = Proc { child: daemon_child, mountpoint: None };
     let socket = store.join("daemon.sock");
     wait_for("daemon socket", Duration::from_secs(20), || std::os::unix::net::UnixStream::connect(&socket).is_ok());
@@ -205,7 +196,7 @@ fn mount_through_a_composition_file_reads_through_its_cache() {
     make_tree(&tree, 31);
     let sp = import(&store, &tree);
     let sock = dir.path().join("d.sock");
-    let daemon_child = tvix_store(&store).arg("daemon").arg("-l").arg(&sock).stderr(Stdio::null()).spawn().unwrap();
+    let daemon_child = tvix_store_in(&store).arg("daemon").arg("-l").arg(&sock).stderr(Stdio::null()).spawn().unwrap();
     let _daemon = Proc { child: daemon_child, mountpoint: None };
     wait_for("daemon socket", Duration::from_secs(20), || std::os::unix::net::UnixStream::connect(&sock).is_ok());
 

@@ -19,13 +19,12 @@ mod nar_common;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use cache_common::MountProcess;
-use mount_common::{make_tree, require_tools};
+use mount_common::{make_tree, require_tools, tvix_store_in};
 
 /// Readers, as the issue asks for.
 const READERS: usize = 16;
@@ -141,21 +140,12 @@ impl Tree {
     }
 }
 
-fn tvix_store(store_dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tvix-store"));
-    cmd.env("TVIX_STORE_DIR", store_dir);
-    for var in ["BLOB_SERVICE_ADDR", "DIRECTORY_SERVICE_ADDR", "PATH_INFO_SERVICE_ADDR"] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
 /// Makes tree number `n` in `work`, imports it through the mount's owner socket, waits for it
 /// in the mount, checks every entry there and returns it described.
 fn import_tree(store: &Path, mnt: &Path, work: &Path, n: u32) -> Result<Tree, String> {
     let src = work.join(format!("soak-tree-{n}"));
     make_tree(&src, 1000 + n);
-    let out = tvix_store(store).arg("import").arg(&src).output().unwrap();
+    let out = tvix_store_in(store).arg("import").arg(&src).output().unwrap();
     if !out.status.success() {
         return Err(format!("import of tree {n}: {}", String::from_utf8_lossy(&out.stderr)));
     }
@@ -204,7 +194,7 @@ fn readers_and_importers_through_one_mount() {
     let store = dir.path().join("store");
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let mut mount_cmd = tvix_store(&store);
+    let mut mount_cmd = tvix_store_in(&store);
     mount_cmd.arg("mount").arg(&mnt).arg("--list-root");
     let mut mount = MountProcess::start(mount_cmd, &mnt);
     let pid = mount.child.id();

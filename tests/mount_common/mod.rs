@@ -36,6 +36,17 @@ pub fn data(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
+/// A `tvix-store` command on the embedded default store in `store_dir`, with the service
+/// address variables of the caller's environment removed.
+pub fn tvix_store_in(store_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tvix-store"));
+    cmd.env("TVIX_STORE_DIR", store_dir);
+    for var in ["BLOB_SERVICE_ADDR", "DIRECTORY_SERVICE_ADDR", "PATH_INFO_SERVICE_ADDR"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// Writes a tree with the shapes a store path has: nested directories, an empty file and an
 /// empty directory, executables (one a runnable script), symlinks (relative, absolute,
 /// dangling, to a directory), odd names, and a file spanning many chunks.
