@@ -13,6 +13,7 @@
 //!   (`tvix_store.ext.v1`, the batched blob read);
 //! - [`grpc`], [`server`]: gRPC clients and servers for the three services;
 //! - [`nar`], [`import`]: the NAR codec, and ingestion of NARs and local paths;
+//! - [`lru`]: a map bounded by the weight of its values (listing and layout caches);
 //! - [`maintenance`]: verify, delete and garbage collection;
 //! - [`substitute`]: Nix binary caches as a PathInfo source;
 //! - [`narbridge`]: the store served as a Nix binary cache over HTTP (reads and uploads);
@@ -25,6 +26,7 @@ pub mod compose;
 pub mod fs;
 pub mod grpc;
 pub mod import;
+pub mod lru;
 pub mod maintenance;
 pub mod nar;
 pub mod narbridge;

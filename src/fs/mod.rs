@@ -48,7 +48,7 @@ use crate::castore::{self, B3Digest, Node};
 use crate::pathinfo::PathInfoService;
 use crate::storepath::StorePath;
 use inodes::{Freed, InodeTable, Listing};
-use listings::ListingCache;
+use listings::{ListingCache, listing_cache};
 
 /// Extended attribute carrying a regular file's blob digest (`b3:` + base64, as tvix prints
 /// digests), shown with [`Options::show_xattr`].
@@ -202,7 +202,7 @@ impl StoreFs {
             path_info,
             runtime,
             inodes: RwLock::new(InodeTable::new(options.evict)),
-            listings: Mutex::new(ListingCache::new(cap)),
+            listings: Mutex::new(listing_cache(cap)),
             options,
             files: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
@@ -333,7 +333,7 @@ impl StoreFs {
 
     /// Entries held by the cached listings (see [`Options::listing_cache_entries`]).
     pub fn cached_entries(&self) -> usize {
-        self.listings.lock().entries()
+        self.listings.lock().held()
     }
 
     fn node_of(&self, ino: Ino) -> Result<Option<Node>, FsError> {

@@ -3,70 +3,43 @@
 //! and walked. A layout depends only on the root directory's digest (content-addressed, so
 //! never outdated); the cache is bounded in bytes and drops the least recently used first.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::castore::B3Digest;
+use crate::lru::WeightedLru;
 use crate::nar::NarLayout;
 
 /// Bytes of layouts kept: a small path's layout is a few KB (framing and one entry per file),
 /// so this holds thousands of them.
 const CAPACITY_BYTES: usize = 64 * 1024 * 1024;
 
-/// Layouts by root directory digest, least recently used dropped first.
-#[derive(Default)]
+/// Layouts by root directory digest, least recently used dropped first (down to 90 % of the
+/// bound); a layout larger than a quarter of the bound is not kept.
 pub struct LayoutCache {
-    inner: Mutex<Entries>,
+    inner: Mutex<WeightedLru<B3Digest, Arc<NarLayout>>>,
 }
 
-#[derive(Default)]
-struct Entries {
-    by_root: HashMap<B3Digest, (Arc<NarLayout>, u64)>,
-    bytes: usize,
-    tick: u64,
+impl Default for LayoutCache {
+    fn default() -> Self {
+        let lru =
+            WeightedLru::new(CAPACITY_BYTES, CAPACITY_BYTES / 10 * 9, CAPACITY_BYTES / 4, |layout: &Arc<NarLayout>| {
+                layout.memory()
+            });
+        Self { inner: Mutex::new(lru) }
+    }
 }
 
 impl LayoutCache {
     /// The layout of the tree below `root`, marked as just used.
     pub fn get(&self, root: &B3Digest) -> Option<Arc<NarLayout>> {
-        let mut entries = self.inner.lock();
-        entries.tick += 1;
-        let tick = entries.tick;
-        entries.by_root.get_mut(root).map(|(layout, used)| {
-            *used = tick;
-            layout.clone()
-        })
+        self.inner.lock().get(root)
     }
 
-    /// Keeps `layout` for `root`, then drops the least recently used layouts past the bound (a
-    /// layout larger than a quarter of it is not kept).
+    /// Keeps `layout` for `root`, dropping the least recently used layouts past the bound.
     pub fn insert(&self, root: B3Digest, layout: Arc<NarLayout>) {
-        let weight = layout.memory();
-        if weight > CAPACITY_BYTES / 4 {
-            return;
-        }
-        let mut entries = self.inner.lock();
-        entries.tick += 1;
-        let tick = entries.tick;
-        if let Some((old, _)) = entries.by_root.insert(root, (layout, tick)) {
-            entries.bytes -= old.memory();
-        }
-        entries.bytes += weight;
-        if entries.bytes > CAPACITY_BYTES {
-            // Down to 90 %, oldest first, so eviction runs once per many inserts.
-            let mut by_age: Vec<(u64, B3Digest)> = entries.by_root.iter().map(|(d, (_, used))| (*used, *d)).collect();
-            by_age.sort_unstable();
-            for (_, digest) in by_age {
-                if entries.bytes <= CAPACITY_BYTES / 10 * 9 {
-                    break;
-                }
-                if let Some((old, _)) = entries.by_root.remove(&digest) {
-                    entries.bytes -= old.memory();
-                }
-            }
-        }
+        self.inner.lock().insert(root, layout);
     }
 }
 
@@ -100,6 +73,6 @@ mod tests {
         assert!(cache.get(&keys[0]).is_some(), "the layout in use was dropped");
         assert!(cache.get(&keys[1]).is_none(), "the least recently used layout was kept");
         assert!(cache.get(keys.last().unwrap()).is_some(), "the newest layout was dropped");
-        assert!(cache.inner.lock().bytes <= CAPACITY_BYTES);
+        assert!(cache.inner.lock().held() <= CAPACITY_BYTES);
     }
 }
