@@ -109,7 +109,6 @@ impl Default for Options {
 /// the last one stopped (with the reader's read-ahead) and only jumps seek.
 struct OpenFile {
     ino: Ino,
-    digest: B3Digest,
     size: u64,
     /// Opened on first read; dropped after a failure so the next read starts afresh.
     reader: Option<Box<dyn BlobReader>>,
@@ -667,7 +666,7 @@ impl StoreFs {
                 Some(Node::Symlink { .. }) => return Err(FsError::NotSymlink(ino)),
             };
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-            let file = OpenFile { ino, digest, size, reader: None, pos: 0, pending: Vec::new() };
+            let file = OpenFile { ino, size, reader: None, pos: 0, pending: Vec::new() };
             self.inodes.write().open(ino);
             let slot = FileSlot { digest, state: Mutex::new(file), moved: Condvar::new() };
             self.files.lock().insert(fh, Arc::new(slot));
@@ -739,7 +738,7 @@ impl StoreFs {
             if let Some(i) = file.pending.iter().position(|&o| o == offset) {
                 file.pending.swap_remove(i);
             }
-            let result = self.read_locked(&mut file, offset, size);
+            let result = self.read_locked(&slot.digest, &mut file, offset, size);
             if file.pos >= file.size {
                 // Read to the end: free the reader's buffers now rather than at release.
                 file.reader = None;
@@ -802,7 +801,7 @@ impl StoreFs {
             Some(Node::Symlink { .. }) => return Err(FsError::NotSymlink(ino)),
             _ => return Err(FsError::IsDirectory(ino)),
         };
-        let file = OpenFile { ino, digest, size, reader: None, pos: 0, pending: Vec::new() };
+        let file = OpenFile { ino, size, reader: None, pos: 0, pending: Vec::new() };
         let slot = Arc::new(FileSlot { digest, state: Mutex::new(file), moved: Condvar::new() });
         if slots.len() >= INODE_READERS {
             slots.pop_front();
@@ -811,10 +810,10 @@ impl StoreFs {
         Ok(slot)
     }
 
-    fn read_locked(&self, file: &mut OpenFile, offset: u64, size: u32) -> Result<Bytes, FsError> {
+    fn read_locked(&self, digest: &B3Digest, file: &mut OpenFile, offset: u64, size: u32) -> Result<Bytes, FsError> {
         let want = (file.size - offset).min(u64::from(size)) as usize;
         let blob = self.blob.clone();
-        let digest = file.digest;
+        let digest = *digest;
         let timeout = self.options.call_timeout;
         let result = self.runtime.block_on(async {
             tokio::time::timeout(timeout, async {
