@@ -99,8 +99,10 @@ impl DiskCacheDirectoryService {
         }
     }
 
-    async fn store(&self, digest: &B3Digest, directory: &Directory) {
-        self.cache.store(Object::Directory, digest, Bytes::from(directory.encode())).await;
+    /// Stores a directory's encoding, which the caller computed (a recursive get also puts it
+    /// in the closure record).
+    async fn store(&self, digest: &B3Digest, encoded: Bytes) {
+        self.cache.store(Object::Directory, digest, encoded).await;
     }
 }
 
@@ -119,7 +121,7 @@ impl DirectoryService for DiskCacheDirectoryService {
                 directory.digest()
             )));
         }
-        self.store(digest, &directory).await;
+        self.store(digest, Bytes::from(directory.encode())).await;
         Ok(Some(directory))
     }
 
@@ -134,7 +136,7 @@ impl DirectoryService for DiskCacheDirectoryService {
             }
             if let Some(closure) = self.cached_closure(&root).await {
                 let mut record = ClosureRecord::default();
-                closure.iter().for_each(|directory| record.add(directory));
+                closure.iter().for_each(|directory| record.add(&directory.encode()));
                 self.store_closure(&root, record).await;
                 for directory in closure {
                     yield directory;
@@ -156,8 +158,9 @@ impl DirectoryService for DiskCacheDirectoryService {
                 for (_, child, _) in directory.child_directories() {
                     expected.insert(*child);
                 }
-                self.store(&digest, &directory).await;
-                record.add(&directory);
+                let encoded = Bytes::from(directory.encode());
+                record.add(&encoded);
+                self.store(&digest, encoded).await;
                 yield directory;
             }
             self.store_closure(&root, record).await;
@@ -191,15 +194,15 @@ struct ClosureRecord {
 }
 
 impl ClosureRecord {
-    fn add(&mut self, directory: &Directory) {
-        let encoded = directory.encode();
+    /// Appends a directory's encoding.
+    fn add(&mut self, encoded: &[u8]) {
         if self.too_large || self.data.len() + 4 + encoded.len() > CLOSURE_RECORD_MAX {
             self.too_large = true;
             self.data = Vec::new();
             return;
         }
         self.data.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
-        self.data.extend_from_slice(&encoded);
+        self.data.extend_from_slice(encoded);
     }
 
     fn finish(self) -> Option<Vec<u8>> {
@@ -248,7 +251,7 @@ mod tests {
 
     fn record(directories: &[&Directory]) -> Vec<u8> {
         let mut record = ClosureRecord::default();
-        directories.iter().for_each(|d| record.add(d));
+        directories.iter().for_each(|d| record.add(&d.encode()));
         record.finish().unwrap()
     }
 
