@@ -42,10 +42,7 @@ impl DiskCachePathInfoService {
 
     /// The cache key of a store path: a digest of its hash, in a name space of its own.
     fn key(digest: &[u8; DIGEST_LEN]) -> B3Digest {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(b"tvix-store pathinfo\0");
-        hasher.update(digest);
-        B3Digest::from(*hasher.finalize().as_bytes())
+        DiskCache::record_key("tvix-store pathinfo", digest)
     }
 
     /// The cached PathInfo and whether it is still fresh; a record that does not hold a valid

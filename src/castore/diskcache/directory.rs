@@ -177,10 +177,7 @@ const CLOSURE_RECORD_MAX: usize = 16 << 20;
 
 /// The cache key of `root`'s closure record: a digest of it, in a name space of its own.
 fn closure_key(root: &B3Digest) -> B3Digest {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"tvix-store directory closure\0");
-    hasher.update(root.as_bytes());
-    B3Digest::from(*hasher.finalize().as_bytes())
+    DiskCache::record_key("tvix-store directory closure", root.as_bytes())
 }
 
 /// A whole closure as one record, so a warm remount's first lookup of a store path reads one

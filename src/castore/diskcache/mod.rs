@@ -256,6 +256,16 @@ impl DiskCache {
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
     }
 
+    /// The key of the record of `kind` (a name space of its writer's) for `id`: a digest of both,
+    /// so records of different kinds never share a file.
+    pub fn record_key(kind: &str, id: &[u8]) -> B3Digest {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(kind.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(id);
+        B3Digest::from(*hasher.finalize().as_bytes())
+    }
+
     /// A record stored with [`DiskCache::store_record`] under `key`, its checksum checked (a
     /// torn or corrupt file is dropped and reads as absent). Records are for layers above the
     /// castore whose contents the cache cannot check by their name: the caller still validates
