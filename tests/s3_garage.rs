@@ -76,7 +76,7 @@ fn two_daemons_over_one_bucket_serve_one_store() {
     mount.arg("mount").args(through(&b)).arg(&mnt);
     let _mount = MountProcess::start(mount, &mnt);
     let read = diff(&src, &mnt.join(store_path.trim_start_matches("/nix/store/")));
-    assert!(read.status.success(), "the mount through daemon B differs: {}", String::from_utf8_lossy(&read.stdout));
+    assert!(read.status.success(), "the mount through daemon B differs: {}", said(&read));
 }
 
 /// Runs `tvix-store daemon` over `url` expecting it to refuse to start; returns its stderr.
@@ -131,6 +131,12 @@ fn diff(src: &Path, mounted: &Path) -> std::process::Output {
     Command::new("diff").args(["-r", "--no-dereference"]).arg(src).arg(mounted).output().unwrap()
 }
 
+/// What a failed `diff` said: the differences, and its errors (an EIO from the mount shows
+/// only there).
+fn said(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
 /// Three nodes, replication factor 3: one node killed (SIGKILL) while a mount reads a tree in
 /// full goes unnoticed by the reader, and an import with the node down completes and reads
 /// back byte-exact.
@@ -164,13 +170,13 @@ fn one_of_three_nodes_dying_during_a_read_and_an_import_goes_unnoticed() {
     let (read, finished) = reader.join().unwrap();
     // Otherwise the test proved nothing about reading through the loss.
     assert!(finished > killed, "the read ended before the node was killed; read more");
-    assert!(read.status.success(), "the read during the node loss differs: {}", String::from_utf8_lossy(&read.stdout));
+    assert!(read.status.success(), "the read during the node loss differs: {}", said(&read));
 
     let second = tmp.path().join("after-loss");
     mount_common::make_tree(&second, 23);
     let second_path = import_through(&socket, &second);
     let read = diff(&second, &mnt.join(second_path.trim_start_matches("/nix/store/")));
-    assert!(read.status.success(), "the import with a node down differs: {}", String::from_utf8_lossy(&read.stdout));
+    assert!(read.status.success(), "the import with a node down differs: {}", said(&read));
 }
 
 /// `tvix-store ARGS` with all three services on `url` and the cluster's credentials.
