@@ -1,11 +1,17 @@
 //! The filesystem core's API directly (what both the FUSE and the virtiofs frontends rely on):
 //! readdir offsets, xattr size protocol, errno mapping, reads at odd offsets and handles.
 
+mod blob_common;
 mod mount_common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use blob_common::{BlobHooks, Wrapped};
+use futures::StreamExt;
 use mount_common::*;
+use tvix_store::castore::B3Digest;
+use tvix_store::castore::blobservice::{BlobService, ManyBlobs};
 use tvix_store::fs::{FileKind, FsError, NO_HANDLE, Options, ROOT_INO, StoreFs, XattrReply};
 
 fn core(store: &Store, options: Options) -> StoreFs {
@@ -153,4 +159,42 @@ fn list_root_snapshots_per_handle() {
     assert_eq!(list(second)[2..], want[..]);
     fs.releasedir(first);
     assert_eq!(errno(fs.readdir(ROOT_INO, first, 0, &mut |_| true)), libc::EBADF);
+}
+
+/// Batched reads that never answer: what a prefetch meets when its batch is stuck behind a
+/// loaded or failing backend. Single reads work.
+struct StuckBatches(Arc<dyn BlobService>);
+
+impl BlobHooks for StuckBatches {
+    fn inner(&self) -> &dyn BlobService {
+        &*self.0
+    }
+    fn read_many(&self, _: Vec<B3Digest>) -> Result<ManyBlobs<'_>, Vec<B3Digest>> {
+        Ok(futures::stream::pending().boxed())
+    }
+}
+
+/// Files whose prefetch never lands are still read, each on its own once its prefetch is late,
+/// within the call timeout: a stuck batch must not turn into EIO for the reader.
+#[test]
+fn files_whose_prefetch_is_stuck_are_read_alone() {
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("tree");
+    make_tree(&tree, 31);
+    let store = Store::memory();
+    let sp = store.ingest(&tree, "stuck");
+    let blob: Arc<dyn BlobService> = Arc::new(Wrapped(StuckBatches(store.blob.clone())));
+    let options = Options { call_timeout: Duration::from_secs(1), ..Options::default() };
+    let fs =
+        StoreFs::new(blob, store.directory.clone(), store.path_info.clone(), store.runtime.handle().clone(), options);
+    let top = fs.lookup(ROOT_INO, sp.to_basename().as_bytes()).unwrap();
+    let doc = fs.lookup(fs.lookup(top.ino, b"share").unwrap().ino, b"doc").unwrap();
+    // The first read misses and plans the next files of the walk: f001.. are then held.
+    for name in ["f000", "f001", "f002", "f003"] {
+        let file = fs.lookup(doc.ino, name.as_bytes()).unwrap();
+        let fh = fs.open(file.ino, libc::O_RDONLY).unwrap().fh;
+        let got = fs.read(file.ino, fh, 0, 64 * 1024).unwrap_or_else(|e| panic!("reading {name}: {e}"));
+        assert_eq!(got, std::fs::read(tree.join("share/doc").join(name)).unwrap(), "{name}");
+        fs.release(fh);
+    }
 }

@@ -690,24 +690,20 @@ impl StoreFs {
             if offset == 0 && self.prefetch.wants_plan(&digest) {
                 self.prefetch_walk(ino);
             }
-            let prefetched = self.prefetch.read(&self.runtime, &digest, offset, size, self.options.call_timeout);
+            let started = std::time::Instant::now();
+            let patience = prefetch::patience(self.options.call_timeout);
+            let prefetched = self.prefetch.read(&self.runtime, &digest, offset, size, patience);
             let result = match prefetched {
                 prefetch::Prefetched::Data(_) => "hit",
                 prefetch::Prefetched::No => "miss",
-                prefetch::Prefetched::TimedOut => "timeout",
+                prefetch::Prefetched::Late => "late",
             };
             metrics::counter!("tvix_fs_prefetch_reads_total", "result" => result).increment(1);
-            match prefetched {
-                prefetch::Prefetched::Data(data) => return Ok(data),
-                prefetch::Prefetched::No => {}
-                prefetch::Prefetched::TimedOut => {
-                    return Err(FsError::Timeout {
-                        what: format!("reading inode {ino} (prefetched)"),
-                        subject: Subject::None,
-                        after: self.options.call_timeout,
-                    });
-                }
+            if let prefetch::Prefetched::Data(data) = prefetched {
+                return Ok(data);
             }
+            // A late prefetch used part of the call timeout; the read as a whole keeps to it.
+            let budget = self.options.call_timeout.saturating_sub(started.elapsed());
             let mut file = slot.state.lock();
             if offset >= file.size || size == 0 {
                 return Ok(Bytes::new());
@@ -738,7 +734,7 @@ impl StoreFs {
             if let Some(i) = file.pending.iter().position(|&o| o == offset) {
                 file.pending.swap_remove(i);
             }
-            let result = self.read_locked(&slot.digest, &mut file, offset, size);
+            let result = self.read_locked(&slot.digest, &mut file, offset, size, budget);
             if file.pos >= file.size {
                 // Read to the end: free the reader's buffers now rather than at release.
                 file.reader = None;
@@ -810,11 +806,17 @@ impl StoreFs {
         Ok(slot)
     }
 
-    fn read_locked(&self, digest: &B3Digest, file: &mut OpenFile, offset: u64, size: u32) -> Result<Bytes, FsError> {
+    fn read_locked(
+        &self,
+        digest: &B3Digest,
+        file: &mut OpenFile,
+        offset: u64,
+        size: u32,
+        timeout: Duration,
+    ) -> Result<Bytes, FsError> {
         let want = (file.size - offset).min(u64::from(size)) as usize;
         let blob = self.blob.clone();
         let digest = *digest;
-        let timeout = self.options.call_timeout;
         let result = self.runtime.block_on(async {
             tokio::time::timeout(timeout, async {
                 // One retry with a fresh reader: a reader whose connection broke (daemon restarted)

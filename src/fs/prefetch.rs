@@ -14,7 +14,8 @@
 //! Bounded: files of at most [`MAX_FILE`] bytes, at most [`PLANS_IN_FLIGHT`] windows fetched
 //! at once, at most [`CAPACITY_BYTES`] held (oldest dropped first). Prefetched bytes are found
 //! by blob digest, so a file needs no inode yet to be prefetched. Foreground reads never wait
-//! for a prefetch they did not ask for: a file not in a window is read the normal way at once.
+//! for a prefetch they did not ask for: a file not in a window is read the normal way at once,
+//! and a file whose prefetch is late ([`patience`]) is then read the normal way too.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -55,6 +56,15 @@ const PLANS_IN_FLIGHT: usize = 2;
 /// dropped is what it passed over.
 const CAPACITY_BYTES: u64 = 4 * WINDOW_BYTES;
 
+/// How long a reader waits for its file's prefetch before reading the file alone, out of the
+/// `call_timeout` its read has. A batch lands within a few round trips, but the file a reader
+/// wants can sit behind hundreds of others (two windows of up to 256 files in flight): on a
+/// loaded S3 engine answering GETs one by one, that wait passed the 5 s call timeout and the
+/// read failed with EIO, where asking for the one file would have taken one GET.
+pub(crate) fn patience(call_timeout: Duration) -> Duration {
+    (call_timeout / 4).min(Duration::from_secs(1))
+}
+
 type Fetch = Shared<BoxFuture<'static, Option<Bytes>>>;
 
 /// A file of a batch: its digest, its size, and where its bytes go.
@@ -66,8 +76,9 @@ pub(crate) enum Prefetched {
     Data(Bytes),
     /// Not prefetched (or the fetch failed): read the normal way.
     No,
-    /// The fetch did not finish within the timeout: the store hangs.
-    TimedOut,
+    /// The fetch did not arrive within the wait: read the normal way, which asks for this one
+    /// file alone instead of waiting behind the rest of its batch.
+    Late,
 }
 
 /// One prefetched (or prefetching) file.
@@ -199,13 +210,13 @@ impl Prefetcher {
     }
 
     /// The bytes `offset..offset+size` of the blob `digest` if it was prefetched, waiting at
-    /// most `timeout` for a fetch under way. A file is forgotten once its end was served or its
-    /// fetch failed (the caller then reads it the normal way).
-    pub fn read(&self, runtime: &Handle, digest: &B3Digest, offset: u64, size: u32, timeout: Duration) -> Prefetched {
+    /// most `wait` for a fetch under way. A file is forgotten once its end was served or its
+    /// fetch failed or was late (the caller then reads it the normal way).
+    pub fn read(&self, runtime: &Handle, digest: &B3Digest, offset: u64, size: u32, wait: Duration) -> Prefetched {
         let Some(fetch) = self.files.lock().by_digest.get(digest).map(|held| held.fetch.clone()) else {
             return Prefetched::No;
         };
-        let data = match runtime.block_on(async move { tokio::time::timeout(timeout, fetch).await }) {
+        let data = match runtime.block_on(async move { tokio::time::timeout(wait, fetch).await }) {
             Ok(Some(data)) => data,
             Ok(None) => {
                 self.files.lock().forget(digest);
@@ -213,7 +224,7 @@ impl Prefetcher {
             }
             Err(_) => {
                 self.files.lock().forget(digest);
-                return Prefetched::TimedOut;
+                return Prefetched::Late;
             }
         };
         let len = data.len() as u64;

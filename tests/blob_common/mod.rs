@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use async_trait::async_trait;
-use tvix_store::castore::blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta};
+use tvix_store::castore::blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta, ManyBlobs, read_each};
 use tvix_store::castore::{B3Digest, Error};
 
 /// What a test wrapper changes about the blob service it wraps; every call it does not
@@ -23,6 +23,12 @@ pub trait BlobHooks: Send + Sync + 'static {
     /// [`BlobService::chunks`].
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
         self.inner().chunks(digest).await
+    }
+
+    /// [`BlobService::read_many`], or the digests given back for the default: single reads
+    /// through these hooks.
+    fn read_many(&self, digests: Vec<B3Digest>) -> Result<ManyBlobs<'_>, Vec<B3Digest>> {
+        Err(digests)
     }
 }
 
@@ -56,5 +62,8 @@ impl<H: BlobHooks> BlobService for Wrapped<H> {
     }
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
         self.0.chunks(digest).await
+    }
+    fn read_many(&self, digests: Vec<B3Digest>) -> ManyBlobs<'_> {
+        self.0.read_many(digests).unwrap_or_else(|digests| read_each(self, digests))
     }
 }
