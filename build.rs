@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "protos/tvix/store/v1/rpc_pathinfo.proto",
     "protos/tvix_store/admin/v1/admin.proto",
     "protos/tvix_store/ext/v1/blob_batch.proto",
+    "protos/tvix_store/ext/v1/path_info_graph.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

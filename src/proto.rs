@@ -32,7 +32,7 @@ pub mod tvix_store {
     }
     /// `tvix_store.ext.*`
     pub mod ext {
-        /// `tvix_store.ext.v1`: the batched blob read.
+        /// `tvix_store.ext.v1`: the batched blob read, a PathInfo with its directory graph.
         pub mod v1 {
             tonic::include_proto!("tvix_store.ext.v1");
         }

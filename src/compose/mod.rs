@@ -485,8 +485,9 @@ fn build_path_info_counting(
                 let service = Arc::new(crate::redb::RedbPathInfoService::open(path).map_err(|e| e.to_string())?);
                 removable(service.clone(), service)
             }
-            Leaf::Grpc(target) | Leaf::GrpcTvixOnly(target) => {
-                Ok(Arc::new(GrpcPathInfoService::new(crate::grpc::channel(target)?)))
+            Leaf::Grpc(target) => Ok(Arc::new(GrpcPathInfoService::new(crate::grpc::channel(target)?))),
+            Leaf::GrpcTvixOnly(target) => {
+                Ok(Arc::new(GrpcPathInfoService::new(crate::grpc::channel(target)?).plain_protocol()))
             }
             Leaf::BinaryCache(spec) => Ok(Arc::new(binary_cache(spec, blob, directory, stats)?)),
             Leaf::ObjectStoreMemory => {

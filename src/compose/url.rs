@@ -48,8 +48,9 @@ pub enum Leaf {
     Redb(PathBuf),
     /// `grpc+unix://` or `grpc+http://`: our (or tvix's) gRPC service.
     Grpc(GrpcTarget),
-    /// The same with `?protocol=tvix`: a blob client held to the plain tvix protocol (one Read
-    /// per blob, never our batched read), the baseline a tvix client sees in benchmarks.
+    /// The same with `?protocol=tvix`: a client held to the plain tvix protocol (one Read per
+    /// blob, never our batched read; a PathInfo and its directories in two calls, never our
+    /// PathInfo with its graph), the baseline a tvix client sees in benchmarks.
     GrpcTvixOnly(GrpcTarget),
     /// `nix+http://`, `nix+https://`, `nix+file://`: a Nix binary cache as a PathInfo source.
     BinaryCache(BinaryCacheSpec),

@@ -9,8 +9,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::blob_batch::BatchSupport;
 use super::channel::MAX_MESSAGE_SIZE;
+use super::support::ExtensionSupport;
 use crate::castore::blobservice::{
     BlobReader, BlobService, BlobWriter, CHUNK_MAX, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkStream,
     ChunkedReader, ManyBlobs, ParkedStream, READ_AHEAD, verify_chunk,
@@ -27,7 +27,7 @@ pub struct GrpcBlobService {
     pub(super) client: BlobServiceClient<GrpcChannel>,
     pub(super) batch_client: BlobBatchServiceClient<GrpcChannel>,
     /// Whether the server has the batched read, found out on first use, for this channel.
-    pub(super) batch: Arc<BatchSupport>,
+    pub(super) batch: Arc<ExtensionSupport>,
     channel: GrpcChannel,
 }
 
@@ -42,7 +42,7 @@ impl GrpcBlobService {
             batch_client: BlobBatchServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
-            batch: Arc::new(BatchSupport::of(&channel)),
+            batch: Arc::new(ExtensionSupport::of(&channel)),
             channel,
         }
     }
@@ -51,7 +51,7 @@ impl GrpcBlobService {
     /// Read per blob (pipelined), as against a server without our extension. For benchmarks
     /// and tests, the baseline a tvix client sees.
     pub fn plain_protocol(mut self) -> Self {
-        self.batch = Arc::new(BatchSupport::absent(&self.channel));
+        self.batch = Arc::new(ExtensionSupport::absent(&self.channel));
         self
     }
 

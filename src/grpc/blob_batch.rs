@@ -14,13 +14,12 @@
 //! not affected. Only verified bytes are ever handed out.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use super::blob::{GrpcBlobService, WholeRead, concat, verify_whole};
-use super::channel::{GrpcChannel, MAX_MESSAGE_SIZE};
+use super::channel::MAX_MESSAGE_SIZE;
 use crate::castore::blobservice::{ManyBlob, ManyBlobs, READ_MANY_CONCURRENCY};
 use crate::castore::{B3Digest, Error};
 use crate::proto::ext as proto;
@@ -31,59 +30,6 @@ const DIGESTS_PER_CALL: usize = 1024;
 /// Most bytes gathered for one blob of a batch: a server sending more for one digest is broken,
 /// and must not make us buffer without bound. The blob is then read with a plain Read.
 const BLOB_LIMIT: u64 = MAX_MESSAGE_SIZE as u64;
-
-/// Whether each daemon of a channel has the batched read: unknown until the first call to it
-/// found out. Calls go to the channel's current daemon; a failover between the check and the
-/// call can at worst have one call find out for the wrong daemon, which then reads with plain
-/// Reads (correct, only slower) until the client restarts.
-pub(crate) struct BatchSupport {
-    states: Box<[AtomicU8]>,
-    current: GrpcChannel,
-}
-
-const UNKNOWN: u8 = 0;
-const PRESENT: u8 = 1;
-const ABSENT: u8 = 2;
-
-impl BatchSupport {
-    /// Unknown for every daemon of `channel`.
-    pub(crate) fn of(channel: &GrpcChannel) -> Self {
-        Self::with(channel, UNKNOWN)
-    }
-
-    /// Known to be absent (or not to be used) for every daemon of `channel`.
-    pub(crate) fn absent(channel: &GrpcChannel) -> Self {
-        Self::with(channel, ABSENT)
-    }
-
-    fn with(channel: &GrpcChannel, state: u8) -> Self {
-        Self { states: (0..channel.daemons()).map(|_| AtomicU8::new(state)).collect(), current: channel.clone() }
-    }
-
-    /// The state of the daemon calls go to now.
-    fn state(&self) -> &AtomicU8 {
-        &self.states[self.current.current_daemon() % self.states.len()]
-    }
-
-    /// For the daemon calls go to now; `None` while unknown.
-    pub(crate) fn known(&self) -> Option<bool> {
-        match self.state().load(Ordering::Relaxed) {
-            PRESENT => Some(true),
-            ABSENT => Some(false),
-            _ => None,
-        }
-    }
-
-    fn set(&self, present: bool) {
-        if present {
-            // Absent stays absent: a client forced to the plain protocol must stay there.
-            let _ = self.state().compare_exchange(UNKNOWN, PRESENT, Ordering::Relaxed, Ordering::Relaxed);
-        } else {
-            // Also after it was present: the daemon was replaced by a server without it.
-            self.state().store(ABSENT, Ordering::Relaxed);
-        }
-    }
-}
 
 /// Where a blob of a batched call stands.
 enum Slot {

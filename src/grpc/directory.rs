@@ -4,8 +4,8 @@ use std::collections::HashSet;
 
 use super::channel::GrpcChannel;
 use async_trait::async_trait;
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -13,6 +13,48 @@ use super::channel::MAX_MESSAGE_SIZE;
 use crate::castore::directoryservice::{DirectoryPutter, DirectoryService};
 use crate::castore::{B3Digest, Directory, Error};
 use crate::proto::castore::{self as proto, directory_service_client::DirectoryServiceClient};
+
+/// The directories of a recursive get from a server, checked: each message must be a valid
+/// directory that one received before it refers to (the root first), so what comes out is the
+/// connected graph below `root`; repeats are dropped. A directory referred to but never sent
+/// ends the stream with NOT_FOUND.
+pub(super) fn connected_graph<'a>(
+    root: B3Digest,
+    messages: impl Stream<Item = Result<proto::Directory, Error>> + Send + 'a,
+) -> BoxStream<'a, Result<Directory, Error>> {
+    Box::pin(async_stream::try_stream! {
+        let mut messages = std::pin::pin!(messages);
+        // Directories referred to by one already received and not received themselves yet.
+        let mut expected = HashSet::from([root]);
+        let mut seen = HashSet::new();
+        while let Some(message) = messages.next().await {
+            let directory = received(message?, || format!("below {root}"))?;
+            let digest = directory.digest();
+            if seen.contains(&digest) {
+                continue;
+            }
+            if !expected.remove(&digest) {
+                Err(Error::Corrupt(format!(
+                    "server sent directory {digest} below {root}, which no directory sent before it refers to"
+                )))?;
+            }
+            seen.insert(digest);
+            for (_, child, _) in directory.child_directories() {
+                if !seen.contains(child) {
+                    expected.insert(*child);
+                }
+            }
+            yield directory;
+        }
+        if let Some(missing) = expected.iter().next() {
+            Err(if *missing == root {
+                Error::NotFound(format!("directory {root}"))
+            } else {
+                Error::NotFound(format!("directory {missing} below {root}: the server did not send it"))
+            })?;
+        }
+    })
+}
 
 /// A [`DirectoryService`] talking to a remote `tvix.castore.v1.DirectoryService`.
 #[derive(Clone)]
@@ -78,39 +120,13 @@ impl DirectoryService for GrpcDirectoryService {
     fn get_recursive(&self, root: &B3Digest) -> BoxStream<'_, Result<Directory, Error>> {
         let root = *root;
         Box::pin(async_stream::try_stream! {
-            let mut stream = self
+            let stream = self
                 .get_stream(&root, true)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("directory {root}")))?;
-            // Directories referred to by one already received and not received themselves yet:
-            // each message must be one of them, so the stream is the connected graph below root.
-            let mut expected = HashSet::from([root]);
-            let mut seen = HashSet::new();
-            while let Some(message) = stream.next().await {
-                let directory = received(message.map_err(super::error)?, || format!("below {root}"))?;
-                let digest = directory.digest();
-                if seen.contains(&digest) {
-                    continue;
-                }
-                if !expected.remove(&digest) {
-                    Err(Error::Corrupt(format!(
-                        "server sent directory {digest} below {root}, which no directory sent before it refers to"
-                    )))?;
-                }
-                seen.insert(digest);
-                for (_, child, _) in directory.child_directories() {
-                    if !seen.contains(child) {
-                        expected.insert(*child);
-                    }
-                }
-                yield directory;
-            }
-            if let Some(missing) = expected.iter().next() {
-                Err(if *missing == root {
-                    Error::NotFound(format!("directory {root}"))
-                } else {
-                    Error::NotFound(format!("directory {missing} below {root}: the server did not send it"))
-                })?;
+            let mut graph = connected_graph(root, stream.map(|message| message.map_err(super::error)));
+            while let Some(directory) = graph.next().await {
+                yield directory?;
             }
         })
     }

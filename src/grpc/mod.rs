@@ -8,6 +8,7 @@ pub mod channel;
 mod directory;
 mod pathinfo;
 mod status;
+mod support;
 
 pub use admin::GrpcAdmin;
 pub use blob::GrpcBlobService;

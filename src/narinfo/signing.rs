@@ -9,7 +9,7 @@ use futures::stream::BoxStream;
 
 use super::{SigningKey, fingerprint};
 use crate::castore::Error;
-use crate::pathinfo::{PathInfo, PathInfoService};
+use crate::pathinfo::{PathInfo, PathInfoService, PathInfoWithGraph};
 use crate::storepath::DIGEST_LEN;
 
 /// See the module docs.
@@ -29,6 +29,10 @@ impl SigningPathInfoService {
 impl PathInfoService for SigningPathInfoService {
     async fn get(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfo>, Error> {
         self.inner.get(digest).await
+    }
+
+    async fn get_with_graph(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfoWithGraph>, Error> {
+        self.inner.get_with_graph(digest).await
     }
 
     async fn put(&self, mut info: PathInfo) -> Result<PathInfo, Error> {

@@ -11,27 +11,45 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
 
-use super::{PathInfo, PathInfoService};
+use super::{PathInfo, PathInfoService, PathInfoWithGraph};
 use crate::castore::{Cache, Error};
 use crate::storepath::DIGEST_LEN;
 
 /// PathInfo from `near`, filled from `far` on a miss; new ones go where [`CacheWrites`](crate::castore::CacheWrites) says.
 pub type CachePathInfoService = Cache<dyn PathInfoService>;
 
+impl Cache<dyn PathInfoService> {
+    /// The near service's PathInfo, or the far one's (with the graph it sent along, if asked
+    /// for) stored in the near one.
+    async fn lookup(&self, digest: [u8; DIGEST_LEN], with_graph: bool) -> Result<Option<PathInfoWithGraph>, Error> {
+        if let Some(info) = self.near.get(digest).await? {
+            crate::castore::cache::count("pathinfo", true);
+            return Ok(Some(PathInfoWithGraph { info, graph: None }));
+        }
+        crate::castore::cache::count("pathinfo", false);
+        let far = if with_graph {
+            self.far.get_with_graph(digest).await?
+        } else {
+            self.far.get(digest).await?.map(|info| PathInfoWithGraph { info, graph: None })
+        };
+        let Some(far) = far else {
+            return Ok(None);
+        };
+        let stored = self.near.put(far.info).await?;
+        tracing::debug!(path = %stored.store_path, "PathInfo cached from the far store");
+        Ok(Some(PathInfoWithGraph { info: stored, graph: far.graph }))
+    }
+}
+
 #[async_trait]
 impl PathInfoService for Cache<dyn PathInfoService> {
     async fn get(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfo>, Error> {
-        if let Some(info) = self.near.get(digest).await? {
-            crate::castore::cache::count("pathinfo", true);
-            return Ok(Some(info));
-        }
-        crate::castore::cache::count("pathinfo", false);
-        let Some(info) = self.far.get(digest).await? else {
-            return Ok(None);
-        };
-        let stored = self.near.put(info).await?;
-        tracing::debug!(path = %stored.store_path, "PathInfo cached from the far store");
-        Ok(Some(stored))
+        Ok(self.lookup(digest, false).await?.map(|found| found.info))
+    }
+
+    /// On a miss, the graph the far service sent along is passed on (only the PathInfo is kept).
+    async fn get_with_graph(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfoWithGraph>, Error> {
+        self.lookup(digest, true).await
     }
 
     async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {

@@ -12,5 +12,5 @@ pub use cache::CachePathInfoService;
 pub use diskcache::DiskCachePathInfoService;
 pub use memory::MemoryPathInfoService;
 pub use objectstore::ObjectStorePathInfoService;
-pub use service::{NarCalculationService, PathInfoRemoval, PathInfoService};
+pub use service::{NarCalculationService, PathInfoRemoval, PathInfoService, PathInfoWithGraph};
 pub use types::{CaKind, ContentAddress, InvalidPathInfo, PathInfo, Signature};

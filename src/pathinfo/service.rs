@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 use super::PathInfo;
-use crate::castore::{Error, Node};
+use crate::castore::{Directory, Error, Node};
 use crate::storepath::DIGEST_LEN;
 
 /// Stores and serves PathInfo by store path digest.
@@ -18,6 +18,28 @@ pub trait PathInfoService: Send + Sync {
 
     /// Every stored PathInfo.
     fn list(&self) -> BoxStream<'_, Result<PathInfo, Error>>;
+
+    /// [`Self::get`] together with the directory graph below the PathInfo's root node, for a
+    /// caller about to walk the store path (the mount's first lookup of it): one round trip
+    /// instead of two where the backend can send both (our gRPC client, against a daemon with
+    /// the `tvix_store.ext.v1.PathInfoGraphService` extension).
+    ///
+    /// A read-speed hook, so it has a default: the PathInfo alone. A wrapper that does not
+    /// forward it loses speed, never a guarantee.
+    async fn get_with_graph(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfoWithGraph>, Error> {
+        Ok(self.get(digest).await?.map(|info| PathInfoWithGraph { info, graph: None }))
+    }
+}
+
+/// What [`PathInfoService::get_with_graph`] answers.
+pub struct PathInfoWithGraph {
+    /// The PathInfo.
+    pub info: PathInfo,
+    /// The root directory and every directory below it, the root first and each after one
+    /// that refers to it (checked as they arrive), where the service sent them along; `None`
+    /// when it did not, and the caller fetches them from its DirectoryService. A stream that
+    /// fails part-way has still delivered only checked directories.
+    pub graph: Option<BoxStream<'static, Result<Directory, Error>>>,
 }
 
 /// Removal of PathInfos, offered by the backends that store them (not by wrappers, remote

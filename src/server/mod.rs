@@ -1,5 +1,6 @@
 //! gRPC servers for our three services (wire-compatible with tvix), our own extensions beside
-//! them (`tvix_store.ext.v1.BlobBatchService`, batched blob reads; `tvix_store.admin.v1`),
+//! them (`tvix_store.ext.v1`: BlobBatchService, batched blob reads, and PathInfoGraphService, a
+//! PathInfo with its directory graph; `tvix_store.admin.v1`),
 //! plus `grpc.health.v1` and server reflection (v1 and v1alpha), on a TCP address or a unix
 //! socket.
 
@@ -10,6 +11,7 @@ mod directory;
 mod listen;
 mod metrics;
 mod owner;
+mod path_info_graph;
 mod pathinfo;
 pub mod systemd;
 mod uploads;
@@ -28,6 +30,7 @@ pub use blob_batch::{BlobBatchServer, MAX_DIGESTS as MAX_BATCH_DIGESTS};
 pub use directory::DirectoryServer;
 pub use listen::{ListenAddr, Listener, SocketFile};
 pub use owner::{OwnerSocket, serve_owner_socket};
+pub use path_info_graph::PathInfoGraphServer;
 pub use pathinfo::{NoNarCalculation, PathInfoServer};
 
 use crate::castore::blobservice::BlobService;
@@ -40,6 +43,7 @@ use crate::proto::admin::store_admin_server::StoreAdminServer;
 use crate::proto::castore::blob_service_server::BlobServiceServer;
 use crate::proto::castore::directory_service_server::DirectoryServiceServer;
 use crate::proto::ext::blob_batch_service_server::BlobBatchServiceServer;
+use crate::proto::ext::path_info_graph_service_server::PathInfoGraphServiceServer;
 use crate::proto::store::path_info_service_server::PathInfoServiceServer;
 
 /// Why serving failed.
@@ -130,6 +134,12 @@ async fn router(
     over_tcp: bool,
 ) -> Result<Router<Stack<metrics::RpcMetrics, Stack<uploads::WatchUploads, Identity>>>, ServeError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
+    let path_info_graph = PathInfoGraphServiceServer::new(PathInfoGraphServer::new(
+        handlers.path_info.clone(),
+        handlers.directory.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let blob_batch = BlobBatchServiceServer::new(BlobBatchServer::new(handlers.blob.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -147,6 +157,7 @@ async fn router(
     health_reporter.set_serving::<DirectoryServiceServer<DirectoryServer>>().await;
     health_reporter.set_serving::<PathInfoServiceServer<PathInfoServer>>().await;
     health_reporter.set_serving::<BlobBatchServiceServer<BlobBatchServer>>().await;
+    health_reporter.set_serving::<PathInfoGraphServiceServer<PathInfoGraphServer>>().await;
     health_reporter.set_serving::<StoreAdminServer<AdminServer>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -170,6 +181,7 @@ async fn router(
         .add_service(directory)
         .add_service(path_info)
         .add_service(blob_batch)
+        .add_service(path_info_graph)
         .add_service(admin))
 }
 

@@ -27,18 +27,26 @@ impl PathInfoServer {
     }
 }
 
+/// The store path digest a Get asks for.
+pub(super) fn output_hash(request: proto::GetPathInfoRequest) -> Result<[u8; DIGEST_LEN], Status> {
+    let Some(proto::get_path_info_request::ByWhat::ByOutputHash(raw)) = request.by_what else {
+        return Err(Status::invalid_argument("by_what: no by_output_hash given"));
+    };
+    raw[..].try_into().map_err(|_| {
+        Status::invalid_argument(format!("by_output_hash is {} bytes long, expected {DIGEST_LEN}", raw.len()))
+    })
+}
+
+/// NOT_FOUND for a store path digest without a PathInfo.
+pub(super) fn unknown(digest: &[u8; DIGEST_LEN]) -> Status {
+    Status::not_found(format!("no PathInfo for store path digest {}", nixbase32::encode(digest)))
+}
+
 #[tonic::async_trait]
 impl proto::path_info_service_server::PathInfoService for PathInfoServer {
     async fn get(&self, request: Request<proto::GetPathInfoRequest>) -> Result<Response<proto::PathInfo>, Status> {
-        let Some(proto::get_path_info_request::ByWhat::ByOutputHash(raw)) = request.into_inner().by_what else {
-            return Err(Status::invalid_argument("by_what: no by_output_hash given"));
-        };
-        let digest: [u8; DIGEST_LEN] = raw[..].try_into().map_err(|_| {
-            Status::invalid_argument(format!("by_output_hash is {} bytes long, expected {DIGEST_LEN}", raw.len()))
-        })?;
-        let info = self.path_info.get(digest).await?.ok_or_else(|| {
-            Status::not_found(format!("no PathInfo for store path digest {}", nixbase32::encode(&digest)))
-        })?;
+        let digest = output_hash(request.into_inner())?;
+        let info = self.path_info.get(digest).await?.ok_or_else(|| unknown(&digest))?;
         Ok(Response::new(info.to_proto()))
     }
 
