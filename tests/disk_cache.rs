@@ -20,7 +20,9 @@ use futures::stream::BoxStream;
 use mount_common::data;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use tvix_store::castore::blobservice::{BlobReader, BlobService, ChunkMeta, ChunkedBlobService, MemoryChunkStore};
+use tvix_store::castore::blobservice::{
+    BlobReader, BlobService, ChunkMeta, ChunkedBlobService, ManyBlobs, MemoryChunkStore,
+};
 use tvix_store::castore::directoryservice::{
     DirectoryPutter, DirectoryService, MemoryDirectoryStore, StoredDirectoryService,
 };
@@ -28,10 +30,12 @@ use tvix_store::castore::diskcache::{DiskCache, DiskCacheBlobService, DiskCacheD
 use tvix_store::castore::{B3Digest, Directory, Error, Node, PathComponent};
 
 /// A blob service passing every call to `inner`, counting the reads (open_read, chunks) that
-/// reach it: the "remote" whose requests a warm cache must not make.
+/// reach it and the batched reads (read_many): the "remote" whose requests a warm cache must
+/// not make.
 struct CountingBlobs {
     inner: Arc<dyn BlobService>,
     reads: AtomicUsize,
+    batches: AtomicUsize,
 }
 
 #[async_trait]
@@ -46,6 +50,10 @@ impl BlobHooks for CountingBlobs {
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.chunks(digest).await
+    }
+    fn read_many(&self, digests: Vec<B3Digest>) -> Result<ManyBlobs<'_>, Vec<B3Digest>> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        Ok(self.inner.read_many(digests))
     }
 }
 
@@ -82,6 +90,7 @@ impl Far {
             blobs: Arc::new(Wrapped(CountingBlobs {
                 inner: Arc::new(ChunkedBlobService::new(MemoryChunkStore::default())),
                 reads: AtomicUsize::new(0),
+                batches: AtomicUsize::new(0),
             })),
             directories: Arc::new(CountingDirectories {
                 inner: Arc::new(StoredDirectoryService::new(MemoryDirectoryStore::default())),
@@ -205,6 +214,62 @@ async fn a_warm_cache_answers_without_the_far_store_also_after_a_reopen() {
     assert_eq!(warm, tree);
     assert_eq!(directories.get(&tree[2].digest()).await.unwrap().as_ref(), Some(&tree[2]));
     assert_eq!(far.reads(), before, "the warm cache asked the far store");
+}
+
+/// Many blobs at once (the mount's prefetch): cold, what the cache lacks comes from the far
+/// store in one batched read and is cached; warm, all of it comes from the cache (more than one
+/// trip's worth of files, a blob cached chunk by chunk, a digest asked twice), a corrupt file
+/// is fetched again, and an absent blob is `None`.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_blobs_at_once_come_from_the_cache_and_what_it_lacks_in_one_far_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let far = Far::new();
+    let contents: Vec<Vec<u8>> = (0..40).map(|i| data(100 + i * 997, 300 + i as u32)).collect();
+    let mut digests = Vec::new();
+    for c in &contents {
+        digests.push(far.put(c).await);
+    }
+    let big = data(BIG, 9);
+    let big_digest = far.put(&big).await;
+    let want = |asked: &[B3Digest]| -> Vec<(B3Digest, Option<Vec<u8>>)> {
+        asked
+            .iter()
+            .map(|d| {
+                let content = digests.iter().position(|x| x == d).map(|i| contents[i].clone());
+                (*d, content.or_else(|| (*d == big_digest).then(|| big.clone())))
+            })
+            .collect()
+    };
+
+    let cache = Arc::new(DiskCache::open(tmp.path(), 1 << 30).unwrap());
+    let (blobs, _) = far.cached(&cache);
+    assert_eq!(many(&blobs, digests.clone()).await, want(&digests));
+    assert_eq!((far.blobs.batches.load(Ordering::SeqCst), far.reads()), (1, 0), "one far batch, no single reads");
+    read_all(&blobs, &big_digest).await;
+
+    drop((blobs, cache));
+    let chunk = object_file(tmp.path(), "chunks", &digests[7]);
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    bytes[50] ^= 1;
+    std::fs::write(&chunk, bytes).unwrap();
+    let cache = Arc::new(DiskCache::open(tmp.path(), 1 << 30).unwrap());
+    let (blobs, _) = far.cached(&cache);
+    let (batches, reads) = (far.blobs.batches.load(Ordering::SeqCst), far.reads());
+    let mut asked = digests.clone();
+    asked.extend([big_digest, digests[3]]);
+    assert_eq!(many(&blobs, asked.clone()).await, want(&asked), "a corrupt cache file was served");
+    assert_eq!(far.blobs.batches.load(Ordering::SeqCst), batches + 1, "only the corrupt blob is fetched again");
+    assert_eq!(many(&blobs, asked.clone()).await, want(&asked));
+    assert_eq!(far.blobs.batches.load(Ordering::SeqCst), batches + 1, "the warm cache asked the far store");
+    assert_eq!(far.reads(), reads);
+    let absent = B3Digest::of(b"absent");
+    assert_eq!(many(&blobs, vec![absent]).await, vec![(absent, None)]);
+}
+
+/// `read_many` of `asked`, each result's bytes (failing on an error).
+async fn many(service: &DiskCacheBlobService, asked: Vec<B3Digest>) -> Vec<(B3Digest, Option<Vec<u8>>)> {
+    let results: Vec<_> = futures::StreamExt::collect(service.read_many(asked)).await;
+    results.into_iter().map(|(d, r)| (d, r.unwrap().map(|b| b.to_vec()))).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use blob_common::{BlobHooks, Wrapped};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use grpc_common::{Daemon, data};
+use grpc_common::{Calls, Daemon, call_recorder, count, data};
 use parking_lot::Mutex;
 use tokio::io::AsyncReadExt;
 use tvix_store::castore::blobservice::{BlobReader, BlobService};
@@ -235,13 +235,6 @@ enum Batch {
     Ours,
 }
 
-/// The paths of the calls a test server received.
-type Calls = Arc<Mutex<Vec<String>>>;
-
-fn count(calls: &Calls, prefix: &str) -> usize {
-    calls.lock().iter().filter(|p| p.starts_with(prefix)).count()
-}
-
 const BATCH_PATH: &str = "/tvix_store.ext.v1.BlobBatchService/";
 const READ_PATH: &str = "/tvix.castore.v1.BlobService/Read";
 
@@ -258,13 +251,7 @@ async fn serve(
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let calls: Calls = Arc::default();
-    let recorder = {
-        let calls = calls.clone();
-        tower::util::MapRequestLayer::new(move |request: tonic::codegen::http::Request<tonic::body::Body>| {
-            calls.lock().push(request.uri().path().to_string());
-            request
-        })
-    };
+    let recorder = call_recorder(&calls);
     let (liar, ours) = match batch {
         Batch::Absent => (None, None),
         Batch::Liar(liar) => (Some(BlobBatchServiceServer::new(liar)), None),

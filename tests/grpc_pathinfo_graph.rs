@@ -3,12 +3,14 @@
 //! lies in its answers, and a plain tvix-protocol server without the extension; and the mount
 //! core's first lookup of a store path, which uses it.
 
+mod grpc_common;
+
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
-use parking_lot::Mutex;
+use grpc_common::{Calls, call_recorder, count};
 use tvix_store::castore::directoryservice::DirectoryService;
 use tvix_store::castore::{B3Digest, Directory, Error, Node, PathComponent};
 use tvix_store::fs::{Options, ROOT_INO, StoreFs};
@@ -88,26 +90,13 @@ enum Graph {
     Liar(Box<Liar>),
 }
 
-/// The paths of the calls a test server received.
-type Calls = Arc<Mutex<Vec<String>>>;
-
-fn count(calls: &Calls, path: &str) -> usize {
-    calls.lock().iter().filter(|p| *p == path).count()
-}
-
 /// Serves the fixture's services over the tvix protocol, plus `graph`, on a unix socket in
 /// `dir`, recording the path of every call that reached the server.
 async fn serve(dir: &std::path::Path, f: &Fixture, graph: Graph) -> (String, Calls) {
     let socket = dir.join("test.sock");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(tokio::net::UnixListener::bind(&socket).unwrap());
     let calls: Calls = Arc::default();
-    let recorder = {
-        let calls = calls.clone();
-        tower::util::MapRequestLayer::new(move |request: tonic::codegen::http::Request<tonic::body::Body>| {
-            calls.lock().push(request.uri().path().to_string());
-            request
-        })
-    };
+    let recorder = call_recorder(&calls);
     let (ours, liar) = match graph {
         Graph::Absent => (None, None),
         Graph::Ours => (

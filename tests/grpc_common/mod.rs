@@ -1,5 +1,5 @@
 //! Shared helpers of the gRPC tests: the real `tvix-store daemon` binary as a child process,
-//! and deterministic test data.
+//! a recorder of the calls an in-process test server receives, and deterministic test data.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -208,4 +208,28 @@ pub fn data(len: usize, seed: u32) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// The paths (`/package.Service/Method`) of the calls a test server received.
+pub type Calls = std::sync::Arc<parking_lot::Mutex<Vec<String>>>;
+
+/// How many of `calls` start with `prefix` (a service's `/package.Service/` or a full path).
+pub fn count(calls: &Calls, prefix: &str) -> usize {
+    calls.lock().iter().filter(|p| p.starts_with(prefix)).count()
+}
+
+/// A server layer that records into `calls` the path of every call reaching the server,
+/// whether the server has that service or not.
+pub fn call_recorder(
+    calls: &Calls,
+) -> tower::util::MapRequestLayer<
+    impl Fn(tonic::codegen::http::Request<tonic::body::Body>) -> tonic::codegen::http::Request<tonic::body::Body>
+    + Clone
+    + use<>,
+> {
+    let calls = calls.clone();
+    tower::util::MapRequestLayer::new(move |request: tonic::codegen::http::Request<tonic::body::Body>| {
+        calls.lock().push(request.uri().path().to_string());
+        request
+    })
 }

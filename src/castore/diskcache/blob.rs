@@ -7,14 +7,17 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
 use super::{DiskCache, Object};
 use crate::castore::blobservice::{
-    BlobReader, BlobService, BlobWriter, CHUNK_MAX, ChunkMeta, ChunkSource, ChunkStream, ChunkedReader, ParkedStream,
-    READ_AHEAD, verify_chunk,
+    BlobReader, BlobService, BlobWriter, CHUNK_MAX, ChunkMeta, ChunkSource, ChunkStream, ChunkedReader, ManyBlobs,
+    ParkedStream, READ_AHEAD, read_whole_blob, verify_chunk,
 };
 use crate::castore::{B3Digest, Error};
 
@@ -152,6 +155,57 @@ impl BlobService for DiskCacheBlobService {
             return Ok(Some(vec![ChunkMeta { digest: *digest, size: data.len() as u64 }]));
         }
         self.far_list(digest).await
+    }
+    /// The cached blobs read many files per trip to the blocking pool, the rest from the far
+    /// service in one batch of its own (against a daemon one batched call, where reading them
+    /// one by one cost a call each), cached as they arrive. Without this, a warm remount's
+    /// full read took 1.1-1.45x the local store's time, and a cold one asked the daemon blob by
+    /// blob. The whole batch is gathered before the first result: callers bound its bytes.
+    fn read_many(&self, digests: Vec<B3Digest>) -> ManyBlobs<'_> {
+        async_stream::stream! {
+            let cached = self.cache.read_many(Object::Chunk, &digests).await;
+            let mut results: Vec<Option<Result<Option<Bytes>, Error>>> = Vec::with_capacity(digests.len());
+            let mut from_far = Vec::new();
+            for (digest, data) in digests.iter().zip(cached) {
+                if let Some(data) = data {
+                    if B3Digest::of(&data) == *digest {
+                        results.push(Some(Ok(Some(data))));
+                        continue;
+                    }
+                    let why = format!("{} bytes that do not match the digest", data.len());
+                    self.cache.discard(Object::Chunk, digest, &why).await;
+                }
+                if self.cache.contains_now(Object::ChunkList, digest) {
+                    // A blob of several chunks, cached chunk by chunk.
+                    results.push(Some(read_whole_blob(self, digest).await));
+                } else {
+                    results.push(None);
+                    from_far.push(*digest);
+                }
+            }
+            let mut filled = HashMap::new();
+            if !from_far.is_empty() {
+                let mut far = self.far.read_many(from_far);
+                while let Some((digest, result)) = far.next().await {
+                    // Verified by the far service (read_many's contract). Cached whole as a
+                    // chunk under the blob's digest, as open_read does for a small blob.
+                    if let Ok(Some(data)) = &result
+                        && data.len() <= CHUNK_MAX
+                        && !filled.contains_key(&digest)
+                    {
+                        self.cache.store(Object::Chunk, &digest, data.clone()).await;
+                    }
+                    filled.insert(digest, result);
+                }
+            }
+            for (digest, result) in digests.into_iter().zip(results) {
+                let result = result.or_else(|| filled.get(&digest).cloned()).unwrap_or_else(|| {
+                    Err(Error::Storage(format!("the far store answered nothing for blob {digest} of a batch")))
+                });
+                yield (digest, result);
+            }
+        }
+        .boxed()
     }
 }
 

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures::StreamExt;
 
 pub use blob::DiskCacheBlobService;
 pub use directory::DiskCacheDirectoryService;
@@ -52,6 +53,9 @@ const RECORD_SUM: usize = blake3::OUT_LEN;
 /// Name of the file that marks a directory as a disk cache. A non-empty directory without it
 /// is refused: eviction deletes files, and must never be pointed at someone else's.
 const MARKER: &str = "tvix-disk-cache";
+/// Files [`DiskCache::read_many`] reads per trip to the blocking pool, as the local chunk store
+/// does (`CHUNKS_PER_GET` there).
+const READS_PER_TRIP: usize = 32;
 
 /// What a cache file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,10 +233,47 @@ impl DiskCache {
         let path = self.path(object, digest);
         let touch_after = self.touch_after;
         let read = tokio::task::spawn_blocking(move || read_touching(&path, touch_after)).await;
+        match read {
+            Ok(read) => self.outcome(object, digest, read),
+            Err(_) => None,
+        }
+    }
+
+    /// [`DiskCache::read`] of many objects, [`READS_PER_TRIP`] files per trip to the blocking
+    /// pool (a trip per small file cost as much as reading it), results in the order asked.
+    pub(crate) async fn read_many(&self, object: Object, digests: &[B3Digest]) -> Vec<Option<Bytes>> {
+        let touch_after = self.touch_after;
+        let trips: Vec<Vec<PathBuf>> =
+            digests.chunks(READS_PER_TRIP).map(|group| group.iter().map(|d| self.path(object, d)).collect()).collect();
+        let mut reads = futures::stream::iter(trips)
+            .map(|paths| async move {
+                let count = paths.len();
+                let read = tokio::task::spawn_blocking(move || {
+                    paths.iter().map(|path| read_touching(path, touch_after)).collect::<Vec<_>>()
+                })
+                .await;
+                read.unwrap_or_else(|_| (0..count).map(|_| Err(std::io::Error::other("read task failed"))).collect())
+            })
+            .buffered(2);
+        let mut out = Vec::with_capacity(digests.len());
+        let mut asked = digests.iter();
+        while let Some(group) = reads.next().await {
+            // The group first: zip pulls its left side first, and must not take a digest of
+            // the next group when this one is done.
+            for (read, digest) in group.into_iter().zip(asked.by_ref()) {
+                out.push(self.outcome(object, digest, read));
+            }
+        }
+        out
+    }
+
+    /// What a read of an object's file found: its bytes, or a miss (absent, or unreadable,
+    /// which is warned of once).
+    fn outcome(&self, object: Object, digest: &B3Digest, read: std::io::Result<Vec<u8>>) -> Option<Bytes> {
         let outcome = match read {
-            Ok(Ok(data)) => Some(Bytes::from(data)),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Ok(Err(e)) => {
+            Ok(data) => Some(Bytes::from(data)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
                 // Unreadable is a miss: the far side can still answer.
                 if !self.read_warned.swap(true, Ordering::Relaxed) {
                     tracing::warn!(dir = %self.root.display(), %digest, error = %e,
@@ -240,7 +281,6 @@ impl DiskCache {
                 }
                 None
             }
-            Err(_) => None,
         };
         count(object, if outcome.is_some() { "hit" } else { "miss" });
         outcome
