@@ -456,7 +456,8 @@ impl StoreFs {
                 if let Node::Directory { digest: root, .. } = &info.node
                     && !graph.is_empty()
                 {
-                    // Cannot fail: the service checked that the root came first.
+                    // A graph not starting at the root is refused whole (gRPC checks that it
+                    // does); the root's listing is then fetched when it is needed.
                     let _ = self.keep_listings(root, graph);
                 }
                 info.node

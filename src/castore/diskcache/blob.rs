@@ -5,9 +5,8 @@
 //! caches) only the chunks it reads, and blobs sharing chunks share their files. New blobs go to
 //! the far service; the cache only keeps what was read.
 
-use std::sync::Arc;
-
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -156,6 +155,7 @@ impl BlobService for DiskCacheBlobService {
         }
         self.far_list(digest).await
     }
+
     /// The cached blobs read many files per trip to the blocking pool, the rest from the far
     /// service in one batch of its own (against a daemon one batched call, where reading them
     /// one by one cost a call each), cached as they arrive. Without this, a warm remount's
