@@ -40,11 +40,23 @@ fn daemon(c: &Cluster, url: &str, socket: &Path) -> Running {
         .args(["--blob-service-addr", url, "--directory-service-addr", url, "--path-info-service-addr", url])
         .arg("-l")
         .arg(socket)
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log_of(socket)).unwrap())
         .spawn()
         .unwrap();
     wait_for_path(socket, Duration::from_secs(30));
     Running { child }
+}
+
+/// Where [`daemon`] writes the daemon's stderr.
+fn log_of(socket: &Path) -> std::path::PathBuf {
+    socket.with_extension("log")
+}
+
+/// The last lines of a log file, for a failure message.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!("--- {} ---\n{}", log.display(), lines[lines.len().saturating_sub(40)..].join("\n"))
 }
 
 fn through(socket: &Path) -> Vec<String> {
@@ -156,7 +168,9 @@ fn one_of_three_nodes_dying_during_a_read_and_an_import_goes_unnoticed() {
     std::fs::create_dir(&mnt).unwrap();
     let mut mount = tvix_store();
     mount.arg("mount").args(through(&socket)).arg(&mnt);
-    let _mount = MountProcess::start(mount, &mnt);
+    let mount_log = tmp.path().join("mount.log");
+    let _mount = MountProcess::start_logged(mount, &mnt, &mount_log);
+    let logs = || format!("{}\n{}", tail(&mount_log), tail(&log_of(&socket)));
     let mounted = mnt.join(first_path.trim_start_matches("/nix/store/"));
     let reader = {
         let (first, mounted) = (first.clone(), mounted.clone());
@@ -170,13 +184,13 @@ fn one_of_three_nodes_dying_during_a_read_and_an_import_goes_unnoticed() {
     let (read, finished) = reader.join().unwrap();
     // Otherwise the test proved nothing about reading through the loss.
     assert!(finished > killed, "the read ended before the node was killed; read more");
-    assert!(read.status.success(), "the read during the node loss differs: {}", said(&read));
+    assert!(read.status.success(), "the read during the node loss differs: {}\n{}", said(&read), logs());
 
     let second = tmp.path().join("after-loss");
     mount_common::make_tree(&second, 23);
     let second_path = import_through(&socket, &second);
     let read = diff(&second, &mnt.join(second_path.trim_start_matches("/nix/store/")));
-    assert!(read.status.success(), "the import with a node down differs: {}", said(&read));
+    assert!(read.status.success(), "the import with a node down differs: {}\n{}", said(&read), logs());
 }
 
 /// `tvix-store ARGS` with all three services on `url` and the cluster's credentials.

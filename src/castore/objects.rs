@@ -7,16 +7,55 @@
 //! durable when it returns; no object we write is larger than a chunk (1 MiB), so multipart
 //! uploads are never needed.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::Error;
 use super::inventory::Removal;
+
+/// A read (get or head) that has not answered after this long is sent again beside the one
+/// under way, and the first answer wins. An S3 engine can stall a single request for many
+/// seconds when a node dies: Garage asks only as many replicas as its quorum needs and waits on
+/// a dead one until its RPC times out. Under load that held a mount's lookup past its 5 s call
+/// timeout in 4 of 15 runs of the node-loss test; a request sent again goes to replicas that
+/// answer. Our objects are at most a chunk (1 MiB), which a healthy engine serves far faster.
+const HEDGE_AFTER: Duration = Duration::from_secs(1);
+/// Most requests one read has in flight (the first and its hedges).
+const MOST_ATTEMPTS: usize = 3;
+
+/// Runs `attempt` and, each [`HEDGE_AFTER`] it has not answered, again beside it (at most
+/// [`MOST_ATTEMPTS`] at once): the first success or NOT_FOUND wins; other errors count only
+/// once every attempt failed (each has been through object_store's own retries).
+async fn hedged<T, F, Fut>(attempt: F) -> Result<T, object_store::Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, object_store::Error>>,
+{
+    let mut in_flight = FuturesUnordered::new();
+    in_flight.push(attempt());
+    let mut started = 1;
+    loop {
+        tokio::select! {
+            Some(result) = in_flight.next() => match result {
+                Err(e) if !matches!(e, object_store::Error::NotFound { .. }) && !in_flight.is_empty() => {
+                    tracing::debug!("an object store read failed while another is under way: {e}");
+                }
+                answer => return answer,
+            },
+            () = tokio::time::sleep(HEDGE_AFTER), if started < MOST_ATTEMPTS => {
+                in_flight.push(attempt());
+                started += 1;
+            }
+        }
+    }
+}
 
 /// A key prefix in an object store, and how to name it in errors.
 #[derive(Clone)]
@@ -71,8 +110,8 @@ impl Objects {
 
     /// The object at `key`; `None` when there is none.
     pub async fn get(&self, key: &Path) -> Result<Option<Bytes>, Error> {
-        match self.store.get(key).await {
-            Ok(result) => Ok(Some(result.bytes().await.map_err(|e| self.error(key, e))?)),
+        match hedged(|| async { self.store.get(key).await?.bytes().await }).await {
+            Ok(bytes) => Ok(Some(bytes)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(key, e)),
         }
@@ -80,7 +119,7 @@ impl Objects {
 
     /// The size of the object at `key`; `None` when there is none.
     pub async fn size(&self, key: &Path) -> Result<Option<u64>, Error> {
-        match self.store.head(key).await {
+        match hedged(|| self.store.head(key)).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(key, e)),
@@ -132,5 +171,73 @@ impl Objects {
             .map_ok(|meta| meta.location)
             .map_err(|e| self.error(&self.prefix, e))
             .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// An attempt that, by its number (0 first), never answers, answers `Ok(number)`, or fails.
+    fn attempts(
+        calls: &AtomicUsize,
+        outcome: impl Fn(usize) -> Option<Result<usize, object_store::Error>>,
+    ) -> impl Fn() -> futures::future::BoxFuture<'static, Result<usize, object_store::Error>> {
+        move || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            match outcome(n) {
+                Some(result) => Box::pin(async move { result }),
+                None => Box::pin(std::future::pending()),
+            }
+        }
+    }
+
+    fn generic(n: usize) -> object_store::Error {
+        object_store::Error::Generic { store: "test", source: format!("attempt {n} failed").into() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_read_is_sent_again_and_the_first_answer_wins() {
+        let calls = AtomicUsize::new(0);
+        let started = tokio::time::Instant::now();
+        let answer = hedged(attempts(&calls, |n| (n == 1).then_some(Ok(n)))).await.unwrap();
+        assert_eq!((answer, calls.load(Ordering::SeqCst)), (1, 2));
+        assert_eq!(started.elapsed(), HEDGE_AFTER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_found_is_final_an_error_waits_for_the_others_and_attempts_are_bounded() {
+        let calls = AtomicUsize::new(0);
+        let not_found = || object_store::Error::NotFound { path: "k".into(), source: "absent".into() };
+        let answer = hedged(attempts(&calls, |_| Some(Err(not_found())))).await;
+        assert!(matches!(answer, Err(object_store::Error::NotFound { .. })));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "NOT_FOUND is an answer, not a stall");
+
+        // The first fails while the second is under way: the second's answer wins.
+        let calls = AtomicUsize::new(0);
+        let slow_failure = |n: usize| -> futures::future::BoxFuture<'static, Result<usize, object_store::Error>> {
+            Box::pin(async move {
+                tokio::time::sleep(HEDGE_AFTER * if n == 0 { 2 } else { 3 }).await;
+                if n == 0 { Err(generic(n)) } else { Ok(n) }
+            })
+        };
+        let counted = || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            slow_failure(n)
+        };
+        assert_eq!(hedged(counted).await.unwrap(), 1);
+
+        // Every attempt stalls: no more than MOST_ATTEMPTS are sent.
+        let calls = AtomicUsize::new(0);
+        let stalled = tokio::time::timeout(HEDGE_AFTER * 10, hedged(attempts(&calls, |_| None))).await;
+        assert!(stalled.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), MOST_ATTEMPTS);
+
+        // A lone attempt that fails is the answer: object_store has retried it already.
+        let calls = AtomicUsize::new(0);
+        assert!(hedged(attempts(&calls, |n| Some(Err(generic(n))))).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

@@ -75,7 +75,18 @@ pub struct MountProcess {
 impl MountProcess {
     /// Starts `command` (a `tvix-store mount … PATH`) and waits until `path` is mounted.
     pub fn start(mut command: Command, path: &Path) -> Self {
-        let child = command.stderr(Stdio::null()).spawn().unwrap();
+        command.stderr(Stdio::null());
+        Self::start_as(command, path)
+    }
+
+    /// [`MountProcess::start`] with the mount's stderr in the file `log`.
+    pub fn start_logged(mut command: Command, path: &Path, log: &Path) -> Self {
+        command.stderr(std::fs::File::create(log).unwrap());
+        Self::start_as(command, path)
+    }
+
+    fn start_as(mut command: Command, path: &Path) -> Self {
+        let child = command.spawn().unwrap();
         let mount = MountProcess { child, path: path.to_path_buf() };
         let deadline = Instant::now() + Duration::from_secs(20);
         let shown = path.display().to_string();
