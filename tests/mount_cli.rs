@@ -26,14 +26,24 @@ impl MountProcess {
             .spawn()
             .unwrap();
         let mut p = MountProcess { child, path: path.to_path_buf() };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_mounted(path) {
-            if let Some(status) = p.child.try_wait().unwrap() {
-                panic!("tvix-store mount exited with {status} before mounting");
+        // Ready is what the mount says once it serves (after its unmount watcher started):
+        // listed in mountinfo comes earlier, before fusermount has handed the session over.
+        // A thread keeps draining stderr so the mount never blocks on a full pipe.
+        let stderr = p.child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.starts_with("mounted the store on") {
+                    let _ = tx.send(());
+                }
             }
-            assert!(Instant::now() < deadline, "{} not mounted after 20 s", path.display());
-            std::thread::sleep(Duration::from_millis(50));
+        });
+        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            let status = p.child.try_wait().unwrap();
+            panic!("{} not served after 20 s (mount process: {status:?})", path.display());
         }
+        assert!(is_mounted(path), "{} served but not in mountinfo", path.display());
         p
     }
 
@@ -154,6 +164,39 @@ fn killed_process_leaves_no_mount_behind() {
     p.signal(libc::SIGKILL);
     p.wait_exit(Duration::from_secs(5));
     // The auto_unmount helper notices the dead session and unmounts.
+    wait_unmounted(&mnt, Duration::from_secs(10));
+}
+
+/// The processes `pid` started that run `name`.
+fn children_named(pid: u32, name: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+            if std::fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|c| c.trim() == name) {
+                found.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// fusermount's own auto-unmount gives up when it looks while the dying process still holds
+/// the session (it wants ENOTCONN); the mount's watcher then unmounts. Here fusermount is
+/// killed first, so only the watcher can.
+#[test]
+fn a_killed_mount_is_unmounted_by_its_watcher_when_fusermount_cannot() {
+    require_tools(&["fusermount3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut p = MountProcess::start(&dir.path().join("store"), &mnt, &[]);
+    let helpers = children_named(p.child.id(), "fusermount3");
+    assert_eq!(helpers.len(), 1, "one fusermount3 helper expected: {helpers:?}");
+    // SAFETY: kill(2) of the helper our mount started.
+    unsafe { libc::kill(helpers[0], libc::SIGKILL) };
+    p.signal(libc::SIGKILL);
+    p.wait_exit(Duration::from_secs(5));
     wait_unmounted(&mnt, Duration::from_secs(10));
 }
 

@@ -57,6 +57,9 @@ enum Command {
     Substitute(substitute::Args),
     /// Mount the store with FUSE.
     Mount(mount::Args),
+    /// Unmount a mount whose process died (started by `mount`).
+    #[command(hide = true)]
+    UnmountWatch(mount::WatchArgs),
     /// Serve the store to virtual machines as a vhost-user-fs device.
     Virtiofs(virtiofs::Args),
     /// Serve the store as a Nix binary cache over HTTP (nix copy --from, substituters, uploads).
@@ -84,6 +87,7 @@ impl Cli {
             Command::PathInfo(args) => path_info::run(args).await,
             Command::Substitute(args) => substitute::run(args).await,
             Command::Mount(args) => mount::run(args).await,
+            Command::UnmountWatch(args) => mount::watch(args),
             Command::Virtiofs(args) => virtiofs::run(args).await,
             Command::NarBridge(args) => nar_bridge::run(args).await,
             Command::Verify(args) => maintenance::verify(args).await,

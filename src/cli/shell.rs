@@ -50,7 +50,8 @@ pub fn man(args: ManArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let command = Cli::command();
     let mut pages = vec![(String::from("tvix-store"), command.clone())];
-    for sub in command.get_subcommands() {
+    // Hidden commands (the mount's unmount watcher) are internal: no page.
+    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
         pages.push((
             format!("tvix-store-{}", sub.get_name()),
             sub.clone().name(format!("tvix-store-{}", sub.get_name())),
