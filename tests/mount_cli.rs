@@ -154,19 +154,6 @@ fn signal_to_the_whole_process_group_still_unmounts() {
     wait_unmounted(&mnt, Duration::from_secs(2));
 }
 
-#[test]
-fn killed_process_leaves_no_mount_behind() {
-    require_tools(&["fusermount3"]);
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mut p = MountProcess::start(&dir.path().join("store"), &mnt, &[]);
-    p.signal(libc::SIGKILL);
-    p.wait_exit(Duration::from_secs(5));
-    // The auto_unmount helper notices the dead session and unmounts.
-    wait_unmounted(&mnt, Duration::from_secs(10));
-}
-
 /// The processes `pid` started that run `name`.
 fn children_named(pid: u32, name: &str) -> Vec<i32> {
     let mut found = Vec::new();
@@ -181,23 +168,38 @@ fn children_named(pid: u32, name: &str) -> Vec<i32> {
     found
 }
 
-/// fusermount's own auto-unmount gives up when it looks while the dying process still holds
-/// the session (it wants ENOTCONN); the mount's watcher then unmounts. Here fusermount is
-/// killed first, so only the watcher can.
-#[test]
-fn a_killed_mount_is_unmounted_by_its_watcher_when_fusermount_cannot() {
+/// Kills a running mount with SIGKILL (its fusermount3 helper first, with `helper_too`) and
+/// expects the mount point to be unmounted without anyone's help.
+fn killed_mount_goes_away(helper_too: bool) {
     require_tools(&["fusermount3"]);
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let mut p = MountProcess::start(&dir.path().join("store"), &mnt, &[]);
-    let helpers = children_named(p.child.id(), "fusermount3");
-    assert_eq!(helpers.len(), 1, "one fusermount3 helper expected: {helpers:?}");
-    // SAFETY: kill(2) of the helper our mount started.
-    unsafe { libc::kill(helpers[0], libc::SIGKILL) };
+    if helper_too {
+        let helpers = children_named(p.child.id(), "fusermount3");
+        assert_eq!(helpers.len(), 1, "one fusermount3 helper expected: {helpers:?}");
+        // SAFETY: kill(2) of the helper our mount started.
+        unsafe { libc::kill(helpers[0], libc::SIGKILL) };
+    }
     p.signal(libc::SIGKILL);
     p.wait_exit(Duration::from_secs(5));
     wait_unmounted(&mnt, Duration::from_secs(10));
+}
+
+/// The auto_unmount helper, or else the mount's watcher, notices the dead session and
+/// unmounts.
+#[test]
+fn killed_process_leaves_no_mount_behind() {
+    killed_mount_goes_away(false);
+}
+
+/// fusermount's own auto-unmount gives up when it looks while the dying process still holds
+/// the session (it wants ENOTCONN); the mount's watcher then unmounts. Here fusermount is
+/// killed first, so only the watcher can.
+#[test]
+fn a_killed_mount_is_unmounted_by_its_watcher_when_fusermount_cannot() {
+    killed_mount_goes_away(true);
 }
 
 #[test]
