@@ -50,6 +50,8 @@ where
                 answer => return answer,
             },
             () = tokio::time::sleep(HEDGE_AFTER), if started < MOST_ATTEMPTS => {
+                // Each one is an extra (billed) request: operators watch how often that happens.
+                metrics::counter!("tvix_objectstore_hedged_reads_total").increment(1);
                 in_flight.push(attempt());
                 started += 1;
             }
