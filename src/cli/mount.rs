@@ -49,10 +49,7 @@ fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
 
 /// Whether `path` (canonical) is a mount point, from /proc/self/mountinfo.
 fn is_mounted(path: &Path) -> anyhow::Result<bool> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(info.lines().any(|line| {
-        line.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(path.as_os_str().as_encoded_bytes())
-    }))
+    Ok(mounted_device(path)?.is_some())
 }
 
 /// Undoes the octal escapes (`\040` for space...) mountinfo uses in paths.
@@ -72,22 +69,23 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
     out
 }
 
-/// The device number (`major:minor`) of the newest mount on `path`, from mountinfo: the mount
-/// must not be touched (stat) before it is served.
-fn mount_device(path: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().rev().find_map(|line| {
+/// The device number (`major:minor`) of the newest mount on `path` (canonical), from
+/// /proc/self/mountinfo (not stat: the mount must not be touched before it is served); `None`
+/// when nothing is mounted there.
+fn mounted_device(path: &Path) -> anyhow::Result<Option<String>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(info.lines().rev().find_map(|line| {
         let mut fields = line.split(' ');
         let dev = fields.nth(2)?;
         let mountpoint = fields.nth(1)?;
         (unescape_mountinfo(mountpoint) == path.as_os_str().as_encoded_bytes()).then(|| dev.to_string())
-    })
+    }))
 }
 
 /// Raises the kernel's read-ahead window for the new mount (it defaults to 128 KiB for FUSE),
 /// so sequential reads arrive in large requests. Best effort: needs root and sysfs.
 fn raise_readahead(path: &Path) {
-    let Some(dev) = mount_device(path) else { return };
+    let Ok(Some(dev)) = mounted_device(path) else { return };
     let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
     if let Err(e) = std::fs::write(&knob, "1024") {
         tracing::debug!("cannot raise read-ahead through {knob}: {e}");
@@ -108,7 +106,7 @@ const WATCH_GRACE: Duration = Duration::from_secs(1);
 /// (at our exit, however it comes) wakes the watcher.
 fn spawn_unmount_watcher(path: &Path) -> Option<std::process::ChildStdin> {
     use std::os::unix::process::CommandExt;
-    let dev = mount_device(path)?;
+    let dev = mounted_device(path).ok()??;
     let exe = std::env::current_exe().ok()?;
     let child = std::process::Command::new(exe)
         .arg("unmount-watch")
@@ -144,7 +142,7 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
     let deadline = std::time::Instant::now() + WATCH_GRACE;
     loop {
-        if mount_device(&args.path).as_deref() != Some(args.device.as_str()) {
+        if mounted_device(&args.path)?.as_deref() != Some(args.device.as_str()) {
             return Ok(());
         }
         if std::time::Instant::now() >= deadline {

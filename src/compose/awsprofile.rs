@@ -152,7 +152,7 @@ impl Profile {
         let mut found = false;
         if let Some(section) = credentials.as_ref().and_then(|ini| ini.section(Some(name.as_str()))) {
             found = true;
-            let value = |key: &str| section.get(key).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+            let value = |key: &str| value_of(section, key);
             let half = |has, missing| ProfileError::HalfAKey {
                 profile: name.clone(),
                 file: credentials_file.clone(),
@@ -176,7 +176,7 @@ impl Profile {
         });
         if let Some(section) = section {
             found = true;
-            let value = |key: &str| section.get(key).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+            let value = |key: &str| value_of(section, key);
             profile.region = value("region");
             profile.endpoint_url = value("endpoint_url").map(|e| e.trim_end_matches('/').to_string());
         }
@@ -189,6 +189,11 @@ impl Profile {
         }
         Ok(profile)
     }
+}
+
+/// A setting of a section, trimmed; an empty one counts as absent.
+fn value_of(section: &ini::Properties, key: &str) -> Option<String> {
+    section.get(key).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string)
 }
 
 /// Reads and parses one file; a default file that does not exist is `None`.

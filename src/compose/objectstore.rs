@@ -102,8 +102,7 @@ pub fn s3(spec: &S3Spec) -> Result<Objects, String> {
         builder = builder.with_access_key_id(&key.access_key_id).with_secret_access_key(&key.secret_access_key);
     }
     let store = builder.build().map_err(|e| e.to_string())?;
-    let prefix = Path::parse(&spec.prefix).map_err(|e| format!("prefix {:?}: {e}", spec.prefix))?;
-    Ok(Objects::new(Arc::new(store), prefix, spec.url.clone()))
+    below(Arc::new(store), &spec.prefix, &spec.url)
 }
 
 /// The GCS bucket or Azure container a URL names, configured from `object_store`'s environment
@@ -130,6 +129,11 @@ pub fn cloud(spec: &CloudSpec) -> Result<Objects, String> {
                 .map_err(|e| e.to_string())?,
         ),
     };
-    let prefix = Path::parse(&spec.prefix).map_err(|e| format!("prefix {:?}: {e}", spec.prefix))?;
-    Ok(Objects::new(store, prefix, spec.url.clone()))
+    below(store, &spec.prefix, &spec.url)
+}
+
+/// The objects of `store` below `prefix`, named by their store `url` in errors.
+fn below(store: Arc<dyn ObjectStore>, prefix: &str, url: &str) -> Result<Objects, String> {
+    let key = Path::parse(prefix).map_err(|e| format!("prefix {prefix:?}: {e}"))?;
+    Ok(Objects::new(store, key, url))
 }

@@ -19,10 +19,11 @@
 //!
 //! An S3 URL takes `endpoint=` (for self-hosted engines: `http://…` is used as given, with
 //! path-style requests) and `region=`; credentials come from the usual AWS environment
-//! variables or the AWS profile files (`super::awsprofile`). The three services can share one URL: each keeps its objects under its own key
-//! prefix below the URL's (`chunks/`+`blobs/`, `directories/`, `pathinfo/`). A GCS or Azure
-//! URL takes no options: account, credentials and endpoint come from `object_store`'s usual
-//! environment variables for each (`GOOGLE_*`, `AZURE_*`).
+//! variables or the AWS profile files (`super::awsprofile`). The three services can share one
+//! URL: each keeps its objects under its own key prefix below the URL's (`chunks/`+`blobs/`,
+//! `directories/`, `pathinfo/`). A GCS or Azure URL takes no options: account, credentials and
+//! endpoint come from `object_store`'s usual environment variables for each (`GOOGLE_*`,
+//! `AZURE_*`).
 
 use std::path::PathBuf;
 

@@ -63,7 +63,7 @@ impl GrpcPathInfoService {
 
     /// The PathInfo alone, as [`PathInfoService::get_with_graph`] answers without the extension.
     async fn get_alone(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfoWithGraph>, Error> {
-        Ok(self.get(digest).await?.map(|info| PathInfoWithGraph { info, graph: None }))
+        Ok(self.get(digest).await?.map(PathInfoWithGraph::without_graph))
     }
 }
 
@@ -127,7 +127,7 @@ impl PathInfoService for GrpcPathInfoService {
             Err(status) => return Err(super::error(status)),
         };
         let Node::Directory { digest: root, .. } = info.node else {
-            return Ok(Some(PathInfoWithGraph { info, graph: None }));
+            return Ok(Some(PathInfoWithGraph::without_graph(info)));
         };
         let directories = stream.map(|message| match message {
             Ok(ext::PathInfoGraphResponse { item: Some(Item::Directory(directory)) }) => Ok(directory),

@@ -24,13 +24,13 @@ impl Cache<dyn PathInfoService> {
     async fn lookup(&self, digest: [u8; DIGEST_LEN], with_graph: bool) -> Result<Option<PathInfoWithGraph>, Error> {
         if let Some(info) = self.near.get(digest).await? {
             crate::castore::cache::count("pathinfo", true);
-            return Ok(Some(PathInfoWithGraph { info, graph: None }));
+            return Ok(Some(PathInfoWithGraph::without_graph(info)));
         }
         crate::castore::cache::count("pathinfo", false);
         let far = if with_graph {
             self.far.get_with_graph(digest).await?
         } else {
-            self.far.get(digest).await?.map(|info| PathInfoWithGraph { info, graph: None })
+            self.far.get(digest).await?.map(PathInfoWithGraph::without_graph)
         };
         let Some(far) = far else {
             return Ok(None);

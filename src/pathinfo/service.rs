@@ -27,7 +27,7 @@ pub trait PathInfoService: Send + Sync {
     /// A read-speed hook, so it has a default: the PathInfo alone. A wrapper that does not
     /// forward it loses speed, never a guarantee.
     async fn get_with_graph(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfoWithGraph>, Error> {
-        Ok(self.get(digest).await?.map(|info| PathInfoWithGraph { info, graph: None }))
+        Ok(self.get(digest).await?.map(PathInfoWithGraph::without_graph))
     }
 }
 
@@ -40,6 +40,13 @@ pub struct PathInfoWithGraph {
     /// when it did not, and the caller fetches them from its DirectoryService. A stream that
     /// fails part-way has still delivered only checked directories.
     pub graph: Option<BoxStream<'static, Result<Directory, Error>>>,
+}
+
+impl PathInfoWithGraph {
+    /// A PathInfo sent without its graph.
+    pub fn without_graph(info: PathInfo) -> Self {
+        Self { info, graph: None }
+    }
 }
 
 /// Removal of PathInfos, offered by the backends that store them (not by wrappers, remote
