@@ -103,6 +103,15 @@ struct Files {
 }
 
 impl Files {
+    /// Holds a file being prefetched, as the newest.
+    fn hold(&mut self, digest: B3Digest, fetch: Fetch, size: u64, plans_next: bool) {
+        self.added += 1;
+        let added = self.added;
+        self.by_digest.insert(digest, Held { fetch, size, plans_next, added });
+        self.order.push_back((digest, added));
+        self.bytes += size;
+    }
+
     fn forget(&mut self, digest: &B3Digest) {
         if let Some(held) = self.by_digest.remove(digest) {
             self.bytes -= held.size;
@@ -167,11 +176,7 @@ impl Prefetcher {
                 new.push((digest, size, (tx, fetch)));
             }
             for (i, (digest, size, (tx, fetch))) in new.into_iter().enumerate() {
-                state.added += 1;
-                let added = state.added;
-                state.by_digest.insert(digest, Held { fetch, size, plans_next: i == 0, added });
-                state.order.push_back((digest, added));
-                state.bytes += size;
+                state.hold(digest, fetch, size, i == 0);
                 let fits = batches.last().is_some_and(|b| {
                     b.len() < BATCH_FILES && b.iter().map(|(_, s, _)| s).sum::<u64>() + size <= BATCH_BYTES
                 });
@@ -289,11 +294,7 @@ mod tests {
     fn past_the_capacity_the_oldest_files_go_and_a_file_held_again_stays() {
         let mut files = Files::default();
         let hold = |files: &mut Files, digest: B3Digest, size: u64| {
-            files.added += 1;
-            let fetch: Fetch = async { None }.boxed().shared();
-            files.by_digest.insert(digest, Held { fetch, size, plans_next: false, added: files.added });
-            files.order.push_back((digest, files.added));
-            files.bytes += size;
+            files.hold(digest, async { None }.boxed().shared(), size, false);
         };
         let (a, b) = (B3Digest::of(b"a"), B3Digest::of(b"b"));
         hold(&mut files, a, 1);
