@@ -21,8 +21,10 @@ use tvix_store::castore::blobservice::{BlobService, CHUNK_MAX};
 use tvix_store::castore::directoryservice::DirectoryService;
 use tvix_store::castore::{B3Digest, Directory, Error, Node, PathComponent};
 use tvix_store::compose::{self, Entry, Graph, Kind};
+use tvix_store::host::{self, ListenAddr, Listener};
 use tvix_store::pathinfo::{PathInfo, PathInfoService};
-use tvix_store::server::{self, Handlers, ListenAddr, Listener, NoNarCalculation};
+use tvix_store::server::{Handlers, NoNarCalculation};
+use tvix_store::store::Store;
 use tvix_store::storepath::StorePath;
 
 /// A service under test, with whatever must live as long as it (temporary directories, servers).
@@ -38,16 +40,20 @@ struct Under<T: ?Sized> {
 async fn grpc_server(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
     let socket = dir.join("conformance.sock");
     let listener = Listener::bind(&ListenAddr::Unix(socket.clone())).await.unwrap();
-    let handlers = Handlers::new(
+    let store = Store::new(
         compose::blob_service("memory://").unwrap(),
         compose::directory_service("memory://").unwrap(),
         compose::path_info_service("memory://").unwrap(),
-        Arc::new(NoNarCalculation),
     );
+    let handlers = Handlers { nar: Arc::new(NoNarCalculation), ..Handlers::new(store) };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(listener, handlers, async move {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(host::serve_grpc(
+        listener,
+        handlers,
+        host::shutdown_on(async move {
+            let _ = stopped.await;
+        }),
+    ));
     (format!("grpc+unix://{}", socket.display()), stop)
 }
 
@@ -412,10 +418,10 @@ mod seams {
     use std::time::{Duration, SystemTime};
     use tvix_store::castore::blobservice::ChunkObject;
     use tvix_store::castore::inventory::Removal;
-    use tvix_store::compose::{Maintenance, Services};
+    use tvix_store::compose::{Maintenance, Opened};
 
-    pub async fn list_and_remove(services: &Services) {
-        let Maintenance::Local(backends) = &services.maintenance else {
+    pub async fn list_and_remove(opened: &Opened) {
+        let Maintenance::Local(backends) = &opened.maintenance else {
             panic!("three single backends must offer their seams");
         };
         let past = SystemTime::now() - Duration::from_secs(3600);
@@ -425,7 +431,7 @@ mod seams {
         let large = data(3 * CHUNK_MAX, 42);
         let mut digests = Vec::new();
         for content in [&small, &large] {
-            let mut w = services.blob.open_write().await;
+            let mut w = opened.store.blob.open_write().await;
             w.write_all(content).await.unwrap();
             digests.push(w.close().await.unwrap());
         }
@@ -434,7 +440,7 @@ mod seams {
         let listed: Vec<_> = backends.chunks.list(ChunkObject::Chunk).try_collect().await.unwrap();
         let small_entry = listed.iter().find(|s| s.digest == digests[0]).expect("the small blob is a listed chunk");
         assert_eq!(small_entry.size, 1000);
-        let large_chunks = services.blob.chunks(&digests[1]).await.unwrap().unwrap();
+        let large_chunks = opened.store.blob.chunks(&digests[1]).await.unwrap().unwrap();
         assert!(large_chunks.len() > 1);
         assert!(large_chunks.iter().all(|c| chunks.contains(&c.digest)), "chunks of the large blob not listed");
         let lists: HashSet<B3Digest> =
@@ -442,40 +448,40 @@ mod seams {
         assert_eq!(lists, HashSet::from([digests[1]]));
 
         assert_eq!(backends.chunks.remove(ChunkObject::Chunk, &digests[0], past).await.unwrap(), Removal::Recent);
-        assert!(services.blob.has(&digests[0]).await.unwrap(), "a recent chunk was removed");
+        assert!(opened.store.blob.has(&digests[0]).await.unwrap(), "a recent chunk was removed");
         assert_eq!(
             backends.chunks.remove(ChunkObject::Chunk, &digests[0], future()).await.unwrap(),
             Removal::Removed(1000)
         );
         assert_eq!(backends.chunks.remove(ChunkObject::Chunk, &digests[0], future()).await.unwrap(), Removal::Absent);
-        assert!(!services.blob.has(&digests[0]).await.unwrap());
+        assert!(!opened.store.blob.has(&digests[0]).await.unwrap());
         assert!(matches!(
             backends.chunks.remove(ChunkObject::ChunkList, &digests[1], future()).await.unwrap(),
             Removal::Removed(_)
         ));
-        assert!(!services.blob.has(&digests[1]).await.unwrap(), "a blob without its chunk list is still there");
+        assert!(!opened.store.blob.has(&digests[1]).await.unwrap(), "a blob without its chunk list is still there");
 
         let mut dir = Directory::new();
         dir.add(PathComponent::try_from("file").unwrap(), Node::file(digests[1], large.len() as u64, false)).unwrap();
-        let dir_digest = services.directory.put(dir).await.unwrap();
+        let dir_digest = opened.store.directory.put(dir).await.unwrap();
         let stored: Vec<_> = backends.directories.list().try_collect().await.unwrap();
         assert!(stored.iter().any(|s| s.digest == dir_digest), "the directory is not listed");
         assert_eq!(backends.directories.remove(&dir_digest, past).await.unwrap(), Removal::Recent);
         assert!(matches!(backends.directories.remove(&dir_digest, future()).await.unwrap(), Removal::Removed(_)));
-        assert_eq!(services.directory.get(&dir_digest).await.unwrap(), None);
+        assert_eq!(opened.store.directory.get(&dir_digest).await.unwrap(), None);
         assert_eq!(backends.directories.remove(&dir_digest, future()).await.unwrap(), Removal::Absent);
 
         let info = path_info::info(77);
-        services.path_info.put(info.clone()).await.unwrap();
+        opened.store.path_info.put(info.clone()).await.unwrap();
         assert!(backends.path_infos.remove(*info.store_path.digest()).await.unwrap());
-        assert_eq!(services.path_info.get(*info.store_path.digest()).await.unwrap(), None);
+        assert_eq!(opened.store.path_info.get(*info.store_path.digest()).await.unwrap(), None);
         assert!(!backends.path_infos.remove(*info.store_path.digest()).await.unwrap());
     }
 }
 
 /// A store of three single backends, each a template as in [`url_in_tempdir`] (one temporary
 /// directory for all three).
-async fn store(blob: &str, directory: &str, path_info: &str) -> (compose::Services, tempfile::TempDir) {
+async fn store(blob: &str, directory: &str, path_info: &str) -> (compose::Opened, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = |template: &str| template.replace("{dir}", &dir.path().display().to_string());
     let graph = |kind, template: &str| Graph::single(kind, "conformance", &url(template)).unwrap();
@@ -489,7 +495,7 @@ async fn store(blob: &str, directory: &str, path_info: &str) -> (compose::Servic
     (services, dir)
 }
 
-async fn s3_store() -> compose::Services {
+async fn s3_store() -> compose::Opened {
     compose::open_graphs(s3_graph(Kind::Blob), s3_graph(Kind::Directory), s3_graph(Kind::PathInfo)).await.unwrap()
 }
 

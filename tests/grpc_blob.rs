@@ -18,9 +18,11 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tvix_store::castore::blobservice::{BlobReader, BlobService, CHUNK_MAX, CHUNK_MIN, ChunkMeta};
 use tvix_store::castore::{B3Digest, Error};
+use tvix_store::host::{self, ListenAddr, Listener};
 use tvix_store::proto::castore as proto;
 use tvix_store::proto::castore::blob_service_client::BlobServiceClient;
-use tvix_store::server::{self, Handlers, ListenAddr, Listener, NoNarCalculation};
+use tvix_store::server::{Handlers, NoNarCalculation};
+use tvix_store::store::Store;
 
 async fn put(service: &dyn BlobService, content: &[u8]) -> B3Digest {
     let mut w = service.open_write().await;
@@ -236,16 +238,20 @@ impl BlobHooks for Instrumented {
 async fn in_process(blob: Arc<dyn BlobService>, dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
     let socket = dir.join("inproc.sock");
     let listener = Listener::bind(&ListenAddr::Unix(socket.clone())).await.unwrap();
-    let handlers = Handlers::new(
+    let store = Store::new(
         blob,
         tvix_store::compose::directory_service("memory://").unwrap(),
         tvix_store::compose::path_info_service("memory://").unwrap(),
-        Arc::new(NoNarCalculation),
     );
+    let handlers = Handlers { nar: Arc::new(NoNarCalculation), ..Handlers::new(store) };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(listener, handlers, async move {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(host::serve_grpc(
+        listener,
+        handlers,
+        host::shutdown_on(async move {
+            let _ = stopped.await;
+        }),
+    ));
     (format!("grpc+unix://{}", socket.display()), stop)
 }
 

@@ -1,4 +1,4 @@
-//! `tvix_store::server::serve_owner_socket`, the library call long-running commands (mount,
+//! `tvix_store::host::serve_owner_socket`, the library call long-running commands (mount,
 //! virtiofs) use to share the default store they own: other processes' clients find the
 //! store's socket and use it; dropping the guard stops serving and removes the socket.
 //!
@@ -21,7 +21,7 @@ fn owner_socket_serves_the_default_store_until_dropped() {
         let socket = store.path().join(SOCKET_NAME);
         let owner = compose::open(&StoreArgs::default(), Role::Owner).await.unwrap();
         assert!(owner.store_lock.is_some());
-        let guard = tvix_store::server::serve_owner_socket(&owner)
+        let guard = tvix_store::host::serve_owner_socket(&owner)
             .await
             .unwrap()
             .expect("the default store opened as owner is served");
@@ -31,11 +31,11 @@ fn owner_socket_serves_the_default_store_until_dropped() {
         // A client (as a second command would open it) goes through the socket, not the files.
         let client = compose::open(&StoreArgs::default(), Role::Client).await.unwrap();
         assert!(client.store_lock.is_none(), "the client must use the owner's socket");
-        let mut w = client.blob.open_write().await;
+        let mut w = client.store.blob.open_write().await;
         w.write_all(b"written by a client through the owner").await.unwrap();
         let digest = w.close().await.unwrap();
         assert_eq!(digest, B3Digest::of(b"written by a client through the owner"));
-        assert!(owner.blob.has(&digest).await.unwrap(), "the owner's store has what the client wrote");
+        assert!(owner.store.blob.has(&digest).await.unwrap(), "the owner's store has what the client wrote");
 
         // Services given by address are not the default store: nothing to serve.
         let by_addr = StoreArgs {
@@ -45,19 +45,19 @@ fn owner_socket_serves_the_default_store_until_dropped() {
             ..StoreArgs::default()
         };
         let other = compose::open(&by_addr, Role::Owner).await.unwrap();
-        assert!(tvix_store::server::serve_owner_socket(&other).await.unwrap().is_none());
+        assert!(tvix_store::host::serve_owner_socket(&other).await.unwrap().is_none());
 
         // shutdown() waits for the server to stop; a bare drop only signals it (a call racing
         // the drop may still be answered), which is what commands do on their way out.
         guard.shutdown().await.unwrap();
         assert!(!socket.exists(), "shutting down removes the socket");
-        let call = tokio::time::timeout(Duration::from_secs(10), client.blob.has(&digest)).await;
+        let call = tokio::time::timeout(Duration::from_secs(10), client.store.blob.has(&digest)).await;
         match call {
             Ok(Err(Error::Unavailable(_))) => {}
             other => panic!("a call after the owner stopped serving must fail as unavailable: {other:?}"),
         }
 
-        let again = tvix_store::server::serve_owner_socket(&owner).await.unwrap().expect("served again");
+        let again = tvix_store::host::serve_owner_socket(&owner).await.unwrap().expect("served again");
         assert!(socket.exists());
         drop(again);
         assert!(!socket.exists(), "dropping the guard removes the socket");

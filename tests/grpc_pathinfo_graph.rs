@@ -15,7 +15,7 @@ use tvix_store::castore::directoryservice::DirectoryService;
 use tvix_store::castore::{B3Digest, Directory, Error, Node, PathComponent};
 use tvix_store::fs::{Options, ROOT_INO, StoreFs};
 use tvix_store::grpc::{GrpcDirectoryService, GrpcPathInfoService};
-use tvix_store::pathinfo::{PathInfo, PathInfoService};
+use tvix_store::pathinfo::{PathInfo, PathInfoRootNodes, PathInfoService};
 use tvix_store::proto::castore::directory_service_server::DirectoryServiceServer;
 use tvix_store::proto::ext::PathInfoGraphResponse;
 use tvix_store::proto::ext::path_info_graph_response::Item;
@@ -268,7 +268,7 @@ fn the_mounts_first_lookup_of_a_store_path_brings_its_graph() {
         let fs = StoreFs::new(
             tvix_store::compose::blob_service("memory://").unwrap(),
             Arc::new(GrpcDirectoryService::new(channel.clone())),
-            Arc::new(GrpcPathInfoService::new(channel)),
+            Arc::new(PathInfoRootNodes::new(Arc::new(GrpcPathInfoService::new(channel)))),
             runtime.handle().clone(),
             Options::default(),
         );

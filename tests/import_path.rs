@@ -13,17 +13,17 @@ use tvix_store::castore::Node;
 use tvix_store::import::{ImportError, import_path, ingest_path};
 use tvix_store::nar::{NarCalculator, write_nar};
 use tvix_store::pathinfo::NarCalculationService;
+use tvix_store::store::Store;
 use tvix_store::storepath::nixbase32;
 
 #[tokio::test]
 async fn import_matches_nix_store_add_and_dump() {
     let dir = tempfile::tempdir().unwrap();
-    let (blob, directory, path_info) = memory_services().await;
+    let store = Store::in_memory();
+    let Store { blob, directory, path_info } = store.clone();
     let calculator = NarCalculator::new(blob.clone(), directory.clone());
     for tree in trees(dir.path()) {
-        let info = import_path(blob.clone(), directory.clone(), path_info.as_ref(), &tree, None)
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e}", tree.display()));
+        let info = import_path(&store, &tree, None).await.unwrap_or_else(|e| panic!("{}: {e}", tree.display()));
         let shown = tree.display();
         assert_eq!(info.store_path.to_absolute_path(), nix_add(&tree), "{shown}: store path");
         let dump = nix_dump(&tree);
@@ -66,7 +66,7 @@ async fn cli_import_prints_nix_store_paths() {
 
 /// Ingests `good` alone into fresh services: the digest its directory gets.
 async fn directory_digest_of(good: &Path) -> tvix_store::castore::B3Digest {
-    let (blob, directory, _) = memory_services().await;
+    let Store { blob, directory, .. } = Store::in_memory();
     match ingest_path(blob, directory, good, None).await.unwrap().node {
         Node::Directory { digest, .. } => digest,
         other => panic!("expected a directory, got {other:?}"),
@@ -86,41 +86,35 @@ async fn special_files_fail_naming_the_path_and_register_nothing() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     let good_digest = directory_digest_of(&root.join("a-good")).await;
 
-    let (blob, directory, path_info) = memory_services().await;
-    let err = import_path(blob.clone(), directory.clone(), path_info.as_ref(), &root, None)
-        .await
-        .expect_err("a FIFO cannot be imported");
+    let store = Store::in_memory();
+    let err = import_path(&store, &root, None).await.expect_err("a FIFO cannot be imported");
     assert!(matches!(&err, ImportError::UnsupportedType { path, kind: "FIFO" } if *path == fifo), "{err:?}");
     assert!(err.to_string().contains(&*fifo.to_string_lossy()), "{err}");
-    assert!(path_info.list().try_collect::<Vec<_>>().await.unwrap().is_empty());
-    assert_eq!(directory.get(&good_digest).await.unwrap(), None, "partial tree became visible");
+    assert!(store.path_info.list().try_collect::<Vec<_>>().await.unwrap().is_empty());
+    assert_eq!(store.directory.get(&good_digest).await.unwrap(), None, "partial tree became visible");
 
     let sock_dir = dir.path().join("with-socket");
     std::fs::create_dir(&sock_dir).unwrap();
     let sock = sock_dir.join("s");
     let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let err = import_path(blob.clone(), directory.clone(), path_info.as_ref(), &sock_dir, None)
-        .await
-        .expect_err("a socket cannot be imported");
+    let err = import_path(&store, &sock_dir, None).await.expect_err("a socket cannot be imported");
     assert!(matches!(&err, ImportError::UnsupportedType { path, kind: "socket" } if *path == sock), "{err:?}");
 
-    let err = import_path(blob, directory, path_info.as_ref(), Path::new("/dev/null"), None)
-        .await
-        .expect_err("a device cannot be imported");
+    let err = import_path(&store, Path::new("/dev/null"), None).await.expect_err("a device cannot be imported");
     assert!(err.to_string().contains("/dev/null") && err.to_string().contains("character device"), "{err}");
 }
 
 #[tokio::test]
 async fn missing_path_and_bad_names_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let (blob, directory, path_info) = memory_services().await;
+    let store = Store::in_memory();
     let missing = dir.path().join("does-not-exist");
-    let err = import_path(blob.clone(), directory.clone(), path_info.as_ref(), &missing, None).await.unwrap_err();
+    let err = import_path(&store, &missing, None).await.unwrap_err();
     assert!(matches!(&err, ImportError::Io { path, .. } if *path == missing), "{err:?}");
 
     let spaced = dir.path().join("has space");
     std::fs::write(&spaced, b"x").unwrap();
-    let err = import_path(blob, directory, path_info.as_ref(), &spaced, None).await.unwrap_err();
+    let err = import_path(&store, &spaced, None).await.unwrap_err();
     assert!(matches!(err, ImportError::Name { .. }), "{err:?}");
 }
 
@@ -200,7 +194,7 @@ async fn blobs_are_durable_before_directories_refer_to_them() {
     std::fs::write(tree.join("sub/background"), bytes(3_000_000, 1)).unwrap();
     std::fs::write(tree.join("sub/streamed"), bytes(9_000_000, 2)).unwrap();
     std::fs::write(tree.join("small"), b"small").unwrap();
-    let (blob, inner, _) = memory_services().await;
+    let Store { blob, directory: inner, .. } = Store::in_memory();
     let checked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let directory = std::sync::Arc::new(RequiresBlobsFirst { inner, blob: blob.clone(), checked: checked.clone() });
     let ingested = ingest_path(blob.clone(), directory.clone(), &tree, None).await.unwrap();
@@ -208,7 +202,7 @@ async fn blobs_are_durable_before_directories_refer_to_them() {
 
     // The same through NAR ingestion.
     checked.store(0, std::sync::atomic::Ordering::SeqCst);
-    let (blob2, inner2, _) = memory_services().await;
+    let Store { blob: blob2, directory: inner2, .. } = Store::in_memory();
     let directory2 =
         std::sync::Arc::new(RequiresBlobsFirst { inner: inner2, blob: blob2.clone(), checked: checked.clone() });
     let nar = write_nar(Vec::new(), &ingested.node, blob.as_ref(), directory.as_ref()).await.unwrap();

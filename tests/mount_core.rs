@@ -13,12 +13,13 @@ use mount_common::*;
 use tvix_store::castore::B3Digest;
 use tvix_store::castore::blobservice::{BlobService, ManyBlobs};
 use tvix_store::fs::{FileKind, FsError, NO_HANDLE, Options, ROOT_INO, StoreFs, XattrReply};
+use tvix_store::pathinfo::PathInfoRootNodes;
 
 fn core(store: &Store, options: Options) -> StoreFs {
     StoreFs::new(
         store.blob.clone(),
         store.directory.clone(),
-        store.path_info.clone(),
+        Arc::new(PathInfoRootNodes::new(store.path_info.clone())),
         store.runtime.handle().clone(),
         options,
     )
@@ -185,8 +186,13 @@ fn files_whose_prefetch_is_stuck_are_read_alone() {
     let sp = store.ingest(&tree, "stuck");
     let blob: Arc<dyn BlobService> = Arc::new(Wrapped(StuckBatches(store.blob.clone())));
     let options = Options { call_timeout: Duration::from_secs(1), ..Options::default() };
-    let fs =
-        StoreFs::new(blob, store.directory.clone(), store.path_info.clone(), store.runtime.handle().clone(), options);
+    let fs = StoreFs::new(
+        blob,
+        store.directory.clone(),
+        Arc::new(PathInfoRootNodes::new(store.path_info.clone())),
+        store.runtime.handle().clone(),
+        options,
+    );
     let top = fs.lookup(ROOT_INO, sp.to_basename().as_bytes()).unwrap();
     let doc = fs.lookup(fs.lookup(top.ino, b"share").unwrap().ino, b"doc").unwrap();
     // The first read misses and plans the next files of the walk: f001.. are then held.

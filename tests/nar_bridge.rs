@@ -20,6 +20,7 @@ use tvix_store::import::ingest_nar;
 use tvix_store::narbridge::{NarBridge, Options, UploadOptions};
 use tvix_store::narinfo::{NarInfo, SigningKey};
 use tvix_store::pathinfo::PathInfoService;
+use tvix_store::store::Store;
 use tvix_store::storepath::StorePath;
 
 /// Nix remembers narinfo lookups on disk per cache URL; ports are reused between tests.
@@ -35,8 +36,9 @@ struct Bridge {
 }
 
 async fn serve(options: Options) -> Bridge {
-    let (blob, directory, path_info) = memory_services().await;
-    let bridge = NarBridge::new(blob.clone(), directory.clone(), path_info.clone(), options);
+    let store = Store::in_memory();
+    let Store { blob, directory, path_info } = store.clone();
+    let bridge = NarBridge::new(store, options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = bridge.router();

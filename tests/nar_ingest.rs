@@ -10,11 +10,12 @@ use sha2::{Digest, Sha256};
 use tvix_store::castore::{B3Digest, Node};
 use tvix_store::import::{ImportError, ingest_nar, ingest_path};
 use tvix_store::nar::{NarReadError, write_nar};
+use tvix_store::store::Store;
 
 #[tokio::test]
 async fn nix_dump_ingests_to_walk_nodes_and_renders_back() {
     let dir = tempfile::tempdir().unwrap();
-    let (blob, directory, _) = memory_services().await;
+    let Store { blob, directory, .. } = Store::in_memory();
     for tree in trees(dir.path()) {
         let shown = tree.display();
         let nar = nix_dump(&tree);
@@ -26,7 +27,7 @@ async fn nix_dump_ingests_to_walk_nodes_and_renders_back() {
         assert_eq!(data_encoding::HEXLOWER.encode(&ingested.nar_sha256), nix_hash(&tree), "{shown}");
 
         // Independent route to the same content: the file system walk, into other services.
-        let (blob2, directory2, _) = memory_services().await;
+        let Store { blob: blob2, directory: directory2, .. } = Store::in_memory();
         let walked = ingest_path(blob2, directory2, &tree, None).await.unwrap();
         assert_eq!(walked, ingested, "{shown}: NAR ingestion and path ingestion disagree");
 
@@ -47,7 +48,7 @@ async fn many_small_files_are_all_stored() {
         write_file(&root.join(format!("{i:04}")), 1000 + i, false);
     }
     let nar = nix_dump(&root);
-    let (blob, directory, _) = memory_services().await;
+    let Store { blob, directory, .. } = Store::in_memory();
     let ingested = ingest_nar(blob.clone(), directory.clone(), nar.as_slice(), None).await.unwrap();
     let Node::Directory { digest, .. } = ingested.node else { panic!("not a directory") };
     let d = directory.get(&digest).await.unwrap().expect("root directory stored");
@@ -97,7 +98,7 @@ const FILE: &[&[u8]] = &[b"(", b"type", b"regular", b"contents", b"x", b")"];
 
 /// The digest directory `a` gets when the NAR is good.
 async fn digest_of_a() -> B3Digest {
-    let (blob, directory, _) = memory_services().await;
+    let Store { blob, directory, .. } = Store::in_memory();
     let good = nar_with(|b| entry(b, b"b", FILE));
     let ingested = ingest_nar(blob, directory.clone(), good.as_slice(), None).await.unwrap();
     let Node::Directory { digest, .. } = ingested.node else { panic!("not a directory") };
@@ -110,7 +111,7 @@ async fn digest_of_a() -> B3Digest {
 
 async fn expect_rejected(nar: &[u8], check: impl Fn(&NarReadError) -> bool, offset: u64) {
     let a = digest_of_a().await;
-    let (blob, directory, _) = memory_services().await;
+    let Store { blob, directory, .. } = Store::in_memory();
     let err = ingest_nar(blob, directory.clone(), nar, None).await.expect_err("bad NAR accepted");
     let ImportError::Nar(e) = &err else { panic!("expected a NAR error, got {err:?}") };
     assert!(check(e), "wrong error: {e:?}");
@@ -191,7 +192,7 @@ async fn file_length_beyond_stream() {
     }
     nar.extend_from_slice(&(10_000_000u64).to_le_bytes());
     nar.extend_from_slice(&[7u8; 5000]);
-    let (blob, directory, _) = memory_services().await;
+    let Store { blob, directory, .. } = Store::in_memory();
     let err = ingest_nar(blob, directory, nar.as_slice(), None).await.unwrap_err();
     let ImportError::Nar(e @ NarReadError::Truncated { .. }) = &err else { panic!("{err:?}") };
     assert_eq!(e.offset(), Some(nar.len() as u64));
@@ -219,7 +220,7 @@ async fn file_length_beyond_stream() {
 async fn layout_ranges_equal_slices_of_the_nix_dump() {
     use tvix_store::nar::NarLayout;
     let dir = tempfile::tempdir().unwrap();
-    let (blob, directory, _) = memory_services().await;
+    let Store { blob, directory, .. } = Store::in_memory();
     for tree in trees(dir.path()).into_iter().filter(|t| !t.ends_with("many")) {
         let shown = tree.display();
         let nar = nix_dump(&tree);
@@ -250,7 +251,7 @@ async fn layout_listing_equals_the_listing_nix_writes() {
     use tvix_store::nar::NarLayout;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let (blob, directory, _) = memory_services().await;
+    let Store { blob, directory, .. } = Store::in_memory();
     for tree in trees(dir.path()).into_iter().filter(|t| t.ends_with("mixed") || t.ends_with("root-exec")) {
         let store_path = nix_add(&tree);
         let to = format!("file://{}?write-nar-listing=true&compression=none", cache.display());
@@ -267,7 +268,7 @@ async fn layout_listing_equals_the_listing_nix_writes() {
 #[tokio::test]
 async fn very_deep_trees_render_without_recursion() {
     use tvix_store::castore::{Directory, PathComponent};
-    let (blob, directory, _) = memory_services().await;
+    let Store { blob, directory, .. } = Store::in_memory();
     let mut putter = directory.put_multiple_start();
     let mut node = Node::Symlink { target: b"bottom".as_slice().try_into().unwrap() };
     for _ in 0..20_000 {

@@ -65,17 +65,14 @@ impl Guest {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
         let (fs, basename) = runtime.block_on(async {
-            let blob = tvix_store::compose::blob_service("memory://").expect("blob");
-            let dir = tvix_store::compose::directory_service("memory://").expect("dir");
-            let pi = tvix_store::compose::path_info_service("memory://").expect("pathinfo");
+            let store = tvix_store::store::Store::in_memory();
             let mut basename = String::new();
             if let Some(tree) = tree {
-                let info = tvix_store::import::import_path(blob.clone(), dir.clone(), pi.as_ref(), tree, None)
-                    .await
-                    .expect("import");
+                let info = tvix_store::import::import_path(&store, tree, None).await.expect("import");
                 basename = info.store_path.to_basename();
             }
-            (StoreFs::new(blob, dir, pi, tokio::runtime::Handle::current(), options), basename)
+            let roots = store.root_nodes();
+            (StoreFs::new(store.blob, store.directory, roots, tokio::runtime::Handle::current(), options), basename)
         });
         let fs = Arc::new(fs);
         let server = Server::new(VirtioStoreFs::new(fs.clone()));

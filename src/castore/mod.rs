@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod node;
 pub mod objects;
 pub mod path_component;
+pub mod roots;
 
 pub use cache::{Cache, CacheWrites};
 pub use digest::B3Digest;
@@ -19,3 +20,4 @@ pub use directory::Directory;
 pub use error::Error;
 pub use node::{Node, SymlinkTarget};
 pub use path_component::PathComponent;
+pub use roots::{RootNode, RootNodes};

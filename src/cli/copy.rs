@@ -28,18 +28,10 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let json = std::fs::read(&args.attrs_json).with_context(|| format!("reading {}", args.attrs_json.display()))?;
     let closure = parse_closure(&json).with_context(|| format!("in {}", args.attrs_json.display()))?;
-    let services = args.services.open(Role::Client).await?;
+    let opened = args.services.open(Role::Client).await?;
     let progress = Arc::new(Progress::default());
     let bar = ProgressDisplay::start(format!("copying {} paths", closure.len()), progress.clone());
-    let res = copy_closure(
-        services.blob.clone(),
-        services.directory.clone(),
-        services.path_info.as_ref(),
-        &closure,
-        Path::new(STORE_DIR),
-        Some(progress),
-    )
-    .await;
+    let res = copy_closure(&opened.store, &closure, Path::new(STORE_DIR), Some(progress)).await;
     bar.finish();
     let infos = res?;
     let mut stdout = std::io::stdout().lock();

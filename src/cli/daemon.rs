@@ -2,7 +2,8 @@
 
 use tvix_store::compose::Role;
 use tvix_store::compose::defaultstore::SOCKET_NAME;
-use tvix_store::server::{self, Handlers, ListenAddr, Listener, systemd};
+use tvix_store::host::{Face, HostedStore, ListenAddr, Process, systemd};
+use tvix_store::server::Handlers;
 
 use super::ServiceArgs;
 
@@ -31,10 +32,12 @@ pub struct Args {
 
 /// Runs the command: serves until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let shutdown = super::shutdown_signal()?;
-    args.metrics.start().await?;
-    let services = args.services.open(Role::Owner).await?;
-    let owned_dir = services.store_lock.as_ref().map(|lock| lock.dir().to_path_buf());
+    let process = Process::start("daemon", args.metrics.metrics_listen).await?;
+    let Some(opened) = process.open(&args.services.store_args(), Role::Owner).await? else {
+        process.stopped();
+        return Ok(());
+    };
+    let owned_dir = opened.store_lock.as_ref().map(|lock| lock.dir().to_path_buf());
     let listen: ListenAddr = match (&args.listen_address, &owned_dir) {
         (Some(addr), _) => addr.parse()?,
         (None, _) if systemd::has_activated_sockets() => ListenAddr::Systemd,
@@ -44,23 +47,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Owning the default store means serving it on its socket too, so that other commands on
     // the store can use it while we hold the lock; unless that is where we listen anyway.
     let store = match &owned_dir {
-        Some(dir) if listen != ListenAddr::Unix(dir.join(SOCKET_NAME)) => super::OpenStore::serving(services).await?,
-        _ => super::OpenStore::unserved(services),
+        Some(dir) if listen != ListenAddr::Unix(dir.join(SOCKET_NAME)) => HostedStore::serving(opened).await?,
+        _ => HostedStore::unserved(opened),
     };
-    let listeners = Listener::bind_all(&listen).await?;
-    let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
-    eprintln!("tvix-store daemon listening on {}", addresses.join(", "));
     if let Some(socket) = store.owner_socket() {
         eprintln!("serving the default store on {}", socket.display());
     }
-    systemd::ready(&format!("serving on {}", addresses.join(", ")));
-    let shutdown = super::announced(shutdown);
-    let handlers = Handlers { remote_admin: args.allow_remote_admin, ..Handlers::from_services(&store.services) };
-    futures::future::try_join_all(
-        listeners.into_iter().map(|listener| server::serve(listener, handlers.clone(), shutdown.clone())),
-    )
-    .await?;
+    let handlers = Handlers {
+        backends: store.opened.maintenance.local_backends(),
+        remote_admin: args.allow_remote_admin,
+        ..Handlers::new(store.opened.store.clone())
+    };
+    process.serve(&listen, Face::Grpc(handlers)).await?;
     store.close().await;
-    eprintln!("tvix-store daemon stopped");
+    process.stopped();
     Ok(())
 }

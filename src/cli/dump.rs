@@ -21,11 +21,15 @@ pub struct Args {
 /// Runs the command: writes the path's NAR to stdout, as `nix-store --dump` does.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let path = StorePath::parse(&args.store_path)?;
-    let services = args.services.open(Role::Client).await?;
-    let info =
-        services.path_info.get(*path.digest()).await?.with_context(|| format!("path '{path}' is not in the store"))?;
+    let opened = args.services.open(Role::Client).await?;
+    let info = opened
+        .store
+        .path_info
+        .get(*path.digest())
+        .await?
+        .with_context(|| format!("path '{path}' is not in the store"))?;
     let stdout = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::io::stdout());
-    let mut stdout = write_nar(stdout, &info.node, services.blob.as_ref(), services.directory.as_ref())
+    let mut stdout = write_nar(stdout, &info.node, opened.store.blob.as_ref(), opened.store.directory.as_ref())
         .await
         .with_context(|| format!("dumping {path}"))?;
     stdout.flush().await?;

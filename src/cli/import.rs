@@ -24,19 +24,12 @@ pub struct Args {
 
 /// Runs the command: prints one store path per line, as `nix-store --add` does.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let services = args.services.open(Role::Client).await?;
+    let opened = args.services.open(Role::Client).await?;
     let mut stdout = std::io::stdout().lock();
     for path in &args.paths {
         let progress = Arc::new(Progress::default());
         let bar = ProgressDisplay::start(format!("importing {}", path.display()), progress.clone());
-        let res = import_path(
-            services.blob.clone(),
-            services.directory.clone(),
-            services.path_info.as_ref(),
-            path,
-            Some(progress),
-        )
-        .await;
+        let res = import_path(&opened.store, path, Some(progress)).await;
         bar.finish();
         let info = res.with_context(|| format!("importing {}", path.display()))?;
         writeln!(stdout, "{}", info.store_path)?;

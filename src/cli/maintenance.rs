@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tvix_store::compose::{Maintenance, Role, Services};
+use tvix_store::compose::{Maintenance, Role};
 use tvix_store::grpc::GrpcAdmin;
-use tvix_store::maintenance::{self, DeleteOptions, GcOptions, GcReport, Store, Swept, VerifyEvent, VerifyOptions};
+use tvix_store::maintenance::{self, DeleteOptions, GcOptions, GcReport, Swept, VerifyEvent, VerifyOptions};
 use tvix_store::storepath::StorePath;
 
 use super::ServiceArgs;
@@ -59,10 +59,6 @@ fn parse_paths(paths: &[String]) -> anyhow::Result<Vec<StorePath>> {
     paths.iter().map(|p| StorePath::parse(p).with_context(|| format!("{p:?} is not a store path"))).collect()
 }
 
-fn store_of(services: &Services) -> Store {
-    Store { blob: services.blob.clone(), directory: services.directory.clone(), path_info: services.path_info.clone() }
-}
-
 /// The admin service of the daemon at `target`.
 fn remote(target: &tvix_store::grpc::GrpcTarget) -> anyhow::Result<GrpcAdmin> {
     let channel = tvix_store::grpc::channel(target).map_err(anyhow::Error::msg)?;
@@ -77,7 +73,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         // has lost data.
         bail!("verify checks the store itself: run it without --cache-dir");
     }
-    let services = args.services.open(Role::Client).await?;
+    let opened = args.services.open(Role::Client).await?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
         let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} paths, {elapsed}")
@@ -105,9 +101,9 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let summary = match &services.maintenance {
+    let summary = match &opened.maintenance {
         Maintenance::Remote(target) => remote(target)?.verify(&options, &report).await?,
-        _ => maintenance::verify(&store_of(&services), &options, &report).await?,
+        _ => maintenance::verify(&opened.store, &options, &report).await?,
     };
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -130,11 +126,11 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
 /// Runs `delete`: prints each path removed.
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let paths = parse_paths(&args.store_paths)?;
-    let services = args.services.open(Role::Client).await?;
-    let deleted: Vec<String> = match &services.maintenance {
+    let opened = args.services.open(Role::Client).await?;
+    let deleted: Vec<String> = match &opened.maintenance {
         Maintenance::Local(backends) => {
             let options = DeleteOptions { ignore_liveness: args.ignore_liveness };
-            maintenance::delete(&store_of(&services), backends, &paths, options)
+            maintenance::delete(&opened.store, backends, &paths, options)
                 .await?
                 .iter()
                 .map(StorePath::to_absolute_path)
@@ -152,10 +148,10 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
 
 /// Runs `gc`: prints what was removed (or would be, with `--dry-run`).
 pub async fn gc(args: GcArgs) -> anyhow::Result<()> {
-    let services = args.services.open(Role::Client).await?;
+    let opened = args.services.open(Role::Client).await?;
     let options = GcOptions { dry_run: args.dry_run, grace: args.grace };
-    let report = match &services.maintenance {
-        Maintenance::Local(backends) => maintenance::collect_garbage(&store_of(&services), backends, options).await?,
+    let report = match &opened.maintenance {
+        Maintenance::Local(backends) => maintenance::collect_garbage(&opened.store, backends, options).await?,
         Maintenance::Remote(target) => remote(target)?.collect_garbage(options).await?,
         Maintenance::Unsupported(why) => bail!("cannot collect garbage in this store: {why}"),
     };

@@ -16,9 +16,7 @@ mod virtiofs;
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use tvix_store::compose::{self, Role, Services, StoreArgs};
-use tvix_store::server::OwnerSocket;
+use tvix_store::compose::{self, Opened, Role, StoreArgs};
 
 /// A content-addressed Nix store that presents /nix/store lazily.
 #[derive(Parser)]
@@ -143,9 +141,9 @@ fn parse_cache_size(given: &str) -> Result<u64, String> {
 }
 
 impl ServiceArgs {
-    /// Opens the services these arguments name.
-    pub async fn open(&self, role: Role) -> anyhow::Result<Services> {
-        let args = StoreArgs {
+    /// The store these arguments name, as the composition layer takes it.
+    pub fn store_args(&self) -> StoreArgs {
+        StoreArgs {
             blob: self.blob_service_addr.clone(),
             directory: self.directory_service_addr.clone(),
             path_info: self.path_info_service_addr.clone(),
@@ -154,83 +152,13 @@ impl ServiceArgs {
             trusted_public_keys: self.trusted_public_keys.clone(),
             cache_dir: self.cache_dir.clone(),
             cache_size: self.cache_size,
-        };
-        Ok(compose::open(&args, role).await?)
-    }
-
-    /// Opens the services for a long-running command: when that makes this process the default
-    /// store's owner, it serves the store on the store's socket until [`OpenStore::close`].
-    pub async fn open_serving(&self) -> anyhow::Result<OpenStore> {
-        OpenStore::serving(self.open(Role::Client).await?).await
-    }
-}
-
-/// A long-running command's services, and the default store's socket while it owns the store.
-pub struct OpenStore {
-    /// The services.
-    pub services: Services,
-    owner: Option<OwnerSocket>,
-}
-
-impl OpenStore {
-    /// `services`, served on the default store's socket if they are the default store's own
-    /// files (this process holds its lock).
-    pub async fn serving(services: Services) -> anyhow::Result<Self> {
-        // Owning the default store means serving it to other commands (import...) meanwhile.
-        let owner = tvix_store::server::serve_owner_socket(&services)
-            .await
-            .context("cannot serve the default store to other commands")?;
-        Ok(Self { services, owner })
-    }
-
-    /// `services`, not served to others.
-    pub fn unserved(services: Services) -> Self {
-        Self { services, owner: None }
-    }
-
-    /// Where the default store is served, if this process owns it.
-    pub fn owner_socket(&self) -> Option<&std::path::Path> {
-        self.owner.as_ref().map(OwnerSocket::path)
-    }
-
-    /// Stops serving the store's socket (waiting for calls in progress), then closes the stores
-    /// and releases the store lock.
-    pub async fn close(self) {
-        if let Some(owner) = self.owner
-            && let Err(e) = owner.shutdown().await
-        {
-            tracing::warn!(error = %e, "stopping the default store's socket");
         }
-        drop(self.services);
     }
-}
 
-/// `shutdown`, telling systemd we are stopping when it comes, shareable by several listeners.
-pub fn announced(
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> futures::future::Shared<futures::future::BoxFuture<'static, ()>> {
-    use futures::FutureExt;
-    async move {
-        shutdown.await;
-        tvix_store::server::systemd::stopping();
+    /// Opens the store these arguments name.
+    pub async fn open(&self, role: Role) -> anyhow::Result<Opened> {
+        Ok(compose::open(&self.store_args(), role).await?)
     }
-    .boxed()
-    .shared()
-}
-
-/// Installs SIGINT/SIGTERM handlers now (before anything is served, so that a signal arriving
-/// as soon as a socket or mount exists already means "shut down cleanly"); the returned future
-/// resolves on either signal.
-pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    })
 }
 
 /// What the filesystem frontends (mount, virtiofs) show, and how long they wait for the store.
@@ -277,4 +205,15 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Human => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+}
+
+/// The filesystem core over `store`, run on the current tokio runtime (for mount and virtiofs).
+pub fn store_fs(store: &tvix_store::store::Store, options: tvix_store::fs::Options) -> tvix_store::fs::StoreFs {
+    tvix_store::fs::StoreFs::new(
+        store.blob.clone(),
+        store.directory.clone(),
+        store.root_nodes(),
+        tokio::runtime::Handle::current(),
+        options,
+    )
 }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tvix_store::fs::StoreFs;
+use tvix_store::compose::Role;
 use tvix_store::fs::fuse::{self, MountOptions};
+use tvix_store::host::{HostedStore, Process};
 
 use super::{FsArgs, ServiceArgs};
 
@@ -170,15 +171,17 @@ fn force_unmount(path: &Path) {
 
 /// Runs the command: serves the mount until SIGINT or SIGTERM, or until it is unmounted.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let shutdown = super::shutdown_signal()?;
+    let process = Process::start("mount", args.metrics.metrics_listen).await?;
     let path = check_mountpoint(&args.path)?;
-    let gauges = args.metrics.start().await?;
-    let store = args.services.open_serving().await?;
-    let fs = Arc::new(StoreFs::over(&store.services, args.fs.options()));
-    *gauges.lock() = Some(Box::new({
+    let Some(opened) = process.open(&args.services.store_args(), Role::Client).await? else {
+        return Ok(());
+    };
+    let store = HostedStore::serving(opened).await?;
+    let fs = Arc::new(super::store_fs(&store.opened.store, args.fs.options()));
+    process.publish_gauges({
         let fs = fs.clone();
         move || fs.publish_gauges()
-    }));
+    });
     let mount_options = MountOptions { threads: usize::from(args.threads), allow_other: args.allow_other };
     let mut session = {
         let target = path.clone();
@@ -196,10 +199,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     raise_readahead(&path);
     // Held until this process exits: its closing is what wakes the watcher.
     let _watcher = spawn_unmount_watcher(&path);
-    eprintln!("mounted the store on {}", path.display());
+    process.ready(&format!("mounted the store on {}", path.display()));
 
     let signalled = tokio::select! {
-        _ = shutdown => true,
+        () = process.shutdown() => true,
         _ = done_rx => false,
     };
     if signalled {

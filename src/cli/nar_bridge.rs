@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use tvix_store::compose::Role;
+use tvix_store::host::{Face, HostedStore, ListenAddr, Process, systemd};
 use tvix_store::narbridge::{NarBridge, Options, UploadOptions};
 use tvix_store::narinfo::SigningKey;
-use tvix_store::server::{ListenAddr, Listener, systemd};
 
 use super::ServiceArgs;
 
@@ -44,7 +45,7 @@ pub struct Args {
 
 /// Runs the command: serves until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let shutdown = super::shutdown_signal()?;
+    let process = Process::start("nar-bridge", args.metrics.metrics_listen).await?;
     let listen: ListenAddr = match &args.listen_address {
         Some(addr) => addr.parse()?,
         None if systemd::has_activated_sockets() => ListenAddr::Systemd,
@@ -70,44 +71,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
-    args.metrics.start().await?;
-    let store = args.services.open_serving().await?;
+    let Some(opened) = process.open(&args.services.store_args(), Role::Client).await? else {
+        process.stopped();
+        return Ok(());
+    };
+    let store = HostedStore::serving(opened).await?;
     let options = Options { priority: args.priority, signing_key, uploads, ..Options::default() };
-    let bridge = NarBridge::new(
-        store.services.blob.clone(),
-        store.services.directory.clone(),
-        store.services.path_info.clone(),
-        options,
-    );
-    let router = bridge.router();
-    let listeners = Listener::bind_all(&listen).await?;
-    let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
-    eprintln!("tvix-store nar-bridge listening on {}", addresses.join(", "));
-    systemd::ready(&format!("serving on {}", addresses.join(", ")));
-    let shutdown = super::announced(shutdown);
-    futures::future::try_join_all(listeners.into_iter().map(|listener| {
-        let (router, shutdown) = (router.clone(), shutdown.clone());
-        async move {
-            match listener {
-                Listener::Tcp(l) => {
-                    // A response goes out in several writes (headers, then NAR pieces); with
-                    // Nagle's algorithm the last small one waits for the client's delayed ACK.
-                    // That held 16 clients of small NARs to 820 requests/s at half a CPU.
-                    let l = axum::serve::ListenerExt::tap_io(l, |stream: &mut tokio::net::TcpStream| {
-                        if let Err(e) = stream.set_nodelay(true) {
-                            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
-                        }
-                    });
-                    axum::serve(l, router).with_graceful_shutdown(shutdown).await
-                }
-                // The socket file (if ours) lives until serving ends.
-                Listener::Unix(l, _socket_file) => axum::serve(l, router).with_graceful_shutdown(shutdown).await,
-            }
-        }
-    }))
-    .await
-    .context("serving HTTP")?;
+    let bridge = NarBridge::new(store.opened.store.clone(), options);
+    process.serve(&listen, Face::Http(bridge.router())).await?;
     store.close().await;
-    eprintln!("tvix-store nar-bridge stopped");
+    process.stopped();
     Ok(())
 }

@@ -78,10 +78,10 @@ impl JsonPathInfo {
 /// as Nix prints them.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let paths = args.store_paths.iter().map(|p| StorePath::parse(p)).collect::<Result<Vec<_>, _>>()?;
-    let services = args.services.open(Role::Client).await?;
+    let opened = args.services.open(Role::Client).await?;
     let mut out = BTreeMap::new();
     for path in paths {
-        let entry = match services.path_info.get(*path.digest()).await? {
+        let entry = match opened.store.path_info.get(*path.digest()).await? {
             Some(info) if info.store_path == path => JsonPathInfo::from_info(&info),
             _ => JsonPathInfo::invalid(&path),
         };

@@ -33,7 +33,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|p| StorePath::parse(p).with_context(|| format!("{p:?} is not a store path")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let services = args.services.open(Role::Client).await?;
+    let opened = args.services.open(Role::Client).await?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         let style = indicatif::ProgressStyle::with_template("{spinner} {pos} paths, {msg}, {elapsed}")
@@ -42,7 +42,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bar.enable_steady_tick(std::time::Duration::from_millis(100));
         bar
     });
-    let stats = services.substitute_stats.clone();
+    let stats = opened.substitute_stats.clone();
     let figures = |nar_bytes: u64| {
         format!(
             "{} of NAR, {} downloaded, {} new in the blob store",
@@ -55,7 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut nar_bytes = 0u64;
     let mut written = Ok(());
     let closure =
-        tvix_store::substitute::closure(services.path_info.as_ref(), &roots, usize::from(args.jobs), &mut |info| {
+        tvix_store::substitute::closure(opened.store.path_info.as_ref(), &roots, usize::from(args.jobs), &mut |info| {
             nar_bytes += info.nar_size;
             if written.is_ok() {
                 written = writeln!(stdout, "{}", info.store_path);

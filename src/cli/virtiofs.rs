@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tvix_store::fs::StoreFs;
+use tvix_store::compose::Role;
+use tvix_store::host::{HostedStore, Process};
 use tvix_store::virtiofs::{self, DaemonConfig, SocketListener, VirtioStoreFs};
 
 use super::{FsArgs, ServiceArgs};
@@ -43,18 +44,19 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 /// Runs the command: serves VMM connections until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     // Handlers first: once the socket exists, SIGINT/SIGTERM must end us cleanly.
-    let shutdown = super::shutdown_signal()?;
-    let gauges = args.metrics.start().await?;
-    let store = args.services.open_serving().await?;
-    let fs = Arc::new(StoreFs::over(&store.services, args.fs.options()));
-    *gauges.lock() = Some(Box::new({
+    let process = Process::start("virtiofs", args.metrics.metrics_listen).await?;
+    let Some(opened) = process.open(&args.services.store_args(), Role::Client).await? else {
+        return Ok(());
+    };
+    let store = HostedStore::serving(opened).await?;
+    let fs = Arc::new(super::store_fs(&store.opened.store, args.fs.options()));
+    process.publish_gauges({
         let fs = fs.clone();
         move || fs.publish_gauges()
-    }));
+    });
     let mut socket = SocketListener::bind(&args.socket, args.socket_mode)
         .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
     let socket_path = socket.path().to_owned();
-    tracing::info!(socket = %socket_path.display(), "virtiofs: waiting for a VMM");
 
     let config = DaemonConfig {
         request_queues: usize::from(args.request_queues),
@@ -71,9 +73,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let _ = done_tx.send(result);
         })
         .context("cannot start the virtiofs thread")?;
+    process.ready(&format!("tvix-store virtiofs listening on {}", socket_path.display()));
 
     let result = tokio::select! {
-        _ = shutdown => Ok(()),
+        () = process.shutdown() => Ok(()),
         r = done_rx => match r {
             Ok(Err(e)) => Err(anyhow::Error::new(e)),
             _ => Err(anyhow::anyhow!("the virtiofs daemon stopped")),

@@ -39,6 +39,7 @@ use crate::pathinfo::{
     CachePathInfoService, DiskCachePathInfoService, MemoryPathInfoService, ObjectStorePathInfoService, PathInfoRemoval,
     PathInfoService,
 };
+use crate::store::Store;
 use crate::substitute::{BinaryCache, SubstituteStats, Substituters, Transport};
 use defaultstore::{DefaultStoreError, StoreLock};
 
@@ -126,14 +127,11 @@ pub enum Role {
     Client,
 }
 
-/// The services a command works with.
-pub struct Services {
-    /// Blobs.
-    pub blob: Arc<dyn BlobService>,
-    /// Directories.
-    pub directory: Arc<dyn DirectoryService>,
-    /// PathInfo.
-    pub path_info: Arc<dyn PathInfoService>,
+/// A store as a command opened it: the [`Store`] its consumers work on, and what this process
+/// holds besides.
+pub struct Opened {
+    /// The store's services.
+    pub store: Store,
     /// Held while this process has the default store's files open.
     pub store_lock: Option<StoreLock>,
     /// What the binary caches among these services fetched and stored (zero without any).
@@ -153,6 +151,16 @@ pub enum Maintenance {
     Remote(GrpcTarget),
     /// Neither; the reason, for the message.
     Unsupported(String),
+}
+
+impl Maintenance {
+    /// The backends, where this process holds them.
+    pub fn local_backends(&self) -> Option<Backends> {
+        match self {
+            Maintenance::Local(backends) => Some(backends.clone()),
+            Maintenance::Remote(_) | Maintenance::Unsupported(_) => None,
+        }
+    }
 }
 
 /// The checked graphs of the three services (`None` where the default store fills in), and the
@@ -228,7 +236,7 @@ fn pick(
 }
 
 /// Opens the services `args` name; what they leave out comes from the embedded default store.
-pub async fn open(args: &StoreArgs, role: Role) -> Result<Services, ComposeError> {
+pub async fn open(args: &StoreArgs, role: Role) -> Result<Opened, ComposeError> {
     let mut plan = Plan::from_args(args)?;
     let mut store_lock = None;
     if plan.blob.is_none() || plan.directory.is_none() || plan.path_info.is_none() {
@@ -247,7 +255,7 @@ pub async fn open(args: &StoreArgs, role: Role) -> Result<Services, ComposeError
 
 /// Opens the services of three graphs (each checked), as [`open`] would for flags naming them:
 /// no default store, no substituters.
-pub async fn open_graphs(blob: Graph, directory: Graph, path_info: Graph) -> Result<Services, ComposeError> {
+pub async fn open_graphs(blob: Graph, directory: Graph, path_info: Graph) -> Result<Opened, ComposeError> {
     for graph in [&blob, &directory, &path_info] {
         graph.check()?;
     }
@@ -262,7 +270,7 @@ pub async fn open_graphs(blob: Graph, directory: Graph, path_info: Graph) -> Res
 }
 
 /// Builds the services of a complete plan.
-async fn build(plan: Plan, store_lock: Option<StoreLock>) -> Result<Services, ComposeError> {
+async fn build(plan: Plan, store_lock: Option<StoreLock>) -> Result<Opened, ComposeError> {
     let (Some(blob), Some(directory), Some(path_info)) = (&plan.blob, &plan.directory, &plan.path_info) else {
         unreachable!("every service is planned before building");
     };
@@ -299,7 +307,7 @@ async fn build(plan: Plan, store_lock: Option<StoreLock>) -> Result<Services, Co
         // lookup is local; the caches themselves are never written to.
         path_info = Arc::new(CachePathInfoService::new(path_info, far, CacheWrites::Near));
     }
-    Ok(Services { blob, directory, path_info, store_lock, substitute_stats, maintenance })
+    Ok(Opened { store: Store::new(blob, directory, path_info), store_lock, substitute_stats, maintenance })
 }
 
 /// The backends of services that are each one backend, kept as they are built.

@@ -21,8 +21,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use bytes::Bytes;
+
 use crate::castore::{B3Digest, Directory, Node, PathComponent};
-use crate::storepath::DIGEST_LEN;
 
 use super::{Ino, ROOT_INO};
 
@@ -100,10 +101,10 @@ pub(crate) struct InodeTable {
     live: usize,
     /// Per live directory slot with live children: listing index → child inode (0: none).
     kids: HashMap<Ino, Box<[Ino]>>,
-    /// Store paths found in the root: digest → (name, inode).
-    roots: HashMap<[u8; DIGEST_LEN], (String, Ino)>,
-    /// The other way round, to drop a freed store path from `roots` without a scan.
-    root_digests: HashMap<Ino, [u8; DIGEST_LEN]>,
+    /// Entries found in the root: name → inode.
+    roots: HashMap<Bytes, Ino>,
+    /// The other way round, to drop a freed root entry from `roots` without a scan.
+    root_names: HashMap<Ino, Bytes>,
     /// Live directory slots per directory digest, to know when a listing is no longer shown.
     dir_slots: HashMap<B3Digest, u32>,
     /// Slots created without a reference, oldest first (may have gained one since).
@@ -130,7 +131,7 @@ impl InodeTable {
             live: 1,
             kids: HashMap::new(),
             roots: HashMap::new(),
-            root_digests: HashMap::new(),
+            root_names: HashMap::new(),
             dir_slots: HashMap::new(),
             idle: VecDeque::new(),
             evict,
@@ -202,8 +203,8 @@ impl InodeTable {
                 }
             }
             if slot.parent == ROOT_INO {
-                if let Some(digest) = self.root_digests.remove(&ino) {
-                    self.roots.remove(&digest);
+                if let Some(name) = self.root_names.remove(&ino) {
+                    self.roots.remove(&name);
                 }
             } else if let Some(kids) = self.kids.get_mut(&slot.parent)
                 && let Some(k) = kids.get_mut(slot.index as usize)
@@ -234,28 +235,21 @@ impl InodeTable {
         }
     }
 
-    /// The inode of the store path with this digest, if it is live.
-    pub fn root_child(&self, digest: &[u8; DIGEST_LEN]) -> Option<(&str, Ino)> {
-        self.roots.get(digest).map(|(name, ino)| (name.as_str(), *ino))
+    /// The inode of the root entry with this name, if it is live.
+    pub fn root_child(&self, name: &[u8]) -> Option<Ino> {
+        self.roots.get(name).copied()
     }
 
-    /// The inode of store path `digest`/`name` with root node `node`, created if needed; with
-    /// `reference` the kernel is handed it (a lookup), otherwise it may be freed again soon.
-    pub fn root_child_ref(
-        &mut self,
-        digest: [u8; DIGEST_LEN],
-        name: &str,
-        node: Node,
-        reference: bool,
-        freed: &mut Freed,
-    ) -> Ino {
-        let ino = match self.roots.get(&digest) {
-            Some((_, ino)) => *ino,
+    /// The inode of root entry `name` with node `node`, created if needed; with `reference` the
+    /// kernel is handed it (a lookup), otherwise it may be freed again soon.
+    pub fn root_child_ref(&mut self, name: &Bytes, node: Node, reference: bool, freed: &mut Freed) -> Ino {
+        let ino = match self.roots.get(name) {
+            Some(ino) => *ino,
             None => {
                 let slot = Slot { node: Some(node), parent: ROOT_INO, index: 0, nlookup: 0, opens: 0, children: 0 };
                 let ino = self.insert(slot);
-                self.roots.insert(digest, (name.to_string(), ino));
-                self.root_digests.insert(ino, digest);
+                self.roots.insert(name.clone(), ino);
+                self.root_names.insert(ino, name.clone());
                 if !reference {
                     self.note_idle(ino, freed);
                 }
@@ -361,7 +355,7 @@ mod tests {
     fn forget_frees_and_numbers_are_not_reused() {
         let mut t = InodeTable::new(true);
         let mut freed = Freed::default();
-        let top = t.root_child_ref([1; DIGEST_LEN], "a", dir(1), true, &mut freed);
+        let top = t.root_child_ref(&Bytes::from_static(b"a"), dir(1), true, &mut freed);
         let f = t.child_ref(top, 0, 2, &file(2), true, &mut freed).unwrap();
         assert_eq!(t.len(), 3);
         // The child keeps the parent: forgetting the parent alone frees nothing.
@@ -373,10 +367,10 @@ mod tests {
         t.forget(f, 1, &mut freed);
         assert_eq!(t.len(), 1);
         assert!(t.get(f).is_none() && t.get(top).is_none());
-        assert!(t.root_child(&[1; DIGEST_LEN]).is_none());
+        assert!(t.root_child(b"a").is_none());
         assert_eq!(freed.listings, vec![B3Digest::of(&[1])]);
         // Looked up again: a new number, the old ones stay unknown.
-        let top2 = t.root_child_ref([1; DIGEST_LEN], "a", dir(1), true, &mut freed);
+        let top2 = t.root_child_ref(&Bytes::from_static(b"a"), dir(1), true, &mut freed);
         let f2 = t.child_ref(top2, 0, 2, &file(2), true, &mut freed).unwrap();
         assert!(![top, f].contains(&top2) && ![top, f].contains(&f2));
         assert!(t.get(f).is_none());
@@ -386,7 +380,7 @@ mod tests {
     fn counts_add_up_and_handles_pin() {
         let mut t = InodeTable::new(true);
         let mut freed = Freed::default();
-        let top = t.root_child_ref([1; DIGEST_LEN], "a", dir(1), true, &mut freed);
+        let top = t.root_child_ref(&Bytes::from_static(b"a"), dir(1), true, &mut freed);
         let f = t.child_ref(top, 1, 2, &file(2), true, &mut freed).unwrap();
         assert_eq!(t.child_ref(top, 1, 2, &file(2), true, &mut freed), Some(f), "same number while live");
         t.open(f);
@@ -406,7 +400,7 @@ mod tests {
     fn idle_slots_are_bounded() {
         let mut t = InodeTable::new(true);
         let mut freed = Freed::default();
-        let top = t.root_child_ref([1; DIGEST_LEN], "a", dir(1), true, &mut freed);
+        let top = t.root_child_ref(&Bytes::from_static(b"a"), dir(1), true, &mut freed);
         let n = IDLE_SLOTS * 2;
         let first = t.child_ref(top, 0, n, &file(0), false, &mut freed).unwrap();
         for i in 1..n {
@@ -421,7 +415,7 @@ mod tests {
     fn disabled_eviction_keeps_everything() {
         let mut t = InodeTable::new(false);
         let mut freed = Freed::default();
-        let top = t.root_child_ref([1; DIGEST_LEN], "a", dir(1), true, &mut freed);
+        let top = t.root_child_ref(&Bytes::from_static(b"a"), dir(1), true, &mut freed);
         t.forget(top, 1, &mut freed);
         assert!(t.get(top).is_some());
     }

@@ -7,10 +7,11 @@
 //! methods must never be called from inside that runtime (its worker threads stay free for the
 //! chunk fetches and read-ahead the blob readers spawn).
 //!
-//! The mount root holds one entry per store path, found by asking the PathInfoService for the
-//! digest in the looked-up name. A store path's whole directory graph is fetched with one
-//! recursive Get the first time it is needed (as much of it as fits a quarter of the listing
-//! cache) and cached.
+//! The core knows castore only: the entries of the root come from a [`RootNodes`] (for the
+//! mount of a Nix store, its store paths by basename, from the PathInfoService); below them
+//! everything is directories and blobs by digest. A root entry's whole directory graph is
+//! fetched with one recursive Get the first time it is needed (as much of it as fits a quarter
+//! of the listing cache) and cached.
 //!
 //! Memory is bounded (see docs/mount-memory.md): inodes are counted the FUSE way (lookups and
 //! readdirplus entries add, FORGET takes away) and freed once the kernel has forgotten them
@@ -45,9 +46,7 @@ pub use error::{FsError, Subject};
 
 use crate::castore::blobservice::{BlobReader, BlobService};
 use crate::castore::directoryservice::DirectoryService;
-use crate::castore::{self, B3Digest, Directory, Node};
-use crate::pathinfo::PathInfoService;
-use crate::storepath::StorePath;
+use crate::castore::{self, B3Digest, Directory, Node, RootNodes};
 use inodes::{Freed, InodeTable, Listing};
 use listings::{ListingCache, listing_cache};
 
@@ -60,7 +59,7 @@ pub const XATTR_DIRECTORY_DIGEST: &str = "user.tvix.castore.directory.digest";
 /// How the filesystem behaves.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// List the PathInfoService's store paths in the root; otherwise opendir on the root fails
+    /// List the root entries (store paths) in the root; otherwise readdir on the root fails
     /// with EPERM (lookups still work).
     pub list_root: bool,
     /// Expose blob and directory digests as extended attributes.
@@ -119,15 +118,13 @@ struct OpenFile {
     pending: Vec<u64>,
 }
 
-/// One store path in a snapshot of the root listing.
+/// One entry (store path) in a snapshot of the root listing.
 struct RootEntry {
-    basename: Bytes,
-    digest: [u8; crate::storepath::DIGEST_LEN],
-    name: String,
+    name: Bytes,
     node: Node,
 }
 
-/// A snapshot of the root's entries, sorted by basename. Inodes are resolved when listed:
+/// A snapshot of the root's entries, sorted by name. Inodes are resolved when listed:
 /// a store path's inode may be freed and handed out anew while the handle is open.
 type RootListing = Vec<RootEntry>;
 
@@ -167,7 +164,7 @@ pub const NO_HANDLE: u64 = 0;
 pub struct StoreFs {
     blob: Arc<dyn BlobService>,
     directory: Arc<dyn DirectoryService>,
-    path_info: Arc<dyn PathInfoService>,
+    roots: Arc<dyn RootNodes>,
     runtime: Handle,
     options: Options,
     inodes: RwLock<InodeTable>,
@@ -187,11 +184,12 @@ pub struct StoreFs {
 }
 
 impl StoreFs {
-    /// A filesystem over these services; `runtime` runs their async calls.
+    /// A filesystem over these services, with the root entries `roots`; `runtime` runs their
+    /// async calls.
     pub fn new(
         blob: Arc<dyn BlobService>,
         directory: Arc<dyn DirectoryService>,
-        path_info: Arc<dyn PathInfoService>,
+        roots: Arc<dyn RootNodes>,
         runtime: Handle,
         options: Options,
     ) -> Self {
@@ -199,7 +197,7 @@ impl StoreFs {
         Self {
             blob,
             directory,
-            path_info,
+            roots,
             runtime,
             inodes: RwLock::new(InodeTable::new(options.evict)),
             listings: Mutex::new(listing_cache(cap)),
@@ -211,17 +209,6 @@ impl StoreFs {
             prefetch: prefetch::Prefetcher::default(),
             next_fh: AtomicU64::new(1),
         }
-    }
-
-    /// A filesystem over a command's services, run on the current tokio runtime.
-    pub fn over(services: &crate::compose::Services, options: Options) -> Self {
-        Self::new(
-            services.blob.clone(),
-            services.directory.clone(),
-            services.path_info.clone(),
-            Handle::current(),
-            options,
-        )
     }
 
     /// The options this filesystem was built with.
@@ -382,8 +369,8 @@ impl StoreFs {
         Entry { ino: attr.ino, attr, entry_ttl: self.options.ttl, attr_ttl: self.options.ttl }
     }
 
-    /// Looks `name` up in directory `parent`. In the root, `name` must be a store path
-    /// basename `<hash>-<name>`; the PathInfoService is asked for it unless already known.
+    /// Looks `name` up in directory `parent`. In the root, the [`RootNodes`] are asked for it
+    /// unless already known.
     /// A successful lookup is one reference the kernel holds until it forgets it.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Entry, FsError> {
         observe("lookup", || {
@@ -409,64 +396,52 @@ impl StoreFs {
     }
 
     fn lookup_root(&self, name: &[u8]) -> Result<Entry, FsError> {
-        let Ok(path) = StorePath::from_basename_bytes(name) else {
-            return Err(FsError::NotFound);
-        };
         let known = {
             let inodes = self.inodes.read();
-            match inodes.root_child(path.digest()) {
-                Some((n, _)) if n != path.name() => return Err(FsError::NotFound),
-                Some((_, ino)) => inodes.get(ino).and_then(|slot| slot.node.clone()),
-                None => None,
-            }
+            inodes.root_child(name).and_then(|ino| inodes.get(ino)).and_then(|slot| slot.node.clone())
         };
-        let digest = *path.digest();
+        let name = Bytes::copy_from_slice(name);
         let node = match known {
             Some(node) => node,
             None => {
-                let path_info = self.path_info.clone();
+                let roots = self.roots.clone();
                 let budget = self.graph_budget();
-                // The graph comes along where the service can send it in the same round trip
-                // (a daemon with our extension): at 50 ms, two round trips per store path were
-                // 0.30 s of a 0.53 s walk of three store paths.
-                let (info, graph) = self
+                let wanted = name.clone();
+                let (node, graph) = self
                     .call(
-                        Subject::StorePath(path.to_basename()),
-                        || format!("looking up {}", path.to_basename()),
+                        Subject::StorePath(String::from_utf8_lossy(&name).into_owned()),
+                        || format!("looking up {}", String::from_utf8_lossy(&name)),
                         async move {
-                            let Some(found) = path_info.get_with_graph(digest).await? else {
+                            let Some(found) = roots.get(&wanted).await? else {
                                 return Ok(None);
                             };
                             let graph = match found.graph {
                                 // Not needed for the lookup: a graph that fails is fetched
                                 // again from the DirectoryService when it is listed.
                                 Some(graph) => collect_listings(graph, budget).await.unwrap_or_else(|e| {
-                                    tracing::debug!(path = %found.info.store_path, "directory graph sent along unusable: {e}");
+                                    tracing::debug!(entry = %String::from_utf8_lossy(&wanted), "directory graph sent along unusable: {e}");
                                     Vec::new()
                                 }),
                                 None => Vec::new(),
                             };
-                            Ok(Some((found.info, graph)))
+                            Ok(Some((found.node, graph)))
                         },
                     )?
                     .ok_or(FsError::NotFound)?;
-                if info.store_path.name() != path.name() {
-                    return Err(FsError::NotFound);
-                }
-                if let Node::Directory { digest: root, .. } = &info.node
+                if let Node::Directory { digest: root, .. } = &node
                     && !graph.is_empty()
                 {
                     // A graph not starting at the root is refused whole (gRPC checks that it
                     // does); the root's listing is then fetched when it is needed.
                     let _ = self.keep_listings(root, graph);
                 }
-                info.node
+                node
             }
         };
         let mut attr = self.attr_of_node(0, &node)?;
         let mut freed = Freed::default();
         // Re-created here if it was freed since it was read above.
-        attr.ino = self.inodes.write().root_child_ref(digest, path.name(), node, true, &mut freed);
+        attr.ino = self.inodes.write().root_child_ref(&name, node, true, &mut freed);
         self.drop_listings(freed);
         Ok(self.entry(attr))
     }
@@ -530,21 +505,12 @@ impl StoreFs {
                     if !self.options.list_root {
                         return Ok(0);
                     }
-                    let path_info = self.path_info.clone();
-                    let infos: Vec<crate::pathinfo::PathInfo> =
-                        self.call(Subject::None, || "listing store paths".to_string(), async move {
-                            path_info.list().try_collect().await
+                    let roots = self.roots.clone();
+                    let mut entries: RootListing =
+                        self.call(Subject::None, || "listing the root entries".to_string(), async move {
+                            roots.list().map_ok(|(name, node)| RootEntry { name, node }).try_collect().await
                         })?;
-                    let mut entries: RootListing = infos
-                        .into_iter()
-                        .map(|info| RootEntry {
-                            basename: Bytes::from(info.store_path.to_basename()),
-                            digest: *info.store_path.digest(),
-                            name: info.store_path.name().to_string(),
-                            node: info.node,
-                        })
-                        .collect();
-                    entries.sort_by(|a, b| a.basename.cmp(&b.basename));
+                    entries.sort_by(|a, b| a.name.cmp(&b.name));
                     let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                     self.root_dirs.lock().insert(fh, Arc::new(entries));
                     Ok(fh)
@@ -631,8 +597,8 @@ impl StoreFs {
                 let entries = self.root_dirs.lock().get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
                 for (i, e) in entries.iter().enumerate().skip(start) {
                     let mut attr = self.attr_of_node(0, &e.node)?;
-                    attr.ino = self.inodes.write().root_child_ref(e.digest, &e.name, e.node.clone(), plus, &mut freed);
-                    if !add(DirEntry { name: e.basename.clone(), next_offset: i as u64 + 3, entry: self.entry(attr) }) {
+                    attr.ino = self.inodes.write().root_child_ref(&e.name, e.node.clone(), plus, &mut freed);
+                    if !add(DirEntry { name: e.name.clone(), next_offset: i as u64 + 3, entry: self.entry(attr) }) {
                         if plus {
                             self.inodes.write().forget(attr.ino, 1, &mut freed);
                         }

@@ -8,12 +8,27 @@ use tokio::io::AsyncWriteExt;
 use super::{FileKind, FsError, Ino, NO_HANDLE, Options, ROOT_INO, StoreFs};
 use crate::castore::blobservice::{BlobService, ChunkedBlobService, MemoryChunkStore};
 use crate::castore::directoryservice::{DirectoryService, MemoryDirectoryStore, StoredDirectoryService};
-use crate::castore::{Directory, Node, PathComponent};
-use crate::pathinfo::{MemoryPathInfoService, PathInfo, PathInfoService};
-use crate::storepath::StorePath;
+use crate::castore::{Directory, Error, Node, PathComponent, RootNode, RootNodes};
 
 const DIRS: usize = 12;
 const FILES: usize = 10;
+
+/// A root with one entry.
+struct OneRoot {
+    name: Bytes,
+    node: Node,
+}
+
+#[async_trait::async_trait]
+impl RootNodes for OneRoot {
+    async fn get(&self, name: &[u8]) -> Result<Option<RootNode>, Error> {
+        Ok((name == self.name).then(|| RootNode { node: self.node.clone(), graph: None }))
+    }
+
+    fn list(&self) -> futures::stream::BoxStream<'_, Result<(Bytes, Node), Error>> {
+        Box::pin(futures::stream::iter([Ok((self.name.clone(), self.node.clone()))]))
+    }
+}
 
 struct Fixture {
     runtime: tokio::runtime::Runtime,
@@ -21,14 +36,13 @@ struct Fixture {
     basename: String,
 }
 
-/// One store path: `d00`..`d11`, each with files `f0`..`f9` whose contents name them.
+/// One root entry: `d00`..`d11`, each with files `f0`..`f9` whose contents name them.
 fn fixture(options: Options) -> Fixture {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let (blob, directory, path_info, basename) = runtime.block_on(async {
+    let (blob, directory, root) = runtime.block_on(async {
         let blob: Arc<dyn BlobService> = Arc::new(ChunkedBlobService::new(MemoryChunkStore::default()));
         let directory: Arc<dyn DirectoryService> =
             Arc::new(StoredDirectoryService::new(MemoryDirectoryStore::default()));
-        let path_info: Arc<dyn PathInfoService> = Arc::new(MemoryPathInfoService::default());
         let mut top = Directory::new();
         for d in 0..DIRS {
             let mut dir = Directory::new();
@@ -47,24 +61,14 @@ fn fixture(options: Options) -> Fixture {
         }
         let size = top.size();
         let digest = directory.put(top).await.unwrap();
-        let store_path = StorePath::from_parts([7; 20], "evict").unwrap();
-        let basename = store_path.to_basename();
-        path_info
-            .put(PathInfo {
-                store_path,
-                node: Node::Directory { digest, size },
-                references: vec![],
-                nar_size: 0,
-                nar_sha256: [0; 32],
-                signatures: vec![],
-                deriver: None,
-                ca: None,
-            })
-            .await
-            .unwrap();
-        (blob, directory, path_info, basename)
+        let root = OneRoot {
+            name: Bytes::from_static(b"77777777777777777777777777777777-evict"),
+            node: Node::Directory { digest, size },
+        };
+        (blob, directory, root)
     });
-    let fs = StoreFs::new(blob, directory, path_info, runtime.handle().clone(), options);
+    let basename = String::from_utf8_lossy(&root.name).into_owned();
+    let fs = StoreFs::new(blob, directory, Arc::new(root), runtime.handle().clone(), options);
     Fixture { runtime, fs, basename }
 }
 

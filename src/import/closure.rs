@@ -5,10 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{ImportError, Progress, ingest_path};
-use crate::castore::blobservice::BlobService;
-use crate::castore::directoryservice::DirectoryService;
 use crate::narinfo::{parse_ca, parse_sha256};
-use crate::pathinfo::{ContentAddress, PathInfo, PathInfoService};
+use crate::pathinfo::{ContentAddress, PathInfo};
+use crate::store::Store;
 use crate::storepath::{InvalidStorePath, StorePath, nixbase32};
 
 /// One store path of a closure, as `exportReferencesGraph` lists it.
@@ -132,9 +131,7 @@ fn parse_entry(index: usize, e: &serde_json::Value) -> Result<ClosureEntry, Clos
 /// registered, and registered with its references. Paths already registered with the same
 /// NAR hash are skipped. Returns the PathInfo of every path, in `closure` order.
 pub async fn copy_closure(
-    blob: Arc<dyn BlobService>,
-    directory: Arc<dyn DirectoryService>,
-    path_info: &dyn PathInfoService,
+    store: &Store,
     closure: &[ClosureEntry],
     store_dir: &Path,
     progress: Option<Arc<Progress>>,
@@ -142,14 +139,14 @@ pub async fn copy_closure(
     let mut out = Vec::with_capacity(closure.len());
     for entry in closure {
         let register = |source| ClosureError::Register { path: entry.path.clone(), source };
-        if let Some(known) = path_info.get(*entry.path.digest()).await.map_err(register)?
+        if let Some(known) = store.path_info.get(*entry.path.digest()).await.map_err(register)?
             && known.nar_sha256 == entry.nar_sha256
         {
             out.push(known);
             continue;
         }
         let local = store_dir.join(entry.path.to_basename());
-        let ingested = ingest_path(blob.clone(), directory.clone(), &local, progress.clone())
+        let ingested = ingest_path(store.blob.clone(), store.directory.clone(), &local, progress.clone())
             .await
             .map_err(|source| ClosureError::Import { path: entry.path.clone(), source })?;
         if ingested.nar_sha256 != entry.nar_sha256 {
@@ -178,7 +175,7 @@ pub async fn copy_closure(
             deriver: entry.deriver.clone(),
             ca: entry.ca.clone(),
         };
-        out.push(path_info.put(info).await.map_err(register)?);
+        out.push(store.path_info.put(info).await.map_err(register)?);
     }
     Ok(out)
 }

@@ -20,9 +20,8 @@ pub use crate::storepath::{compress_hash, source_store_path};
 pub use upload::{MAX_BYTES_IN_FLIGHT, MAX_UPLOADS, SMALL_BLOB, Uploader};
 
 use crate::castore::Node;
-use crate::castore::blobservice::BlobService;
-use crate::castore::directoryservice::DirectoryService;
-use crate::pathinfo::{CaKind, ContentAddress, PathInfo, PathInfoService};
+use crate::pathinfo::{CaKind, ContentAddress, PathInfo};
+use crate::store::Store;
 
 /// What ingesting a tree produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,17 +95,11 @@ pub fn content_addressed_path_info(
 
 /// `nix-store --add PATH`: ingests the tree at `path` and registers it under the store path
 /// Nix would give it. Nothing is registered if any part fails.
-pub async fn import_path(
-    blob: Arc<dyn BlobService>,
-    directory: Arc<dyn DirectoryService>,
-    path_info: &dyn PathInfoService,
-    path: &Path,
-    progress: Option<Arc<Progress>>,
-) -> Result<PathInfo, ImportError> {
+pub async fn import_path(store: &Store, path: &Path, progress: Option<Arc<Progress>>) -> Result<PathInfo, ImportError> {
     // Checked first so a bad name fails before any work is done.
     let name = name_of(path)?;
-    let ingested = ingest_path(blob, directory, path, progress).await?;
+    let ingested = ingest_path(store.blob.clone(), store.directory.clone(), path, progress).await?;
     let info = content_addressed_path_info(&name, ingested)
         .map_err(|source| ImportError::Name { path: path.to_path_buf(), source })?;
-    Ok(path_info.put(info).await?)
+    Ok(store.path_info.put(info).await?)
 }

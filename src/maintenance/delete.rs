@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use futures::StreamExt;
 
-use super::{Backends, MaintenanceError, Store};
+use super::{Backends, MaintenanceError};
+use crate::store::Store;
 use crate::storepath::{DIGEST_LEN, StorePath};
 
 /// How to delete.

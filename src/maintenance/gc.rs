@@ -15,10 +15,11 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 
 use super::walk::walk;
-use super::{Backends, MaintenanceError, Store};
+use super::{Backends, MaintenanceError};
 use crate::castore::blobservice::ChunkObject;
 use crate::castore::inventory::Removal;
 use crate::castore::{B3Digest, Node};
+use crate::store::Store;
 
 /// How to collect.
 #[derive(Debug, Clone, Copy)]

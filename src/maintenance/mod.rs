@@ -17,22 +17,11 @@ pub use delete::{DeleteOptions, delete};
 pub use gc::{GcOptions, GcReport, Swept, collect_garbage};
 pub use verify::{Problem, VerifyEvent, VerifyOptions, VerifySummary, verify};
 
-use crate::castore::blobservice::{BlobService, ChunkStore};
-use crate::castore::directoryservice::{DirectoryService, DirectoryStore};
+use crate::castore::blobservice::ChunkStore;
+use crate::castore::directoryservice::DirectoryStore;
 use crate::castore::{B3Digest, Error};
-use crate::pathinfo::{PathInfoRemoval, PathInfoService};
+use crate::pathinfo::PathInfoRemoval;
 use crate::storepath::StorePath;
-
-/// The services of a store, as the maintenance operations read it.
-#[derive(Clone)]
-pub struct Store {
-    /// Blobs.
-    pub blob: Arc<dyn BlobService>,
-    /// Directories.
-    pub directory: Arc<dyn DirectoryService>,
-    /// PathInfo.
-    pub path_info: Arc<dyn PathInfoService>,
-}
 
 /// The backends that hold a store's data, beneath its services: what `delete` and garbage
 /// collection remove from. Only the composition layer builds them, and only for a store whose

@@ -6,10 +6,11 @@ use std::collections::HashSet;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
+use super::MaintenanceError;
 use super::walk::{FileRef, walk};
-use super::{MaintenanceError, Store};
 use crate::castore::B3Digest;
 use crate::pathinfo::PathInfo;
+use crate::store::Store;
 use crate::storepath::{DIGEST_LEN, StorePath};
 
 /// What to check.

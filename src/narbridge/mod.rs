@@ -31,10 +31,8 @@ use axum::response::{IntoResponse, Response};
 pub use names::{NarName, served_nar_url};
 
 use crate::castore::Error as StoreError;
-use crate::castore::blobservice::BlobService;
-use crate::castore::directoryservice::DirectoryService;
 use crate::narinfo::SigningKey;
-use crate::pathinfo::PathInfoService;
+use crate::store::Store;
 
 /// How the binary cache behaves.
 #[derive(Debug)]
@@ -68,23 +66,16 @@ pub struct UploadOptions {
 
 /// The server's state: the store's services and the options.
 pub struct NarBridge {
-    blob: Arc<dyn BlobService>,
-    directory: Arc<dyn DirectoryService>,
-    path_info: Arc<dyn PathInfoService>,
+    store: Store,
     options: Options,
     uploads: upload::PendingNars,
     layouts: layouts::LayoutCache,
 }
 
 impl NarBridge {
-    /// A binary cache over these services.
-    pub fn new(
-        blob: Arc<dyn BlobService>,
-        directory: Arc<dyn DirectoryService>,
-        path_info: Arc<dyn PathInfoService>,
-        options: Options,
-    ) -> Arc<Self> {
-        Arc::new(Self { blob, directory, path_info, options, uploads: Default::default(), layouts: Default::default() })
+    /// A binary cache over `store`.
+    pub fn new(store: Store, options: Options) -> Arc<Self> {
+        Arc::new(Self { store, options, uploads: Default::default(), layouts: Default::default() })
     }
 
     /// The HTTP routes, ready for `axum::serve`.

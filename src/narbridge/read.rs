@@ -147,7 +147,7 @@ impl NarBridge {
     /// The PathInfo of a path, or 404.
     async fn path_info(&self, digest: [u8; DIGEST_LEN]) -> Result<PathInfo, Reject> {
         let hash = nixbase32::encode(&digest);
-        self.bounded(|| format!("looking up {hash}"), self.path_info.get(digest))
+        self.bounded(|| format!("looking up {hash}"), self.store.path_info.get(digest))
             .await?
             .ok_or_else(|| Reject::new(StatusCode::NOT_FOUND, format!("{hash}: no such store path here")))
     }
@@ -165,9 +165,9 @@ impl NarBridge {
         let what = || format!("laying out the NAR of {}", info.store_path);
         let layout = async {
             if listing {
-                NarLayout::with_listing(&info.node, self.directory.as_ref()).await
+                NarLayout::with_listing(&info.node, self.store.directory.as_ref()).await
             } else {
-                NarLayout::of(&info.node, self.directory.as_ref()).await
+                NarLayout::of(&info.node, self.store.directory.as_ref()).await
             }
             .map_err(crate::castore::Error::from)
         };
@@ -194,7 +194,7 @@ impl NarBridge {
         let writer = tokio::io::BufWriter::with_capacity(WRITE_BUF, writer);
         let bridge = self.clone();
         tokio::spawn(async move {
-            let blob = bridge.blob.as_ref();
+            let blob = bridge.store.blob.as_ref();
             let result = if zstd {
                 let encoder = async_compression::tokio::write::ZstdEncoder::new(writer);
                 match layout.write_range(encoder, blob, window).await {

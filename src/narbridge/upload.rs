@@ -107,7 +107,8 @@ pub async fn file(
     }
     let Some(nar) = bridge.uploads.get(&narinfo.url) else {
         // Nix skips uploading a NAR file that exists; one of ours only exists as a PathInfo.
-        if let Some(existing) = bridge.bounded(|| format!("looking up {path}"), bridge.path_info.get(digest)).await?
+        if let Some(existing) =
+            bridge.bounded(|| format!("looking up {path}"), bridge.store.path_info.get(digest)).await?
             && existing.nar_sha256 == narinfo.nar_hash
             && existing.nar_size == narinfo.nar_size
         {
@@ -138,7 +139,7 @@ pub async fn file(
         return Err(disagrees("FileSize", size.to_string(), nar.file_size.to_string()));
     }
     let info = narinfo.to_path_info(nar.node).map_err(|e| bad_request(e.to_string()))?;
-    bridge.bounded(|| format!("storing {path}"), bridge.path_info.put(info)).await?;
+    bridge.bounded(|| format!("storing {path}"), bridge.store.path_info.put(info)).await?;
     tracing::info!(%path, "uploaded");
     Ok(StatusCode::OK.into_response())
 }
@@ -176,7 +177,7 @@ pub async fn nar(
                 format!("{url}: cannot decompress {compression} (this cache takes none, xz, bzip2, zstd, br and gzip)"),
             )
         })?;
-        ingest_nar(bridge.blob.clone(), bridge.directory.clone(), nar, None).await
+        ingest_nar(bridge.store.blob.clone(), bridge.store.directory.clone(), nar, None).await
     };
     let ingested = ingested.map_err(|e| upload_failed(&url, &over_limit, e.to_string(), limits.max_body))?;
     // The decompressor may stop at the end of its stream; the rest still counts for the hash.

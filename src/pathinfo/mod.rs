@@ -5,6 +5,7 @@ mod cache;
 mod diskcache;
 mod memory;
 mod objectstore;
+mod roots;
 mod service;
 mod types;
 
@@ -12,5 +13,6 @@ pub use cache::CachePathInfoService;
 pub use diskcache::DiskCachePathInfoService;
 pub use memory::MemoryPathInfoService;
 pub use objectstore::ObjectStorePathInfoService;
+pub use roots::PathInfoRootNodes;
 pub use service::{NarCalculationService, PathInfoRemoval, PathInfoService, PathInfoWithGraph};
 pub use types::{CaKind, ContentAddress, InvalidPathInfo, PathInfo, Signature};

@@ -7,10 +7,9 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::grpc::admin::{problem_to_proto, report_to_proto, summary_to_proto};
-use crate::maintenance::{
-    self, Backends, DeleteOptions, GcOptions, MaintenanceError, Store, VerifyEvent, VerifyOptions,
-};
+use crate::maintenance::{self, Backends, DeleteOptions, GcOptions, MaintenanceError, VerifyEvent, VerifyOptions};
 use crate::proto::admin as proto;
+use crate::store::Store;
 use crate::storepath::StorePath;
 
 /// What the admin service works on.

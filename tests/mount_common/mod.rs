@@ -20,7 +20,7 @@ use tvix_store::castore::directoryservice::DirectoryService;
 use tvix_store::castore::{B3Digest, Directory, Node, PathComponent, SymlinkTarget};
 use tvix_store::fs::fuse::{self, MountOptions};
 use tvix_store::fs::{Options, StoreFs};
-use tvix_store::pathinfo::{PathInfo, PathInfoService};
+use tvix_store::pathinfo::{PathInfo, PathInfoRootNodes, PathInfoService};
 use tvix_store::storepath::StorePath;
 
 /// Deterministic pseudo-random bytes (no compressible runs, so chunking sees real content).
@@ -165,7 +165,7 @@ impl Mount {
         let fs = Arc::new(StoreFs::new(
             store.blob.clone(),
             store.directory.clone(),
-            store.path_info.clone(),
+            Arc::new(PathInfoRootNodes::new(store.path_info.clone())),
             store.runtime.handle().clone(),
             options,
         ));

@@ -9,11 +9,6 @@ use std::process::Command;
 pub mod nix_referee;
 #[allow(unused_imports)]
 pub use nix_referee::{nix, nix_command};
-use std::sync::Arc;
-
-use tvix_store::castore::blobservice::BlobService;
-use tvix_store::castore::directoryservice::DirectoryService;
-use tvix_store::pathinfo::PathInfoService;
 
 /// The three service flags, each `memory://`: a command with a store of its own, gone at exit.
 pub const MEMORY_SERVICES: [&str; 6] = [
@@ -126,15 +121,6 @@ pub fn trees(base: &Path) -> Vec<PathBuf> {
         write_file(&many.join(format!("entry-{i}")), i % 20, false);
     }
     out
-}
-
-/// Fresh in-memory services.
-pub async fn memory_services() -> (Arc<dyn BlobService>, Arc<dyn DirectoryService>, Arc<dyn PathInfoService>) {
-    (
-        tvix_store::compose::blob_service("memory://").unwrap(),
-        tvix_store::compose::directory_service("memory://").unwrap(),
-        tvix_store::compose::path_info_service("memory://").unwrap(),
-    )
 }
 
 /// Runs `tvix-store ARGS` on the default store in `store`; what it printed goes to the test's

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::ServeError;
+use super::HostError;
 
 /// A listen address as given to `tvix-store daemon -l`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub enum ListenAddr {
 }
 
 impl std::str::FromStr for ListenAddr {
-    type Err = ServeError;
+    type Err = HostError;
 
     /// `host:port` with a literal IP address, a path (anything containing a `/`), or
     /// `sd-listen`.
@@ -33,7 +33,7 @@ impl std::str::FromStr for ListenAddr {
         if let Some(path) = s.strip_prefix("unix://").or_else(|| s.contains('/').then_some(s)) {
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
-        Err(ServeError::InvalidAddr(s.to_string()))
+        Err(HostError::InvalidAddr(s.to_string()))
     }
 }
 
@@ -59,33 +59,33 @@ pub enum Listener {
 impl Listener {
     /// Binds `addr`. A unix socket file left behind by a dead server is replaced; one a live
     /// server listens on is an error, as is any other kind of file at that path.
-    pub async fn bind(addr: &ListenAddr) -> Result<Self, ServeError> {
+    pub async fn bind(addr: &ListenAddr) -> Result<Self, HostError> {
         match addr {
             ListenAddr::Tcp(a) => {
                 let listener =
-                    tokio::net::TcpListener::bind(a).await.map_err(|e| ServeError::Bind(addr.to_string(), e))?;
+                    tokio::net::TcpListener::bind(a).await.map_err(|e| HostError::Bind(addr.to_string(), e))?;
                 Ok(Listener::Tcp(listener))
             }
             ListenAddr::Unix(path) => {
                 remove_stale_socket(path)?;
                 let listener =
-                    tokio::net::UnixListener::bind(path).map_err(|e| ServeError::Bind(addr.to_string(), e))?;
-                let file = SocketFile::new(path).map_err(|e| ServeError::Bind(addr.to_string(), e))?;
+                    tokio::net::UnixListener::bind(path).map_err(|e| HostError::Bind(addr.to_string(), e))?;
+                let file = SocketFile::new(path).map_err(|e| HostError::Bind(addr.to_string(), e))?;
                 Ok(Listener::Unix(listener, Some(file)))
             }
-            ListenAddr::Systemd => Err(ServeError::Activation("sd-listen is several sockets: use bind_all".into())),
+            ListenAddr::Systemd => Err(HostError::Activation("sd-listen is several sockets: use bind_all".into())),
         }
     }
 
     /// The listeners of `addr`: one, or every socket systemd passed for `sd-listen` (at least
     /// one, else an error).
-    pub async fn bind_all(addr: &ListenAddr) -> Result<Vec<Self>, ServeError> {
+    pub async fn bind_all(addr: &ListenAddr) -> Result<Vec<Self>, HostError> {
         if *addr != ListenAddr::Systemd {
             return Ok(vec![Self::bind(addr).await?]);
         }
         let passed = super::systemd::activated()?;
         if passed.is_empty() {
-            return Err(ServeError::Activation(
+            return Err(HostError::Activation(
                 "-l sd-listen, but systemd passed no sockets (LISTEN_FDS/LISTEN_PID not set for this process)".into(),
             ));
         }
@@ -108,17 +108,17 @@ impl Listener {
     }
 }
 
-fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
+fn remove_stale_socket(path: &Path) -> Result<(), HostError> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());
     };
     if !meta.file_type().is_socket() {
-        return Err(ServeError::NotSocket(path.to_path_buf()));
+        return Err(HostError::NotSocket(path.to_path_buf()));
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ServeError::InUse(path.to_path_buf()));
+        return Err(HostError::InUse(path.to_path_buf()));
     }
-    std::fs::remove_file(path).map_err(|e| ServeError::Bind(path.display().to_string(), e))
+    std::fs::remove_file(path).map_err(|e| HostError::Bind(path.display().to_string(), e))
 }
 
 /// The socket file a server created. Removed on drop, but only if it is still the file this

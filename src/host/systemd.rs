@@ -5,12 +5,12 @@
 use std::os::fd::{FromRawFd, RawFd};
 use std::time::Duration;
 
-use super::{Listener, ServeError};
+use super::{HostError, Listener};
 
 /// The sockets systemd passed to this process, as listeners; empty when none were passed (or
 /// they were meant for another process: `LISTEN_PID` differs).
-pub fn activated() -> Result<Vec<Listener>, ServeError> {
-    let fds = sd_notify::listen_fds().map_err(|e| ServeError::Activation(format!("LISTEN_FDS: {e}")))?;
+pub fn activated() -> Result<Vec<Listener>, HostError> {
+    let fds = sd_notify::listen_fds().map_err(|e| HostError::Activation(format!("LISTEN_FDS: {e}")))?;
     fds.map(listener).collect()
 }
 
@@ -20,14 +20,14 @@ pub fn has_activated_sockets() -> bool {
 }
 
 /// A passed descriptor as a listener: it must be a listening stream socket, TCP or unix.
-fn listener(fd: RawFd) -> Result<Listener, ServeError> {
-    let option = |name: libc::c_int| -> Result<libc::c_int, ServeError> {
+fn listener(fd: RawFd) -> Result<Listener, HostError> {
+    let option = |name: libc::c_int| -> Result<libc::c_int, HostError> {
         let mut value: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: getsockopt writes at most `len` bytes into `value`, which has that size.
         let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, name, (&raw mut value).cast(), &mut len) };
         if rc != 0 {
-            return Err(ServeError::Activation(format!(
+            return Err(HostError::Activation(format!(
                 "passed fd {fd} is not a socket: {}",
                 std::io::Error::last_os_error()
             )));
@@ -35,9 +35,9 @@ fn listener(fd: RawFd) -> Result<Listener, ServeError> {
         Ok(value)
     };
     if option(libc::SO_TYPE)? != libc::SOCK_STREAM || option(libc::SO_ACCEPTCONN)? != 1 {
-        return Err(ServeError::Activation(format!("passed fd {fd} is not a listening stream socket")));
+        return Err(HostError::Activation(format!("passed fd {fd} is not a listening stream socket")));
     }
-    let nonblocking = |e: std::io::Error| ServeError::Activation(format!("passed fd {fd}: {e}"));
+    let nonblocking = |e: std::io::Error| HostError::Activation(format!("passed fd {fd}: {e}"));
     match option(libc::SO_DOMAIN)? {
         libc::AF_UNIX => {
             // SAFETY: systemd passed us this descriptor to own; each passed fd is taken once.
@@ -53,7 +53,7 @@ fn listener(fd: RawFd) -> Result<Listener, ServeError> {
             std.set_nonblocking(true).map_err(nonblocking)?;
             Ok(Listener::Tcp(tokio::net::TcpListener::from_std(std).map_err(nonblocking)?))
         }
-        other => Err(ServeError::Activation(format!("passed fd {fd} is a socket of family {other}, not TCP or unix"))),
+        other => Err(HostError::Activation(format!("passed fd {fd} is a socket of family {other}, not TCP or unix"))),
     }
 }
 

@@ -6,36 +6,41 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{Handlers, ListenAddr, Listener, ServeError, SocketFile, serve};
-use crate::compose::Services;
+use super::{HostError, ListenAddr, Listener, SocketFile, serve_grpc, shutdown_on};
+use crate::compose::Opened;
 use crate::compose::defaultstore::SOCKET_NAME;
+use crate::server::Handlers;
 
 /// The default store being served on `<store dir>/daemon.sock`. Dropping it stops serving and
 /// removes the socket file; [`OwnerSocket::shutdown`] does the same and waits for the server.
 pub struct OwnerSocket {
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), ServeError>>>,
+    task: Option<JoinHandle<Result<(), HostError>>>,
     socket: SocketFile,
 }
 
-/// When `services` are the embedded default store opened as owner (`store_lock` is set), starts
-/// serving them on the store's socket in a background task and returns its guard; otherwise
+/// When `opened` is the embedded default store opened as owner (`store_lock` is set), starts
+/// serving it on the store's socket in a background task and returns its guard; otherwise
 /// (services given by address) returns `None`. Must be called within a Tokio runtime.
-pub async fn serve_owner_socket(services: &Services) -> Result<Option<OwnerSocket>, ServeError> {
-    let Some(lock) = &services.store_lock else {
+pub async fn serve_owner_socket(opened: &Opened) -> Result<Option<OwnerSocket>, HostError> {
+    let Some(lock) = &opened.store_lock else {
         return Ok(None);
     };
     let addr = ListenAddr::Unix(lock.dir().join(SOCKET_NAME));
     let listener = Listener::bind(&addr).await?;
     let Listener::Unix(_, Some(socket_file)) = &listener else {
-        return Err(ServeError::InvalidAddr(addr.to_string()));
+        return Err(HostError::InvalidAddr(addr.to_string()));
     };
     let socket = socket_file.twin();
-    let handlers = Handlers::from_services(services);
+    let handlers = Handlers { backends: opened.maintenance.local_backends(), ..Handlers::new(opened.store.clone()) };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, handlers, async move {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(serve_grpc(
+        listener,
+        handlers,
+        shutdown_on(async move {
+            let _ = stopped.await;
+        }),
+    ));
     tracing::info!("serving the store on {}", socket.path().display());
     Ok(Some(OwnerSocket { stop: Some(stop), task: Some(task), socket }))
 }
@@ -47,7 +52,7 @@ impl OwnerSocket {
     }
 
     /// Stops serving, waits for calls in progress (a few seconds at most), removes the socket.
-    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+    pub async fn shutdown(mut self) -> Result<(), HostError> {
         self.socket.remove();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -55,7 +60,7 @@ impl OwnerSocket {
         match self.task.take() {
             Some(task) => match tokio::time::timeout(Duration::from_secs(10), task).await {
                 Ok(Ok(result)) => result,
-                Ok(Err(e)) => Err(ServeError::Task(e.to_string())),
+                Ok(Err(e)) => Err(HostError::Task(e.to_string())),
                 Err(_) => Ok(()),
             },
             None => Ok(()),
