@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use blob_common::{BlobHooks, Wrapped};
+use blob_common::{BlobHooks, PlainReader, Wrapped};
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use mount_common::data;
@@ -444,7 +444,7 @@ impl BlobHooks for LyingBlobs {
         if let Some(first) = bytes.first_mut() {
             *first ^= 1;
         }
-        Ok(Some(Box::new(std::io::Cursor::new(bytes))))
+        Ok(Some(Box::new(PlainReader(std::io::Cursor::new(bytes)))))
     }
 }
 

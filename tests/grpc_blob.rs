@@ -157,6 +157,20 @@ impl tokio::io::AsyncRead for Counting {
     }
 }
 
+impl BlobReader for Counting {
+    fn poll_piece(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        max: usize,
+    ) -> std::task::Poll<std::io::Result<bytes::Bytes>> {
+        let result = std::pin::Pin::new(&mut self.inner).poll_piece(cx, max);
+        if let std::task::Poll::Ready(Ok(piece)) = &result {
+            self.count.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
 impl tokio::io::AsyncSeek for Counting {
     fn start_seek(mut self: std::pin::Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
         std::pin::Pin::new(&mut self.inner).start_seek(position)
@@ -217,7 +231,7 @@ impl BlobHooks for Instrumented {
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         self.reads.lock().push(*digest);
         if let Some(bytes) = &self.serve_instead {
-            return Ok(Some(Box::new(std::io::Cursor::new(bytes.clone()))));
+            return Ok(Some(Box::new(blob_common::PlainReader(std::io::Cursor::new(bytes.clone())))));
         }
         let Some(inner) = self.inner.open_read(digest).await? else {
             return Ok(None);

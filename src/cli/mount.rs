@@ -199,7 +199,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     raise_readahead(&path);
     // Held until this process exits: its closing is what wakes the watcher.
     let _watcher = spawn_unmount_watcher(&path);
-    process.ready(&format!("mounted the store on {}", path.display()));
+    process.ready(&format!("mounted the store on {}", path.display()), &format!("serving on {}", path.display()));
 
     let signalled = tokio::select! {
         () = process.shutdown() => true,

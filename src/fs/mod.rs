@@ -34,17 +34,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use parking_lot::{Condvar, Mutex, RwLock};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncSeekExt;
 use tokio::runtime::Handle;
 
 pub use attr::{Attr, BLKSIZE, DirEntry, Entry, FileKind, Ino, MTIME_SECS, Opened, ROOT_INO, StatFs, XattrReply};
 pub use error::{FsError, Subject};
 
-use crate::castore::blobservice::{BlobReader, BlobService};
+use crate::castore::blobservice::{BlobReader, BlobReaderExt, BlobService};
 use crate::castore::directoryservice::DirectoryService;
 use crate::castore::{self, B3Digest, Directory, Node, RootNodes};
 use inodes::{Freed, InodeTable, Listing};
@@ -929,25 +929,33 @@ async fn read_at(
         reader.seek(std::io::SeekFrom::Start(offset)).await?;
         file.pos = offset;
     }
-    // Uninitialised capacity: zeroing the buffer first would cost as much as the copy.
-    let mut buf = bytes::BytesMut::with_capacity(want);
-    while buf.len() < want {
-        let remaining = want - buf.len();
-        let mut limited = (&mut buf).limit(remaining);
-        let n = reader.read_buf(&mut limited).await?;
-        if n == 0 {
-            break;
+    // The reader's verified buffers are handed on as they are: a read within one of them (a
+    // small file, most reads of a chunk) is a slice, with no copy before the kernel's.
+    let first = if want == 0 { Bytes::new() } else { reader.piece(want).await? };
+    file.pos += first.len() as u64;
+    let data = if first.len() == want || first.is_empty() {
+        first
+    } else {
+        // Spanning buffers: gathered into one, the only copy.
+        let mut buf = bytes::BytesMut::with_capacity(want);
+        buf.extend_from_slice(&first);
+        while buf.len() < want {
+            let piece = reader.piece(want - buf.len()).await?;
+            if piece.is_empty() {
+                break;
+            }
+            file.pos += piece.len() as u64;
+            buf.extend_from_slice(&piece);
         }
-    }
-    let filled = buf.len();
-    file.pos += filled as u64;
-    if filled < want {
+        buf.freeze()
+    };
+    if data.len() < want {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             format!("blob {digest} ended at {} bytes, shorter than its recorded size", file.pos),
         ));
     }
-    Ok(buf.freeze())
+    Ok(data)
 }
 
 /// Counts an operation of the filesystem core (both frontends) and how long it took, by
