@@ -41,7 +41,9 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::io::AsyncSeekExt;
 use tokio::runtime::Handle;
 
-pub use attr::{Attr, BLKSIZE, DirEntry, Entry, FileKind, Ino, MTIME_SECS, Opened, ROOT_INO, StatFs, XattrReply};
+pub use attr::{
+    Attr, BLKSIZE, DirEntry, Entry, FileKind, Ino, Lookup, MTIME_SECS, Opened, OpenedDir, ROOT_INO, StatFs, XattrReply,
+};
 pub use error::{FsError, Subject};
 
 use crate::castore::blobservice::{BlobReader, BlobReaderExt, BlobService};
@@ -446,6 +448,16 @@ impl StoreFs {
         Ok(self.entry(attr))
     }
 
+    /// [`Self::lookup`] as the kernel is answered: a name that does not exist is a negative
+    /// entry it may remember ([`Self::negative_ttl`]), other failures are errors.
+    pub fn lookup_reply(&self, parent: Ino, name: &[u8]) -> Result<Lookup, FsError> {
+        match self.lookup(parent, name) {
+            Ok(entry) => Ok(Lookup::Found(entry)),
+            Err(FsError::NotFound) => Ok(Lookup::Absent { ttl: self.negative_ttl(parent) }),
+            Err(e) => Err(e),
+        }
+    }
+
     /// How long the kernel may remember that `name` does not exist in `parent`: short in the
     /// root (paths get added), long elsewhere (store paths never change).
     pub fn negative_ttl(&self, parent: Ino) -> Duration {
@@ -495,15 +507,16 @@ impl StoreFs {
     /// Opens a directory for reading; returns the handle to pass to readdir/releasedir. The
     /// root can always be opened but only listed with [`Options::list_root`] (readdir fails
     /// with EPERM otherwise); its listing is taken once per handle so offsets stay valid while
-    /// paths are added. Other directories stay live while open.
-    pub fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
+    /// paths are added. Other directories stay live while open, and the kernel may cache their
+    /// listings.
+    pub fn opendir(&self, ino: Ino) -> Result<OpenedDir, FsError> {
         observe("opendir", || {
             match self.node_of(ino)? {
                 None => {
                     // Opening the root must work (`tar -C`, `find` open it to chdir/openat), only
                     // listing it is refused.
                     if !self.options.list_root {
-                        return Ok(0);
+                        return Ok(OpenedDir { fh: 0, cache_listing: false });
                     }
                     let roots = self.roots.clone();
                     let mut entries: RootListing =
@@ -513,14 +526,14 @@ impl StoreFs {
                     entries.sort_by(|a, b| a.name.cmp(&b.name));
                     let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                     self.root_dirs.lock().insert(fh, Arc::new(entries));
-                    Ok(fh)
+                    Ok(OpenedDir { fh, cache_listing: false })
                 }
                 Some(Node::Directory { digest, .. }) => {
                     self.listing(&digest)?;
                     let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                     self.inodes.write().open(ino);
                     self.dir_handles.lock().insert(fh, ino);
-                    Ok(fh)
+                    Ok(OpenedDir { fh, cache_listing: true })
                 }
                 Some(_) => Err(FsError::NotDirectory(ino)),
             }
@@ -993,6 +1006,8 @@ impl Observed for Attr {}
 impl Observed for u64 {}
 impl Observed for () {}
 impl Observed for Opened {}
+impl Observed for OpenedDir {}
+impl Observed for Lookup {}
 impl Observed for XattrReply {}
 
 /// Reads a directory graph (root first, as a recursive Get sends it) into listings, while they
