@@ -405,4 +405,3 @@ impl Drop for Guard {
         let _ = self.0.wait();
     }
 }
-
