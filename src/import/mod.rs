@@ -2,6 +2,7 @@
 //! and content-addressed store paths registered in the PathInfoService.
 
 mod closure;
+mod entry;
 mod error;
 mod nar;
 mod path;
