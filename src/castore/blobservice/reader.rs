@@ -273,15 +273,20 @@ impl AsyncRead for ChunkedReader {
     }
 }
 
+/// Where a seek to `position` lands in a blob of `size` bytes read at `pos`; a position before
+/// the start (or past u64) is an error, one past the end is allowed (reads there are empty).
+pub(crate) fn seek_target(pos: u64, size: u64, position: SeekFrom) -> io::Result<u64> {
+    match position {
+        SeekFrom::Start(p) => Some(p),
+        SeekFrom::End(d) => size.checked_add_signed(d),
+        SeekFrom::Current(d) => pos.checked_add_signed(d),
+    }
+    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek to a negative or overflowing position"))
+}
+
 impl AsyncSeek for ChunkedReader {
     fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> io::Result<()> {
-        let target = match position {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.size.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = target
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek to a negative or overflowing position"))?;
+        self.pos = seek_target(self.pos, self.size, position)?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 
 use super::BlobReader;
+use super::reader::seek_target;
 
 /// Reads a blob from one buffer of all its bytes, which whoever made it verified against the
 /// blob's digest: pieces are slices of that buffer, never copies.
@@ -42,13 +43,7 @@ impl AsyncRead for WholeReader {
 
 impl AsyncSeek for WholeReader {
     fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> io::Result<()> {
-        let target = match position {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => (self.data.len() as u64).checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = target
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek to a negative or overflowing position"))?;
+        self.pos = seek_target(self.pos, self.data.len() as u64, position)?;
         Ok(())
     }
 
