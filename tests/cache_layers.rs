@@ -2,18 +2,15 @@
 //! near store with what was validated, new data goes where `write` says, and a far store that
 //! fails during a fill leaves no partial entry in the near one.
 
-mod blob_common;
-mod grpc_common;
-
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::blob_common::{BlobHooks, Wrapped};
+use crate::grpc_common::{Daemon, data};
 use async_trait::async_trait;
-use blob_common::{BlobHooks, Wrapped};
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
-use grpc_common::{Daemon, data};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncWriteExt, ReadBuf};
 use tvix_store::castore::blobservice::{BlobReader, BlobService, CacheBlobService};
 use tvix_store::castore::directoryservice::{CacheDirectoryService, DirectoryPutter, DirectoryService};

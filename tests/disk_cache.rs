@@ -4,20 +4,17 @@
 //! replaced; eviction keeps the cache at its bound in LRU order; a cache that cannot store is
 //! bypassed; unusable directories are refused at open.
 
-mod blob_common;
-mod mount_common;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::blob_common::{BlobHooks, Wrapped};
+use crate::mount_common::data;
 use async_trait::async_trait;
-use blob_common::{BlobHooks, Wrapped};
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
-use mount_common::data;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use tvix_store::castore::blobservice::{

@@ -2,18 +2,15 @@
 //! and on loopback TCP, and in-process servers over instrumented backends where the test needs
 //! to see which chunks were fetched or needs a server that lies.
 
-mod blob_common;
-mod grpc_common;
-
 use std::collections::HashSet;
 use std::io::SeekFrom;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::blob_common::{BlobHooks, Wrapped};
+use crate::grpc_common::{Daemon, data};
 use async_trait::async_trait;
-use blob_common::{BlobHooks, Wrapped};
 use bytes::Bytes;
-use grpc_common::{Daemon, data};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tvix_store::castore::blobservice::{BlobReader, BlobService, CHUNK_MAX, CHUNK_MIN, ChunkMeta};

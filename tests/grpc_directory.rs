@@ -2,13 +2,11 @@
 //! recursively, and every kind of bad input rejected with INVALID_ARGUMENT (or NOT_FOUND),
 //! a message naming the problem, and nothing of the rejected stream becoming visible.
 
-mod grpc_common;
-
 use std::collections::HashSet;
 
+use crate::grpc_common::Daemon;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use grpc_common::Daemon;
 use prost::Message;
 use tvix_store::castore::{B3Digest, Directory, Error};
 use tvix_store::proto::castore as proto;

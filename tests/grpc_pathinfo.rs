@@ -1,12 +1,12 @@
 //! PathInfoService over gRPC against the real `tvix-store daemon`: put, get, list; and bad
 //! PathInfo rejected with INVALID_ARGUMENT naming the problem, with nothing stored.
 
-mod grpc_common;
-mod nix_referee;
+use crate::grpc_common;
+use crate::nix_referee;
 
+use crate::grpc_common::Daemon;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use grpc_common::Daemon;
 use tvix_store::castore::{B3Digest, Error, Node};
 use tvix_store::pathinfo::{CaKind, ContentAddress, NarCalculationService, PathInfo, Signature};
 use tvix_store::proto::store as proto;

@@ -3,14 +3,12 @@
 //! lies in its answers, and a plain tvix-protocol server without the extension; and the mount
 //! core's first lookup of a store path, which uses it.
 
-mod grpc_common;
-
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::grpc_common::{Calls, call_recorder, count};
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
-use grpc_common::{Calls, call_recorder, count};
 use tvix_store::castore::directoryservice::DirectoryService;
 use tvix_store::castore::{B3Digest, Directory, Error, Node, PathComponent};
 use tvix_store::fs::{Options, ROOT_INO, StoreFs};

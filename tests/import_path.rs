@@ -3,12 +3,10 @@
 //! stored tree gives `nix-store --dump`'s bytes. Bad trees fail naming the path, with nothing
 //! registered.
 
-mod nar_common;
-
 use std::path::Path;
 
+use crate::nar_common::*;
 use futures::TryStreamExt;
-use nar_common::*;
 use tvix_store::castore::Node;
 use tvix_store::import::{ImportError, import_path, ingest_path};
 use tvix_store::nar::{NarCalculator, write_nar};

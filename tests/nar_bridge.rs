@@ -3,17 +3,14 @@
 //! us, `nix copy --to` us (every compression Nix writes) after which a mount shows the paths,
 //! Range reads, and the status every kind of bad request gets.
 
-mod cache_common;
-mod nar_common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_common::*;
-use nar_common::*;
+use crate::cache_common::*;
+use crate::nar_common::*;
 use tvix_store::castore::blobservice::BlobService;
 use tvix_store::castore::directoryservice::DirectoryService;
 use tvix_store::import::ingest_nar;

@@ -2,10 +2,8 @@
 //! nodes as the file system walk, with Nix's NAR hash and size, and renders back to the same
 //! bytes. Bad NARs fail with the byte offset and leave nothing visible.
 
-mod nar_common;
-
+use crate::nar_common::*;
 use futures::TryStreamExt;
-use nar_common::*;
 use sha2::{Digest, Sha256};
 use tvix_store::castore::{B3Digest, Node};
 use tvix_store::import::{ImportError, ingest_nar, ingest_path};

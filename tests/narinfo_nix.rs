@@ -5,14 +5,12 @@
 //! what `nix path-info --json` says, render back byte for byte, verify with the public key and
 //! not with another, and carry exactly the signature we compute ourselves.
 
-mod nix_referee;
-
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::nix_referee::nix;
 use data_encoding::BASE64;
-use nix_referee::nix;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tvix_store::castore::{B3Digest, Node};

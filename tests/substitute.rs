@@ -3,16 +3,13 @@
 //! (Python's http.server) or read as a directory, including tampered narinfos and NARs. What
 //! comes out must be what Nix has: `nix-store --dump` bytes, NAR hash, references, signatures.
 
-mod cache_common;
-mod nar_common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_common::*;
-use nar_common::*;
+use crate::cache_common::*;
+use crate::nar_common::*;
 use tvix_store::castore::Error;
 use tvix_store::castore::blobservice::BlobService;
 use tvix_store::castore::directoryservice::DirectoryService;

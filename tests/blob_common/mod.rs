@@ -2,8 +2,6 @@
 //! calls it changes (the rest pass through to [`BlobHooks::inner`]), and [`Wrapped`] makes it
 //! a [`BlobService`].
 
-#![allow(dead_code)]
-
 use async_trait::async_trait;
 use tvix_store::castore::blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta, ManyBlobs, read_each};
 use tvix_store::castore::{B3Digest, Error};

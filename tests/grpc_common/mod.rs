@@ -1,9 +1,8 @@
 //! Shared helpers of the gRPC tests: the real `tvix-store daemon` binary as a child process,
 //! a recorder of the calls an in-process test server receives, and deterministic test data.
-#![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,8 +14,7 @@ pub struct Daemon {
     listen: String,
     args: Vec<String>,
     envs: Vec<(String, String)>,
-    /// Temporary directory holding the socket and on-disk backends.
-    pub dir: PathBuf,
+    /// The temporary directory holding the socket and the on-disk backends, if the daemon has one.
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -40,14 +38,7 @@ impl Daemon {
         let socket = dir.join("test.sock");
         let mut args = backend_args(&dir);
         args.extend(["-l".into(), socket.display().to_string()]);
-        Self::start(
-            args,
-            vec![],
-            format!("grpc+unix://{}", socket.display()),
-            socket.display().to_string(),
-            dir,
-            Some(tmp),
-        )
+        Self::start(args, vec![], format!("grpc+unix://{}", socket.display()), socket.display().to_string(), Some(tmp))
     }
 
     /// A daemon on a free loopback TCP port.
@@ -58,17 +49,16 @@ impl Daemon {
         let listen = format!("127.0.0.1:{port}");
         let mut args = backend_args(&dir);
         args.extend(["-l".into(), listen.clone()]);
-        Self::start(args, vec![], format!("grpc+http://{listen}"), listen, dir, Some(tmp))
+        Self::start(args, vec![], format!("grpc+http://{listen}"), listen, Some(tmp))
     }
 
     /// A daemon on a free loopback TCP port over the given service flags.
     pub fn tcp_with(services: &[String]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().to_path_buf();
         let listen = format!("127.0.0.1:{}", free_port());
         let mut args = services.to_vec();
         args.extend(["-l".into(), listen.clone()]);
-        Self::start(args, vec![], format!("grpc+http://{listen}"), listen, dir, Some(tmp))
+        Self::start(args, vec![], format!("grpc+http://{listen}"), listen, Some(tmp))
     }
 
     /// `tvix-store daemon` with no addresses on the default store in `store_dir`.
@@ -79,7 +69,6 @@ impl Daemon {
             vec![("TVIX_STORE_DIR".into(), store_dir.display().to_string())],
             format!("grpc+unix://{}", socket.display()),
             socket.display().to_string(),
-            store_dir.to_path_buf(),
             None,
         )
     }
@@ -89,11 +78,10 @@ impl Daemon {
         envs: Vec<(String, String)>,
         addr: String,
         listen: String,
-        dir: PathBuf,
         tmp: Option<tempfile::TempDir>,
     ) -> Self {
         let child = spawn(&args, &envs);
-        let mut daemon = Self { child, addr, listen, args, envs, dir, _tmp: tmp };
+        let mut daemon = Self { child, addr, listen, args, envs, _tmp: tmp };
         daemon.wait_ready();
         daemon
     }
@@ -232,4 +220,21 @@ pub fn call_recorder(
         calls.lock().push(request.uri().path().to_string());
         request
     })
+}
+
+/// The number of tasks alive in the test's runtime.
+pub fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current().metrics().num_alive_tasks()
+}
+
+/// Waits until the test's runtime has at most `tasks` tasks alive (a count from
+/// [`alive_tasks`]): everything set going since that count (a writer's storing task, a client's
+/// call, an in-process server's handling of it) has ended, one way or the other. Fails the test
+/// after 10 s.
+pub async fn tasks_end_at_most(tasks: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive_tasks() > tasks {
+        assert!(Instant::now() < deadline, "{} tasks still alive after 10 s, expected at most {tasks}", alive_tasks());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }

@@ -5,7 +5,6 @@
 //! machine and passed on one changed by hand. The machine's `/etc/nix/nix.conf`, the user's
 //! `~/.config/nix/nix.conf` and `NIX_CONFIG` are therefore never read: every referee call gets
 //! the same settings on every machine, as root or as a user with a Nix daemon.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::Command;
