@@ -18,13 +18,11 @@ use tvix_store::castore::blobservice::{BlobService, CHUNK_MAX};
 use tvix_store::castore::directoryservice::DirectoryService;
 use tvix_store::castore::{B3Digest, Directory, Error, Node, PathComponent};
 use tvix_store::compose::{self, Entry, Graph, Kind};
-use tvix_store::host::{self, ListenAddr, Listener};
 use tvix_store::pathinfo::{PathInfo, PathInfoService};
-use tvix_store::server::{Handlers, NoNarCalculation};
 use tvix_store::store::Store;
 use tvix_store::storepath::StorePath;
 
-use crate::grpc_common::{alive_tasks, data, tasks_end_at_most};
+use crate::grpc_common::{alive_tasks, data, serve_in_process, tasks_end_at_most};
 
 /// A service under test, with whatever must live as long as it (temporary directories, servers).
 pub(crate) struct Under<T: ?Sized> {
@@ -37,23 +35,12 @@ pub(crate) struct Under<T: ?Sized> {
 
 /// Our gRPC server over fresh memory services, in process on a unix socket in `dir`.
 async fn grpc_server(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let socket = dir.join("conformance.sock");
-    let listener = Listener::bind(&ListenAddr::Unix(socket.clone())).await.unwrap();
     let store = Store::new(
         compose::blob_service("memory://").unwrap(),
         compose::directory_service("memory://").unwrap(),
         compose::path_info_service("memory://").unwrap(),
     );
-    let handlers = Handlers { nar: Arc::new(NoNarCalculation), ..Handlers::new(store) };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(host::serve_grpc(
-        listener,
-        handlers,
-        host::shutdown_on(async move {
-            let _ = stopped.await;
-        }),
-    ));
-    (format!("grpc+unix://{}", socket.display()), stop)
+    serve_in_process(store, dir).await
 }
 
 /// A store URL of one of the three kinds, with `{dir}` replaced by a fresh temporary directory

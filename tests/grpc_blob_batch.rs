@@ -5,8 +5,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::blob_common::{BlobHooks, Wrapped};
-use crate::grpc_common::{Calls, Daemon, call_recorder, count, data};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -20,6 +18,9 @@ use tvix_store::proto::castore::directory_service_server::DirectoryServiceServer
 use tvix_store::proto::ext;
 use tvix_store::proto::ext::blob_batch_service_server::{BlobBatchService, BlobBatchServiceServer};
 use tvix_store::server::{BlobBatchServer, BlobServer, DirectoryServer};
+
+use crate::blob_common::{BlobHooks, Wrapped};
+use crate::grpc_common::{Calls, Daemon, call_recorder, count, data};
 
 async fn put(service: &dyn BlobService, content: &[u8]) -> B3Digest {
     let mut w = service.open_write().await;

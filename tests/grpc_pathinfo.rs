@@ -1,10 +1,6 @@
 //! PathInfoService over gRPC against the real `tvix-store daemon`: put, get, list; and bad
 //! PathInfo rejected with INVALID_ARGUMENT naming the problem, with nothing stored.
 
-use crate::grpc_common;
-use crate::nix_referee;
-
-use crate::grpc_common::Daemon;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use tvix_store::castore::{B3Digest, Error, Node};
@@ -12,6 +8,9 @@ use tvix_store::pathinfo::{CaKind, ContentAddress, NarCalculationService, PathIn
 use tvix_store::proto::store as proto;
 use tvix_store::proto::store::path_info_service_client::PathInfoServiceClient;
 use tvix_store::storepath::StorePath;
+
+use crate::grpc_common::{self, Daemon};
+use crate::nix_referee;
 
 fn store_path(seed: u8, name: &str) -> StorePath {
     StorePath::from_parts([seed; 20], name).unwrap()

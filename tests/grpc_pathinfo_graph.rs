@@ -6,7 +6,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::grpc_common::{Calls, call_recorder, count};
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use tvix_store::castore::directoryservice::DirectoryService;
@@ -22,6 +21,8 @@ use tvix_store::proto::store::GetPathInfoRequest;
 use tvix_store::proto::store::path_info_service_server::PathInfoServiceServer;
 use tvix_store::server::{DirectoryServer, NoNarCalculation, PathInfoGraphServer, PathInfoServer};
 use tvix_store::storepath::StorePath;
+
+use crate::grpc_common::{Calls, call_recorder, count};
 
 const GRAPH_PATH: &str = "/tvix_store.ext.v1.PathInfoGraphService/Get";
 const PATH_INFO_PATH: &str = "/tvix.store.v1.PathInfoService/Get";

@@ -7,9 +7,10 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::nar_common::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::nar_common::*;
 
 struct Store {
     dir: tempfile::TempDir,

@@ -5,7 +5,6 @@
 
 use std::path::Path;
 
-use crate::nar_common::*;
 use futures::TryStreamExt;
 use tvix_store::castore::Node;
 use tvix_store::import::{ImportError, import_path, ingest_path};
@@ -13,6 +12,8 @@ use tvix_store::nar::{NarCalculator, write_nar};
 use tvix_store::pathinfo::NarCalculationService;
 use tvix_store::store::Store;
 use tvix_store::storepath::nixbase32;
+
+use crate::nar_common::*;
 
 #[tokio::test]
 async fn import_matches_nix_store_add_and_dump() {

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::blob_common::{BlobHooks, Wrapped};
-use crate::mount_common::*;
 use futures::StreamExt;
 use tvix_store::castore::B3Digest;
 use tvix_store::castore::blobservice::{BlobService, ManyBlobs};
 use tvix_store::fs::{FileKind, FsError, NO_HANDLE, Options, ROOT_INO, StoreFs, XattrReply};
 use tvix_store::pathinfo::PathInfoRootNodes;
+
+use crate::blob_common::{BlobHooks, Wrapped};
+use crate::mount_common::*;
 
 fn core(store: &Store, options: Options) -> StoreFs {
     StoreFs::new(

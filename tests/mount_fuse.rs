@@ -6,8 +6,9 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
-use crate::mount_common::*;
 use tvix_store::fs::Options;
+
+use crate::mount_common::*;
 
 const TOOLS: &[&str] = &["diff", "find", "stat", "readlink", "cat", "sha256sum", "getfattr", "fusermount3"];
 

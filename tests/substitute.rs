@@ -8,8 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cache_common::*;
-use crate::nar_common::*;
 use tvix_store::castore::Error;
 use tvix_store::castore::blobservice::BlobService;
 use tvix_store::castore::directoryservice::DirectoryService;
@@ -17,6 +15,9 @@ use tvix_store::compose::{self, Kind};
 use tvix_store::nar::write_nar;
 use tvix_store::pathinfo::{PathInfo, PathInfoService};
 use tvix_store::storepath::StorePath;
+
+use crate::cache_common::*;
+use crate::nar_common::*;
 
 /// Python's http.server on a free loopback port, serving `dir`; killed on drop.
 struct HttpServer {

@@ -2,14 +2,12 @@
 //! daemon's socket is not stolen, a stale one is replaced, and SIGINT/SIGTERM end the daemon
 //! cleanly, removing the socket.
 
-use crate::vm_common;
-
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::process::Command;
 
-use crate::vm_common::{TvixVirtiofs, tvix_store_bin};
+use crate::vm_common::{self, TvixVirtiofs, tvix_store_bin};
 
 fn mode_of(path: &std::path::Path) -> u32 {
     let meta = fs::symlink_metadata(path).expect("socket exists");

@@ -18,6 +18,11 @@ pub trait BlobHooks: Send + Sync + 'static {
         self.inner().open_read(digest).await
     }
 
+    /// [`BlobService::open_write`].
+    async fn open_write(&self) -> Box<dyn BlobWriter> {
+        self.inner().open_write().await
+    }
+
     /// [`BlobService::chunks`].
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
         self.inner().chunks(digest).await
@@ -50,7 +55,7 @@ impl<H: BlobHooks> BlobService for Wrapped<H> {
         self.0.open_read(digest).await
     }
     async fn open_write(&self) -> Box<dyn BlobWriter> {
-        self.0.inner().open_write().await
+        self.0.open_write().await
     }
     async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
         self.0.inner().open_write_deferred().await

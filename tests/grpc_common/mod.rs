@@ -1,10 +1,17 @@
 //! Shared helpers of the gRPC tests: the real `tvix-store daemon` binary as a child process,
-//! a recorder of the calls an in-process test server receives, and deterministic test data.
+//! our server in the test's own process, a recorder of the calls an in-process test server
+//! receives, a wait for the tasks a test set going, and deterministic test data.
 
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tvix_store::host::{self, ListenAddr, Listener};
+use tvix_store::server::{Handlers, NoNarCalculation};
+use tvix_store::store::Store;
 
 /// A `tvix-store daemon` child process, killed when dropped.
 pub struct Daemon {
@@ -177,6 +184,25 @@ fn spawn(args: &[String], envs: &[(String, String)]) -> Child {
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn tvix-store daemon")
+}
+
+/// Our gRPC server as the daemon serves it (`host::serve_grpc`) over `store`, but in this process,
+/// on a unix socket in `dir`: for a test that instruments the backends, or that waits for the
+/// server's side of its calls (those tasks run in the test's runtime, see [`tasks_end_at_most`]).
+/// Returns the address and a handle that stops the server when dropped.
+pub async fn serve_in_process(store: Store, dir: &Path) -> (String, oneshot::Sender<()>) {
+    let socket = dir.join("grpc.sock");
+    let listener = Listener::bind(&ListenAddr::Unix(socket.clone())).await.unwrap();
+    let handlers = Handlers { nar: Arc::new(NoNarCalculation), ..Handlers::new(store) };
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(host::serve_grpc(
+        listener,
+        handlers,
+        host::shutdown_on(async move {
+            let _ = stopped.await;
+        }),
+    ));
+    (format!("grpc+unix://{}", socket.display()), stop)
 }
 
 /// A loopback TCP port nobody listens on right now.

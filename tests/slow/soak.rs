@@ -10,7 +10,8 @@
 //! mount process still running, and its resident memory (sampled from /proc/PID/status) under
 //! a bound.
 //!
-//! Run alone for figures: `SOAK_SECONDS=60 cargo test --test soak -- --nocapture`.
+//! Run alone for figures:
+//! `SOAK_SECONDS=60 cargo test --features slow-tests --test integration -- slow::soak --nocapture`.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
