@@ -41,3 +41,6 @@ pub mod storepath;
 pub mod substitute;
 pub mod tuning;
 pub mod virtiofs;
+
+#[cfg(test)]
+mod tests;

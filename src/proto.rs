@@ -2,6 +2,16 @@
 //! proto package names because generated code refers across packages by relative path.
 //! `tvix.*` is the tvix wire protocol; `tvix_store.*` holds our own extensions.
 
+/// Largest gRPC message we send or accept, client and server. Blob messages are at most 1 MiB
+/// of data, but a Directory or a chunk list of a large blob may be bigger; 64 MiB leaves ample
+/// room while still bounding what a broken peer can make us buffer.
+pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// Largest HTTP/2 frame we let a peer send us, client and server. The default (16 KiB) cuts a
+/// 1 MiB chunk into 64 frames, each with its own bookkeeping on both sides; 1 MiB frames carry
+/// a chunk whole.
+pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
+
 #[allow(missing_docs, clippy::all)]
 pub mod tvix {
     /// `tvix.castore.*`

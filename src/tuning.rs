@@ -1,4 +1,4 @@
-//! Process-wide tuning our programs apply at start.
+//! Process-wide tuning our programs apply at start, and the socket tuning every connection gets.
 
 /// Blob data moves in buffers of up to 1 MiB (chunks, gRPC messages). glibc serves
 /// allocations that large with a fresh `mmap` and unmaps them on free, so every buffer costs
@@ -21,4 +21,29 @@ pub fn tune_allocator() {
 pub fn install_tls_provider() {
     // Fails only when one is installed already, which is what we want either way.
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Send buffer asked for on unix socket connections, by client and server. The kernel's default
+/// (~200 KiB) holds less than one 1 MiB chunk message, so a chunk crossed the socket in several
+/// pieces, each a sleep and a wake-up of both sides: a 1 GiB read moved at ~0.6 GB/s with both
+/// processes mostly idle. The kernel caps the value at `net.core.wmem_max`.
+const UNIX_SEND_BUFFER: libc::c_int = 4 * 1024 * 1024;
+
+/// Asks for a [`UNIX_SEND_BUFFER`]-sized send buffer on a unix socket; on failure the default
+/// stays, which only costs speed.
+pub fn widen_send_buffer(socket: &impl std::os::fd::AsRawFd) {
+    let size = UNIX_SEND_BUFFER;
+    // SAFETY: a valid descriptor and a pointer to a c_int of the length given.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!("cannot widen a unix socket's send buffer: {}", std::io::Error::last_os_error());
+    }
 }

@@ -121,6 +121,8 @@ impl AsyncRead for FailingReader {
     }
 }
 
+impl BlobReader for FailingReader {}
+
 impl AsyncSeek for FailingReader {
     fn start_seek(mut self: Pin<&mut Self>, position: std::io::SeekFrom) -> std::io::Result<()> {
         Pin::new(&mut self.inner).start_seek(position)

@@ -98,8 +98,7 @@ async fn blob_disk_cache(far: &str) -> Under<dyn BlobService> {
 
 async fn directory_disk_cache(far: &str) -> Under<dyn DirectoryService> {
     let (graph, keep) = disk_cache_graph(Kind::Directory, far).await;
-    let blobs = compose::blob_service("memory://").unwrap();
-    Under { service: compose::build_directory(&graph, &blobs).unwrap(), _keep: keep }
+    Under { service: compose::build_directory(&graph).unwrap(), _keep: keep }
 }
 
 async fn blob_backend(template: &str) -> Under<dyn BlobService> {
@@ -119,8 +118,7 @@ async fn directory_backend(template: &str) -> Under<dyn DirectoryService> {
 
 async fn directory_cache(near: &str, far: &str) -> Under<dyn DirectoryService> {
     let (graph, keep) = cache_graph(Kind::Directory, near, far).await;
-    let blobs = compose::blob_service("memory://").unwrap();
-    Under { service: compose::build_directory(&graph, &blobs).unwrap(), _keep: keep }
+    Under { service: compose::build_directory(&graph).unwrap(), _keep: keep }
 }
 
 async fn path_info_backend(template: &str) -> Under<dyn PathInfoService> {

@@ -24,7 +24,7 @@ use tvix_store::castore::directoryservice::{
 use tvix_store::castore::diskcache::{DiskCache, DiskCacheBlobService, DiskCacheDirectoryService, DiskCacheError};
 use tvix_store::castore::{B3Digest, Directory, Error, Node, PathComponent};
 
-use crate::blob_common::{BlobHooks, Wrapped};
+use crate::blob_common::{BlobHooks, PlainReader, Wrapped};
 use crate::mount_common::data;
 
 /// A blob service passing every call to `inner`, counting the reads (open_read, chunks) that
@@ -468,7 +468,7 @@ impl BlobHooks for LyingBlobs {
         if let Some(first) = bytes.first_mut() {
             *first ^= 1;
         }
-        Ok(Some(Box::new(std::io::Cursor::new(bytes))))
+        Ok(Some(Box::new(PlainReader(std::io::Cursor::new(bytes)))))
     }
 }
 

@@ -17,7 +17,7 @@ use tvix_store::proto::castore as proto;
 use tvix_store::proto::castore::blob_service_client::BlobServiceClient;
 use tvix_store::store::Store;
 
-use crate::blob_common::{BlobHooks, Wrapped};
+use crate::blob_common::{BlobHooks, PlainReader, Wrapped};
 use crate::grpc_common::{Daemon, alive_tasks, data, serve_in_process, tasks_end_at_most};
 
 async fn put(service: &dyn BlobService, content: &[u8]) -> B3Digest {
@@ -153,6 +153,20 @@ impl tokio::io::AsyncRead for Counting {
     }
 }
 
+impl BlobReader for Counting {
+    fn poll_piece(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        max: usize,
+    ) -> std::task::Poll<std::io::Result<bytes::Bytes>> {
+        let result = std::pin::Pin::new(&mut self.inner).poll_piece(cx, max);
+        if let std::task::Poll::Ready(Ok(piece)) = &result {
+            self.count.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
 impl tokio::io::AsyncSeek for Counting {
     fn start_seek(mut self: std::pin::Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
         std::pin::Pin::new(&mut self.inner).start_seek(position)
@@ -213,7 +227,7 @@ impl BlobHooks for Instrumented {
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         self.reads.lock().push(*digest);
         if let Some(bytes) = &self.serve_instead {
-            return Ok(Some(Box::new(std::io::Cursor::new(bytes.clone()))));
+            return Ok(Some(Box::new(PlainReader(std::io::Cursor::new(bytes.clone())))));
         }
         let Some(inner) = self.inner.open_read(digest).await? else {
             return Ok(None);

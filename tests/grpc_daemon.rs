@@ -323,3 +323,84 @@ async fn a_client_of_several_daemons_fails_over_when_one_goes_away() {
     let alone = tvix_store::compose::blob_service(&first.addr).unwrap();
     assert!(matches!(alone.has(&digest).await, Err(Error::Unavailable(_))));
 }
+
+#[test]
+fn a_daemon_and_a_mount_waiting_for_the_store_lock_end_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let store = tempfile::tempdir().unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(store.path()).unwrap();
+    // Another process holds the store's lock (flock(2), as ours takes it) without serving.
+    // -o: the lock stays with flock itself, so killing flock releases it.
+    let mut holder = Command::new("flock")
+        .arg("-o")
+        .arg(store.path().join("lock"))
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock (util-linux) is installed");
+    let mount_point = mnt.path().display().to_string();
+    for args in [vec!["daemon"], vec!["mount", mount_point.as_str()]] {
+        let mut waiting = Command::new(env!("CARGO_BIN_EXE_tvix-store"))
+            .args(&args)
+            .env("TVIX_STORE_DIR", store.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(waiting.stderr.take().unwrap());
+        let mut line = String::new();
+        // Observable: it says it waits (the lock is taken, the holder does not serve).
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("waiting for another tvix-store process"), "{args:?}: {line}");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(waiting.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = waiting.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{args:?} still waiting 10 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{args:?}: {status}");
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&mount_point), "it mounted anyway");
+
+    // A tvix-store process holding the lock is named by its pid.
+    let daemon = Command::new(env!("CARGO_BIN_EXE_tvix-store"))
+        .arg("daemon")
+        .env("TVIX_STORE_DIR", store.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = Guard(daemon);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !store.path().join("daemon.sock").exists() {
+        assert!(Instant::now() < deadline, "the daemon did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut second = Command::new(env!("CARGO_BIN_EXE_tvix-store"))
+        .arg("daemon")
+        .env("TVIX_STORE_DIR", store.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(second.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains(&format!("(pid {})", daemon.0.id())), "{line}");
+    second.kill().unwrap();
+    second.wait().unwrap();
+    drop(daemon);
+}
+
+/// Kills the child when dropped (a failed assertion must not leave a daemon behind).
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

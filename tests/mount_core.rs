@@ -41,7 +41,7 @@ fn core_api_semantics() {
     assert_eq!((root.kind, root.perm, root.mtime_secs), (FileKind::Directory, 0o555, 1));
     assert_eq!(errno(fs.lookup(ROOT_INO, b"not-a-store-path")), libc::ENOENT);
     assert_eq!(errno(fs.lookup(ROOT_INO, b"00000000000000000000000000000000-core")), libc::ENOENT);
-    let fh = fs.opendir(ROOT_INO).unwrap();
+    let fh = fs.opendir(ROOT_INO).unwrap().fh;
     assert_eq!(errno(fs.readdir(ROOT_INO, fh, 0, &mut |_| true)), libc::EPERM);
     assert!(fs.negative_ttl(ROOT_INO) < fs.negative_ttl(2));
 
@@ -147,12 +147,12 @@ fn list_root_snapshots_per_handle() {
         .unwrap();
         v
     };
-    let first = fs.opendir(ROOT_INO).unwrap();
+    let first = fs.opendir(ROOT_INO).unwrap().fh;
     assert_eq!(list(first), vec![".".to_string(), "..".to_string(), one.to_basename()]);
     let two = store.ingest(&src.path().join("two"), "two");
     // The open handle keeps its snapshot (offsets stay valid); a new one sees the new path.
     assert_eq!(list(first).len(), 3);
-    let second = fs.opendir(ROOT_INO).unwrap();
+    let second = fs.opendir(ROOT_INO).unwrap().fh;
     let mut want = [one.to_basename(), two.to_basename()];
     want.sort();
     assert_eq!(list(second)[2..], want[..]);

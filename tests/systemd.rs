@@ -119,3 +119,37 @@ fn bad_activation_setups_are_one_line_errors_at_start() {
     assert!(stderr.contains("passed fd 3 is not a"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn mount_and_virtiofs_tell_systemd_when_they_serve_and_when_they_stop() {
+    for command in ["mount", "virtiofs"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let notify = notify_socket(&tmp.path().join("notify"));
+        let target = tmp.path().join(command);
+        if command == "mount" {
+            std::fs::create_dir(&target).unwrap();
+        }
+        let mut child = Command::new(tvix_store_bin())
+            .arg(command)
+            .arg(&target)
+            .args(MEMORY)
+            .env("NOTIFY_SOCKET", tmp.path().join("notify"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ready = next_message(&notify);
+        assert!(ready.contains("READY=1"), "{command}: {ready:?}");
+        assert!(ready.contains(&format!("STATUS=serving on {}", target.display())), "{command}: {ready:?}");
+        // Ready means served: the mount is in the mount table, the socket is there.
+        if command == "mount" {
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            assert!(mounts.contains(&*target.to_string_lossy()), "READY=1 before the mount was there");
+        } else {
+            assert!(target.exists(), "READY=1 before the socket was there");
+        }
+        let status = terminate(&mut child);
+        assert!(next_message(&notify).contains("STOPPING=1"), "{command}");
+        assert!(status.success(), "{command}: {status}");
+    }
+}

@@ -11,6 +11,28 @@ pub const B3_LEN: usize = 32;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct B3Digest([u8; B3_LEN]);
 
+/// How often bytes were hashed to each digest, in unit tests: the read path's tests count that
+/// a byte is hashed once on its way to the reader. Keyed by the result, so tests running side
+/// by side on other data do not disturb each other.
+#[cfg(test)]
+pub(crate) mod hash_count {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+
+    use super::B3Digest;
+
+    static COUNTS: LazyLock<Mutex<HashMap<B3Digest, u64>>> = LazyLock::new(Default::default);
+
+    pub(super) fn note(digest: &B3Digest) {
+        *COUNTS.lock().unwrap_or_else(|e| e.into_inner()).entry(*digest).or_default() += 1;
+    }
+
+    /// How often bytes were hashed to `digest` so far.
+    pub(crate) fn of(digest: &B3Digest) -> u64 {
+        COUNTS.lock().unwrap_or_else(|e| e.into_inner()).get(digest).copied().unwrap_or(0)
+    }
+}
+
 /// A byte string that is not 32 bytes long was offered as a BLAKE3 digest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid digest length: {0} bytes, expected {B3_LEN}")]
@@ -19,7 +41,18 @@ pub struct InvalidDigestLen(pub usize);
 impl B3Digest {
     /// Digest of `data`.
     pub fn of(data: &[u8]) -> Self {
-        Self(*blake3::hash(data).as_bytes())
+        let digest = Self(*blake3::hash(data).as_bytes());
+        #[cfg(test)]
+        hash_count::note(&digest);
+        digest
+    }
+
+    /// The digest an incremental hash of a blob's bytes arrived at.
+    pub fn of_hasher(hasher: &blake3::Hasher) -> Self {
+        let digest = Self(*hasher.finalize().as_bytes());
+        #[cfg(test)]
+        hash_count::note(&digest);
+        digest
     }
 
     /// The raw 32 bytes.

@@ -73,7 +73,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let _ = done_tx.send(result);
         })
         .context("cannot start the virtiofs thread")?;
-    process.ready(&format!("tvix-store virtiofs listening on {}", socket_path.display()));
+    process.ready(
+        &format!("tvix-store virtiofs listening on {}", socket_path.display()),
+        &format!("serving on {}", socket_path.display()),
+    );
 
     let result = tokio::select! {
         () = process.shutdown() => Ok(()),

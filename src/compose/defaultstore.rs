@@ -104,6 +104,13 @@ impl Attached {
     }
 }
 
+/// Writes this process's id into the lock file it now holds, so a command waiting for the lock
+/// can say who holds it. Best effort: the lock is what counts.
+fn note_holder(mut file: &File) {
+    use std::io::{Seek, Write};
+    let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|_| write!(file, "{}", std::process::id()));
+}
+
 /// How often a command waiting for the store checks again whether its owner serves it or its
 /// lock is free: a mount started beside a daemon that is still starting comes up within this.
 const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -129,12 +136,20 @@ pub async fn attach(dir: &Path, must_own: bool) -> Result<Attached, DefaultStore
             return Ok(Attached::Client(socket));
         }
         match file.try_lock() {
-            Ok(()) => return Ok(Attached::Owner(StoreLock { _file: file, dir: dir.to_path_buf() })),
+            Ok(()) => {
+                note_holder(&file);
+                return Ok(Attached::Owner(StoreLock { _file: file, dir: dir.to_path_buf() }));
+            }
             Err(std::fs::TryLockError::WouldBlock) => {}
             Err(std::fs::TryLockError::Error(e)) => return Err(DefaultStoreError::Lock(path, e)),
         }
         if !waiting_said {
-            eprintln!("waiting for another tvix-store process to release {}", path.display());
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|pid| pid.trim().parse::<u32>().ok())
+                .map(|pid| format!(" (pid {pid})"))
+                .unwrap_or_default();
+            eprintln!("waiting for another tvix-store process{holder} to release {}", path.display());
             waiting_said = true;
         }
         tokio::time::sleep(RETRY_INTERVAL).await;

@@ -284,8 +284,11 @@ async fn build(plan: Plan, store_lock: Option<StoreLock>) -> Result<Opened, Comp
         }
     }
     let mut kept = Kept::default();
-    let mut blob = build_blob_keeping(blob, &mut kept.chunks)?;
-    let mut directory = build_directory_keeping(directory, &mut kept.directories)?;
+    let substitute_stats = Arc::new(SubstituteStats::default());
+    let (no_blobs, no_directories) = no_services();
+    let nothing_built = Built { blob: &no_blobs, directory: &no_directories, stats: &substitute_stats };
+    let mut blob = build_service::<dyn BlobService>(blob, &nothing_built, &mut kept.chunks)?;
+    let mut directory = build_service::<dyn DirectoryService>(directory, &nothing_built, &mut kept.directories)?;
     let disk_cache = match &plan.disk_cache {
         Some((dir, size)) => Some(Arc::new(DiskCache::open(dir, *size)?)),
         None => None,
@@ -295,9 +298,8 @@ async fn build(plan: Plan, store_lock: Option<StoreLock>) -> Result<Opened, Comp
         blob = Arc::new(DiskCacheBlobService::new(cache.clone(), blob));
         directory = Arc::new(DiskCacheDirectoryService::new(cache.clone(), directory));
     }
-    let substitute_stats = Arc::new(SubstituteStats::default());
-    let mut path_info =
-        build_path_info_counting(path_info, &blob, &directory, &substitute_stats, &mut kept.path_infos)?;
+    let built = Built { blob: &blob, directory: &directory, stats: &substitute_stats };
+    let mut path_info = build_service::<dyn PathInfoService>(path_info, &built, &mut kept.path_infos)?;
     if let Some(cache) = disk_cache {
         path_info = Arc::new(DiskCachePathInfoService::new(cache, path_info));
     }
@@ -346,145 +348,143 @@ fn maintenance(plan: &Plan, kept: Kept) -> Maintenance {
 /// Config parsing refuses `keyfile-signing` outside path-info services; this is the backstop.
 const SIGNS_PATH_INFO_ONLY: &str = "keyfile-signing wraps path-info services only";
 
-/// Builds a blob service graph.
-pub fn build_blob(graph: &Graph) -> Result<Arc<dyn BlobService>, ComposeError> {
-    build_blob_keeping(graph, &mut None)
+/// What a path-info backend may need of the services built before it: a binary cache ingests
+/// NARs into the blob and directory services, and counts what it fetched.
+struct Built<'a> {
+    blob: &'a Arc<dyn BlobService>,
+    directory: &'a Arc<dyn DirectoryService>,
+    stats: &'a Arc<SubstituteStats>,
 }
 
-/// [`build_blob`], keeping the chunk store in `kept` when the graph is one backend that has one.
-fn build_blob_keeping(
+/// One kind of service as the composition layer builds it: a service from each store URL it
+/// takes (with the backend beneath it that maintenance works on, where it has one), and the
+/// combinators. [`build_service`] turns any graph of entries into a service of any kind with it.
+trait ServiceKind: Send + Sync + 'static {
+    /// The backend seam beneath a service of this kind (what `delete` and gc remove from).
+    type Backend: ?Sized;
+
+    /// The service `leaf` names, and its backend; an error says why `leaf` is not one.
+    fn open(leaf: &Leaf, built: &Built<'_>) -> Result<Backed<Self>, String>;
+
+    /// `near` read first and filled from `far`.
+    fn cache(near: Arc<Self>, far: Arc<Self>, writes: CacheWrites) -> Arc<Self>;
+
+    /// `far` read through the disk cache `cache`.
+    fn disk_cache(far: Arc<Self>, cache: Arc<DiskCache>) -> Arc<Self>;
+
+    /// `inner` signing what is put into it with the key in `keyfile`.
+    fn sign(_inner: Arc<Self>, _keyfile: &std::path::Path) -> Result<Arc<Self>, String> {
+        Err(SIGNS_PATH_INFO_ONLY.into())
+    }
+}
+
+/// A service, and the backend seam beneath it where it has one.
+type Backed<T> = (Arc<T>, Option<Arc<<T as ServiceKind>::Backend>>);
+
+/// Builds `graph`'s service, keeping its backend in `kept` when the graph is one backend that
+/// has one.
+fn build_service<T: ServiceKind + ?Sized>(
     graph: &Graph,
-    kept: &mut Option<Arc<dyn ChunkStore>>,
-) -> Result<Arc<dyn BlobService>, ComposeError> {
+    built: &Built<'_>,
+    kept: &mut Option<Arc<T::Backend>>,
+) -> Result<Arc<T>, ComposeError> {
     let single = graph.root_leaf().is_some();
-    let mut chunked = |store: Arc<dyn ChunkStore>, service: Arc<dyn BlobService>| {
-        if single {
-            *kept = Some(store);
+    graph.build::<T>(
+        &mut |leaf| {
+            let (service, backend) = T::open(leaf, built)?;
+            if single {
+                *kept = backend;
+            }
+            Ok(service)
+        },
+        &Combinators {
+            cache: &T::cache,
+            disk_cache: &|far, dir, size| {
+                let cache = DiskCache::open(dir, size).map_err(|e| e.to_string())?;
+                Ok(T::disk_cache(far, Arc::new(cache)))
+            },
+            sign: &T::sign,
+        },
+    )
+}
+
+/// A service that is also its own backend seam.
+fn removable<T: ?Sized, B: ?Sized>(service: Arc<T>, backend: Arc<B>) -> (Arc<T>, Option<Arc<B>>) {
+    (service, Some(backend))
+}
+
+impl ServiceKind for dyn BlobService {
+    type Backend = dyn ChunkStore;
+
+    fn open(leaf: &Leaf, _: &Built<'_>) -> Result<Backed<Self>, String> {
+        fn chunked<S: ChunkStore>(store: S) -> Backed<dyn BlobService> {
+            let service = ChunkedBlobService::new(store);
+            let chunks = service.chunk_store();
+            (Arc::new(service), Some(chunks))
         }
-        Ok(service)
-    };
-    graph.build::<dyn BlobService>(
-        &mut |leaf| match leaf {
-            Leaf::Memory => {
-                let service = ChunkedBlobService::new(MemoryChunkStore::default());
-                chunked(service.chunk_store(), Arc::new(service))
-            }
-            Leaf::LocalFiles(dir) => {
-                let service = ChunkedBlobService::new(LocalChunkStore::open(dir).map_err(|e| e.to_string())?);
-                chunked(service.chunk_store(), Arc::new(service))
-            }
-            Leaf::ObjectStoreMemory => {
-                let service = ChunkedBlobService::new(ObjectStoreChunkStore::in_objects(objectstore::memory()));
-                chunked(service.chunk_store(), Arc::new(service))
-            }
+        Ok(match leaf {
+            Leaf::Memory => chunked(MemoryChunkStore::default()),
+            Leaf::LocalFiles(dir) => chunked(LocalChunkStore::open(dir).map_err(|e| e.to_string())?),
+            Leaf::ObjectStoreMemory => chunked(ObjectStoreChunkStore::in_objects(objectstore::memory())),
             Leaf::S3(_) | Leaf::Cloud(_) => {
-                let objects = objectstore::remote(leaf).ok_or("not an object store")??;
-                let service = ChunkedBlobService::new(ObjectStoreChunkStore::in_objects(objects));
-                chunked(service.chunk_store(), Arc::new(service))
+                chunked(ObjectStoreChunkStore::in_objects(objectstore::remote(leaf).ok_or("not an object store")??))
             }
-            Leaf::Grpc(target) => Ok(Arc::new(GrpcBlobService::new(crate::grpc::channel(target)?))),
+            Leaf::Grpc(target) => (Arc::new(GrpcBlobService::new(crate::grpc::channel(target)?)), None),
             Leaf::GrpcTvixOnly(target) => {
-                Ok(Arc::new(GrpcBlobService::new(crate::grpc::channel(target)?).plain_protocol()))
+                (Arc::new(GrpcBlobService::new(crate::grpc::channel(target)?).plain_protocol()), None)
             }
-            Leaf::Redb(_) => Err("redb does not store blobs".into()),
-            Leaf::BinaryCache(_) => Err("a binary cache is a path-info source only".into()),
-        },
-        &Combinators {
-            cache: &|near, far, writes| Arc::new(CacheBlobService::new(near, far, writes)),
-            disk_cache: &|far, dir, size| {
-                let cache = DiskCache::open(dir, size).map_err(|e| e.to_string())?;
-                Ok(Arc::new(DiskCacheBlobService::new(Arc::new(cache), far)))
-            },
-            sign: &|_, _| Err(SIGNS_PATH_INFO_ONLY.into()),
-        },
-    )
+            Leaf::Redb(_) => return Err("redb does not store blobs".into()),
+            Leaf::BinaryCache(_) => return Err("a binary cache is a path-info source only".into()),
+        })
+    }
+
+    fn cache(near: Arc<Self>, far: Arc<Self>, writes: CacheWrites) -> Arc<Self> {
+        Arc::new(CacheBlobService::new(near, far, writes))
+    }
+
+    fn disk_cache(far: Arc<Self>, cache: Arc<DiskCache>) -> Arc<Self> {
+        Arc::new(DiskCacheBlobService::new(cache, far))
+    }
 }
 
-/// Builds a directory service graph; `_blob` is the blob service already built (for backends
-/// that need one).
-pub fn build_directory(graph: &Graph, _blob: &Arc<dyn BlobService>) -> Result<Arc<dyn DirectoryService>, ComposeError> {
-    build_directory_keeping(graph, &mut None)
-}
+impl ServiceKind for dyn DirectoryService {
+    type Backend = dyn DirectoryStore;
 
-/// [`build_directory`], keeping the directory store in `kept` when the graph is one backend
-/// that has one.
-fn build_directory_keeping(
-    graph: &Graph,
-    kept: &mut Option<Arc<dyn DirectoryStore>>,
-) -> Result<Arc<dyn DirectoryService>, ComposeError> {
-    let single = graph.root_leaf().is_some();
-    let mut stored = |store: Arc<dyn DirectoryStore>, service: Arc<dyn DirectoryService>| {
-        if single {
-            *kept = Some(store);
+    fn open(leaf: &Leaf, _: &Built<'_>) -> Result<Backed<Self>, String> {
+        fn stored<S: DirectoryStore>(store: S) -> Backed<dyn DirectoryService> {
+            let service = StoredDirectoryService::new(store);
+            let directories = service.directory_store();
+            (Arc::new(service), Some(directories))
         }
-        Ok(service)
-    };
-    graph.build::<dyn DirectoryService>(
-        &mut |leaf| match leaf {
-            Leaf::Memory => {
-                let service = StoredDirectoryService::new(MemoryDirectoryStore::default());
-                stored(service.directory_store(), Arc::new(service))
-            }
-            Leaf::Redb(path) => {
-                let service = StoredDirectoryService::new(
-                    crate::redb::RedbDirectoryStore::open(path).map_err(|e| e.to_string())?,
-                );
-                stored(service.directory_store(), Arc::new(service))
-            }
+        Ok(match leaf {
+            Leaf::Memory => stored(MemoryDirectoryStore::default()),
+            Leaf::Redb(path) => stored(crate::redb::RedbDirectoryStore::open(path).map_err(|e| e.to_string())?),
             Leaf::Grpc(target) | Leaf::GrpcTvixOnly(target) => {
-                Ok(Arc::new(GrpcDirectoryService::new(crate::grpc::channel(target)?)))
+                (Arc::new(GrpcDirectoryService::new(crate::grpc::channel(target)?)), None)
             }
-            Leaf::ObjectStoreMemory => {
-                let service = StoredDirectoryService::new(ObjectStoreDirectoryStore::new(&objectstore::memory()));
-                stored(service.directory_store(), Arc::new(service))
-            }
+            Leaf::ObjectStoreMemory => stored(ObjectStoreDirectoryStore::new(&objectstore::memory())),
             Leaf::S3(_) | Leaf::Cloud(_) => {
-                let objects = objectstore::remote(leaf).ok_or("not an object store")??;
-                let service = StoredDirectoryService::new(ObjectStoreDirectoryStore::new(&objects));
-                stored(service.directory_store(), Arc::new(service))
+                stored(ObjectStoreDirectoryStore::new(&objectstore::remote(leaf).ok_or("not an object store")??))
             }
-            Leaf::LocalFiles(_) => Err("this backend stores blobs only".into()),
-            Leaf::BinaryCache(_) => Err("a binary cache is a path-info source only".into()),
-        },
-        &Combinators {
-            cache: &|near, far, writes| Arc::new(CacheDirectoryService::new(near, far, writes)),
-            disk_cache: &|far, dir, size| {
-                let cache = DiskCache::open(dir, size).map_err(|e| e.to_string())?;
-                Ok(Arc::new(DiskCacheDirectoryService::new(Arc::new(cache), far)))
-            },
-            sign: &|_, _| Err(SIGNS_PATH_INFO_ONLY.into()),
-        },
-    )
+            Leaf::LocalFiles(_) => return Err("this backend stores blobs only".into()),
+            Leaf::BinaryCache(_) => return Err("a binary cache is a path-info source only".into()),
+        })
+    }
+
+    fn cache(near: Arc<Self>, far: Arc<Self>, writes: CacheWrites) -> Arc<Self> {
+        Arc::new(CacheDirectoryService::new(near, far, writes))
+    }
+
+    fn disk_cache(far: Arc<Self>, cache: Arc<DiskCache>) -> Arc<Self> {
+        Arc::new(DiskCacheDirectoryService::new(cache, far))
+    }
 }
 
-/// Builds a path-info service graph. The blob and directory services already built are handed
-/// in: a path-info source that substitutes from a binary cache ingests NARs into them.
-pub fn build_path_info(
-    graph: &Graph,
-    blob: &Arc<dyn BlobService>,
-    directory: &Arc<dyn DirectoryService>,
-) -> Result<Arc<dyn PathInfoService>, ComposeError> {
-    build_path_info_counting(graph, blob, directory, &Arc::default(), &mut None)
-}
+impl ServiceKind for dyn PathInfoService {
+    type Backend = dyn PathInfoRemoval;
 
-/// [`build_path_info`], its binary caches counting into `stats`, keeping the backend in `kept`
-/// when the graph is one backend that removes PathInfos.
-fn build_path_info_counting(
-    graph: &Graph,
-    blob: &Arc<dyn BlobService>,
-    directory: &Arc<dyn DirectoryService>,
-    stats: &Arc<SubstituteStats>,
-    kept: &mut Option<Arc<dyn PathInfoRemoval>>,
-) -> Result<Arc<dyn PathInfoService>, ComposeError> {
-    let single = graph.root_leaf().is_some();
-    let mut removable = |service: Arc<dyn PathInfoRemoval>, as_service: Arc<dyn PathInfoService>| {
-        if single {
-            *kept = Some(service);
-        }
-        Ok(as_service)
-    };
-    graph.build::<dyn PathInfoService>(
-        &mut |leaf| match leaf {
+    fn open(leaf: &Leaf, built: &Built<'_>) -> Result<Backed<Self>, String> {
+        Ok(match leaf {
             Leaf::Memory => {
                 let service = Arc::new(MemoryPathInfoService::default());
                 removable(service.clone(), service)
@@ -493,11 +493,11 @@ fn build_path_info_counting(
                 let service = Arc::new(crate::redb::RedbPathInfoService::open(path).map_err(|e| e.to_string())?);
                 removable(service.clone(), service)
             }
-            Leaf::Grpc(target) => Ok(Arc::new(GrpcPathInfoService::new(crate::grpc::channel(target)?))),
+            Leaf::Grpc(target) => (Arc::new(GrpcPathInfoService::new(crate::grpc::channel(target)?)), None),
             Leaf::GrpcTvixOnly(target) => {
-                Ok(Arc::new(GrpcPathInfoService::new(crate::grpc::channel(target)?).plain_protocol()))
+                (Arc::new(GrpcPathInfoService::new(crate::grpc::channel(target)?).plain_protocol()), None)
             }
-            Leaf::BinaryCache(spec) => Ok(Arc::new(binary_cache(spec, blob, directory, stats)?)),
+            Leaf::BinaryCache(spec) => (Arc::new(binary_cache(spec, built.blob, built.directory, built.stats)?), None),
             Leaf::ObjectStoreMemory => {
                 let service = Arc::new(ObjectStorePathInfoService::new(&objectstore::memory()));
                 removable(service.clone(), service)
@@ -507,20 +507,51 @@ fn build_path_info_counting(
                 let service = Arc::new(ObjectStorePathInfoService::new(&objects));
                 removable(service.clone(), service)
             }
-            Leaf::LocalFiles(_) => Err("this backend stores blobs only".into()),
-        },
-        &Combinators {
-            cache: &|near, far, writes| Arc::new(CachePathInfoService::new(near, far, writes)),
-            disk_cache: &|far, dir, size| {
-                let cache = DiskCache::open(dir, size).map_err(|e| e.to_string())?;
-                Ok(Arc::new(DiskCachePathInfoService::new(Arc::new(cache), far)))
-            },
-            sign: &|inner, keyfile| {
-                let key = SigningKey::from_file(keyfile).map_err(|e| e.to_string())?;
-                Ok(Arc::new(SigningPathInfoService::new(inner, key)))
-            },
-        },
-    )
+            Leaf::LocalFiles(_) => return Err("this backend stores blobs only".into()),
+        })
+    }
+
+    fn cache(near: Arc<Self>, far: Arc<Self>, writes: CacheWrites) -> Arc<Self> {
+        Arc::new(CachePathInfoService::new(near, far, writes))
+    }
+
+    fn disk_cache(far: Arc<Self>, cache: Arc<DiskCache>) -> Arc<Self> {
+        Arc::new(DiskCachePathInfoService::new(cache, far))
+    }
+
+    fn sign(inner: Arc<Self>, keyfile: &std::path::Path) -> Result<Arc<Self>, String> {
+        let key = SigningKey::from_file(keyfile).map_err(|e| e.to_string())?;
+        Ok(Arc::new(SigningPathInfoService::new(inner, key)))
+    }
+}
+
+/// Builds a blob service graph.
+pub fn build_blob(graph: &Graph) -> Result<Arc<dyn BlobService>, ComposeError> {
+    let (blob, directory) = no_services();
+    build_service(graph, &Built { blob: &blob, directory: &directory, stats: &Arc::default() }, &mut None)
+}
+
+/// Builds a directory service graph.
+pub fn build_directory(graph: &Graph) -> Result<Arc<dyn DirectoryService>, ComposeError> {
+    let (blob, directory) = no_services();
+    build_service(graph, &Built { blob: &blob, directory: &directory, stats: &Arc::default() }, &mut None)
+}
+
+/// Builds a path-info service graph. The blob and directory services already built are handed
+/// in: a path-info source that substitutes from a binary cache ingests NARs into them.
+pub fn build_path_info(
+    graph: &Graph,
+    blob: &Arc<dyn BlobService>,
+    directory: &Arc<dyn DirectoryService>,
+) -> Result<Arc<dyn PathInfoService>, ComposeError> {
+    build_service(graph, &Built { blob, directory, stats: &Arc::default() }, &mut None)
+}
+
+/// Stand-ins for the services a blob or directory graph never uses: only path-info backends
+/// look at the services built before them.
+fn no_services() -> (Arc<dyn BlobService>, Arc<dyn DirectoryService>) {
+    let store = Store::in_memory();
+    (store.blob, store.directory)
 }
 
 /// A binary cache ingesting into `blob` and `directory`, counting into `stats`.
@@ -572,14 +603,12 @@ pub fn blob_service(addr: &str) -> Result<Arc<dyn BlobService>, ComposeError> {
 
 /// A directory service from one store URL.
 pub fn directory_service(addr: &str) -> Result<Arc<dyn DirectoryService>, ComposeError> {
-    let no_blobs = blob_service("memory://")?;
-    build_directory(&Graph::single(Kind::Directory, "directory service", addr)?, &no_blobs)
+    build_directory(&Graph::single(Kind::Directory, "directory service", addr)?)
 }
 
 /// A path-info service from one store URL.
 pub fn path_info_service(addr: &str) -> Result<Arc<dyn PathInfoService>, ComposeError> {
-    let no_blobs = blob_service("memory://")?;
-    let no_directories = directory_service("memory://")?;
+    let (no_blobs, no_directories) = no_services();
     build_path_info(&Graph::single(Kind::PathInfo, "path-info service", addr)?, &no_blobs, &no_directories)
 }
 

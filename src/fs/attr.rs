@@ -30,6 +30,26 @@ pub enum FileKind {
     Symlink,
 }
 
+impl FileKind {
+    /// The file type bits of `st_mode` (`S_IFDIR`...).
+    pub fn mode_type(self) -> u32 {
+        match self {
+            FileKind::Directory => libc::S_IFDIR,
+            FileKind::RegularFile => libc::S_IFREG,
+            FileKind::Symlink => libc::S_IFLNK,
+        }
+    }
+
+    /// The type of a directory entry (`DT_DIR`...).
+    pub fn dirent_type(self) -> u8 {
+        match self {
+            FileKind::Directory => libc::DT_DIR,
+            FileKind::RegularFile => libc::DT_REG,
+            FileKind::Symlink => libc::DT_LNK,
+        }
+    }
+}
+
 /// Attributes of one inode, as `stat(2)` should show them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
@@ -67,6 +87,20 @@ pub struct Entry {
     pub entry_ttl: Duration,
     /// How long the kernel may cache the attributes.
     pub attr_ttl: Duration,
+}
+
+/// The answer to a lookup as the kernel is told it: an entry, or that the name does not exist
+/// (a negative entry the kernel may remember for `ttl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// The name exists.
+    Found(Entry),
+    /// The name does not exist; the kernel may cache that for this long (short in the root,
+    /// where paths get added; long elsewhere, where nothing ever changes).
+    Absent {
+        /// How long the kernel may remember the miss.
+        ttl: Duration,
+    },
 }
 
 /// One directory entry as returned by [`super::StoreFs::readdir`].
@@ -120,6 +154,16 @@ pub struct Opened {
     /// Whether the kernel may keep cached pages from an earlier open (FOPEN_KEEP_CACHE):
     /// always true, contents are immutable.
     pub keep_cache: bool,
+}
+
+/// An opened directory, as returned by [`super::StoreFs::opendir`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenedDir {
+    /// The handle to pass to readdir/releasedir.
+    pub fh: u64,
+    /// Whether the kernel may cache the listing (FOPEN_CACHE_DIR and FOPEN_KEEP_CACHE): every
+    /// directory below the root is immutable; the root's listing grows as paths are added.
+    pub cache_listing: bool,
 }
 
 pub(crate) fn blocks_of(size: u64) -> u64 {

@@ -17,7 +17,7 @@ use fuser::{
     SessionACL, TimeOrNow, WriteFlags,
 };
 
-use super::{Attr, FileKind, FsError, StoreFs, XattrReply};
+use super::{Attr, FileKind, FsError, Lookup, StoreFs, XattrReply};
 
 /// Largest read the kernel is asked to send at once; the kernel may cap it (max_pages).
 const MAX_READAHEAD: u32 = 1024 * 1024;
@@ -86,11 +86,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         mtime: time,
         ctime: time,
         crtime: time,
-        kind: match a.kind {
-            FileKind::Directory => FileType::Directory,
-            FileKind::RegularFile => FileType::RegularFile,
-            FileKind::Symlink => FileType::Symlink,
-        },
+        kind: kind(a.kind),
         perm: a.perm,
         nlink: a.nlink,
         uid: a.uid,
@@ -139,11 +135,12 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name.as_bytes()) {
-            Ok(e) => reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &file_attr(&e.attr), Generation(0)),
-            Err(FsError::NotFound) => {
+        match self.fs.lookup_reply(parent.0, name.as_bytes()) {
+            Ok(Lookup::Found(e)) => {
+                reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &file_attr(&e.attr), Generation(0))
+            }
+            Ok(Lookup::Absent { ttl }) => {
                 // Inode 0 with a TTL is a negative entry: the kernel remembers the miss.
-                let ttl = self.fs.negative_ttl(parent.0);
                 let mut attr = file_attr(&self.fs.root_attr());
                 attr.ino = INodeNo(0);
                 reply.entry_with_ttls(&ttl, &ttl, &attr, Generation(0));
@@ -229,11 +226,10 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::ENOSYS);
         }
         match self.fs.opendir(ino.0) {
-            // Store path directories never change; the root listing does.
-            Ok(fh) if ino.0 != super::ROOT_INO => {
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
+            Ok(dir) if dir.cache_listing => {
+                reply.opened(FileHandle(dir.fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
             }
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(dir) => reply.opened(FileHandle(dir.fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }

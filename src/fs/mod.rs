@@ -34,17 +34,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use parking_lot::{Condvar, Mutex, RwLock};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncSeekExt;
 use tokio::runtime::Handle;
 
-pub use attr::{Attr, BLKSIZE, DirEntry, Entry, FileKind, Ino, MTIME_SECS, Opened, ROOT_INO, StatFs, XattrReply};
+pub use attr::{
+    Attr, BLKSIZE, DirEntry, Entry, FileKind, Ino, Lookup, MTIME_SECS, Opened, OpenedDir, ROOT_INO, StatFs, XattrReply,
+};
 pub use error::{FsError, Subject};
 
-use crate::castore::blobservice::{BlobReader, BlobService};
+use crate::castore::blobservice::{BlobReader, BlobReaderExt, BlobService};
 use crate::castore::directoryservice::DirectoryService;
 use crate::castore::{self, B3Digest, Directory, Node, RootNodes};
 use inodes::{Freed, InodeTable, Listing};
@@ -446,6 +448,16 @@ impl StoreFs {
         Ok(self.entry(attr))
     }
 
+    /// [`Self::lookup`] as the kernel is answered: a name that does not exist is a negative
+    /// entry it may remember ([`Self::negative_ttl`]), other failures are errors.
+    pub fn lookup_reply(&self, parent: Ino, name: &[u8]) -> Result<Lookup, FsError> {
+        match self.lookup(parent, name) {
+            Ok(entry) => Ok(Lookup::Found(entry)),
+            Err(FsError::NotFound) => Ok(Lookup::Absent { ttl: self.negative_ttl(parent) }),
+            Err(e) => Err(e),
+        }
+    }
+
     /// How long the kernel may remember that `name` does not exist in `parent`: short in the
     /// root (paths get added), long elsewhere (store paths never change).
     pub fn negative_ttl(&self, parent: Ino) -> Duration {
@@ -495,15 +507,16 @@ impl StoreFs {
     /// Opens a directory for reading; returns the handle to pass to readdir/releasedir. The
     /// root can always be opened but only listed with [`Options::list_root`] (readdir fails
     /// with EPERM otherwise); its listing is taken once per handle so offsets stay valid while
-    /// paths are added. Other directories stay live while open.
-    pub fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
+    /// paths are added. Other directories stay live while open, and the kernel may cache their
+    /// listings.
+    pub fn opendir(&self, ino: Ino) -> Result<OpenedDir, FsError> {
         observe("opendir", || {
             match self.node_of(ino)? {
                 None => {
                     // Opening the root must work (`tar -C`, `find` open it to chdir/openat), only
                     // listing it is refused.
                     if !self.options.list_root {
-                        return Ok(0);
+                        return Ok(OpenedDir { fh: 0, cache_listing: false });
                     }
                     let roots = self.roots.clone();
                     let mut entries: RootListing =
@@ -513,14 +526,14 @@ impl StoreFs {
                     entries.sort_by(|a, b| a.name.cmp(&b.name));
                     let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                     self.root_dirs.lock().insert(fh, Arc::new(entries));
-                    Ok(fh)
+                    Ok(OpenedDir { fh, cache_listing: false })
                 }
                 Some(Node::Directory { digest, .. }) => {
                     self.listing(&digest)?;
                     let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                     self.inodes.write().open(ino);
                     self.dir_handles.lock().insert(fh, ino);
-                    Ok(fh)
+                    Ok(OpenedDir { fh, cache_listing: true })
                 }
                 Some(_) => Err(FsError::NotDirectory(ino)),
             }
@@ -929,25 +942,33 @@ async fn read_at(
         reader.seek(std::io::SeekFrom::Start(offset)).await?;
         file.pos = offset;
     }
-    // Uninitialised capacity: zeroing the buffer first would cost as much as the copy.
-    let mut buf = bytes::BytesMut::with_capacity(want);
-    while buf.len() < want {
-        let remaining = want - buf.len();
-        let mut limited = (&mut buf).limit(remaining);
-        let n = reader.read_buf(&mut limited).await?;
-        if n == 0 {
-            break;
+    // The reader's verified buffers are handed on as they are: a read within one of them (a
+    // small file, most reads of a chunk) is a slice, with no copy before the kernel's.
+    let first = if want == 0 { Bytes::new() } else { reader.piece(want).await? };
+    file.pos += first.len() as u64;
+    let data = if first.len() == want || first.is_empty() {
+        first
+    } else {
+        // Spanning buffers: gathered into one, the only copy.
+        let mut buf = bytes::BytesMut::with_capacity(want);
+        buf.extend_from_slice(&first);
+        while buf.len() < want {
+            let piece = reader.piece(want - buf.len()).await?;
+            if piece.is_empty() {
+                break;
+            }
+            file.pos += piece.len() as u64;
+            buf.extend_from_slice(&piece);
         }
-    }
-    let filled = buf.len();
-    file.pos += filled as u64;
-    if filled < want {
+        buf.freeze()
+    };
+    if data.len() < want {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             format!("blob {digest} ended at {} bytes, shorter than its recorded size", file.pos),
         ));
     }
-    Ok(buf.freeze())
+    Ok(data)
 }
 
 /// Counts an operation of the filesystem core (both frontends) and how long it took, by
@@ -985,6 +1006,8 @@ impl Observed for Attr {}
 impl Observed for u64 {}
 impl Observed for () {}
 impl Observed for Opened {}
+impl Observed for OpenedDir {}
+impl Observed for Lookup {}
 impl Observed for XattrReply {}
 
 /// Reads a directory graph (root first, as a recursive Get sends it) into listings, while they

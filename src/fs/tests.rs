@@ -138,7 +138,7 @@ fn open_handles_keep_inodes() {
     let d = f.fs.lookup(top, b"d00").unwrap().ino;
     let file = f.fs.lookup(d, b"f1").unwrap().ino;
     let opened = f.fs.open(file, libc::O_RDONLY).unwrap();
-    let dh = f.fs.opendir(d).unwrap();
+    let dh = f.fs.opendir(d).unwrap().fh;
     f.fs.batch_forget(&[(file, 1), (d, 1), (top, 1)]);
     assert_eq!(f.fs.inode_count(), 4, "open file and directory keep themselves and their parents");
     assert_eq!(f.read_all(file, opened.fh), "d00/f1\n");

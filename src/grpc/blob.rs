@@ -13,7 +13,7 @@ use super::channel::MAX_MESSAGE_SIZE;
 use super::support::ExtensionSupport;
 use crate::castore::blobservice::{
     BlobReader, BlobService, BlobWriter, CHUNK_MAX, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkStream,
-    ChunkedReader, ManyBlobs, ParkedStream, READ_AHEAD, verify_chunk,
+    ChunkedReader, ManyBlobs, ParkedStream, READ_AHEAD, WholeReader, verify_chunk,
 };
 use crate::castore::{B3Digest, Error};
 use crate::proto::castore::{self as proto, blob_service_client::BlobServiceClient};
@@ -306,7 +306,7 @@ impl BlobService for GrpcBlobService {
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         let probe = match self.read_verified(digest, Some(WHOLE_READ_LIMIT)).await? {
             WholeRead::Absent => return Ok(None),
-            WholeRead::Complete(data) => return Ok(Some(Box::new(std::io::Cursor::new(data)))),
+            WholeRead::Complete(data) => return Ok(Some(Box::new(WholeReader::new(data)))),
             WholeRead::TooLarge(probe) => *probe,
         };
         let Some(chunks) = self.chunks(digest).await? else {
@@ -317,7 +317,7 @@ impl BlobService for GrpcBlobService {
             // of it arrived, so the whole blob is fetched and checked before any byte is handed out.
             let data = probe.finish().await?;
             verify_whole(digest, &data)?;
-            return Ok(Some(Box::new(std::io::Cursor::new(data))));
+            return Ok(Some(Box::new(WholeReader::new(data))));
         }
         let source = Arc::new(GrpcChunkSource(self.clone()));
         // The probe's call goes on feeding the reader if it reads from the start; a reader going

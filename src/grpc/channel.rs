@@ -10,10 +10,7 @@ use futures::future::BoxFuture;
 use tonic::transport::{Channel, Endpoint};
 use tower::{Service, ServiceExt};
 
-/// Largest gRPC message we send or accept. Blob messages are at most 1 MiB of data, but a
-/// Directory or a chunk list of a large blob may be bigger; 64 MiB leaves ample room while still
-/// bounding what a broken peer can make us buffer.
-pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+pub use crate::proto::{MAX_FRAME_SIZE, MAX_MESSAGE_SIZE};
 
 /// A failed TCP connect (unreachable host) gives up after this long, so commands report an
 /// absent daemon promptly instead of waiting for the kernel's much longer SYN timeout.
@@ -33,9 +30,6 @@ const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// window per round trip, and 2 MiB per 50 ms held a 16 MiB file's read to 40 MB/s. 8 MiB lets
 /// a call run at 160 MB/s across 50 ms, at the price of up to 8 MiB pushed for a cancelled call.
 const TCP_STREAM_WINDOW: u32 = 8 * 1024 * 1024;
-/// Largest HTTP/2 frame the server may send us. The default (16 KiB) cuts a 1 MiB chunk into
-/// 64 frames, each with its own bookkeeping on both sides; 1 MiB frames carry a chunk whole.
-pub(crate) const MAX_FRAME_SIZE: u32 = 1024 * 1024;
 /// Window shared by all calls of the connection: several chunk reads run in parallel.
 const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
@@ -100,7 +94,7 @@ pub fn single_channel(target: &GrpcTarget) -> Result<Channel, String> {
                 async move {
                     let stream = tokio::net::UnixStream::connect(&path).await?;
                     // Uploads (Put) send 1 MiB messages; see widen_send_buffer.
-                    widen_send_buffer(&stream);
+                    crate::tuning::widen_send_buffer(&stream);
                     Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
                 }
             })))
@@ -185,29 +179,4 @@ fn configure(endpoint: Endpoint, stream_window: u32) -> Endpoint {
         .initial_stream_window_size(stream_window)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
-}
-
-/// Send buffer asked for on unix socket connections, by client and server. The kernel's default (~200 KiB) holds less
-/// than one 1 MiB chunk message, so a chunk crossed the socket in several pieces, each a sleep
-/// and a wake-up of both sides: a 1 GiB read moved at ~0.6 GB/s with both processes mostly
-/// idle. The kernel caps the value at `net.core.wmem_max`.
-const UNIX_SEND_BUFFER: libc::c_int = 4 * 1024 * 1024;
-
-/// Asks for a [`UNIX_SEND_BUFFER`]-sized send buffer on a unix socket; on failure the default
-/// stays, which only costs speed.
-pub(crate) fn widen_send_buffer(socket: &impl std::os::fd::AsRawFd) {
-    let size = UNIX_SEND_BUFFER;
-    // SAFETY: a valid descriptor and a pointer to a c_int of the length given.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if result != 0 {
-        tracing::debug!("cannot widen a unix socket's send buffer: {}", std::io::Error::last_os_error());
-    }
 }

@@ -12,7 +12,6 @@ mod support;
 
 pub use admin::GrpcAdmin;
 pub use blob::GrpcBlobService;
-pub(crate) use channel::widen_send_buffer;
 pub use channel::{GrpcChannel, GrpcTarget, MAX_MESSAGE_SIZE, channel, single_channel};
 pub use directory::GrpcDirectoryService;
 pub use pathinfo::GrpcPathInfoService;

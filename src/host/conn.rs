@@ -76,7 +76,7 @@ impl Conn {
     }
 
     fn unix(stream: UnixStream) -> Self {
-        crate::grpc::widen_send_buffer(&stream);
+        crate::tuning::widen_send_buffer(&stream);
         let credentials = stream.peer_cred().ok().map(|c| Credentials { uid: c.uid(), gid: c.gid(), pid: c.pid() });
         Self { stream: Io::Unix(stream), peer: Peer::Unix(credentials) }
     }

@@ -1,7 +1,8 @@
 //! The host layer: what makes a long-running command a process that serves. Listeners (TCP, unix
 //! sockets, sockets systemd passed) and the one accept loop behind them, systemd readiness and
-//! the watchdog, signals, the metrics endpoint, the default store's owner socket, and the
-//! lifecycle the daemon, nar-bridge, mount and virtiofs share ([`Process`]).
+//! the watchdog, signals, the metrics endpoint, the default store's owner socket, the mount
+//! point's supervision, and the lifecycle the daemon, nar-bridge, mount and virtiofs share
+//! ([`Process`]).
 //!
 //! Whatever applies to every network face (transport security, who the peer is, connection
 //! limits and timeouts) belongs here, set once for all listeners: every connection of every server
@@ -12,6 +13,7 @@ mod grpc;
 mod http;
 mod listen;
 mod metrics;
+pub mod mountpoint;
 mod owner;
 mod process;
 pub mod systemd;

@@ -59,11 +59,11 @@ impl Process {
         *self.gauges.lock() = Some(Box::new(publish));
     }
 
-    /// Says that the process serves: `line` on stderr, and `READY=1` with it as the status to
-    /// systemd, whose watchdog it then feeds.
-    pub fn ready(&self, line: &str) {
+    /// Says that the process serves: `line` on stderr, and `READY=1` with `status` to systemd,
+    /// whose watchdog it then feeds.
+    pub fn ready(&self, line: &str, status: &str) {
         eprintln!("{line}");
-        systemd::ready(line);
+        systemd::ready(status);
     }
 
     /// Serves gRPC (`handlers`) or HTTP (`app`) on every listener of `addr` until shutdown:
@@ -71,7 +71,11 @@ impl Process {
     pub async fn serve(&self, addr: &ListenAddr, face: Face) -> Result<(), HostError> {
         let listeners = Listener::bind_all(addr).await?;
         let addresses: Vec<String> = listeners.iter().map(Listener::describe).collect();
-        self.ready(&format!("tvix-store {} listening on {}", self.command, addresses.join(", ")));
+        let addresses = addresses.join(", ");
+        self.ready(
+            &format!("tvix-store {} listening on {addresses}", self.command),
+            &format!("serving on {addresses}"),
+        );
         let shutdown = self.shutdown();
         futures::future::try_join_all(listeners.into_iter().map(|listener| {
             let shutdown = shutdown.clone();

@@ -59,7 +59,7 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
                 let digest = if size <= SMALL_BLOB {
                     let mut data = Vec::with_capacity(size as usize);
                     reader.contents().read_to_end(&mut data).await.map_err(|e| NarReadError::from_io(e, offset))?;
-                    let digest = B3Digest::from(blake3::hash(&data));
+                    let digest = B3Digest::of(&data);
                     uploads.submit(digest, Bytes::from(data)).await?;
                     digest
                 } else {
@@ -122,7 +122,7 @@ async fn copy_contents<R: AsyncRead + Unpin>(
     loop {
         let n = contents.read(&mut buf).await.map_err(|e| NarReadError::from_io(e, offset))?;
         if n == 0 {
-            return Ok(B3Digest::from(hasher.finalize()));
+            return Ok(B3Digest::of_hasher(&hasher));
         }
         hasher.update(&buf[..n]);
         writer

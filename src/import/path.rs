@@ -183,7 +183,7 @@ impl Walker<'_> {
                 return Err(changed(data.len() as u64));
             }
             now(self.nar.file_write(&data))?;
-            let digest = B3Digest::from(blake3::hash(&data));
+            let digest = B3Digest::of(&data);
             self.rt.block_on(self.uploads.submit(digest, Bytes::from(data)))?;
             digest
         } else {
@@ -212,7 +212,7 @@ impl Walker<'_> {
             if read != size {
                 return Err(changed(read));
             }
-            let digest = B3Digest::from(hasher.finalize());
+            let digest = B3Digest::of_hasher(&hasher);
             self.rt.block_on(self.uploads.submit_writer(digest, writer))?;
             digest
         };

@@ -10,6 +10,7 @@ mod delete;
 mod gc;
 mod verify;
 mod walk;
+pub mod wire;
 
 use std::sync::Arc;
 

@@ -234,7 +234,7 @@ async fn check_blob(store: &Store, file: &FileRef, contents: bool) -> Result<u64
         hasher.update(&buf[..n]);
         total += n as u64;
     }
-    let actual = B3Digest::from(hasher.finalize());
+    let actual = B3Digest::of_hasher(&hasher);
     if actual != file.digest {
         return Err(format!("blob content hashes to {actual} ({total} bytes)"));
     }

@@ -13,10 +13,10 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
 use super::{NarWriter, RenderError};
-use crate::castore::blobservice::{BlobReader, BlobService};
+use crate::castore::blobservice::{BlobReader, BlobReaderExt, BlobService};
 use crate::castore::directoryservice::DirectoryService;
 use crate::castore::{B3Digest, Directory, Node, PathComponent};
 
@@ -33,8 +33,6 @@ const BATCH_FILES: usize = 256;
 /// [`BATCH_BYTES`] are held (with one Read per file, 16 files ahead had kept a daemon-backed
 /// render at the speed of a local one, issue 2's measurements; a batch is that and more).
 const FETCHES_AHEAD: usize = 4;
-/// Bytes copied from a streamed blob per write.
-const COPY_BUF: usize = 64 * 1024;
 
 /// One stretch of the NAR: framing (names, types, lengths, padding) or a file's contents.
 #[derive(Debug, Clone)]
@@ -189,68 +187,154 @@ impl NarLayout {
         self.write_range(w, blob, 0..self.size).await
     }
 
-    /// Writes bytes `range` of the NAR (clamped to its size) to `w` and returns `w` (flushed).
-    /// Blobs wholly outside the range are not read; a blob the range starts inside is read
-    /// from there on.
+    /// Writes bytes `range` of the NAR (clamped to its size) to `w` and returns `w` (flushed):
+    /// [`Self::stream_range`] written out.
     pub async fn write_range<W: AsyncWrite + Unpin>(
         &self,
         mut w: W,
         blob: &dyn BlobService,
         range: Range<u64>,
     ) -> Result<W, RenderError> {
-        let end = range.end.min(self.size);
-        let start = range.start.min(end);
-        let first = self.segments.partition_point(|s| s.offset() + s.len() <= start);
-        let window: Vec<(&Segment, Range<u64>)> = self.segments[first..]
-            .iter()
-            .take_while(|s| s.offset() < end)
-            .map(|s| {
-                let from = start.saturating_sub(s.offset());
-                let to = (end - s.offset()).min(s.len());
-                (s, from..to)
-            })
-            .filter(|(_, r)| !r.is_empty())
-            .collect();
-        let files = window.iter().filter_map(|(s, part)| match s {
-            Segment::Contents { digest, size, .. } => Some(File { digest: *digest, size: *size, part: part.clone() }),
-            Segment::Framing { .. } => None,
-        });
-        let mut fetched = futures::stream::iter(fetches(files))
-            .map(|fetch| async move {
-                match fetch {
-                    Fetch::Batch(files) => fetch_batch(blob, files).await,
-                    Fetch::Large(file) => Ok(vec![fetch_large(blob, file).await?]),
-                }
-            })
-            .buffered(FETCHES_AHEAD);
-        let mut ready = std::collections::VecDeque::new();
-        let mut buf = Vec::new();
-        for (segment, part) in &window {
-            match segment {
-                Segment::Framing { start, .. } => {
-                    let bytes = &self.framing[start + part.start as usize..start + part.end as usize];
-                    w.write_all(bytes).await.map_err(write_error)?;
-                }
-                Segment::Contents { digest, size, .. } => {
-                    if ready.is_empty()
-                        && let Some(batch) = fetched.next().await
-                    {
-                        ready.extend(batch?);
+        let mut pieces = std::pin::pin!(Self::stream_range(self, blob, range));
+        while let Some(piece) = pieces.try_next().await? {
+            w.write_all(&piece).await.map_err(write_error)?;
+        }
+        w.flush().await.map_err(write_error)?;
+        Ok(w)
+    }
+
+    /// Bytes `range` of the NAR (clamped to its size), as buffers: framing as slices of the
+    /// layout, file contents as the verified buffers the blob service hands out (whole small
+    /// files, a large file's chunks), so a consumer passing them on (nar-bridge to its socket)
+    /// copies nothing. Pieces smaller than [`GATHER_BELOW`] (framing, tiny files) are gathered
+    /// into buffers of up to [`GATHER_UP_TO`], so a consumer does not get a write per field.
+    /// Blobs wholly outside the range are not read; a blob the range starts inside is read
+    /// from there on. `layout` and `blob` may be borrowed or owned (`Arc`s, for a stream that
+    /// outlives its caller).
+    pub fn stream_range<'a, L, B>(
+        layout: L,
+        blob: B,
+        range: Range<u64>,
+    ) -> impl futures::Stream<Item = Result<Bytes, RenderError>> + Send + 'a
+    where
+        L: std::ops::Deref<Target = NarLayout> + Send + 'a,
+        B: std::ops::Deref<Target = dyn BlobService + 'a> + Send + 'a,
+    {
+        async_stream::try_stream! {
+            let layout = &*layout;
+            let blob = &*blob;
+            let end = range.end.min(layout.size);
+            let start = range.start.min(end);
+            let first = layout.segments.partition_point(|s| s.offset() + s.len() <= start);
+            let window: Vec<(&Segment, Range<u64>)> = layout.segments[first..]
+                .iter()
+                .take_while(|s| s.offset() < end)
+                .map(|s| {
+                    let from = start.saturating_sub(s.offset());
+                    let to = (end - s.offset()).min(s.len());
+                    (s, from..to)
+                })
+                .filter(|(_, r)| !r.is_empty())
+                .collect();
+            let files = window.iter().filter_map(|(s, part)| match s {
+                Segment::Contents { digest, size, .. } => Some(File { digest: *digest, size: *size, part: part.clone() }),
+                Segment::Framing { .. } => None,
+            });
+            let mut fetched = futures::stream::iter(fetches(files))
+                .map(|fetch| async move {
+                    match fetch {
+                        Fetch::Batch(files) => fetch_batch(blob, files).await,
+                        Fetch::Large(file) => Ok(vec![fetch_large(blob, file).await?]),
                     }
-                    let Some(contents) = ready.pop_front() else {
-                        unreachable!("one fetched file per contents segment in the window");
-                    };
-                    match contents {
-                        Fetched::Whole(data) => w.write_all(&data).await.map_err(write_error)?,
-                        Fetched::Stream(reader) => {
-                            copy_exact(reader, &mut w, *digest, *size, part.clone(), &mut buf).await?
+                })
+                .buffered(FETCHES_AHEAD);
+            let mut ready = std::collections::VecDeque::new();
+            let mut gathered = Gather::default();
+            for (segment, part) in &window {
+                match segment {
+                    Segment::Framing { start, .. } => {
+                        let from = start + part.start as usize;
+                        for out in gathered.add(layout.framing.slice(from..from + (part.end - part.start) as usize)) {
+                            yield out;
+                        }
+                    }
+                    Segment::Contents { digest, size, .. } => {
+                        if ready.is_empty() {
+                            // Whatever is gathered goes out before waiting for the next batch.
+                            if let Some(out) = gathered.take() {
+                                yield out;
+                            }
+                            if let Some(batch) = fetched.next().await {
+                                ready.extend(batch?);
+                            }
+                        }
+                        let Some(contents) = ready.pop_front() else {
+                            unreachable!("one fetched file per contents segment in the window");
+                        };
+                        match contents {
+                            Fetched::Whole(data) => {
+                                for out in gathered.add(data) {
+                                    yield out;
+                                }
+                            }
+                            Fetched::Stream(mut reader) => {
+                                if let Some(out) = gathered.take() {
+                                    yield out;
+                                }
+                                let (digest, size) = (*digest, *size);
+                                let read_error = |source| RenderError::BlobRead { digest, source };
+                                let mut left = part.end - part.start;
+                                while left > 0 {
+                                    let piece = reader.piece(usize::try_from(left).unwrap_or(usize::MAX)).await.map_err(read_error)?;
+                                    if piece.is_empty() {
+                                        Err(RenderError::SizeMismatch { digest, size })?;
+                                    }
+                                    left -= piece.len() as u64;
+                                    yield piece;
+                                }
+                                // Read to its end, the blob must end where its node says.
+                                if part.end == size && !reader.piece(1).await.map_err(read_error)?.is_empty() {
+                                    Err(RenderError::SizeMismatch { digest, size })?;
+                                }
+                            }
                         }
                     }
                 }
             }
+            if let Some(out) = gathered.take() {
+                yield out;
+            }
         }
-        w.flush().await.map_err(write_error)?;
-        Ok(w)
+    }
+}
+
+/// Pieces smaller than this are gathered (copied) into larger buffers by
+/// [`NarLayout::stream_range`]; larger ones are handed on as they are.
+const GATHER_BELOW: usize = 16 * 1024;
+/// Size up to which [`NarLayout::stream_range`] gathers small pieces.
+const GATHER_UP_TO: usize = 64 * 1024;
+
+/// Small pieces gathered into one buffer.
+#[derive(Default)]
+struct Gather {
+    buf: bytes::BytesMut,
+}
+
+impl Gather {
+    /// Takes `piece`, returning what is ready to go out: a small piece is gathered (the
+    /// buffer goes out once full), a large one goes out as it is, after what was gathered.
+    fn add(&mut self, piece: Bytes) -> impl Iterator<Item = Bytes> + use<> {
+        if piece.len() >= GATHER_BELOW {
+            return [self.take(), Some(piece)].into_iter().flatten();
+        }
+        self.buf.extend_from_slice(&piece);
+        let full = if self.buf.len() >= GATHER_UP_TO { self.take() } else { None };
+        [full, None].into_iter().flatten()
+    }
+
+    /// What is gathered, if anything.
+    fn take(&mut self) -> Option<Bytes> {
+        (!self.buf.is_empty()).then(|| self.buf.split().freeze())
     }
 }
 
@@ -404,36 +488,6 @@ async fn fetch_large(blob: &dyn BlobService, file: File) -> Result<Fetched, Rend
             .map_err(|source| RenderError::BlobRead { digest, source })?;
     }
     Ok(Fetched::Stream(reader))
-}
-
-/// Copies `part` of a streamed blob to `w`; a blob shorter than its node says, or (when read
-/// to its end) longer, is an error.
-async fn copy_exact<W: AsyncWrite + Unpin>(
-    mut reader: Box<dyn BlobReader>,
-    w: &mut W,
-    digest: B3Digest,
-    size: u64,
-    part: Range<u64>,
-    buf: &mut Vec<u8>,
-) -> Result<(), RenderError> {
-    buf.resize(COPY_BUF, 0);
-    let mut left = part.end - part.start;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let n = reader.read(&mut buf[..want]).await.map_err(|source| RenderError::BlobRead { digest, source })?;
-        if n == 0 {
-            return Err(RenderError::SizeMismatch { digest, size });
-        }
-        w.write_all(&buf[..n]).await.map_err(write_error)?;
-        left -= n as u64;
-    }
-    if part.end == size {
-        let n = reader.read(&mut buf[..1]).await.map_err(|source| RenderError::BlobRead { digest, source })?;
-        if n != 0 {
-            return Err(RenderError::SizeMismatch { digest, size });
-        }
-    }
-    Ok(())
 }
 
 fn write_error(e: std::io::Error) -> RenderError {

@@ -7,21 +7,18 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tokio::io::AsyncWriteExt;
+use futures::{StreamExt, TryStreamExt};
 
 use super::names::{self, NarName};
 use super::{NarBridge, Reject, bad_request};
 use crate::castore::Node;
-use crate::nar::{NarLayout, NarWriteError, RenderError};
+use crate::nar::NarLayout;
 use crate::narinfo::{Compression, NarFile, NarInfo};
 use crate::pathinfo::PathInfo;
 use crate::storepath::{DIGEST_LEN, nixbase32};
 
-/// Bytes a NAR renderer may run ahead of the client: enough to keep a fast connection busy
-/// while the next blob is fetched, small enough that 16 clients cost a few MiB.
-const PIPE_BYTES: usize = 256 * 1024;
-/// Bytes the renderer gathers before handing them to the pipe (larger writes go straight through).
-const WRITE_BUF: usize = 64 * 1024;
+/// Bytes of compressed output handed to the connection at once.
+const ZSTD_OUT: usize = 64 * 1024;
 /// NAR URLs name one immutable NAR (its hash is in the name).
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
@@ -178,9 +175,10 @@ impl NarBridge {
         Ok(layout)
     }
 
-    /// The body streaming `window` of the NAR, rendered by a task of its own through a bounded
-    /// pipe. A failure midway (a blob missing or corrupt) cuts the body off, which the client
-    /// sees as a broken download, and is logged with the path.
+    /// The body streaming `window` of the NAR: the verified buffers of the store handed to
+    /// the connection as they are (framing and tiny files gathered), zstd-compressed when asked.
+    /// A failure midway (a blob missing or corrupt) cuts the body off, which the client sees as
+    /// a broken download, and is logged with the path.
     fn render(
         self: &Arc<Self>,
         info: PathInfo,
@@ -188,34 +186,20 @@ impl NarBridge {
         window: std::ops::Range<u64>,
         zstd: bool,
     ) -> Body {
-        let (writer, reader) = tokio::io::duplex(PIPE_BYTES);
-        // A NAR is written in many small pieces (framing, small files): unbuffered, each would
-        // wake the connection task and go out in a send of its own.
-        let writer = tokio::io::BufWriter::with_capacity(WRITE_BUF, writer);
-        let bridge = self.clone();
-        tokio::spawn(async move {
-            let blob = bridge.store.blob.as_ref();
-            let result = if zstd {
-                let encoder = async_compression::tokio::write::ZstdEncoder::new(writer);
-                match layout.write_range(encoder, blob, window).await {
-                    Ok(mut encoder) => encoder.shutdown().await.map_err(|e| RenderError::Write(NarWriteError::Io(e))),
-                    Err(e) => Err(e),
-                }
-            } else {
-                layout.write_range(writer, blob, window).await.map(drop)
-            };
-            match result {
-                // A client hanging up is no error of ours.
-                Err(RenderError::Write(NarWriteError::Io(e))) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                Err(e) => tracing::warn!(path = %info.store_path, "serving its NAR failed: {e}"),
-                Ok(()) => {}
-            }
+        let path = info.store_path;
+        let pieces = NarLayout::stream_range(layout, self.store.blob.clone(), window).map_err(move |e| {
+            tracing::warn!(path = %path, "serving its NAR failed: {e}");
+            std::io::Error::other(e)
         });
-        let stream = tokio_util::io::ReaderStream::with_capacity(reader, 64 * 1024);
-        Body::from_stream(futures::StreamExt::inspect(stream, |chunk| {
-            if let Ok(bytes) = chunk {
-                metrics::counter!("tvix_http_nar_bytes_sent_total").increment(bytes.len() as u64);
-            }
+        let pieces = if zstd {
+            let encoder =
+                async_compression::tokio::bufread::ZstdEncoder::new(tokio_util::io::StreamReader::new(pieces));
+            tokio_util::io::ReaderStream::with_capacity(encoder, ZSTD_OUT).boxed()
+        } else {
+            pieces.boxed()
+        };
+        Body::from_stream(pieces.inspect_ok(|bytes| {
+            metrics::counter!("tvix_http_nar_bytes_sent_total").increment(bytes.len() as u64);
         }))
     }
 }

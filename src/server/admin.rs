@@ -6,8 +6,9 @@ use std::pin::Pin;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::grpc::admin::{problem_to_proto, report_to_proto, summary_to_proto};
-use crate::maintenance::{self, Backends, DeleteOptions, GcOptions, MaintenanceError, VerifyEvent, VerifyOptions};
+use crate::maintenance::{
+    self, Backends, DeleteOptions, GcOptions, MaintenanceError, VerifyEvent, VerifyOptions, wire,
+};
 use crate::proto::admin as proto;
 use crate::store::Store;
 use crate::storepath::StorePath;
@@ -78,7 +79,7 @@ impl proto::store_admin_server::StoreAdmin for AdminServer {
             let events = tx.clone();
             let report = move |event: VerifyEvent| {
                 let event = match event {
-                    VerifyEvent::Problem(p) => proto::verify_event::Event::Problem(problem_to_proto(p)),
+                    VerifyEvent::Problem(p) => proto::verify_event::Event::Problem(wire::problem_to_proto(p)),
                     VerifyEvent::Progress { done, total } => {
                         proto::verify_event::Event::Progress(proto::Progress { done, total })
                     }
@@ -87,7 +88,7 @@ impl proto::store_admin_server::StoreAdmin for AdminServer {
             };
             let last = match maintenance::verify(&store, &options, &report).await {
                 Ok(summary) => Ok(proto::VerifyEvent {
-                    event: Some(proto::verify_event::Event::Summary(summary_to_proto(&summary))),
+                    event: Some(proto::verify_event::Event::Summary(wire::summary_to_proto(&summary))),
                 }),
                 Err(e) => Err(status(e)),
             };
@@ -115,6 +116,6 @@ impl proto::store_admin_server::StoreAdmin for AdminServer {
             GcOptions { dry_run: request.dry_run, grace: std::time::Duration::from_secs(request.grace_seconds) };
         let report = maintenance::collect_garbage(&self.admin.store, backends, options).await.map_err(status)?;
         tracing::info!(removed = report.removed(), bytes = report.removed_bytes(), "garbage collected");
-        Ok(Response::new(report_to_proto(&report)))
+        Ok(Response::new(wire::report_to_proto(&report)))
     }
 }

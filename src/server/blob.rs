@@ -3,15 +3,11 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use futures::{Stream, StreamExt};
-use std::io::SeekFrom;
-
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::castore::B3Digest;
-use crate::castore::blobservice::{BlobService, WholeBlob};
+use crate::castore::blobservice::{BlobReaderExt, BlobService, WholeBlob};
 use crate::proto::castore as proto;
 
 /// Largest message a Read sends: the largest chunk, so a chunk read by its digest travels as
@@ -86,24 +82,17 @@ impl proto::blob_service_server::BlobService for BlobServer {
         }
         let mut reader =
             self.blob.open_read(&digest).await?.ok_or_else(|| Status::not_found(format!("blob {digest}")))?;
-        // The size sizes the messages: a small blob gets a buffer of its size, not 1 MiB.
-        let size = reader.seek(SeekFrom::End(0)).await.map_err(|e| read_error(&digest, e))?;
-        reader.seek(SeekFrom::Start(0)).await.map_err(|e| read_error(&digest, e))?;
+        // The reader's verified buffers go out as they are (a small blob as one message, a
+        // chunk in messages of at most READ_MESSAGE_SIZE), without a copy here.
         let stream = async_stream::try_stream! {
-            let mut remaining = size;
-            while remaining > 0 {
-                let want = remaining.min(READ_MESSAGE_SIZE as u64) as usize;
-                let mut buf = BytesMut::with_capacity(want);
-                while buf.len() < want {
-                    // The reader verifies every chunk (and the blob) before handing out its bytes,
-                    // so an error here means corruption or a backend failure: end the stream with it.
-                    let n = (&mut reader).take((want - buf.len()) as u64).read_buf(&mut buf).await.map_err(|e| read_error(&digest, e))?;
-                    if n == 0 {
-                        Err(Status::data_loss(format!("blob {digest} ended {} bytes early", remaining - buf.len() as u64)))?;
-                    }
+            loop {
+                // The reader verifies every chunk (and the blob) before handing out its bytes,
+                // so an error here means corruption or a backend failure: end the stream with it.
+                let data = reader.piece(READ_MESSAGE_SIZE).await.map_err(|e| read_error(&digest, e))?;
+                if data.is_empty() {
+                    break;
                 }
-                remaining -= want as u64;
-                yield proto::BlobChunk { data: buf.freeze() };
+                yield proto::BlobChunk { data };
             }
         };
         Ok(Response::new(Box::pin(stream)))

@@ -9,13 +9,12 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::io::AsyncReadExt;
 use tonic::{Request, Response, Status};
 
 use super::blob::request_digest;
-use crate::castore::blobservice::{BlobReader, BlobService, ChunkedReader, WholeBlob};
+use crate::castore::blobservice::{BlobReader, BlobReaderExt, BlobService, WholeBlob};
 use crate::castore::{B3Digest, Error};
 use crate::proto::ext as proto;
 
@@ -54,11 +53,8 @@ impl BlobBatchServer {
 enum Entry {
     /// All of it, verified (at most [`PART_SIZE`] bytes).
     Whole(Bytes),
-    /// A larger blob, as verified chunk buffers (boxed: a reader is large, and most blobs
-    /// come whole).
-    Chunked(Box<ChunkedReader>),
-    /// A larger blob of a backend without [`crate::castore::blobservice::ServingReads`]; its
-    /// reader verifies what it hands out.
+    /// A larger blob, whose reader hands out verified buffers (a backend's chunks where it
+    /// serves them, [`crate::castore::blobservice::ServingReads::open_chunked`]).
     Reader(Box<dyn BlobReader>),
     NotFound,
     Failed(Error),
@@ -87,7 +83,7 @@ async fn open_group(blob: &dyn BlobService, group: Vec<B3Digest>) -> Vec<(B3Dige
             Ok(WholeBlob::Absent) => Entry::NotFound,
             Ok(WholeBlob::Verified(data)) => Entry::Whole(data),
             Ok(WholeBlob::TooLarge) => match serving.open_chunked(&digest).await {
-                Ok(Some(reader)) => Entry::Chunked(Box::new(reader)),
+                Ok(Some(reader)) => Entry::Reader(Box::new(reader)),
                 Ok(None) => Entry::NotFound,
                 Err(e) => Entry::Failed(e),
             },
@@ -129,38 +125,19 @@ fn parts(blob: Arc<dyn BlobService>, digests: Vec<B3Digest>) -> impl Stream<Item
                 Entry::Whole(data) => yield part(&digest, 0, data, true),
                 Entry::NotFound => yield proto::BlobPart { digest: digest.into(), not_found: true, ..Default::default() },
                 Entry::Failed(e) => yield failed(&digest, e),
-                Entry::Chunked(mut reader) => {
-                    let mut offset = 0u64;
-                    loop {
-                        match reader.next_piece().await {
-                            Ok(Some(data)) => {
-                                let len = data.len() as u64;
-                                yield part(&digest, offset, data, false);
-                                offset += len;
-                            }
-                            Ok(None) => {
-                                yield part(&digest, offset, Bytes::new(), true);
-                                break;
-                            }
-                            Err(e) => {
-                                yield failed(&digest, e);
-                                break;
-                            }
-                        }
-                    }
-                }
                 Entry::Reader(mut reader) => {
                     let mut offset = 0u64;
                     loop {
-                        let mut buf = BytesMut::with_capacity(PART_SIZE);
-                        match (&mut reader).take(PART_SIZE as u64).read_buf(&mut buf).await {
-                            Ok(0) => {
+                        // The reader's verified buffers go out as they are.
+                        match reader.piece(PART_SIZE).await {
+                            Ok(data) if data.is_empty() => {
                                 yield part(&digest, offset, Bytes::new(), true);
                                 break;
                             }
-                            Ok(n) => {
-                                yield part(&digest, offset, buf.freeze(), false);
-                                offset += n as u64;
+                            Ok(data) => {
+                                let len = data.len() as u64;
+                                yield part(&digest, offset, data, false);
+                                offset += len;
                             }
                             Err(e) => {
                                 yield failed(&digest, Error::from_io(&digest, e));

@@ -27,7 +27,6 @@ pub use directory::DirectoryServer;
 pub use path_info_graph::PathInfoGraphServer;
 pub use pathinfo::{NoNarCalculation, PathInfoServer};
 
-use crate::grpc::MAX_MESSAGE_SIZE;
 use crate::maintenance::Backends;
 use crate::pathinfo::NarCalculationService;
 use crate::proto::admin::store_admin_server::StoreAdminServer;
@@ -36,6 +35,7 @@ use crate::proto::castore::directory_service_server::DirectoryServiceServer;
 use crate::proto::ext::blob_batch_service_server::BlobBatchServiceServer;
 use crate::proto::ext::path_info_graph_service_server::PathInfoGraphServiceServer;
 use crate::proto::store::path_info_service_server::PathInfoServiceServer;
+use crate::proto::{MAX_FRAME_SIZE, MAX_MESSAGE_SIZE};
 use crate::store::Store;
 
 /// Why the gRPC services could not be set up.
@@ -122,7 +122,7 @@ pub(crate) async fn router(handlers: Handlers, over_tcp: bool) -> Result<GrpcRou
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(crate::grpc::channel::MAX_FRAME_SIZE)
+        .max_frame_size(MAX_FRAME_SIZE)
         .layer(uploads::WatchUploads)
         .layer(metrics::RpcMetrics)
         .add_service(health)

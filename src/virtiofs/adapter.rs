@@ -14,7 +14,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use parking_lot::Mutex;
 
-use crate::fs::{Attr, DirEntry, Entry, FileKind, FsError, ROOT_INO, StoreFs, XattrReply};
+use crate::fs::{Attr, DirEntry, Entry, FsError, Lookup, ROOT_INO, StoreFs, XattrReply};
 
 fn erofs() -> io::Error {
     io::Error::from_raw_os_error(libc::EROFS)
@@ -60,13 +60,8 @@ impl Drop for VirtioStoreFs {
 fn stat_of(attr: &Attr) -> stat64 {
     // Entry's Default is the library's sanctioned way to get a zeroed stat64.
     let mut st = FuseEntry::default().attr;
-    let fmt = match attr.kind {
-        FileKind::Directory => libc::S_IFDIR,
-        FileKind::RegularFile => libc::S_IFREG,
-        FileKind::Symlink => libc::S_IFLNK,
-    };
     st.st_ino = attr.ino;
-    st.st_mode = fmt | u32::from(attr.perm);
+    st.st_mode = attr.kind.mode_type() | u32::from(attr.perm);
     st.st_nlink = u64::from(attr.nlink);
     st.st_uid = attr.uid;
     st.st_gid = attr.gid;
@@ -80,16 +75,13 @@ fn stat_of(attr: &Attr) -> stat64 {
     st
 }
 
-fn dtype_of(kind: FileKind) -> u32 {
-    u32::from(match kind {
-        FileKind::Directory => libc::DT_DIR,
-        FileKind::RegularFile => libc::DT_REG,
-        FileKind::Symlink => libc::DT_LNK,
-    })
-}
-
 fn dir_entry_of(e: &DirEntry) -> FuseDirEntry<'_> {
-    FuseDirEntry { ino: e.entry.ino, offset: e.next_offset, type_: dtype_of(e.entry.attr.kind), name: &e.name }
+    FuseDirEntry {
+        ino: e.entry.ino,
+        offset: e.next_offset,
+        type_: u32::from(e.entry.attr.kind.dirent_type()),
+        name: &e.name,
+    }
 }
 
 fn entry_of(e: &Entry) -> FuseEntry {
@@ -159,13 +151,10 @@ impl FileSystem for VirtioStoreFs {
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<FuseEntry> {
-        match self.fs.lookup(parent, name.to_bytes()) {
-            Ok(e) => Ok(entry_of(&e)),
+        match self.fs.lookup_reply(parent, name.to_bytes()).map_err(fail)? {
+            Lookup::Found(e) => Ok(entry_of(&e)),
             // A negative entry (inode 0) lets the kernel cache the miss for the given time.
-            Err(FsError::NotFound) => {
-                Ok(FuseEntry { entry_timeout: self.fs.negative_ttl(parent), ..FuseEntry::default() })
-            }
-            Err(e) => Err(fail(e)),
+            Lookup::Absent { ttl } => Ok(FuseEntry { entry_timeout: ttl, ..FuseEntry::default() }),
         }
     }
 
@@ -341,16 +330,12 @@ impl FileSystem for VirtioStoreFs {
     }
 
     fn opendir(&self, _ctx: &Context, inode: u64, _flags: u32) -> io::Result<(Option<u64>, OpenOptions)> {
-        let fh = self.fs.opendir(inode).map_err(fail)?;
+        let dir = self.fs.opendir(inode).map_err(fail)?;
         // Remembered for every directory: an open handle keeps its inode live in the core.
-        self.dirs.lock().insert(fh);
-        if inode == ROOT_INO {
-            // The root's listing is a per-handle snapshot that grows as paths are added, so the
-            // kernel must not cache it; everything below is immutable.
-            Ok((Some(fh), OpenOptions::empty()))
-        } else {
-            Ok((Some(fh), OpenOptions::CACHE_DIR | OpenOptions::KEEP_CACHE))
-        }
+        self.dirs.lock().insert(dir.fh);
+        let options =
+            if dir.cache_listing { OpenOptions::CACHE_DIR | OpenOptions::KEEP_CACHE } else { OpenOptions::empty() };
+        Ok((Some(dir.fh), options))
     }
 
     fn readdir(

@@ -70,3 +70,32 @@ impl<H: BlobHooks> BlobService for Wrapped<H> {
         self.0.read_many(digests).unwrap_or_else(|digests| read_each(self, digests))
     }
 }
+
+/// A reader of bytes held in memory that claims nothing about them ([`BlobReader::whole`] is
+/// `None`): what a backend handing out bytes of unknown origin looks like to its consumers.
+pub struct PlainReader(pub std::io::Cursor<Vec<u8>>);
+
+impl tokio::io::AsyncRead for PlainReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncSeek for PlainReader {
+    fn start_seek(mut self: std::pin::Pin<&mut Self>, position: std::io::SeekFrom) -> std::io::Result<()> {
+        std::pin::Pin::new(&mut self.0).start_seek(position)
+    }
+
+    fn poll_complete(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<u64>> {
+        std::pin::Pin::new(&mut self.0).poll_complete(cx)
+    }
+}
+
+impl BlobReader for PlainReader {}

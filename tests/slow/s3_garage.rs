@@ -419,8 +419,7 @@ mod conformance {
     }
 
     async fn s3_directory() -> Under<dyn DirectoryService> {
-        let blobs = compose::blob_service("memory://").unwrap();
-        Under { service: compose::build_directory(&s3_graph(Kind::Directory), &blobs).unwrap(), _keep: Vec::new() }
+        Under { service: compose::build_directory(&s3_graph(Kind::Directory)).unwrap(), _keep: Vec::new() }
     }
 
     async fn s3_path_info() -> Under<dyn PathInfoService> {

@@ -10,18 +10,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{BlobReader, BlobService, BlobWriter, ChunkMeta, ManyBlobs};
+use super::{BlobReader, BlobService, BlobWriter, ChunkMeta, ManyBlobs, WholeReader};
 use crate::castore::{B3Digest, Cache, Error};
 
 /// Blobs from `near`, filled from `far` on a miss; new blobs go where [`CacheWrites`](crate::castore::CacheWrites) says.
 pub type CacheBlobService = Cache<dyn BlobService>;
 
 impl Cache<dyn BlobService> {
-    /// Copies the blob from far to near; `false` when far does not have it either.
-    async fn fill(&self, digest: &B3Digest) -> Result<bool, Error> {
-        let Some(mut reader) = self.far.open_read(digest).await? else {
-            return Ok(false);
-        };
+    /// Copies the blob from far (`reader`) to near.
+    async fn fill(&self, digest: &B3Digest, mut reader: Box<dyn BlobReader>) -> Result<(), Error> {
         let mut writer = self.near.open_write().await;
         // The far reader verifies chunk by chunk; the near writer's digest checks the whole.
         tokio::io::copy(&mut reader, &mut writer).await.map_err(|e| Error::from_io(digest, e))?;
@@ -32,7 +29,7 @@ impl Cache<dyn BlobService> {
             )));
         }
         tracing::debug!(%digest, "blob cached from the far store");
-        Ok(true)
+        Ok(())
     }
 
     /// Stores `data`, which far verified as blob `digest`, in near. A failure only costs the
@@ -63,9 +60,16 @@ impl BlobService for Cache<dyn BlobService> {
             return Ok(Some(reader));
         }
         crate::castore::cache::count("blob", false);
-        if !self.fill(digest).await? {
+        let Some(reader) = self.far.open_read(digest).await? else {
             return Ok(None);
+        };
+        if let Some(data) = reader.whole() {
+            // Verified by the far reader, which holds it whole: stored in near and served from
+            // memory, not read back from near.
+            self.fill_with(digest, data.clone()).await;
+            return Ok(Some(Box::new(WholeReader::new(data))));
         }
+        self.fill(digest, reader).await?;
         match self.near.open_read(digest).await? {
             Some(reader) => Ok(Some(reader)),
             None => Err(Error::Storage(format!("blob {digest} was cached in the near store but cannot be read there"))),

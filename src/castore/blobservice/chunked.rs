@@ -15,7 +15,7 @@ use super::chunker::{CHUNK_MAX, final_chunk_lengths};
 use super::reader::verify_chunk;
 use super::{
     BlobReader, BlobService, BlobWriter, ChannelBlobWriter, ChunkMeta, ChunkSource, ChunkedReader, IncomingBlob,
-    ManyBlob, ManyBlobs, READ_MANY_CONCURRENCY, ServingReads, WholeBlob,
+    ManyBlob, ManyBlobs, READ_MANY_CONCURRENCY, ServingReads, WholeBlob, WholeReader,
 };
 use crate::castore::inventory::{Leftovers, Removal, StoredStream};
 use crate::castore::{B3Digest, Error};
@@ -143,7 +143,7 @@ impl<S: ChunkStore> BlobService for ChunkedBlobService<S> {
         // A blob of one chunk (most files of a store) is that chunk: fetched and verified at
         // once, with one lookup instead of a size lookup followed by a fetch.
         if let Some(data) = self.single_chunk(digest).await? {
-            return Ok(Some(Box::new(std::io::Cursor::new(data))));
+            return Ok(Some(Box::new(WholeReader::new(data))));
         }
         let Some(chunks) = self.store.get_chunk_list(digest).await? else {
             return Ok(None);
@@ -350,7 +350,7 @@ async fn store_blob<S: ChunkStore>(
             let len = chunk.len();
             // A blob of one chunk (most files) is hashed once: the chunk's digest is the blob's.
             let known = if eof && len as u64 == total {
-                let digest = B3Digest::from(hasher.finalize());
+                let digest = B3Digest::of_hasher(&hasher);
                 whole = Some(digest);
                 Some(digest)
             } else {
@@ -367,7 +367,7 @@ async fn store_blob<S: ChunkStore>(
     for task in in_flight {
         chunks.push(join(task).await?);
     }
-    let digest = whole.unwrap_or_else(|| B3Digest::from(hasher.finalize()));
+    let digest = whole.unwrap_or_else(|| B3Digest::of_hasher(&hasher));
     if chunks.is_empty() {
         // The empty blob is stored as one empty chunk, so that it, too, is `has`-able.
         store_chunk(store.clone(), Bytes::new(), Some(digest)).await?;

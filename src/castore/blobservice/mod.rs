@@ -10,10 +10,14 @@ mod local;
 mod memory;
 mod objectstore;
 mod reader;
+mod whole;
 mod writer;
 
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncWrite};
@@ -27,6 +31,7 @@ pub use memory::MemoryChunkStore;
 pub use objectstore::ObjectStoreChunkStore;
 pub(crate) use reader::verify_chunk;
 pub use reader::{ChunkSource, ChunkStream, ChunkedReader, ParkedStream, READ_AHEAD};
+pub use whole::WholeReader;
 pub use writer::{ChannelBlobWriter, IncomingBlob};
 
 use super::{B3Digest, Error};
@@ -40,9 +45,58 @@ pub struct ChunkMeta {
     pub size: u64,
 }
 
-/// A readable, seekable view of one blob.
-pub trait BlobReader: AsyncRead + AsyncSeek + Send + Unpin {}
-impl<T: AsyncRead + AsyncSeek + Send + Unpin> BlobReader for T {}
+/// A readable, seekable view of one blob. Every byte it hands out was verified first, against
+/// the blob's digest or its chunk's.
+///
+/// Readers hold verified bytes as buffers (a whole small blob, a chunk): [`Self::poll_piece`]
+/// hands them on as they are, so a byte is hashed once and copied at most once on its way from
+/// the store to whoever consumes it (the kernel, a socket). `AsyncRead` is the adapter for
+/// callers that want their own buffer filled.
+pub trait BlobReader: AsyncRead + AsyncSeek + Send + Unpin {
+    /// Up to `max` bytes (`max` > 0) from the current position, moving past them; empty at the
+    /// end of the blob. A reader holding the bytes as a verified buffer hands out a slice of it;
+    /// the default reads them into a new buffer.
+    fn poll_piece(self: Pin<&mut Self>, cx: &mut Context<'_>, max: usize) -> Poll<std::io::Result<Bytes>> {
+        let mut buf = BytesMut::with_capacity(max.min(PIECE_BUF));
+        let limit = buf.capacity().min(max);
+        ready!(tokio_util::io::poll_read_buf(self, cx, &mut (&mut buf).limit(limit)))?;
+        Poll::Ready(Ok(buf.freeze()))
+    }
+
+    /// The whole blob as one verified buffer, where the reader holds it so (a small blob read
+    /// with one call): a consumer keeping the blob (a cache) takes it without reading or
+    /// hashing it again. Independent of the position.
+    fn whole(&self) -> Option<Bytes> {
+        None
+    }
+}
+
+/// Largest buffer the default [`BlobReader::poll_piece`] reads into at once.
+const PIECE_BUF: usize = 256 * 1024;
+
+/// A boxed reader reads as the reader in the box, pieces included.
+impl<T: BlobReader + ?Sized> BlobReader for Box<T> {
+    fn poll_piece(mut self: Pin<&mut Self>, cx: &mut Context<'_>, max: usize) -> Poll<std::io::Result<Bytes>> {
+        Pin::new(&mut **self).poll_piece(cx, max)
+    }
+
+    fn whole(&self) -> Option<Bytes> {
+        (**self).whole()
+    }
+}
+
+/// [`BlobReader::poll_piece`] as a future.
+pub trait BlobReaderExt: BlobReader {
+    /// Up to `max` bytes (`max` > 0) from the current position; empty at the end of the blob.
+    fn piece(&mut self, max: usize) -> impl std::future::Future<Output = std::io::Result<Bytes>> + Send
+    where
+        Self: Sized,
+    {
+        std::future::poll_fn(move |cx| Pin::new(&mut *self).poll_piece(cx, max))
+    }
+}
+
+impl<T: BlobReader + ?Sized> BlobReaderExt for T {}
 
 /// Receives the bytes of a new blob.
 #[async_trait]

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 use tokio::task::JoinHandle;
 
-use super::ChunkMeta;
+use super::{BlobReader, ChunkMeta};
 use crate::castore::{B3Digest, Error};
 
 /// Where a [`ChunkedReader`] gets chunk bytes from. Returned bytes are unverified.
@@ -219,7 +219,7 @@ impl ChunkedReader {
             if *next == index {
                 hasher.update(&data);
                 *next += 1;
-                if *next == self.chunks.len() && B3Digest::from(hasher.finalize()) != self.blob {
+                if *next == self.chunks.len() && B3Digest::of_hasher(hasher) != self.blob {
                     return Poll::Ready(Err(Error::Corrupt(format!(
                         "blob {}: its chunks do not add up to the blob's digest",
                         self.blob
@@ -234,7 +234,7 @@ impl ChunkedReader {
 
     /// Up to `max` bytes from the current position, within one chunk, as a slice of the
     /// verified chunk (no copy); `None` at the end of the blob.
-    fn poll_piece(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Result<Option<Bytes>, Error>> {
+    fn poll_verified_piece(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Result<Option<Bytes>, Error>> {
         if self.pos >= self.size {
             return Poll::Ready(Ok(None));
         }
@@ -257,7 +257,7 @@ impl ChunkedReader {
     /// the next: a blob's bytes as the verified chunk buffers themselves, for a sender that
     /// passes them on without copying. `None` at the end of the blob.
     pub async fn next_piece(&mut self) -> Result<Option<Bytes>, Error> {
-        std::future::poll_fn(|cx| self.poll_piece(cx, usize::MAX)).await
+        std::future::poll_fn(|cx| self.poll_verified_piece(cx, usize::MAX)).await
     }
 }
 
@@ -266,7 +266,7 @@ impl AsyncRead for ChunkedReader {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        if let Some(piece) = ready!(self.poll_piece(cx, buf.remaining())).map_err(io::Error::from)? {
+        if let Some(piece) = ready!(self.poll_verified_piece(cx, buf.remaining())).map_err(io::Error::from)? {
             buf.put_slice(&piece);
         }
         Poll::Ready(Ok(()))
@@ -287,6 +287,13 @@ impl AsyncSeek for ChunkedReader {
 
     fn poll_complete(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
         Poll::Ready(Ok(self.pos))
+    }
+}
+
+impl BlobReader for ChunkedReader {
+    fn poll_piece(mut self: Pin<&mut Self>, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {
+        let piece = ready!(self.poll_verified_piece(cx, max)).map_err(io::Error::from)?;
+        Poll::Ready(Ok(piece.unwrap_or_default()))
     }
 }
 

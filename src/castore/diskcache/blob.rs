@@ -16,7 +16,7 @@ use tokio::io::AsyncReadExt;
 use super::{DiskCache, Object};
 use crate::castore::blobservice::{
     BlobReader, BlobService, BlobWriter, CHUNK_MAX, ChunkMeta, ChunkSource, ChunkStream, ChunkedReader, ManyBlobs,
-    ParkedStream, READ_AHEAD, read_whole_blob, verify_chunk,
+    ParkedStream, READ_AHEAD, WholeReader, read_whole_blob, verify_chunk,
 };
 use crate::castore::{B3Digest, Error};
 
@@ -92,7 +92,7 @@ impl BlobService for DiskCacheBlobService {
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         // Most blobs are one chunk, stored under the blob's own digest.
         if let Some(data) = read_chunk(&self.cache, digest).await {
-            return Ok(Some(Box::new(std::io::Cursor::new(data))));
+            return Ok(Some(Box::new(WholeReader::new(data))));
         }
         if let Some(list) = self.cached_list(digest).await {
             return Ok(Some(Box::new(ChunkedReader::new(self.source(), *digest, list))));
@@ -102,6 +102,12 @@ impl BlobService for DiskCacheBlobService {
         let Some(mut reader) = self.far.open_read(digest).await? else {
             return Ok(None);
         };
+        if let Some(data) = reader.whole().filter(|data| data.len() <= CHUNK_MAX) {
+            // Verified by the far reader, which holds it whole: cached and served as it is,
+            // without hashing or copying it again.
+            self.cache.store(Object::Chunk, digest, data.clone()).await;
+            return Ok(Some(Box::new(WholeReader::new(data))));
+        }
         let prefix = read_prefix(reader.as_mut(), CHUNK_MAX as u64).await.map_err(|e| Error::from_io(digest, e))?;
         if prefix.len() <= CHUNK_MAX {
             let data = Bytes::from(prefix);
@@ -112,7 +118,7 @@ impl BlobService for DiskCacheBlobService {
                 )));
             }
             self.cache.store(Object::Chunk, digest, data.clone()).await;
-            return Ok(Some(Box::new(std::io::Cursor::new(data))));
+            return Ok(Some(Box::new(WholeReader::new(data))));
         }
         let Some(list) = self.far_list(digest).await? else {
             return Ok(None);
@@ -248,6 +254,11 @@ impl ChunkSource for CachingSource {
         let Some(mut reader) = self.far.open_read(digest).await? else {
             return Ok(None);
         };
+        if let Some(data) = reader.whole().filter(|data| data.len() as u64 <= CHUNK_FETCH_LIMIT) {
+            // Verified by the far reader, which holds it whole.
+            self.cache.store(Object::Chunk, digest, data.clone()).await;
+            return Ok(Some(data));
+        }
         let data = read_prefix(reader.as_mut(), CHUNK_FETCH_LIMIT).await.map_err(|e| Error::from_io(digest, e))?;
         if data.len() as u64 > CHUNK_FETCH_LIMIT {
             return Err(Error::Corrupt(format!(
