@@ -21,6 +21,7 @@
 //! - [`virtiofs`]: the vhost-user-fs frontend;
 //! - [`tuning`]: process-wide settings our programs apply at start.
 
+pub mod access;
 pub mod castore;
 pub mod compose;
 pub mod fs;

@@ -20,6 +20,7 @@ use tvix_store::proto::ext::path_info_graph_service_server::{PathInfoGraphServic
 use tvix_store::proto::store::GetPathInfoRequest;
 use tvix_store::proto::store::path_info_service_server::PathInfoServiceServer;
 use tvix_store::server::{DirectoryServer, NoNarCalculation, PathInfoGraphServer, PathInfoServer};
+use tvix_store::store::Store;
 use tvix_store::storepath::StorePath;
 
 use crate::grpc_common::{Calls, call_recorder, count};
@@ -106,7 +107,10 @@ async fn serve(dir: &std::path::Path, f: &Fixture, graph: Graph) -> (String, Cal
     };
     let router = tonic::transport::Server::builder()
         .layer(recorder)
-        .add_service(PathInfoServiceServer::new(PathInfoServer::new(f.path_info.clone(), Arc::new(NoNarCalculation))))
+        .add_service(PathInfoServiceServer::new(PathInfoServer::new(
+            Store { path_info: f.path_info.clone(), directory: f.directory.clone(), ..Store::in_memory() },
+            Arc::new(NoNarCalculation),
+        )))
         .add_service(DirectoryServiceServer::new(DirectoryServer::new(f.directory.clone())))
         .add_optional_service(ours)
         .add_optional_service(liar);

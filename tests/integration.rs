@@ -17,6 +17,7 @@ mod nix_referee;
 mod vm_common;
 
 // The fast tier.
+mod access;
 mod cache_layers;
 mod cli_shell;
 // Its backend macros are used by the slow tier's S3 entries too.

@@ -248,8 +248,7 @@ async fn delete_and_gc_through_the_owning_daemon() {
 }
 
 #[test]
-fn destructive_admin_calls_over_tcp_need_the_flag() {
-    let daemon = Daemon::tcp();
+fn admin_calls_over_tcp_need_the_admin_right() {
     let flags = |addr: &str| {
         vec![
             "--blob-service-addr".to_string(),
@@ -261,16 +260,20 @@ fn destructive_admin_calls_over_tcp_need_the_flag() {
         ]
     };
     let tmp = tempfile::tempdir().unwrap();
-    let mut args = vec!["gc".to_string()];
-    args.extend(flags(&daemon.addr));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = run(tmp.path(), &args);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("--allow-remote-admin"), "{}", stderr(&out));
-    let mut args = vec!["verify".to_string()];
-    args.extend(flags(&daemon.addr));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert!(run(tmp.path(), &args).status.success(), "verify is not destructive: allowed over TCP");
+    let command = |daemon: &Daemon, name: &str| {
+        let mut args = vec![name.to_string()];
+        args.extend(flags(&daemon.addr));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(tmp.path(), &args)
+    };
+    let readers = Daemon::tcp_rights("read,write");
+    for name in ["gc", "verify"] {
+        let out = command(&readers, name);
+        assert!(!out.status.success(), "{name} without the admin right");
+        assert!(stderr(&out).contains("lacks the admin right"), "{name}: {}", stderr(&out));
+    }
+    let admins = Daemon::tcp_rights("read,admin");
+    assert!(command(&admins, "verify").status.success(), "verify with the admin right");
 }
 
 #[tokio::test(flavor = "multi_thread")]

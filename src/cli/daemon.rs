@@ -1,5 +1,7 @@
 //! `tvix-store daemon`.
 
+use std::sync::Arc;
+
 use tvix_store::compose::Role;
 use tvix_store::compose::defaultstore::SOCKET_NAME;
 use tvix_store::host::{Face, HostedStore, ListenAddr, Process, systemd};
@@ -23,16 +25,15 @@ pub struct Args {
     /// store's socket (<store dir>/daemon.sock) when serving the default store, else [::1]:8000.
     #[arg(short = 'l', long)]
     listen_address: Option<String>,
-    /// Serve delete and garbage collection (`tvix-store delete`, `tvix-store gc`) on TCP
-    /// listeners too; without it they are served on unix sockets only, which file permissions
-    /// guard.
-    #[arg(long)]
-    allow_remote_admin: bool,
+    #[command(flatten)]
+    access: super::AccessArgs,
 }
 
 /// Runs the command: serves until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let process = Process::start("daemon", args.metrics.metrics_listen).await?;
+    // Checked before the store is opened: a bad tokens file is a one-line error at start.
+    let policy = args.access.policy()?;
     let Some(opened) = process.open(&args.services.store_args(), Role::Owner).await? else {
         process.stopped();
         return Ok(());
@@ -55,7 +56,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let handlers = Handlers {
         backends: store.opened.maintenance.local_backends(),
-        remote_admin: args.allow_remote_admin,
+        gate: Arc::new(policy),
         ..Handlers::new(store.opened.store.clone())
     };
     process.serve(&listen, Face::Grpc(handlers)).await?;

@@ -161,6 +161,45 @@ impl ServiceArgs {
     }
 }
 
+/// Who may do what on a server's listeners (docs/access.md). The store's owner (the uid the
+/// process runs as) and root may do everything on unix sockets.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AccessArgs {
+    /// Rights of TCP clients that present no token: a comma-separated list of read, write,
+    /// sign, admin; or all, none.
+    #[arg(long, value_name = "RIGHTS", default_value = "read")]
+    pub tcp_rights: tvix_store::access::Rights,
+    /// Rights of other users connecting to a unix socket (its file mode decides who can).
+    #[arg(long, value_name = "RIGHTS", default_value = "read")]
+    pub unix_rights: tvix_store::access::Rights,
+    /// A file of tokens, one a line: NAME RIGHTS SHA256-OF-TOKEN [EXPIRES]; a client presents
+    /// one as `Authorization: Bearer TOKEN` (gRPC metadata, HTTP) or as the password of HTTP
+    /// basic auth (Nix's netrc-file).
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
+    /// Deprecated: adds `admin` to --tcp-rights (delete, gc and verify for every TCP client).
+    #[arg(long, hide = true)]
+    pub allow_remote_admin: bool,
+}
+
+impl AccessArgs {
+    /// The policy these arguments describe.
+    pub fn policy(&self) -> anyhow::Result<tvix_store::host::AccessPolicy> {
+        let tokens = match &self.tokens_file {
+            Some(file) => tvix_store::host::Tokens::load(file)?,
+            None => tvix_store::host::Tokens::default(),
+        };
+        let mut tcp = self.tcp_rights;
+        if self.allow_remote_admin {
+            tracing::warn!(
+                "--allow-remote-admin is deprecated: give a token the admin right, or --tcp-rights read,admin"
+            );
+            tcp = tcp.with(tvix_store::access::Right::Admin);
+        }
+        Ok(tvix_store::host::AccessPolicy::new(self.unix_rights, tcp, tokens))
+    }
+}
+
 /// What the filesystem frontends (mount, virtiofs) show, and how long they wait for the store.
 #[derive(clap::Args, Debug, Clone)]
 pub struct FsArgs {

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use tonic::codegen::http::HeaderValue;
 use tonic::transport::{Channel, Endpoint};
 use tower::{Service, ServiceExt};
 
@@ -69,16 +70,40 @@ impl std::fmt::Display for GrpcTarget {
 /// The channel connects lazily (a command starts even while the daemon is not up yet), and
 /// reconnects on the next call after the connection was lost.
 pub fn channel(target: &GrpcTarget) -> Result<GrpcChannel, String> {
+    let authorization = authorization()?;
     match target {
         GrpcTarget::Failover(targets) => {
             let channels = targets.iter().map(single_channel).collect::<Result<Vec<_>, _>>()?;
             if channels.is_empty() {
                 return Err("no daemon address given".into());
             }
-            Ok(GrpcChannel { channels: channels.into(), current: Arc::default() })
+            Ok(GrpcChannel { channels: channels.into(), current: Arc::default(), authorization })
         }
-        single => Ok(single_channel(single)?.into()),
+        single => Ok(GrpcChannel { authorization, ..single_channel(single)?.into() }),
     }
+}
+
+/// Names a file holding the token our clients present to daemons (`Authorization: Bearer`),
+/// for the rights it gives them (docs/access.md). A file, so the secret is in no URL,
+/// command line or environment listing.
+pub const TOKEN_FILE_VAR: &str = "TVIX_STORE_TOKEN_FILE";
+
+/// The `authorization` value of [`TOKEN_FILE_VAR`]'s token, if it is set.
+fn authorization() -> Result<Option<HeaderValue>, String> {
+    let Some(path) = std::env::var_os(TOKEN_FILE_VAR).filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let path = std::path::PathBuf::from(path);
+    let token = std::fs::read_to_string(&path).map_err(|e| format!("{TOKEN_FILE_VAR} {}: {e}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(format!("{TOKEN_FILE_VAR} {}: the file is empty", path.display()));
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| format!("{TOKEN_FILE_VAR} {}: the token is not one line of visible characters", path.display()))?;
+    // Kept out of debug output and header compression tables.
+    value.set_sensitive(true);
+    Ok(Some(value))
 }
 
 /// A channel to one daemon; `Failover` is refused (see [`channel`]).
@@ -117,6 +142,8 @@ pub struct GrpcChannel {
     channels: Arc<[Channel]>,
     /// Index of the channel calls go to.
     current: Arc<AtomicUsize>,
+    /// Sent with every call: the token of [`TOKEN_FILE_VAR`].
+    authorization: Option<HeaderValue>,
 }
 
 impl GrpcChannel {
@@ -133,7 +160,7 @@ impl GrpcChannel {
 
 impl From<Channel> for GrpcChannel {
     fn from(channel: Channel) -> Self {
-        Self { channels: Arc::from([channel]), current: Arc::default() }
+        Self { channels: Arc::from([channel]), current: Arc::default(), authorization: None }
     }
 }
 
@@ -147,7 +174,10 @@ impl Service<tonic::codegen::http::Request<tonic::body::Body>> for GrpcChannel {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(authorization) = &self.authorization {
+            request.headers_mut().insert(tonic::codegen::http::header::AUTHORIZATION, authorization.clone());
+        }
         let index = self.current.load(Ordering::Relaxed) % self.channels.len();
         let mut channel = self.channels[index].clone();
         let current = self.current.clone();

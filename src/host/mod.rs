@@ -8,6 +8,7 @@
 //! limits and timeouts) belongs here, set once for all listeners: every connection of every server
 //! comes through one accept loop, which tells each request its [`Peer`].
 
+mod access;
 mod conn;
 mod grpc;
 mod http;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
+pub use access::{AccessPolicy, Tokens, TokensError};
 pub use conn::{Credentials, Peer};
 pub use grpc::serve_grpc;
 pub use http::serve_http;
@@ -75,6 +77,9 @@ pub enum HostError {
     /// The metrics endpoint could not be started.
     #[error("{0}")]
     Metrics(String),
+    /// The tokens file cannot be used.
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
     /// The store could not be opened.
     #[error(transparent)]
     Compose(#[from] crate::compose::ComposeError),

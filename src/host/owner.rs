@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{HostError, ListenAddr, Listener, SocketFile, serve_grpc, shutdown_on};
+use super::{AccessPolicy, HostError, ListenAddr, Listener, SocketFile, serve_grpc, shutdown_on};
 use crate::compose::Opened;
 use crate::compose::defaultstore::SOCKET_NAME;
 use crate::server::Handlers;
@@ -32,7 +32,13 @@ pub async fn serve_owner_socket(opened: &Opened) -> Result<Option<OwnerSocket>, 
         return Err(HostError::InvalidAddr(addr.to_string()));
     };
     let socket = socket_file.twin();
-    let handlers = Handlers { backends: opened.maintenance.local_backends(), ..Handlers::new(opened.store.clone()) };
+    // The store's own socket: its owner (this process's uid) and root may do everything, other
+    // users who can reach the socket may read.
+    let handlers = Handlers {
+        backends: opened.maintenance.local_backends(),
+        gate: std::sync::Arc::new(AccessPolicy::defaults()),
+        ..Handlers::new(opened.store.clone())
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve_grpc(
         listener,

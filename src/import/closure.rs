@@ -126,23 +126,60 @@ fn parse_entry(index: usize, e: &serde_json::Value) -> Result<ClosureEntry, Clos
     Ok(ClosureEntry { path, nar_sha256, nar_size, references, ca, deriver })
 }
 
+/// The indices of `closure` with every path after the paths of the closure it refers to: a
+/// store that admits a path only when its references are present (a daemon) takes them in this
+/// order. Among paths that do not refer to each other, the closure's order is kept.
+fn references_first(closure: &[ClosureEntry]) -> Vec<usize> {
+    let index: std::collections::HashMap<&StorePath, usize> =
+        closure.iter().enumerate().map(|(i, e)| (&e.path, i)).collect();
+    let mut order = Vec::with_capacity(closure.len());
+    let mut state = vec![0u8; closure.len()]; // 0 new, 1 on the way, 2 placed
+    for start in 0..closure.len() {
+        // Depth first, without recursion: (entry, next reference to look at).
+        let mut stack = vec![(start, 0)];
+        while let Some((at, next)) = stack.pop() {
+            if state[at] == 2 {
+                continue;
+            }
+            state[at] = 1;
+            let reference = closure[at].references.get(next).and_then(|r| index.get(r)).copied();
+            match reference {
+                // A reference still to place (not the path itself, nor one on the way: Nix
+                // closures have no cycles but self-references).
+                Some(r) if state[r] == 0 => {
+                    stack.push((at, next + 1));
+                    stack.push((r, 0));
+                }
+                _ if next < closure[at].references.len() => stack.push((at, next + 1)),
+                _ => {
+                    state[at] = 2;
+                    order.push(at);
+                }
+            }
+        }
+    }
+    order
+}
+
 /// Copies `closure` from the local store directory `store_dir` (normally `/nix/store`):
 /// each path is ingested from the file system, checked against the NAR hash and size Nix
-/// registered, and registered with its references. Paths already registered with the same
-/// NAR hash are skipped. Returns the PathInfo of every path, in `closure` order.
+/// registered, and registered with its references, after them. Paths already registered with
+/// the same NAR hash are skipped. Returns the PathInfo of every path, in `closure` order.
 pub async fn copy_closure(
     store: &Store,
     closure: &[ClosureEntry],
     store_dir: &Path,
     progress: Option<Arc<Progress>>,
 ) -> Result<Vec<PathInfo>, ClosureError> {
-    let mut out = Vec::with_capacity(closure.len());
-    for entry in closure {
+    let mut registered: Vec<Option<PathInfo>> = vec![None; closure.len()];
+    for at in references_first(closure) {
+        let entry = &closure[at];
+        let out = &mut registered[at];
         let register = |source| ClosureError::Register { path: entry.path.clone(), source };
         if let Some(known) = store.path_info.get(*entry.path.digest()).await.map_err(register)?
             && known.nar_sha256 == entry.nar_sha256
         {
-            out.push(known);
+            *out = Some(known);
             continue;
         }
         let local = store_dir.join(entry.path.to_basename());
@@ -175,7 +212,35 @@ pub async fn copy_closure(
             deriver: entry.deriver.clone(),
             ca: entry.ca.clone(),
         };
-        out.push(store.path_info.put(info).await.map_err(register)?);
+        *out = Some(store.path_info.put(info).await.map_err(register)?);
     }
-    Ok(out)
+    Ok(registered.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8, references: &[u8]) -> ClosureEntry {
+        let path = |n: u8| StorePath::from_parts([n; 20], "p").unwrap();
+        ClosureEntry {
+            path: path(n),
+            nar_sha256: [0; 32],
+            nar_size: 0,
+            references: references.iter().map(|r| path(*r)).collect(),
+            ca: None,
+            deriver: None,
+        }
+    }
+
+    #[test]
+    fn references_come_first_and_self_references_and_outsiders_are_ignored() {
+        // 1 -> 2 -> 3, 1 -> 3, 4 refers to itself and to a path outside the closure.
+        let closure = [entry(1, &[2, 3]), entry(4, &[4, 9]), entry(2, &[3, 2]), entry(3, &[])];
+        let order = references_first(&closure);
+        assert_eq!(order.len(), closure.len());
+        let position = |n: u8| order.iter().position(|&i| closure[i].path.digest()[0] == n).unwrap();
+        assert!(position(3) < position(2) && position(2) < position(1), "{order:?}");
+        assert!(position(1) < position(4), "unrelated paths keep their order: {order:?}");
+    }
 }

@@ -1,6 +1,7 @@
 //! Ingestion: local paths and NAR streams become castore nodes plus the NAR hash and size,
 //! and content-addressed store paths registered in the PathInfoService.
 
+mod admit;
 mod closure;
 mod error;
 mod nar;
@@ -11,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use admit::{Admission, AdmitError, admit};
 pub use closure::{ClosureEntry, ClosureError, copy_closure, parse_closure};
 pub use error::ImportError;
 pub use nar::ingest_nar;

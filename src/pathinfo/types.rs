@@ -77,6 +77,16 @@ impl CaKind {
         }
     }
 
+    /// The hash algorithm, as Nix names it (`sha256`, `sha1`, `sha512`, `md5`).
+    pub fn algorithm(self) -> &'static str {
+        match self {
+            CaKind::NarSha1 | CaKind::FlatSha1 => "sha1",
+            CaKind::NarMd5 | CaKind::FlatMd5 => "md5",
+            CaKind::NarSha512 | CaKind::FlatSha512 => "sha512",
+            CaKind::NarSha256 | CaKind::TextSha256 | CaKind::FlatSha256 => "sha256",
+        }
+    }
+
     fn from_proto(v: proto::nar_info::ca::Hash) -> Self {
         use proto::nar_info::ca::Hash as H;
         match v {

@@ -22,26 +22,19 @@ pub struct Admin {
     pub backends: Option<Backends>,
 }
 
-/// The admin service, as served on one listener.
+/// The admin service. Who may call it is the server's gate's decision: every method needs the
+/// admin right ([`super::required_right`]).
 pub struct AdminServer {
     admin: Admin,
-    /// Whether Delete and CollectGarbage are allowed here (unix sockets, or TCP when the daemon
-    /// was told so).
-    destructive: bool,
 }
 
 impl AdminServer {
-    /// Serves `admin`; Delete and CollectGarbage only when `destructive`.
-    pub fn new(admin: Admin, destructive: bool) -> Self {
-        Self { admin, destructive }
+    /// Serves `admin`.
+    pub fn new(admin: Admin) -> Self {
+        Self { admin }
     }
 
     fn backends(&self) -> Result<&Backends, Status> {
-        if !self.destructive {
-            return Err(Status::permission_denied(
-                "delete and garbage collection are not allowed over TCP unless the daemon runs with --allow-remote-admin",
-            ));
-        }
         self.admin.backends.as_ref().ok_or_else(|| {
             Status::failed_precondition(
                 "this daemon's services are not each one backend it holds (a cache, a signing wrapper or a remote is in between): run delete and gc where the backends are",

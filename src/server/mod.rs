@@ -4,6 +4,7 @@
 //! plus `grpc.health.v1` and server reflection (v1 and v1alpha), as one router over a [`Store`];
 //! the host layer (`crate::host`) serves it on its listeners.
 
+mod access;
 mod admin;
 mod blob;
 mod blob_batch;
@@ -20,6 +21,7 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tower::layer::util::{Identity, Stack};
 
+pub use access::required_right;
 pub use admin::{Admin, AdminServer};
 pub use blob::BlobServer;
 pub use blob_batch::{BlobBatchServer, MAX_DIGESTS as MAX_BATCH_DIGESTS};
@@ -27,6 +29,7 @@ pub use directory::DirectoryServer;
 pub use path_info_graph::PathInfoGraphServer;
 pub use pathinfo::{NoNarCalculation, PathInfoServer};
 
+use crate::access::{Gate, Open};
 use crate::maintenance::Backends;
 use crate::pathinfo::NarCalculationService;
 use crate::proto::admin::store_admin_server::StoreAdminServer;
@@ -56,17 +59,18 @@ pub struct Handlers {
     /// The store's backends, where this process holds them: the admin extension's Delete and
     /// CollectGarbage need them (without, they answer FAILED_PRECONDITION; Verify works).
     pub backends: Option<Backends>,
-    /// Whether Delete and CollectGarbage are served on TCP listeners too (they always are on
-    /// unix sockets, which the file system's permissions guard).
-    pub remote_admin: bool,
+    /// Who each call comes from and what it may do ([`required_right`] says what each method
+    /// needs).
+    pub gate: Arc<dyn Gate>,
 }
 
 impl Handlers {
-    /// Serves `store`, with this build's NAR calculation over it, and no backends for the admin
-    /// extension.
+    /// Serves `store`, with this build's NAR calculation over it, no backends for the admin
+    /// extension, and every call allowed everything ([`Open`]: for a server embedded in a
+    /// program; the host layer sets its own gate).
     pub fn new(store: Store) -> Self {
         let nar = Arc::new(crate::nar::NarCalculator::new(store.blob.clone(), store.directory.clone()));
-        Self { store, nar, backends: None, remote_admin: false }
+        Self { store, nar, backends: None, gate: Arc::new(Open) }
     }
 }
 
@@ -74,16 +78,16 @@ impl Handlers {
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The router [`router`] builds: our services behind the upload watch and the per-RPC metrics.
-pub(crate) type GrpcRouter = Router<Stack<metrics::RpcMetrics, Stack<uploads::WatchUploads, Identity>>>;
+pub(crate) type GrpcRouter =
+    Router<Stack<access::Guard, Stack<metrics::RpcMetrics, Stack<uploads::WatchUploads, Identity>>>>;
 
 /// Same flow-control windows as our client (see grpc::channel).
 const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
-/// The gRPC router serving `handlers`: our services with health and reflection, as served on
-/// one listener (`over_tcp`: a TCP one, where Delete and CollectGarbage need
-/// [`Handlers::remote_admin`]).
-pub(crate) async fn router(handlers: Handlers, over_tcp: bool) -> Result<GrpcRouter, ServerError> {
+/// The gRPC router serving `handlers`: our services with health and reflection, behind the
+/// gate.
+pub(crate) async fn router(handlers: Handlers) -> Result<GrpcRouter, ServerError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let store = handlers.store;
     let path_info_graph =
@@ -99,11 +103,11 @@ pub(crate) async fn router(handlers: Handlers, over_tcp: bool) -> Result<GrpcRou
     let directory = DirectoryServiceServer::new(DirectoryServer::new(store.directory.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let path_info = PathInfoServiceServer::new(PathInfoServer::new(store.path_info.clone(), handlers.nar))
+    let path_info = PathInfoServiceServer::new(PathInfoServer::new(store.clone(), handlers.nar))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let admin = Admin { store, backends: handlers.backends };
-    let admin = StoreAdminServer::new(AdminServer::new(admin, !over_tcp || handlers.remote_admin));
+    let admin = StoreAdminServer::new(AdminServer::new(admin));
     health_reporter.set_serving::<BlobServiceServer<BlobServer>>().await;
     health_reporter.set_serving::<DirectoryServiceServer<DirectoryServer>>().await;
     health_reporter.set_serving::<PathInfoServiceServer<PathInfoServer>>().await;
@@ -125,6 +129,7 @@ pub(crate) async fn router(handlers: Handlers, over_tcp: bool) -> Result<GrpcRou
         .max_frame_size(MAX_FRAME_SIZE)
         .layer(uploads::WatchUploads)
         .layer(metrics::RpcMetrics)
+        .layer(access::Guard::new(handlers.gate))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

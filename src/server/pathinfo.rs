@@ -7,23 +7,27 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::access::Right;
 use crate::castore::{Error, Node};
-use crate::pathinfo::{NarCalculationService, PathInfo, PathInfoService};
+use crate::import::{Admission, AdmitError, admit};
+use crate::pathinfo::{NarCalculationService, PathInfo};
 use crate::proto::castore as castore_proto;
 use crate::proto::store as proto;
+use crate::store::Store;
 use crate::storepath::{DIGEST_LEN, nixbase32};
 
-/// Serves a [`PathInfoService`] over gRPC, answering CalculateNAR with a
-/// [`NarCalculationService`].
+/// Serves a store's [`PathInfoService`] over gRPC, answering CalculateNAR with a
+/// [`NarCalculationService`]. A Put is stored only when it is what it claims
+/// ([`crate::import::admit`]).
 pub struct PathInfoServer {
-    path_info: Arc<dyn PathInfoService>,
+    store: Store,
     nar: Arc<dyn NarCalculationService>,
 }
 
 impl PathInfoServer {
-    /// Serves `path_info`, computing NAR hashes with `nar`.
-    pub fn new(path_info: Arc<dyn PathInfoService>, nar: Arc<dyn NarCalculationService>) -> Self {
-        Self { path_info, nar }
+    /// Serves `store`'s PathInfo, computing NAR hashes with `nar`.
+    pub fn new(store: Store, nar: Arc<dyn NarCalculationService>) -> Self {
+        Self { store, nar }
     }
 }
 
@@ -46,15 +50,33 @@ pub(super) fn unknown(digest: &[u8; DIGEST_LEN]) -> Status {
 impl proto::path_info_service_server::PathInfoService for PathInfoServer {
     async fn get(&self, request: Request<proto::GetPathInfoRequest>) -> Result<Response<proto::PathInfo>, Status> {
         let digest = output_hash(request.into_inner())?;
-        let info = self.path_info.get(digest).await?.ok_or_else(|| unknown(&digest))?;
+        let info = self.store.path_info.get(digest).await?.ok_or_else(|| unknown(&digest))?;
         Ok(Response::new(info.to_proto()))
     }
 
     async fn put(&self, request: Request<proto::PathInfo>) -> Result<Response<proto::PathInfo>, Status> {
+        let caller = super::access::caller_of(&request);
         let info = PathInfo::from_proto(request.into_inner())
             .map_err(|e| Status::invalid_argument(format!("invalid PathInfo: {e}")))?;
-        let stored = self.path_info.put(info).await?;
-        Ok(Response::new(stored.to_proto()))
+        let path = info.store_path.clone();
+        let admission =
+            Admission { may_replace: caller.rights.has(Right::Admin), trusted: caller.rights.has(Right::Trusted) };
+        match admit(&self.store, self.nar.as_ref(), info, admission).await {
+            Ok(stored) => Ok(Response::new(stored.to_proto())),
+            Err(e) => {
+                tracing::warn!(caller = %caller.identity, %path, "PathInfo refused: {e}");
+                Err(match e {
+                    AdmitError::Exists { .. } => Status::permission_denied(e.to_string()),
+                    AdmitError::MissingReference { .. } | AdmitError::Incomplete { .. } => {
+                        Status::failed_precondition(e.to_string())
+                    }
+                    AdmitError::Mismatch { .. } | AdmitError::ContentAddress { .. } => {
+                        Status::invalid_argument(e.to_string())
+                    }
+                    AdmitError::Store(e) => e.into(),
+                })
+            }
+        }
     }
 
     async fn calculate_nar(
@@ -70,7 +92,7 @@ impl proto::path_info_service_server::PathInfoService for PathInfoServer {
     type ListStream = Pin<Box<dyn Stream<Item = Result<proto::PathInfo, Status>> + Send>>;
 
     async fn list(&self, _request: Request<proto::ListPathInfoRequest>) -> Result<Response<Self::ListStream>, Status> {
-        let service = self.path_info.clone();
+        let service = self.store.path_info.clone();
         let stream = async_stream::try_stream! {
             let mut all = service.list();
             while let Some(info) = all.next().await {

@@ -48,14 +48,20 @@ impl Daemon {
         Self::start(args, vec![], format!("grpc+unix://{}", socket.display()), socket.display().to_string(), Some(tmp))
     }
 
-    /// A daemon on a free loopback TCP port.
+    /// A daemon on a free loopback TCP port whose clients may do everything: these tests
+    /// exercise the services, tests/access.rs who may use them.
     pub fn tcp() -> Self {
+        Self::tcp_rights("all")
+    }
+
+    /// A daemon on a free loopback TCP port whose clients have `rights` (`--tcp-rights`).
+    pub fn tcp_rights(rights: &str) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut args = backend_args(&dir);
-        args.extend(["-l".into(), listen.clone()]);
+        args.extend(["-l".into(), listen.clone(), "--tcp-rights".into(), rights.into()]);
         Self::start(args, vec![], format!("grpc+http://{listen}"), listen, Some(tmp))
     }
 
@@ -64,7 +70,7 @@ impl Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let listen = format!("127.0.0.1:{}", free_port());
         let mut args = services.to_vec();
-        args.extend(["-l".into(), listen.clone()]);
+        args.extend(["-l".into(), listen.clone(), "--tcp-rights".into(), "all".into()]);
         Self::start(args, vec![], format!("grpc+http://{listen}"), listen, Some(tmp))
     }
 
