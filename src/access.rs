@@ -179,6 +179,8 @@ mod tests {
         let basic = format!("Basic {}", data_encoding::BASE64.encode(b"nix:s3cret"));
         headers.insert(http::header::AUTHORIZATION, basic.parse().unwrap());
         assert_eq!(presented_token(&headers).as_deref(), Some("s3cret"));
+        headers.insert(http::header::AUTHORIZATION, "basic dXNlcjpzM2NyZXQ=".parse().unwrap());
+        assert_eq!(presented_token(&headers).as_deref(), Some("s3cret"), "any case, any user");
         headers.insert(http::header::AUTHORIZATION, "Digest x".parse().unwrap());
         assert_eq!(presented_token(&headers), None);
     }

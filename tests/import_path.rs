@@ -209,3 +209,103 @@ async fn blobs_are_durable_before_directories_refer_to_them() {
     assert_eq!(again.node, ingested.node);
     assert_eq!(checked.load(std::sync::atomic::Ordering::SeqCst), 3, "every file checked at the directory upload");
 }
+
+/// Issue #26: a tree that someone else can write, with one entry swapped over and over (by
+/// atomic renames) between a regular file, a symlink to a secret file of the same size, and a
+/// FIFO, while it is imported again and again. The secret's bytes never come in as the file's
+/// contents (a symlink is imported as a symlink, a swap between look and open is refused), a
+/// FIFO is refused, and no import waits (each is bounded to 10 s, all of them to 60 s).
+#[test]
+fn an_entry_swapped_during_import_is_never_read_through_and_nothing_hangs() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    let staging = tmp.path().join("staging");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&staging).unwrap();
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, b"secret!").unwrap();
+    std::fs::write(root.join("entry"), b"benign!").unwrap();
+    let secret_digest = tvix_store::castore::B3Digest::of(b"secret!");
+    let benign_digest = tvix_store::castore::B3Digest::of(b"benign!");
+
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, root, staging, secret) = (stop.clone(), root.clone(), staging.clone(), secret.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let next = staging.join("next");
+                match swaps % 3 {
+                    0 => std::os::unix::fs::symlink(&secret, &next).unwrap(),
+                    1 => {
+                        let c = std::ffi::CString::new(next.as_os_str().as_encoded_bytes()).unwrap();
+                        // SAFETY: a valid NUL-terminated path.
+                        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+                    }
+                    _ => std::fs::write(&next, b"benign!").unwrap(),
+                }
+                // Atomic: the entry always exists, as one thing or another.
+                std::fs::rename(&next, root.join("entry")).unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+
+    // Never dropped on a failure: dropping a runtime waits for a blocking import that hangs.
+    let rt = std::mem::ManuallyDrop::new(tokio::runtime::Runtime::new().unwrap());
+    let started = Instant::now();
+    let (mut files, mut symlinks, mut refused, mut fifos) = (0, 0, 0, 0);
+    let mut imports = 0;
+    // For a while rather than a count: the swaps and the imports race on however many cores
+    // there are.
+    while started.elapsed() < Duration::from_secs(3) || imports < 100 {
+        imports += 1;
+        let Store { blob, directory, .. } = Store::in_memory();
+        let import = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), ingest_path(blob, directory.clone(), &root, None)).await
+        });
+        let Ok(result) = import else {
+            stop.store(true, Ordering::Relaxed);
+            panic!("an import of the swapped tree hung");
+        };
+        match result {
+            Ok(ingested) => {
+                let Node::Directory { digest, .. } = ingested.node else { panic!("not a directory") };
+                let listing = rt.block_on(directory.get(&digest)).unwrap().unwrap();
+                let (_, node) = listing.entries().next().unwrap();
+                match node {
+                    Node::File { digest, .. } => {
+                        assert_ne!(*digest, secret_digest, "the secret was read through a swapped entry");
+                        assert_eq!(*digest, benign_digest);
+                        files += 1;
+                    }
+                    Node::Symlink { target } => {
+                        assert_eq!(target.as_bytes(), secret.as_os_str().as_encoded_bytes());
+                        symlinks += 1;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            Err(ImportError::Replaced { path, .. }) => {
+                assert_eq!(path, root.join("entry"));
+                refused += 1;
+            }
+            Err(ImportError::UnsupportedType { path, kind: "FIFO" }) => {
+                assert_eq!(path, root.join("entry"));
+                fifos += 1;
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{imports} imports in {elapsed:?} under {swaps} swaps: {files} files, {symlinks} symlinks, {fifos} FIFOs, {refused} swaps caught between look and open"
+    );
+    assert!(elapsed < Duration::from_secs(60), "took {elapsed:?}");
+    std::mem::ManuallyDrop::into_inner(rt).shutdown_background();
+}

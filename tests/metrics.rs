@@ -169,3 +169,79 @@ fn the_daemon_counts_rpcs_and_nar_bridge_counts_requests() {
     let misses = sample(&text, "tvix_http_requests_total", &["kind=\"narinfo\"", "status=\"404\""]);
     assert!(misses.unwrap_or(0.0) >= 1.0, "{text}");
 }
+
+/// A daemon process, killed on drop (also when a check failed).
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Made-up method names (issue #26: 5,000 of them made the scrape 22 MB) are one `other`
+/// series however many there are; real methods keep their own label.
+#[test]
+fn made_up_method_names_share_one_other_series() {
+    use futures::StreamExt;
+    use tvix_store::proto::castore::StatBlobRequest;
+    use tvix_store::proto::castore::blob_service_client::BlobServiceClient;
+    const CALLS: usize = 2_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("d.sock");
+    let port = free_port();
+    let _daemon = Daemon(
+        tvix_store()
+            .args(["daemon", "--metrics-listen", &format!("127.0.0.1:{port}"), "-l"])
+            .arg(&socket)
+            .args(MEMORY_SERVICES)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_path(&socket, std::time::Duration::from_secs(20));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The channel's connector spawns on the runtime it is made in.
+    let _inside = rt.enter();
+    let channel = tvix_store::compose::channel(&format!("grpc+unix://{}", socket.display())).unwrap();
+
+    // One real call first: its label is there before the flood.
+    let stat = StatBlobRequest { digest: vec![7u8; 32].into(), send_chunks: false, send_bao: false };
+    let status = rt.block_on(BlobServiceClient::new(channel.clone()).stat(stat)).unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let before = scrape(port);
+
+    let made_up = |i: usize| match i % 4 {
+        0 => format!("/tvix.castore.v1.BlobService/xyz-{i}"),
+        1 => format!("/grpc.health.v1.Health/xyz-{i}"),
+        2 => format!("/tvix_store.admin.v1.StoreAdmin/xyz-{i}"),
+        _ => format!("/tvix.madeup{i}.v1.Service/Read"),
+    };
+    let codes: Vec<tonic::Code> = rt.block_on(
+        futures::stream::iter(0..CALLS)
+            .map(|i| {
+                let channel = channel.clone();
+                let path = made_up(i);
+                async move {
+                    let mut grpc = tonic::client::Grpc::new(channel);
+                    grpc.ready().await.unwrap();
+                    let path: tonic::codegen::http::uri::PathAndQuery = path.parse().unwrap();
+                    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+                    grpc.unary(tonic::Request::new(()), path, codec).await.unwrap_err().code()
+                }
+            })
+            .buffer_unordered(32)
+            .collect(),
+    );
+    assert!(codes.iter().all(|c| *c == tonic::Code::Unimplemented), "{:?}", &codes[..4]);
+    let after = scrape(port);
+    eprintln!("scrape: {} bytes before {CALLS} made-up calls, {} bytes after", before.len(), after.len());
+    assert_valid_exposition(&after);
+    assert_eq!(sample(&after, "tvix_grpc_requests_total", &["method=\"other\""]), Some(CALLS as f64), "{after}");
+    assert!(!after.contains("xyz-") && !after.contains("madeup"), "a made-up name became a label:\n{after}");
+    // One more series (a counter and a histogram's few lines), whatever the number of calls.
+    assert!(after.len() < before.len() + 4096, "{} bytes after, {} before", after.len(), before.len());
+    let stats = sample(&after, "tvix_grpc_requests_total", &["method=\"/tvix.castore.v1.BlobService/Stat\""]);
+    assert_eq!(stats, Some(1.0), "{after}");
+}

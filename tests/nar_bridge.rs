@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tvix_store::access::Rights;
 use tvix_store::castore::blobservice::BlobService;
 use tvix_store::castore::directoryservice::DirectoryService;
 use tvix_store::import::ingest_nar;
@@ -40,7 +41,9 @@ async fn serve(options: Options) -> Bridge {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = bridge.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    // Served as the command serves it: through the host layer, which tells each request its peer.
+    let forever = tvix_store::host::shutdown_on(std::future::pending());
+    tokio::spawn(tvix_store::host::serve_http(tvix_store::host::Listener::Tcp(listener), router, forever));
     Bridge { url, blob, directory, path_info }
 }
 
@@ -172,9 +175,7 @@ async fn nix_copies_to_us_with_every_compression() {
     let tmp = tempfile::tempdir().unwrap();
     let (secret, _) = keypair(tmp.path(), "nar-bridge-test-3");
     for compression in ["xz", "zstd", "bzip2", "br", "none"] {
-        let bridge =
-            serve(Options { uploads: Some(UploadOptions { token: None, max_body: 1 << 30 }), ..Options::default() })
-                .await;
+        let bridge = serve(Options { uploads: Some(UploadOptions { max_body: 1 << 30 }), ..Options::default() }).await;
         let to = format!("{}?compression={compression}&secret-key={}", bridge.url, secret.display());
         let out = nix_run("nix", &["copy", "--to", &to, &c.top]);
         assert!(out.status.success(), "{compression}: nix copy --to failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -211,9 +212,24 @@ fn nix_copy_to_the_binary_then_a_mount_shows_the_paths() {
     let store = tmp.path().join("store");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
+    // Uploads need a credential: without one the bridge refuses to start, saying how to give one.
+    let refused = tvix_store()
+        .env("TVIX_STORE_DIR", &store)
+        .args(["nar-bridge", "--allow-uploads", "-l", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no client may upload"), "{refused:?}");
+    // Nix sends the token from its netrc file, as HTTP basic authentication.
+    let token = tmp.path().join("upload.token");
+    std::fs::write(&token, "netrc-secret\n").unwrap();
+    let netrc = tmp.path().join("netrc");
+    std::fs::write(&netrc, "machine 127.0.0.1 login nix password netrc-secret\n").unwrap();
     let mut bridge = tvix_store()
         .env("TVIX_STORE_DIR", &store)
         .args(["nar-bridge", "--allow-uploads", "-l", &format!("127.0.0.1:{port}")])
+        .arg("--upload-token-file")
+        .arg(&token)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -222,7 +238,7 @@ fn nix_copy_to_the_binary_then_a_mount_shows_the_paths() {
         assert!(std::time::Instant::now() < deadline, "nar-bridge did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = nix_run("nix", &["copy", "--to", &url, &c.top]);
+    let out = nix_run("nix", &["copy", "--to", &url, &c.top, "--option", "netrc-file", netrc.to_str().unwrap()]);
     let uploaded = out.status.success();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -345,9 +361,14 @@ async fn bad_requests_get_their_status_and_store_nothing() {
     let put = client.put(format!("{}/{}.narinfo", reads.url, hash_of(&c.dep))).body("x").send().await.unwrap();
     assert_eq!(put.status(), 403, "uploads are off by default");
 
-    // Uploads on, behind a token, with a small limit.
+    // Uploads on, behind a token, with a small limit; another token may also replace paths.
+    let mut tokens = tvix_store::host::Tokens::default();
+    tokens.add_secret("upload", "read,write".parse().unwrap(), "s3cret");
+    tokens.add_secret("ops", "all".parse().unwrap(), "0ps");
+    let gate = tvix_store::host::AccessPolicy::new(Rights::READ, Rights::READ, tokens);
     let uploads = serve(Options {
-        uploads: Some(UploadOptions { token: Some("s3cret".into()), max_body: 2_000_000 }),
+        uploads: Some(UploadOptions { max_body: 2_000_000 }),
+        gate: Arc::new(gate),
         ..Options::default()
     })
     .await;
@@ -444,6 +465,38 @@ async fn bad_requests_get_their_status_and_store_nothing() {
     );
     assert_eq!(upload(name.clone(), b"StorePath: nonsense\n".to_vec(), Some("s3cret")).await, 400);
     assert!(uploads.path_info.get(*StorePath::from_absolute_path(&c.dep).unwrap().digest()).await.unwrap().is_none());
+
+    // A new path from the write token; then the same path with other contents: refused for
+    // it, what is served stays the first upload's; the admin token may replace it.
+    let replaced_path = "/nix/store/7777777777777777777777777777777z-uploaded";
+    let narinfo_of = |nar: &[u8], url: &str| {
+        format!(
+            "StorePath: {replaced_path}\nURL: {url}\nCompression: none\nNarHash: sha256:{}\nNarSize: {}\nReferences: \n",
+            sha(nar),
+            nar.len()
+        )
+        .into_bytes()
+    };
+    let replaced_name = format!("{}.narinfo", &replaced_path[11..43]);
+    assert_eq!(upload(replaced_name.clone(), narinfo_of(&small, &small_url), Some("s3cret")).await, 200);
+    let other = nix_dump(&{
+        let f = tmp.path().join("other");
+        std::fs::write(&f, b"other contents").unwrap();
+        f
+    });
+    let other_url = format!("nar/{}.nar", sha(&other));
+    assert_eq!(upload(other_url.clone(), other.clone(), Some("s3cret")).await, 200);
+    assert_eq!(upload(replaced_name.clone(), narinfo_of(&other, &other_url), Some("s3cret")).await, 403);
+    let served = || async {
+        let text = client.get(format!("{}/{replaced_name}", uploads.url)).send().await.unwrap().text().await.unwrap();
+        NarInfo::parse(&text).unwrap().nar_hash
+    };
+    let sha256 = |data: &[u8]| -> [u8; 32] {
+        sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), data)).into()
+    };
+    assert_eq!(served().await, sha256(&small), "a write token replaced a path's contents");
+    assert_eq!(upload(replaced_name.clone(), narinfo_of(&other, &other_url), Some("0ps")).await, 200);
+    assert_eq!(served().await, sha256(&other), "the admin's replacement is served");
 
     // And the server still serves.
     assert_eq!(status(&uploads, "nix-cache-info").await, 200);

@@ -720,3 +720,346 @@ async fn substitution_counts_bytes_downloaded_and_new_blobs() {
     assert_eq!(again.downloaded(), cache_bytes);
     assert_eq!(again.stored(), 0);
 }
+
+/// Where an endless narinfo stops: far beyond any limit, so a test that ends did so because
+/// the client hung up.
+const ENDLESS_CAP: u64 = 200 << 20;
+
+/// A binary cache on the loopback whose every narinfo never ends: `200 OK` without a length,
+/// then narinfo-looking lines as fast as the client takes them (up to [`ENDLESS_CAP`], or until
+/// it hangs up). Anything else is 404. Counts the bytes it sent and the connections it closed.
+struct EndlessServer {
+    url: String,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EndlessServer {
+    async fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, c) = (sent.clone(), closed.clone());
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let (sent, closed) = (s.clone(), c.clone());
+                connections.spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_string();
+                    if !line.contains(".narinfo ") {
+                        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
+                        return;
+                    }
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").await;
+                    let block: Vec<u8> = format!("References: {}\n", "a".repeat(1000)).into_bytes().repeat(64);
+                    let mut total = 0u64;
+                    while total < ENDLESS_CAP {
+                        if stream.write_all(&block).await.is_err() {
+                            break;
+                        }
+                        total += block.len() as u64;
+                        sent.fetch_add(block.len() as u64, Ordering::Relaxed);
+                    }
+                    closed.fetch_add(1, Ordering::SeqCst);
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Self { url, sent, closed, task }
+    }
+
+    /// Waits until `n` narinfo connections have ended (the client hung up), at most 20 s;
+    /// then the bytes sent in all.
+    async fn sent_once_closed(&self, n: usize) -> u64 {
+        use std::sync::atomic::Ordering;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.closed.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < deadline, "the client kept the endless narinfo open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for EndlessServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What a finished child said, its peak RSS (KiB, from `wait4`) and how long it ran.
+struct Measured {
+    success: bool,
+    stdout: String,
+    stderr: String,
+    max_rss_kib: i64,
+    elapsed: Duration,
+}
+
+/// Runs `command` to the end, measuring its peak resident set size: `wait4` reports the
+/// child's own `ru_maxrss`, which is gone from /proc once it has exited.
+#[expect(clippy::zombie_processes, reason = "the child is reaped by wait4, which also gives its rusage")]
+fn run_measured(mut command: Command) -> Measured {
+    let started = Instant::now();
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: our own child's pid, and pointers to live locals of the right types.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4: {}", std::io::Error::last_os_error());
+    let elapsed = started.elapsed();
+    Measured {
+        success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+        max_rss_kib: usage.ru_maxrss,
+        elapsed,
+    }
+}
+
+/// Peak RSS a `tvix-store substitute` may reach under an endless narinfo (issue #26's bound
+/// for a process under one attack).
+const RSS_BOUND_KIB: i64 = 256 * 1024;
+
+/// An endless narinfo (issue #26: `substitute` grew to 3 GiB and aborted) is refused once
+/// 1 MiB is in: within seconds, a one-line error naming the cache, the narinfo and the limit,
+/// a peak RSS far below 256 MiB; and with a good cache after it, the same process
+/// substitutes the path from there.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_narinfo_is_cut_off_at_the_limit_and_the_next_cache_answers() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    nix_copy_unsigned(&good, &c.dep, "zstd");
+    let endless = EndlessServer::start().await;
+    let narinfo = format!("{}.narinfo", hash_of(&c.dep));
+
+    let mut alone = tvix_store();
+    alone.env("TVIX_STORE_DIR", tmp.path().join("store1")).args(["substitute", "--substituter", &endless.url, &c.dep]);
+    let run = tokio::task::spawn_blocking(move || run_measured(alone)).await.unwrap();
+    eprintln!("alone: {:?}, peak RSS {} KiB\n{}", run.elapsed, run.max_rss_kib, run.stderr);
+    assert!(!run.success, "substituted from an endless narinfo");
+    let error = run.stderr.lines().last().unwrap_or_default();
+    assert!(error.starts_with("error: "), "{}", run.stderr);
+    for part in [&endless.url as &str, &narinfo, "limit of 1048576 bytes", hash_of(&c.dep)] {
+        assert!(error.contains(part), "the error does not name {part:?}: {error}");
+    }
+    assert!(run.elapsed < Duration::from_secs(10), "took {:?}", run.elapsed);
+    assert!(run.max_rss_kib < RSS_BOUND_KIB, "peak RSS {} KiB", run.max_rss_kib);
+    let sent = endless.sent_once_closed(1).await;
+    eprintln!("the endless server sent {sent} bytes before the client hung up");
+    assert!(sent < 64 << 20, "the client took {sent} bytes of an endless narinfo");
+
+    // The endless cache first, a good one after it: the path comes from the good one.
+    let mut both = tvix_store();
+    both.env("TVIX_STORE_DIR", tmp.path().join("store2")).args([
+        "substitute",
+        "--substituter",
+        &format!("{}?priority=10", endless.url),
+        "--substituter",
+        &format!("file://{}?priority=20", good.display()),
+        &c.dep,
+    ]);
+    let run = tokio::task::spawn_blocking(move || run_measured(both)).await.unwrap();
+    eprintln!("both: {:?}, peak RSS {} KiB\n{}", run.elapsed, run.max_rss_kib, run.stderr);
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), c.dep);
+    assert!(run.max_rss_kib < RSS_BOUND_KIB, "peak RSS {} KiB", run.max_rss_kib);
+    endless.sent_once_closed(2).await;
+}
+
+/// In the library: the lookup fails with the limit named and holds no more than the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_narinfo_fails_the_lookup_in_process() {
+    let c = closure();
+    let endless = EndlessServer::start().await;
+    let store = store_over(&format!("nix+{}", endless.url));
+    let started = Instant::now();
+    let err = store.get(&c.dep).await.expect_err("an endless narinfo answered");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    let text = err.to_string();
+    assert!(text.contains("limit of 1048576 bytes") && text.contains(&endless.url), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+    assert!(store.near.get(digest_of(&c.dep)).await.unwrap().is_none());
+}
+
+/// A cache directory's narinfo that never ends (a symlink to /dev/zero) or is just too large
+/// is refused the same way; the symlink is not even opened (it leads out of the directory).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_cache_narinfo_is_bounded_and_not_followed_out() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    nix_copy_unsigned(&dir, &c.dep, "none");
+    let narinfo = narinfo_file(&dir, &c.dep);
+    let original = std::fs::read(&narinfo).unwrap();
+    let url = format!("nix+file://{}", dir.display());
+
+    std::fs::remove_file(&narinfo).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &narinfo).unwrap();
+    let err = store_over(&url).get(&c.dep).await.expect_err("a narinfo symlinked to /dev/zero").to_string();
+    assert!(err.contains("resolves outside the cache directory") && err.contains(&*dir.to_string_lossy()), "{err}");
+
+    std::fs::remove_file(&narinfo).unwrap();
+    let mut huge = original.clone();
+    huge.resize(2 << 20, b'\n');
+    std::fs::write(&narinfo, &huge).unwrap();
+    let err = store_over(&url).get(&c.dep).await.expect_err("a 2 MiB narinfo").to_string();
+    assert!(err.contains("limit of 1048576 bytes") && err.contains(hash_of(&c.dep)), "{err}");
+
+    std::fs::write(&narinfo, &original).unwrap();
+    assert!(store_over(&url).get(&c.dep).await.unwrap().is_some(), "the repaired cache");
+}
+
+/// The narinfo of `path` in `dir` with its `URL:` replaced by `url`.
+fn set_nar_url(dir: &Path, path: &str, url: &str) {
+    let narinfo = narinfo_file(dir, path);
+    let text = std::fs::read_to_string(&narinfo).unwrap();
+    let old = text.lines().find(|l| l.starts_with("URL: ")).unwrap().to_string();
+    std::fs::write(&narinfo, text.replace(&old, &format!("URL: {url}"))).unwrap();
+}
+
+/// The `URL:` of `path`'s narinfo in `dir`.
+fn nar_url(dir: &Path, path: &str) -> String {
+    let text = std::fs::read_to_string(narinfo_file(dir, path)).unwrap();
+    text.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap().to_string()
+}
+
+impl FaultServer {
+    /// The paths of every request so far.
+    fn paths(&self) -> Vec<String> {
+        self.requests.lock().unwrap().iter().map(|(p, _)| p.clone()).collect()
+    }
+}
+
+/// A narinfo's absolute URL pointing at another server (issue #26: fetched as given) is
+/// refused, naming the cache and the URL, and that server hears nothing; with
+/// `allow-absolute-urls=true` it is fetched from there, as Nix would.
+#[tokio::test(flavor = "multi_thread")]
+async fn absolute_nar_urls_are_refused_unless_allowed() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    nix_copy_unsigned(&real, &c.dep, "none");
+    let other = FaultServer::start(&real, Fault::Healthy).await;
+    let relative = nar_url(&real, &c.dep);
+
+    let pointing = tmp.path().join("pointing");
+    std::fs::create_dir(&pointing).unwrap();
+    std::fs::copy(narinfo_file(&real, &c.dep), narinfo_file(&pointing, &c.dep)).unwrap();
+    let absolute = format!("{}/{relative}", other.url);
+    set_nar_url(&pointing, &c.dep, &absolute);
+    let cache = FaultServer::start(&pointing, Fault::Healthy).await;
+
+    let store = store_over(&format!("nix+{}", cache.url));
+    let err = store.get(&c.dep).await.expect_err("an absolute URL was followed").to_string();
+    assert!(err.contains(&cache.url) && err.contains(&absolute) && err.contains("absolute URL"), "{err}");
+    assert!(err.contains(&c.dep), "{err}");
+    assert_eq!(other.paths(), Vec::<String>::new(), "the other server was asked");
+    assert!(store.near.get(digest_of(&c.dep)).await.unwrap().is_none());
+
+    let store = store_over(&format!("nix+{}?allow-absolute-urls=true", cache.url));
+    let info = store.get(&c.dep).await.unwrap().expect("substituted through the allowed absolute URL");
+    assert!(store.dump(&info).await == nix_dump(Path::new(&c.dep)));
+    assert_eq!(other.paths(), [format!("/{relative}")], "one NAR request to the other server");
+}
+
+/// A cache below a prefix (`http://host/cache/`): a URL whose `..` climbs above the prefix,
+/// or that starts with `/`, is refused and never requested, even where a valid NAR sits there.
+#[tokio::test(flavor = "multi_thread")]
+async fn nar_urls_climbing_out_of_an_http_cache_are_refused() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache_dir = tmp.path().join("cache");
+    nix_copy_unsigned(&cache_dir, &c.dep, "none");
+    let relative = nar_url(&cache_dir, &c.dep);
+    // The real NAR, outside the cache's prefix but on the same server.
+    std::fs::create_dir_all(tmp.path().join("secret/nar")).unwrap();
+    std::fs::rename(cache_dir.join(&relative), tmp.path().join("secret").join(&relative)).unwrap();
+    let server = FaultServer::start(tmp.path(), Fault::Healthy).await;
+    let base = format!("{}/cache", server.url);
+
+    for (url, why) in
+        [(format!("../secret/{relative}"), "leaves the cache's base"), (format!("/secret/{relative}"), "absolute path")]
+    {
+        set_nar_url(&cache_dir, &c.dep, &url);
+        let err = store_over(&format!("nix+{base}")).get(&c.dep).await.expect_err("a URL out of the cache").to_string();
+        assert!(err.contains(&base) && err.contains(&url) && err.contains(why), "{err}");
+        assert!(!server.paths().iter().any(|p| p.starts_with("/secret/")), "requested: {:?}", server.paths());
+    }
+    // `..` never, even with absolute URLs allowed; an absolute path then is.
+    set_nar_url(&cache_dir, &c.dep, &format!("../secret/{relative}"));
+    let store = store_over(&format!("nix+{base}?allow-absolute-urls=true"));
+    assert!(store.get(&c.dep).await.is_err());
+    assert!(!server.paths().iter().any(|p| p.starts_with("/secret/")));
+    set_nar_url(&cache_dir, &c.dep, &format!("/secret/{relative}"));
+    let info = store.get(&c.dep).await.unwrap().expect("an allowed absolute path");
+    assert!(store.dump(&info).await == nix_dump(Path::new(&c.dep)));
+}
+
+/// A `file://` cache never reads outside its directory: not through `..` in the URL (even
+/// with absolute URLs allowed), not through a symlink that leads out; a symlink that stays
+/// inside is followed. The files outside are the real NAR, so reading them would have
+/// succeeded: the refusal is what stops it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_cache_never_reads_outside_its_directory() {
+    let c = closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    nix_copy_unsigned(&dir, &c.dep, "none");
+    let relative = nar_url(&dir, &c.dep);
+    let secret = tmp.path().join("secret/nar");
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::copy(dir.join(&relative), tmp.path().join("secret").join(&relative)).unwrap();
+    let url = format!("nix+file://{}", dir.display());
+    let shown = dir.display().to_string();
+
+    for options in ["", "?allow-absolute-urls=true"] {
+        set_nar_url(&dir, &c.dep, &format!("../secret/{relative}"));
+        let store = store_over(&format!("{url}{options}"));
+        let err = store.get(&c.dep).await.expect_err("`..` out of the cache").to_string();
+        assert!(err.contains(&shown) && err.contains("../secret/") && err.contains("leaves the cache's base"), "{err}");
+        assert!(store.near.get(digest_of(&c.dep)).await.unwrap().is_none());
+    }
+
+    // The NAR in the cache replaced by a symlink to the copy outside.
+    set_nar_url(&dir, &c.dep, &relative);
+    let nar = dir.join(&relative);
+    std::fs::remove_file(&nar).unwrap();
+    std::os::unix::fs::symlink(format!("../../secret/{relative}"), &nar).unwrap();
+    let store = store_over(&url);
+    let err = store.get(&c.dep).await.expect_err("a symlink out of the cache").to_string();
+    assert!(err.contains(&shown) && err.contains(&relative) && err.contains("outside the cache directory"), "{err}");
+    assert!(store.near.get(digest_of(&c.dep)).await.unwrap().is_none());
+
+    // A symlink that stays inside: followed.
+    std::fs::remove_file(&nar).unwrap();
+    std::fs::create_dir(dir.join("moved")).unwrap();
+    std::fs::rename(tmp.path().join("secret").join(&relative), dir.join("moved/nar")).unwrap();
+    std::os::unix::fs::symlink("../moved/nar", &nar).unwrap();
+    let info = store.get(&c.dep).await.unwrap().expect("a symlink inside the cache");
+    assert!(store.dump(&info).await == nix_dump(Path::new(&c.dep)));
+}

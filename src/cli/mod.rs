@@ -185,10 +185,19 @@ pub struct AccessArgs {
 impl AccessArgs {
     /// The policy these arguments describe.
     pub fn policy(&self) -> anyhow::Result<tvix_store::host::AccessPolicy> {
-        let tokens = match &self.tokens_file {
+        Ok(self.policy_with(self.tokens()?))
+    }
+
+    /// The tokens of `--tokens-file`.
+    pub fn tokens(&self) -> anyhow::Result<tvix_store::host::Tokens> {
+        Ok(match &self.tokens_file {
             Some(file) => tvix_store::host::Tokens::load(file)?,
             None => tvix_store::host::Tokens::default(),
-        };
+        })
+    }
+
+    /// The policy these arguments describe, with `tokens`.
+    pub fn policy_with(&self, tokens: tvix_store::host::Tokens) -> tvix_store::host::AccessPolicy {
         let mut tcp = self.tcp_rights;
         if self.allow_remote_admin {
             tracing::warn!(
@@ -196,7 +205,7 @@ impl AccessArgs {
             );
             tcp = tcp.with(tvix_store::access::Right::Admin);
         }
-        Ok(tvix_store::host::AccessPolicy::new(self.unix_rights, tcp, tokens))
+        tvix_store::host::AccessPolicy::new(self.unix_rights, tcp, tokens)
     }
 }
 

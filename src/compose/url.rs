@@ -15,7 +15,8 @@
 //! A binary cache URL takes options as query parameters: `trusted-public-keys=` (Nix's
 //! `name:base64` keys, space separated; when given, narinfos must be signed by one of them),
 //! `priority=` (lower first, like Nix's), `timeout=` (seconds without progress before a request
-//! fails) and `negative-ttl=` (seconds a miss is remembered).
+//! fails), `negative-ttl=` (seconds a miss is remembered) and `allow-absolute-urls=` (`true`:
+//! a narinfo's `URL:` may point outside the cache, as Nix allows; default `false`).
 //!
 //! An S3 URL takes `endpoint=` (for self-hosted engines: `http://…` is used as given, with
 //! path-style requests) and `region=`; credentials come from the usual AWS environment
@@ -177,6 +178,8 @@ pub struct BinaryCacheSpec {
     pub timeout_secs: u64,
     /// Seconds a miss is remembered.
     pub negative_ttl_secs: u64,
+    /// Whether a narinfo's NAR URL may point outside the cache (`allow-absolute-urls=true`).
+    pub allow_absolute_urls: bool,
 }
 
 impl BinaryCacheSpec {
@@ -192,6 +195,7 @@ impl BinaryCacheSpec {
             priority: self.priority,
             timeout: std::time::Duration::from_secs(self.timeout_secs),
             negative_ttl: std::time::Duration::from_secs(self.negative_ttl_secs),
+            allow_absolute_urls: self.allow_absolute_urls,
         })
     }
 }
@@ -210,6 +214,7 @@ pub fn binary_cache(addr: &str, extra_keys: &[String]) -> Result<BinaryCacheSpec
         priority: defaults.priority,
         timeout_secs: defaults.timeout.as_secs(),
         negative_ttl_secs: defaults.negative_ttl.as_secs(),
+        allow_absolute_urls: defaults.allow_absolute_urls,
     };
     let number =
         |key: &str, value: &str| value.parse::<u64>().map_err(|_| format!("{key}={value:?} is not a whole number"));
@@ -235,9 +240,17 @@ pub fn binary_cache(addr: &str, extra_keys: &[String]) -> Result<BinaryCacheSpec
             }
             "timeout" => spec.timeout_secs = number(&key, &value)?.max(1),
             "negative-ttl" => spec.negative_ttl_secs = number(&key, &value)?,
+            // Spelled as Nix spells its boolean settings.
+            "allow-absolute-urls" => {
+                spec.allow_absolute_urls = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(format!("allow-absolute-urls={value:?}: expected true or false")),
+                }
+            }
             other => {
                 return Err(format!(
-                    "unknown option {other:?} (known: trusted-public-keys, priority, timeout, negative-ttl)"
+                    "unknown option {other:?} (known: trusted-public-keys, priority, timeout, negative-ttl, allow-absolute-urls)"
                 ));
             }
         }
@@ -420,6 +433,12 @@ mod tests {
         assert_eq!(spec.url.as_str(), "http://127.0.0.1:8080/cache");
         assert_eq!(spec.priority, 10);
         assert_eq!(spec.trusted_public_keys, vec![key.to_string()]);
+        assert!(!spec.allow_absolute_urls, "absolute NAR URLs are refused unless allowed");
+        let allowed = binary_cache("http://h:1/c?allow-absolute-urls=true&priority=3", &[]).unwrap();
+        assert!(allowed.allow_absolute_urls && allowed.options().unwrap().allow_absolute_urls);
+        assert_eq!((allowed.priority, allowed.url.as_str()), (3, "http://h:1/c"));
+        let err = binary_cache("file:///c?allow-absolute-urls=yes", &[]).unwrap_err();
+        assert!(err.contains("allow-absolute-urls=\"yes\": expected true or false"), "{err}");
         assert!(parse(Kind::Blob, "nix+http://h:1").is_err());
         assert!(parse(Kind::PathInfo, "nix+file://").is_err());
         assert!(parse(Kind::PathInfo, "nix+http://h:1?colour=red").unwrap_err().contains("unknown option"));

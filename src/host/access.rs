@@ -143,6 +143,18 @@ impl Tokens {
         Ok(Self { entries })
     }
 
+    /// Adds a token given as its secret (read from a file of its own, as nar-bridge's
+    /// `--upload-token-file`), under `name` with `rights`.
+    pub fn add_secret(&mut self, name: &str, rights: Rights, secret: &str) {
+        let sha256 = Sha256::digest(secret.as_bytes()).into();
+        self.entries.push(TokenEntry { name: name.to_string(), rights, sha256, expires: None });
+    }
+
+    /// Whether some token has `right`.
+    pub fn any_has(&self, right: crate::access::Right) -> bool {
+        self.entries.iter().any(|e| e.rights.has(right))
+    }
+
     /// The entry of `token`; an unknown or expired token is refused.
     fn find(&self, token: &str) -> Result<&TokenEntry, Refusal> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();

@@ -64,24 +64,19 @@ pub enum AdmitError {
     Store(#[from] Error),
 }
 
-/// What the caller of [`admit`] may do.
-#[derive(Debug, Clone, Copy)]
-pub struct Admission {
+/// What [`admit`] may do and check.
+#[derive(Clone, Copy)]
+pub struct Admission<'a> {
     /// Give an existing store path other contents (the admin right).
     pub may_replace: bool,
-    /// Store what is claimed without checking it against the contents (the trusted right).
-    pub trusted: bool,
+    /// Checks the claims against the contents, computing NAR hashes with this; `None` stores
+    /// what is claimed (a trusted caller's, or one whose NAR was checked as it arrived).
+    pub check_with: Option<&'a dyn NarCalculationService>,
 }
 
-/// Stores `info` in `store` if it is what it claims (see the module docs), computing NAR hashes
-/// with `nar`. Returns what was stored (an existing path with the new signatures added, when
-/// only those are new).
-pub async fn admit(
-    store: &Store,
-    nar: &dyn NarCalculationService,
-    info: PathInfo,
-    admission: Admission,
-) -> Result<PathInfo, AdmitError> {
+/// Stores `info` in `store` if it is what it claims (see the module docs). Returns what was
+/// stored (an existing path with the new signatures added, when only those are new).
+pub async fn admit(store: &Store, info: PathInfo, admission: Admission<'_>) -> Result<PathInfo, AdmitError> {
     let path = info.store_path.clone();
     if let Some(existing) = store.path_info.get(*path.digest()).await? {
         if same_but_signatures(&existing, &info) {
@@ -101,9 +96,9 @@ pub async fn admit(
             return Err(AdmitError::Exists { path });
         }
     }
-    if admission.trusted {
+    let Some(nar) = admission.check_with else {
         return Ok(store.path_info.put(info).await?);
-    }
+    };
     for reference in info.references.iter().filter(|r| **r != path) {
         if store.path_info.get(*reference.digest()).await?.is_none() {
             return Err(AdmitError::MissingReference { path, reference: reference.clone() });

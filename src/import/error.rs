@@ -26,6 +26,17 @@ pub enum ImportError {
         /// `socket`, `FIFO`, `block device` or `character device`.
         kind: &'static str,
     },
+    /// An entry was swapped between being looked at and being opened (for a symlink, a FIFO,
+    /// another file): refused, nothing of it read.
+    #[error("{}: changed while importing: it was {was} when looked at, but {now} when opened; not read", path.display())]
+    Replaced {
+        /// The entry.
+        path: PathBuf,
+        /// What `lstat` said it was (`a regular file`, `a directory`, `a symlink`).
+        was: &'static str,
+        /// What it was on opening (`a symlink`, `a FIFO`, `another file`, …).
+        now: &'static str,
+    },
     /// A file changed size while it was being read.
     #[error("{}: file changed while importing (expected {expected} bytes, read {read})", path.display())]
     Changed {

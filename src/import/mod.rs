@@ -3,6 +3,7 @@
 
 mod admit;
 mod closure;
+mod entry;
 mod error;
 mod nar;
 mod path;

@@ -1,13 +1,18 @@
 //! Local path ingestion: walk a file tree once, in NAR order, uploading its blobs and
 //! directories and computing the NAR hash and size on the way, without writing a NAR.
 //!
+//! Every entry is opened relative to its parent directory's descriptor, without following a
+//! symlink, and checked to be what its `lstat` said (`super::entry`): a tree someone else can
+//! write cannot swap a file for a symlink or a FIFO between the look and the open.
+//!
 //! The walk runs on a blocking thread (plain `std::fs` I/O, SHA-256 of the NAR stream) while
 //! the blob service chunks, BLAKE3-hashes and stores on the runtime: two cores busy for one
 //! large file, many uploads in flight for many small ones.
 
+use std::ffi::{CStr, CString, OsStr};
 use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,6 +20,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::runtime::Handle;
 
+use super::entry::{self, At, Kind, Seen};
 use super::upload::{SMALL_BLOB, Uploader};
 use super::{ImportError, Ingested, Progress};
 use crate::castore::blobservice::BlobService;
@@ -82,13 +88,32 @@ fn now<F: std::future::Future>(f: F) -> F::Output {
     futures::executor::block_on(f)
 }
 
-/// A directory being walked: where it is, its name in its parent, the entries still to visit
-/// (last first, so `pop` gives them in name order) and the listing built so far.
+/// A directory being walked: where it is, its name in its parent, its open descriptor (every
+/// entry in it is opened relative to that, never by path), the entries still to visit (last
+/// first, so `pop` gives them in name order) and the listing built so far.
 struct Frame {
     path: PathBuf,
     name: Option<PathComponent>,
-    pending: Vec<(Vec<u8>, PathBuf)>,
+    /// `None` while closed to keep the walk's descriptors bounded ([`MAX_OPEN_DIRS`]); opened
+    /// again through a subdirectory's `..` when the walk comes back to it.
+    fd: Option<OwnedFd>,
+    seen: Seen,
+    pending: Vec<Vec<u8>>,
     dir: Directory,
+}
+
+/// Directories the walk keeps open at once, the innermost ones: a tree may be about 2,000
+/// levels deep (PATH_MAX), more than a process's default 1,024 descriptors. An outer one is
+/// closed when a deeper one opens, and opened again (and checked to be the same directory)
+/// when the walk returns to it.
+const MAX_OPEN_DIRS: usize = 64;
+
+/// What [`Walker::leaf`] found.
+enum Entry {
+    /// A file or symlink, written.
+    Node(Node),
+    /// A directory, open, for the caller to walk.
+    Directory(OwnedFd, Seen),
 }
 
 impl Walker<'_> {
@@ -98,31 +123,55 @@ impl Walker<'_> {
     /// debug build (tests/deep_nesting.rs).
     fn walk(&mut self, root: &Path) -> Result<Node, ImportError> {
         let mut stack: Vec<Frame> = Vec::new();
-        let mut next: Option<(PathBuf, Option<PathComponent>)> = Some((root.to_path_buf(), None));
+        // Frames below this index have their descriptor closed.
+        let mut open_from = 0;
+        let root_name = entry::c_name(root, root.as_os_str().as_bytes())?;
+        let mut next: Option<(PathBuf, CString, Option<PathComponent>)> = Some((root.to_path_buf(), root_name, None));
         loop {
             let (path, name, node) = match next.take() {
-                Some((path, name)) => match self.leaf(&path, name.as_ref())? {
-                    Some(node) => (path, name, node),
-                    None => {
-                        let pending = list(&path)?;
-                        now(self.nar.directory_start(name.as_ref().map(PathComponent::as_bytes)))?;
-                        stack.push(Frame { path, name, pending, dir: Directory::new() });
-                        continue;
+                Some((path, c_name, name)) => {
+                    let at = match stack.last() {
+                        None => At::Cwd,
+                        Some(Frame { fd: Some(fd), .. }) => At::Dir(fd.as_fd()),
+                        Some(_) => unreachable!("the innermost directory is always open"),
+                    };
+                    match self.leaf(at, &c_name, &path, name.as_ref())? {
+                        Entry::Node(node) => (path, name, node),
+                        Entry::Directory(fd, seen) => {
+                            let mut pending = entry::read_names(fd.as_fd()).map_err(ImportError::io(&path))?;
+                            // NAR order is by name bytes, which is also castore's order.
+                            pending.sort_unstable_by(|a, b| b.cmp(a));
+                            now(self.nar.directory_start(name.as_ref().map(PathComponent::as_bytes)))?;
+                            stack.push(Frame { path, name, fd: Some(fd), seen, pending, dir: Directory::new() });
+                            if stack.len() - open_from > MAX_OPEN_DIRS {
+                                stack[open_from].fd = None;
+                                open_from += 1;
+                            }
+                            continue;
+                        }
                     }
-                },
+                }
                 None => {
                     let Some(top) = stack.last_mut() else {
                         unreachable!("an entry is only taken from an open directory");
                     };
-                    if let Some((child_name, child_path)) = top.pending.pop() {
+                    if let Some(child_name) = top.pending.pop() {
+                        let child_path = top.path.join(OsStr::from_bytes(&child_name));
                         let component =
                             PathComponent::try_from(&child_name[..]).map_err(|e| invalid(&child_path, e))?;
-                        next = Some((child_path, Some(component)));
+                        let c_name = entry::c_name(&child_path, &child_name)?;
+                        next = Some((child_path, c_name, Some(component)));
                         continue;
                     }
-                    let Some(Frame { path, name, dir, .. }) = stack.pop() else {
+                    let Some(Frame { path, name, dir, fd, .. }) = stack.pop() else {
                         unreachable!("the top frame was just looked at");
                     };
+                    if open_from == stack.len()
+                        && let (Some(parent), Some(fd)) = (stack.last_mut(), &fd)
+                    {
+                        parent.fd = Some(entry::reopen_parent(fd.as_fd(), &parent.seen, &parent.path)?);
+                        open_from -= 1;
+                    }
                     now(self.nar.directory_end())?;
                     let node = Node::directory(dir.digest(), dir.size());
                     self.rt.block_on(self.putter.put(dir))?;
@@ -138,42 +187,44 @@ impl Walker<'_> {
         }
     }
 
-    /// Writes and returns a symlink or file node; `None` for a directory, which the caller
-    /// opens.
-    fn leaf(&mut self, path: &Path, name: Option<&PathComponent>) -> Result<Option<Node>, ImportError> {
+    /// Writes and returns a symlink or file node; a directory comes back open, for the caller
+    /// to walk. `name` is looked up in `at` without following a symlink, and what is opened is
+    /// checked to be what the lookup saw (see [`entry`]).
+    fn leaf(
+        &mut self,
+        at: At<'_>,
+        c_name: &CStr,
+        path: &Path,
+        name: Option<&PathComponent>,
+    ) -> Result<Entry, ImportError> {
         let name = name.map(PathComponent::as_bytes);
-        let meta = std::fs::symlink_metadata(path).map_err(ImportError::io(path))?;
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            let target = std::fs::read_link(path).map_err(ImportError::io(path))?;
-            let target = target.as_os_str().as_bytes();
-            let target = SymlinkTarget::try_from(target).map_err(|e| invalid(path, e))?;
-            now(self.nar.symlink(name, target.as_bytes()))?;
-            self.count();
-            Ok(Some(Node::Symlink { target }))
-        } else if ft.is_file() {
-            let executable = meta.permissions().mode() & 0o100 != 0;
-            self.file(path, name, executable, meta.len()).map(Some)
-        } else if ft.is_dir() {
-            Ok(None)
-        } else {
-            let kind = if ft.is_socket() {
-                "socket"
-            } else if ft.is_fifo() {
-                "FIFO"
-            } else if ft.is_block_device() {
-                "block device"
-            } else if ft.is_char_device() {
-                "character device"
-            } else {
-                "file of unknown type"
-            };
-            Err(ImportError::UnsupportedType { path: path.to_path_buf(), kind })
+        let seen = entry::lstat(at, c_name).map_err(ImportError::io(path))?;
+        match seen.kind {
+            Kind::Symlink => {
+                let target = entry::read_link(at, c_name, &seen, path)?;
+                let target = SymlinkTarget::try_from(&target[..]).map_err(|e| invalid(path, e))?;
+                now(self.nar.symlink(name, target.as_bytes()))?;
+                self.count();
+                Ok(Entry::Node(Node::Symlink { target }))
+            }
+            Kind::File => {
+                // Size and mode are the opened file's (the same inode the lookup saw).
+                let opened = entry::open_file(at, c_name, &seen, path)?;
+                self.file(opened.file, path, name, opened.executable, opened.size).map(Entry::Node)
+            }
+            Kind::Directory => Ok(Entry::Directory(entry::open_dir(at, c_name, &seen, path)?, seen)),
+            other => Err(ImportError::UnsupportedType { path: path.to_path_buf(), kind: other.name() }),
         }
     }
 
-    fn file(&mut self, path: &Path, name: Option<&[u8]>, executable: bool, size: u64) -> Result<Node, ImportError> {
-        let mut file = std::fs::File::open(path).map_err(ImportError::io(path))?;
+    fn file(
+        &mut self,
+        mut file: std::fs::File,
+        path: &Path,
+        name: Option<&[u8]>,
+        executable: bool,
+        size: u64,
+    ) -> Result<Node, ImportError> {
         now(self.nar.file_start(name, executable, size))?;
         let changed = |read| ImportError::Changed { path: path.to_path_buf(), expected: size, read };
         let digest = if size <= SMALL_BLOB {
@@ -231,18 +282,6 @@ impl Walker<'_> {
             p.add_entry();
         }
     }
-}
-
-/// The entries of the directory at `path`, last in NAR order first.
-fn list(path: &Path) -> Result<Vec<(Vec<u8>, PathBuf)>, ImportError> {
-    let mut entries: Vec<(Vec<u8>, PathBuf)> = Vec::new();
-    for entry in std::fs::read_dir(path).map_err(ImportError::io(path))? {
-        let entry = entry.map_err(ImportError::io(path))?;
-        entries.push((entry.file_name().as_bytes().to_vec(), entry.path()));
-    }
-    // NAR order is by name bytes, which is also castore's order.
-    entries.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-    Ok(entries)
 }
 
 fn invalid(path: &Path, e: impl std::fmt::Display) -> ImportError {

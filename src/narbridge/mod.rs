@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 
 pub use names::{NarName, served_nar_url};
 
+use crate::access::{Gate, Open, Right};
 use crate::castore::Error as StoreError;
 use crate::narinfo::SigningKey;
 use crate::store::Store;
@@ -46,20 +47,34 @@ pub struct Options {
     /// Longest a single store call (a lookup, a directory fetch) may take before the request
     /// fails with 504: a stuck backend must not hold a client forever.
     pub store_timeout: Duration,
+    /// Who each request comes from and what it may do: uploads need the write right,
+    /// replacing an existing path the admin right (docs/access.md). [`Open`] (the default)
+    /// lets every request do everything: for a cache embedded in a program; the host layer
+    /// sets its own.
+    pub gate: Arc<dyn Gate>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { priority: 40, signing_key: None, uploads: None, store_timeout: Duration::from_secs(60) }
+        Self {
+            priority: 40,
+            signing_key: None,
+            uploads: None,
+            store_timeout: Duration::from_secs(60),
+            gate: Arc::new(Open),
+        }
     }
 }
 
-/// Limits of uploads.
+impl std::fmt::Debug for dyn Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
+/// Limits of uploads (who may upload is the gate's: [`Options::gate`]).
 #[derive(Debug, Clone)]
 pub struct UploadOptions {
-    /// Required as `Authorization: Bearer <token>` (or as the password of HTTP basic auth,
-    /// which is what Nix sends from a netrc file) on every upload, when set.
-    pub token: Option<String>,
     /// Largest body accepted (compressed, as sent), in bytes.
     pub max_body: u64,
 }
@@ -86,6 +101,7 @@ impl NarBridge {
             .route("/{file}", get(read::file).put(upload::file))
             .route("/nar/{file}", get(read::nar).put(upload::nar))
             .fallback(|| async { Reject::new(StatusCode::NOT_FOUND, "no such file in this binary cache") })
+            .layer(axum::middleware::from_fn_with_state(self.clone(), identify))
             .layer(axum::middleware::from_fn(record_request))
             .with_state(self.clone())
     }
@@ -109,6 +125,35 @@ impl NarBridge {
 
 /// Counts every request by what it asked for, method and status, with its latency (until the
 /// response starts), for `--metrics-listen`.
+/// Establishes every request's [`Caller`] (put into its extensions for the handlers); a request
+/// presenting a token that is not valid is refused whatever it asks for.
+async fn identify(
+    axum::extract::State(bridge): axum::extract::State<Arc<NarBridge>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match bridge.options.gate.caller(request.extensions(), request.headers()) {
+        // Uploads check the write right themselves (a disabled upload says so first).
+        Ok(caller) if request.method() != axum::http::Method::PUT && !caller.rights.has(Right::Read) => {
+            tracing::warn!(caller = %caller.identity, uri = %request.uri(), "refused: lacks the read right");
+            if crate::access::presented_token(request.headers()).is_none() {
+                return Reject::new(StatusCode::UNAUTHORIZED, "this cache needs a token to be read")
+                    .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"tvix-store\"")
+                    .into_response();
+            }
+            Reject::new(StatusCode::FORBIDDEN, format!("{} lacks the read right", caller.identity)).into_response()
+        }
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(refusal) => {
+            tracing::warn!(uri = %request.uri(), "refused: {refusal}");
+            Reject::new(StatusCode::FORBIDDEN, format!("{refusal}: refused")).into_response()
+        }
+    }
+}
+
 async fn record_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let path = request.uri().path();
     let kind = if path == "/nix-cache-info" {
@@ -141,11 +186,18 @@ async fn record_request(request: axum::extract::Request, next: axum::middleware:
 pub struct Reject {
     status: StatusCode,
     reason: String,
+    /// A header the answer carries (`WWW-Authenticate` on a 401).
+    header: Option<(header::HeaderName, &'static str)>,
 }
 
 impl Reject {
     fn new(status: StatusCode, reason: impl Into<String>) -> Self {
-        Self { status, reason: reason.into() }
+        Self { status, reason: reason.into(), header: None }
+    }
+
+    /// The same answer with `name: value` among its headers.
+    fn with_header(self, name: header::HeaderName, value: &'static str) -> Self {
+        Self { header: Some((name, value)), ..self }
     }
 
     /// A store error as an HTTP answer: data the store lacks is 404, broken data 500 (it is
@@ -177,6 +229,9 @@ impl IntoResponse for Reject {
         body.push('\n');
         let mut response = (self.status, body).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if let Some((name, value)) = self.header {
+            response.headers_mut().insert(name, HeaderValue::from_static(value));
+        }
         response
     }
 }

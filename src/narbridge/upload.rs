@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,8 +20,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use super::names::{self, NarName};
 use super::{NarBridge, Reject, bad_request};
+use crate::access::{Caller, Right, presented_token};
 use crate::castore::Node;
-use crate::import::ingest_nar;
+use crate::import::{Admission, AdmitError, admit, ingest_nar};
 use crate::nar::HashingReader;
 use crate::narinfo::{Compression, NarInfo, decompressor, format_sha256};
 
@@ -75,8 +77,13 @@ impl PendingNars {
 }
 
 /// `PUT /nix-cache-info` (Nix sends one where it found none; ours is made from the options).
-pub async fn discard(State(bridge): State<Arc<NarBridge>>, headers: HeaderMap, body: Body) -> Result<Response, Reject> {
-    bridge.authorize(&headers)?;
+pub async fn discard(
+    State(bridge): State<Arc<NarBridge>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Reject> {
+    bridge.authorize(&caller, &headers)?;
     read_small(&headers, body, "nix-cache-info").await?;
     Ok(StatusCode::OK.into_response())
 }
@@ -84,11 +91,12 @@ pub async fn discard(State(bridge): State<Arc<NarBridge>>, headers: HeaderMap, b
 /// `PUT /<hash>.narinfo` and `PUT /<hash>.ls`.
 pub async fn file(
     State(bridge): State<Arc<NarBridge>>,
+    Extension(caller): Extension<Caller>,
     Path(file): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Reject> {
-    bridge.authorize(&headers)?;
+    bridge.authorize(&caller, &headers)?;
     if let Some(digest) = names::path_hash(&file, ".ls") {
         // Our listings are made from the directory graph; the uploaded one is not needed.
         digest.map_err(bad_request)?;
@@ -139,19 +147,37 @@ pub async fn file(
         return Err(disagrees("FileSize", size.to_string(), nar.file_size.to_string()));
     }
     let info = narinfo.to_path_info(nar.node).map_err(|e| bad_request(e.to_string()))?;
-    bridge.bounded(|| format!("storing {path}"), bridge.store.path_info.put(info)).await?;
-    tracing::info!(%path, "uploaded");
+    // The NAR hash and size were checked against the bytes that arrived (above): what is left
+    // to decide is whether the caller may give an existing path other contents.
+    let admission = Admission { may_replace: caller.rights.has(Right::Admin), check_with: None };
+    let admitted = tokio::time::timeout(bridge.options.store_timeout, admit(&bridge.store, info, admission))
+        .await
+        .map_err(|_| Reject::new(StatusCode::GATEWAY_TIMEOUT, format!("storing {path}: the store did not answer")))?;
+    match admitted {
+        Ok(_) => {}
+        Err(AdmitError::Exists { .. }) => {
+            tracing::warn!(caller = %caller.identity, %path, "upload refused: the path exists with other contents");
+            return Err(Reject::new(
+                StatusCode::FORBIDDEN,
+                format!("{path} is already in this cache with other contents; replacing it needs the admin right"),
+            ));
+        }
+        Err(AdmitError::Store(e)) => return Err(Reject::store(&format!("storing {path}"), e)),
+        Err(e) => return Err(bad_request(e.to_string())),
+    }
+    tracing::info!(caller = %caller.identity, %path, "uploaded");
     Ok(StatusCode::OK.into_response())
 }
 
 /// `PUT /nar/<filehash>.nar[.xz|…]`.
 pub async fn nar(
     State(bridge): State<Arc<NarBridge>>,
+    Extension(caller): Extension<Caller>,
     Path(file): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Reject> {
-    let limits = bridge.authorize(&headers)?;
+    let limits = bridge.authorize(&caller, &headers)?;
     let (file_hash, compression) = match NarName::parse(&file).map_err(bad_request)? {
         NarName::Upload { file_hash, compression } => (file_hash, compression),
         NarName::Served { .. } => {
@@ -204,41 +230,23 @@ pub async fn nar(
 }
 
 impl NarBridge {
-    /// The upload limits, if uploads are on and the request carries the token (when one is set).
-    fn authorize(&self, headers: &HeaderMap) -> Result<&super::UploadOptions, Reject> {
+    /// The upload limits, if uploads are on and the caller may write: 401 (asking for
+    /// credentials, which a Nix client then sends from its netrc file) for a request without a
+    /// token, 403 for one whose token lacks the right.
+    fn authorize(&self, caller: &Caller, headers: &HeaderMap) -> Result<&super::UploadOptions, Reject> {
         let Some(uploads) = &self.options.uploads else {
             return Err(Reject::new(StatusCode::FORBIDDEN, "uploads are off (start nar-bridge with --allow-uploads)"));
         };
-        let Some(token) = &uploads.token else {
+        if caller.rights.has(Right::Write) {
             return Ok(uploads);
-        };
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(credential);
-        match given {
-            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(uploads),
-            Some(_) => Err(Reject::new(StatusCode::FORBIDDEN, "wrong upload token")),
-            None => Err(Reject::new(StatusCode::UNAUTHORIZED, "uploads need a token (Authorization: Bearer <token>)")),
         }
+        tracing::warn!(caller = %caller.identity, "upload refused: lacks the write right");
+        if presented_token(headers).is_none() {
+            return Err(Reject::new(StatusCode::UNAUTHORIZED, "uploads need a token (Authorization: Bearer <token>)")
+                .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"tvix-store\""));
+        }
+        Err(Reject::new(StatusCode::FORBIDDEN, format!("{} lacks the write right", caller.identity)))
     }
-}
-
-/// The token in `Bearer <token>`, or the password in `Basic base64(user:password)`.
-fn credential(value: &str) -> Option<String> {
-    let (scheme, rest) = value.trim().split_once(' ')?;
-    if scheme.eq_ignore_ascii_case("bearer") {
-        return Some(rest.trim().to_string());
-    }
-    if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = data_encoding::BASE64.decode(rest.trim().as_bytes()).ok()?;
-        let (_, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-        return Some(password.to_string());
-    }
-    None
-}
-
-/// Compares without stopping at the first difference, so response times do not reveal how much
-/// of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// 411 without a length or chunked encoding, 413 when the announced length is over `max`.
@@ -287,20 +295,5 @@ fn upload_failed(what: &str, over: &AtomicBool, reason: String, max: u64) -> Rej
         Reject::new(StatusCode::PAYLOAD_TOO_LARGE, format!("{what}: body over the limit of {max} bytes"))
     } else {
         Reject::new(StatusCode::BAD_REQUEST, format!("{what}: {reason}"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials() {
-        assert_eq!(credential("Bearer abc").as_deref(), Some("abc"));
-        assert_eq!(credential("basic dXNlcjpzM2NyZXQ=").as_deref(), Some("s3cret"));
-        assert_eq!(credential("Digest x"), None);
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

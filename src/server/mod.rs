@@ -119,6 +119,8 @@ pub(crate) async fn router(handlers: Handlers) -> Result<GrpcRouter, ServerError
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    // The metrics' route table is read from these descriptor sets too: a service added here
+    // needs its set in `metrics::SERVED_DESCRIPTOR_SETS` (its unit test lists the services).
     let reflection_v1 = reflection().build_v1().map_err(|e| ServerError::Reflection(e.to_string()))?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| ServerError::Reflection(e.to_string()))?;
     Ok(Server::builder()

@@ -59,9 +59,11 @@ impl proto::path_info_service_server::PathInfoService for PathInfoServer {
         let info = PathInfo::from_proto(request.into_inner())
             .map_err(|e| Status::invalid_argument(format!("invalid PathInfo: {e}")))?;
         let path = info.store_path.clone();
-        let admission =
-            Admission { may_replace: caller.rights.has(Right::Admin), trusted: caller.rights.has(Right::Trusted) };
-        match admit(&self.store, self.nar.as_ref(), info, admission).await {
+        let admission = Admission {
+            may_replace: caller.rights.has(Right::Admin),
+            check_with: (!caller.rights.has(Right::Trusted)).then_some(self.nar.as_ref()),
+        };
+        match admit(&self.store, info, admission).await {
             Ok(stored) => Ok(Response::new(stored.to_proto())),
             Err(e) => {
                 tracing::warn!(caller = %caller.identity, %path, "PathInfo refused: {e}");

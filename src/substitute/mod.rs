@@ -34,7 +34,7 @@ use futures::stream::BoxStream;
 use tokio::io::{AsyncReadExt, BufReader};
 
 pub use stats::SubstituteStats;
-pub use transport::{FetchError, Transport};
+pub use transport::{FetchError, Location, Outside, Transport};
 
 use crate::castore::blobservice::BlobService;
 use crate::castore::directoryservice::DirectoryService;
@@ -44,6 +44,12 @@ use crate::nar::HashingReader;
 use crate::narinfo::{NarInfo, TrustedKeys, decompressor, format_sha256};
 use crate::pathinfo::{CaKind, PathInfo, PathInfoService};
 use crate::storepath::{DIGEST_LEN, STORE_DIR, StorePath, nixbase32};
+
+/// Largest narinfo read from a binary cache, in bytes (1 MiB). Nix's own are a few hundred
+/// bytes to a few KB (a path with many references and signatures); a cache that sends more is
+/// refused as soon as this much has come in, so an endless narinfo costs no more memory than
+/// this. Not a flag: no narinfo Nix writes comes near it.
+pub const MAX_NARINFO_SIZE: u64 = 1 << 20;
 
 /// How a binary cache is used.
 #[derive(Debug, Clone)]
@@ -56,6 +62,10 @@ pub struct CacheOptions {
     pub timeout: Duration,
     /// How long "not in this cache" is remembered.
     pub negative_ttl: Duration,
+    /// Whether a narinfo's `URL:` may be absolute (a scheme, or a leading `/`) and point
+    /// outside the cache, as Nix allows; off by default, so a cache cannot make us fetch from
+    /// another server (or a local port).
+    pub allow_absolute_urls: bool,
 }
 
 impl Default for CacheOptions {
@@ -66,6 +76,7 @@ impl Default for CacheOptions {
             timeout: Duration::from_secs(30),
             // Short: a path pushed to the cache after a miss shows up within a minute.
             negative_ttl: Duration::from_secs(60),
+            allow_absolute_urls: false,
         }
     }
 }
@@ -180,8 +191,9 @@ impl Inner {
         let name = format!("{hash}.narinfo");
         let where_ = self.transport.describe(&name);
         // Only the hash is known before the narinfo is in: it names the path in errors.
-        let fetching = |e: FetchError| Error::Unavailable(format!("{STORE_DIR}/{hash}: fetching its narinfo: {e}"));
-        let Some(text) = self.transport.get(&name).await.map_err(fetching)? else {
+        let fetching = |e: FetchError| fetch_error(format!("{STORE_DIR}/{hash}: fetching its narinfo"), e);
+        let location = self.transport.locate(&name, false).map_err(fetching)?;
+        let Some(text) = self.transport.get(&location, MAX_NARINFO_SIZE).await.map_err(fetching)? else {
             self.misses.lock().insert(digest, Instant::now());
             return Ok(None);
         };
@@ -219,12 +231,14 @@ impl Inner {
     /// Downloads, decompresses and ingests the NAR, checking it against the narinfo.
     async fn fetch_nar(&self, narinfo: &NarInfo) -> Result<Node, Error> {
         let path = &narinfo.store_path;
-        let url = self.transport.describe(&narinfo.url);
+        let fetching = |e: FetchError| fetch_error(format!("{path}: fetching its NAR"), e);
+        let location = self.transport.locate(&narinfo.url, self.options.allow_absolute_urls).map_err(fetching)?;
+        let url = location.to_string();
         let body = self
             .transport
-            .open(&narinfo.url)
+            .open(&location)
             .await
-            .map_err(|e| Error::Unavailable(format!("{path}: fetching its NAR: {e}")))?
+            .map_err(fetching)?
             .ok_or_else(|| Error::NotFound(format!("{path}: its NAR {url} is not in the cache")))?;
         let stats = self.stats.clone();
         let body: transport::Body = Box::pin(futures::StreamExt::inspect(body, move |chunk| {
@@ -336,6 +350,18 @@ impl Inner {
             }
             hasher.update(&buf[..n]);
         }
+    }
+}
+
+/// A failed fetch as a store error, with `context` (the path and what was fetched) in front:
+/// what the cache sent or named wrongly is corrupt data, anything else the cache being
+/// unavailable.
+fn fetch_error(context: String, e: FetchError) -> Error {
+    match e {
+        FetchError::TooLarge { .. } | FetchError::Outside { .. } | FetchError::NotAFile { .. } => {
+            Error::Corrupt(format!("{context}: {e}"))
+        }
+        FetchError::Status { .. } | FetchError::Request { .. } => Error::Unavailable(format!("{context}: {e}")),
     }
 }
 
