@@ -4,20 +4,15 @@
 //! replaced; eviction keeps the cache at its bound in LRU order; a cache that cannot store is
 //! bypassed; unusable directories are refused at open.
 
-mod blob_common;
-mod mount_common;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use blob_common::{BlobHooks, PlainReader, Wrapped};
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
-use mount_common::data;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use tvix_store::castore::blobservice::{
@@ -28,6 +23,9 @@ use tvix_store::castore::directoryservice::{
 };
 use tvix_store::castore::diskcache::{DiskCache, DiskCacheBlobService, DiskCacheDirectoryService, DiskCacheError};
 use tvix_store::castore::{B3Digest, Directory, Error, Node, PathComponent};
+
+use crate::blob_common::{BlobHooks, PlainReader, Wrapped};
+use crate::mount_common::data;
 
 /// A blob service passing every call to `inner`, counting the reads (open_read, chunks) that
 /// reach it and the batched reads (read_many): the "remote" whose requests a warm cache must
@@ -164,6 +162,29 @@ fn cache_bytes(dir: &Path) -> u64 {
         .flat_map(|kind| object_files(dir, kind))
         .map(|p| std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0))
         .sum()
+}
+
+/// A file's modification time: its place in the eviction order.
+fn modified(path: &Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+/// What the file system stamps a file written now with (a fresh file in `dir`).
+fn file_clock(dir: &Path) -> SystemTime {
+    let probe = dir.join("probe");
+    std::fs::write(&probe, b"").unwrap();
+    let stamped = modified(&probe);
+    std::fs::remove_file(&probe).unwrap();
+    stamped
+}
+
+/// Waits until `clock` reads later than `time`, failing the test after 10 s.
+fn wait_until_past(time: SystemTime, clock: impl Fn() -> SystemTime) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while clock() <= time {
+        assert!(std::time::Instant::now() < deadline, "the clock did not pass {time:?} within 10 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 const BIG: usize = 3 * 1024 * 1024 + 777;
@@ -350,13 +371,16 @@ async fn eviction_keeps_the_cache_at_its_bound_least_recently_used_first() {
         assert!(read_all(&blobs, d).await == contents[i]);
         assert!(cache_bytes(tmp.path()) <= BOUND + slack);
     }
-    // File times have a resolution of a scheduler tick: the phases are kept apart by more.
-    std::thread::sleep(Duration::from_millis(50));
+    // The phases are kept strictly apart in file time: a hit stamps its file with
+    // SystemTime::now(), a new file gets the kernel's coarser clock, up to a tick behind it.
+    let newest = object_files(tmp.path(), "chunks").iter().map(|f| modified(f)).max().unwrap();
+    wait_until_past(newest, SystemTime::now);
     // A hit makes blob 0 the most recently used of the first twenty.
     let before = far.reads();
     assert!(read_all(&blobs, &digests[0]).await == contents[0]);
     assert_eq!(far.reads(), before);
-    std::thread::sleep(Duration::from_millis(50));
+    let clock = tempfile::tempdir().unwrap();
+    wait_until_past(modified(&object_file(tmp.path(), "chunks", &digests[0])), || file_clock(clock.path()));
     for (i, d) in digests.iter().enumerate().skip(20) {
         assert!(read_all(&blobs, d).await == contents[i]);
         let used = cache_bytes(tmp.path());

@@ -3,16 +3,13 @@
 //! composition file's `type = "disk-cache"`; two mounts share one small cache directory at once;
 //! unusable cache directories stop a command at start with one line.
 
-mod cache_common;
-mod mount_common;
-mod nar_common;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use cache_common::MountProcess;
-use nar_common::{MEMORY_SERVICES, free_port, sample, scrape, tvix_store, wait_for_path};
+use crate::cache_common::MountProcess;
+use crate::mount_common;
+use crate::nar_common::{MEMORY_SERVICES, free_port, sample, scrape, tvix_store, wait_for_path};
 
 /// A `tvix-store daemon` on memory services, serving on a unix socket with metrics; killed on
 /// drop.

@@ -1,9 +1,6 @@
 //! BlobService over gRPC against real servers: the `tvix-store daemon` binary on a unix socket
-//! and on loopback TCP, and in-process servers over instrumented backends where the test needs
-//! to see which chunks were fetched or needs a server that lies.
-
-mod blob_common;
-mod grpc_common;
+//! and on loopback TCP, and our server in process where the test needs to see which chunks were
+//! fetched, needs a server that lies, or waits for the server to finish a cancelled call.
 
 use std::collections::HashSet;
 use std::io::SeekFrom;
@@ -11,18 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use blob_common::{BlobHooks, Wrapped};
 use bytes::Bytes;
-use grpc_common::{Daemon, data};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tvix_store::castore::blobservice::{BlobReader, BlobService, CHUNK_MAX, CHUNK_MIN, ChunkMeta};
+use tvix_store::castore::blobservice::{BlobReader, BlobService, BlobWriter, CHUNK_MAX, CHUNK_MIN, ChunkMeta};
 use tvix_store::castore::{B3Digest, Error};
-use tvix_store::host::{self, ListenAddr, Listener};
 use tvix_store::proto::castore as proto;
 use tvix_store::proto::castore::blob_service_client::BlobServiceClient;
-use tvix_store::server::{Handlers, NoNarCalculation};
 use tvix_store::store::Store;
+
+use crate::blob_common::{BlobHooks, PlainReader, Wrapped};
+use crate::grpc_common::{Daemon, alive_tasks, data, serve_in_process, tasks_end_at_most};
 
 async fn put(service: &dyn BlobService, content: &[u8]) -> B3Digest {
     let mut w = service.open_write().await;
@@ -231,7 +227,7 @@ impl BlobHooks for Instrumented {
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         self.reads.lock().push(*digest);
         if let Some(bytes) = &self.serve_instead {
-            return Ok(Some(Box::new(blob_common::PlainReader(std::io::Cursor::new(bytes.clone())))));
+            return Ok(Some(Box::new(PlainReader(std::io::Cursor::new(bytes.clone())))));
         }
         let Some(inner) = self.inner.open_read(digest).await? else {
             return Ok(None);
@@ -250,23 +246,12 @@ impl BlobHooks for Instrumented {
 
 /// Serves `blob` in-process on a unix socket; returns the client address and a stop handle.
 async fn in_process(blob: Arc<dyn BlobService>, dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let socket = dir.join("inproc.sock");
-    let listener = Listener::bind(&ListenAddr::Unix(socket.clone())).await.unwrap();
     let store = Store::new(
         blob,
         tvix_store::compose::directory_service("memory://").unwrap(),
         tvix_store::compose::path_info_service("memory://").unwrap(),
     );
-    let handlers = Handlers { nar: Arc::new(NoNarCalculation), ..Handlers::new(store) };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(host::serve_grpc(
-        listener,
-        handlers,
-        host::shutdown_on(async move {
-            let _ = stopped.await;
-        }),
-    ));
-    (format!("grpc+unix://{}", socket.display()), stop)
+    serve_in_process(store, dir).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -455,23 +440,111 @@ async fn corrupt_chunk_on_the_servers_disk_is_not_served() {
     assert!(status.message().contains(&chunks[1].digest.to_string()), "{}", status.message());
 }
 
+/// Counts what the server's Put handlers hand to their blob writers: bytes, and writers closed
+/// (each a blob stored).
+struct Receiving {
+    inner: Arc<dyn BlobService>,
+    received: Arc<AtomicU64>,
+    closed: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl BlobHooks for Receiving {
+    fn inner(&self) -> &dyn BlobService {
+        self.inner.as_ref()
+    }
+    async fn open_write(&self) -> Box<dyn BlobWriter> {
+        let inner = self.inner.open_write().await;
+        Box::new(CountingWriter { inner, received: self.received.clone(), closed: self.closed.clone() })
+    }
+}
+
+struct CountingWriter {
+    inner: Box<dyn BlobWriter>,
+    received: Arc<AtomicU64>,
+    closed: Arc<AtomicU64>,
+}
+
+impl tokio::io::AsyncWrite for CountingWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            self.received.fetch_add(n as u64, Ordering::SeqCst);
+        }
+        polled
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl BlobWriter for CountingWriter {
+    async fn write_bytes(&mut self, data: Bytes) -> std::io::Result<()> {
+        let len = data.len() as u64;
+        self.inner.write_bytes(data).await?;
+        self.received.fetch_add(len, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn close(&mut self) -> Result<B3Digest, Error> {
+        let stored = self.inner.close().await;
+        self.closed.fetch_add(1, Ordering::SeqCst);
+        stored
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn abandoned_upload_stores_nothing() {
-    let daemon = Daemon::unix();
-    let service = tvix_store::compose::blob_service(&daemon.addr).unwrap();
+    // The daemon's server over its backend (blobs on disk), in this process and counted: the
+    // test sees what the server received, and waits for its handling of the cancelled calls.
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = tvix_store::compose::blob_service(&format!("objectstore+file://{}/blobs", dir.path().display()));
+    let received = Arc::new(AtomicU64::new(0));
+    let closed = Arc::new(AtomicU64::new(0));
+    let counted = Receiving { inner: blobs.unwrap(), received: received.clone(), closed: closed.clone() };
+    let (addr, _stop) = in_process(Arc::new(Wrapped(counted)), dir.path()).await;
+    let service = tvix_store::compose::blob_service(&addr).unwrap();
+    // A finished upload first: the connection it opens stays, and is among the tasks counted.
+    let connected = put(service.as_ref(), b"connected").await;
+    assert_eq!(closed.load(Ordering::SeqCst), 1);
+    let tasks = alive_tasks();
     let mut prefixes = Vec::new();
+    let mut sent = received.load(Ordering::SeqCst);
     for i in 0..10u32 {
         let prefix = data(100_000 + i as usize, 1000 + i);
         let mut w = service.open_write().await;
         w.write_all(&prefix).await.unwrap();
         w.flush().await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // The server has all of it, everything but the end of the stream.
+        sent += prefix.len() as u64;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while received.load(Ordering::SeqCst) < sent {
+            assert!(std::time::Instant::now() < deadline, "the server did not receive upload {i} within 10 s");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
         // Dropped unclosed: the client cancels the Put; the server must not store what it got.
         drop(w);
         prefixes.push(B3Digest::of(&prefix));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Every cancelled Put has ended on both sides (the client's call, the server's handling of it
+    // and the storing task it started): nothing can still be on its way into the store.
+    tasks_end_at_most(tasks).await;
+    assert_eq!(closed.load(Ordering::SeqCst), 1, "the server closed the writer of a cancelled upload");
     for digest in prefixes {
         assert!(!service.has(&digest).await.unwrap(), "blob {digest} of an abandoned upload is visible");
     }
+    assert!(service.has(&connected).await.unwrap());
 }

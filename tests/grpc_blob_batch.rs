@@ -2,17 +2,12 @@
 //! gRPC) against real servers on unix sockets: the `tvix-store daemon` binary, a server that
 //! lies in its batched answers, and a plain tvix-protocol server without the extension.
 
-mod blob_common;
-mod grpc_common;
-
 use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use blob_common::{BlobHooks, Wrapped};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use grpc_common::{Calls, Daemon, call_recorder, count, data};
 use parking_lot::Mutex;
 use tokio::io::AsyncReadExt;
 use tvix_store::castore::blobservice::{BlobReader, BlobService, WholeReader};
@@ -23,6 +18,9 @@ use tvix_store::proto::castore::directory_service_server::DirectoryServiceServer
 use tvix_store::proto::ext;
 use tvix_store::proto::ext::blob_batch_service_server::{BlobBatchService, BlobBatchServiceServer};
 use tvix_store::server::{BlobBatchServer, BlobServer, DirectoryServer};
+
+use crate::blob_common::{BlobHooks, Wrapped};
+use crate::grpc_common::{Calls, Daemon, call_recorder, count, data};
 
 async fn put(service: &dyn BlobService, content: &[u8]) -> B3Digest {
     let mut w = service.open_write().await;

@@ -2,16 +2,15 @@
 //! sockets, clients surviving a daemon crash, and the embedded default store shared between a
 //! running daemon and other commands.
 
-mod grpc_common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use grpc_common::{Daemon, data};
 use tokio::io::AsyncWriteExt;
 use tvix_store::castore::blobservice::BlobService;
 use tvix_store::castore::{B3Digest, Error};
+
+use crate::grpc_common::{Daemon, data};
 
 const OUR_SERVICES: [&str; 5] = [
     "tvix.castore.v1.BlobService",

@@ -1,18 +1,18 @@
 //! DirectoryService over gRPC against the real `tvix-store daemon`: graphs put and read back
 //! recursively, and every kind of bad input rejected with INVALID_ARGUMENT (or NOT_FOUND),
-//! a message naming the problem, and nothing of the rejected stream becoming visible.
-
-mod grpc_common;
+//! a message naming the problem, and nothing of the rejected stream becoming visible. Abandoned
+//! uploads go to our server in process, where the test can wait for its handling of them.
 
 use std::collections::HashSet;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use grpc_common::Daemon;
 use prost::Message;
 use tvix_store::castore::{B3Digest, Directory, Error};
 use tvix_store::proto::castore as proto;
 use tvix_store::proto::castore::directory_service_client::DirectoryServiceClient;
+
+use crate::grpc_common::{Daemon, alive_tasks, serve_in_process, tasks_end_at_most};
 
 fn file(name: &[u8], content: &[u8]) -> proto::FileNode {
     proto::FileNode {
@@ -231,8 +231,18 @@ async fn bad_get_requests() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn abandoned_upload_stores_nothing() {
-    let daemon = Daemon::unix();
-    let service = tvix_store::compose::directory_service(&daemon.addr).unwrap();
+    // The daemon's server (directories in memory, as the daemon's), in this process: its handling
+    // of the cancelled calls runs in the test's runtime, where the test can wait for it to end.
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _stop) = serve_in_process(tvix_store::store::Store::in_memory(), dir.path()).await;
+    let service = tvix_store::compose::directory_service(&addr).unwrap();
+    // A finished upload first: the connection it opens stays, and is among the tasks counted.
+    let connected = unique_leaf("connected");
+    let mut putter = service.put_multiple_start();
+    putter.put(typed(&connected)).await.unwrap();
+    assert_eq!(putter.close().await.unwrap(), digest(&connected));
+    drop(putter);
+    let tasks = alive_tasks();
     // Many times over: whether the server sees the call cancelled before or after the
     // directory arrived is a matter of timing, and either way it must store nothing.
     let leaves: Vec<proto::Directory> = (0..30).map(|i| unique_leaf(&format!("abandoned {i}"))).collect();
@@ -244,10 +254,12 @@ async fn abandoned_upload_stores_nothing() {
         }
         drop(putter);
     }
-    // Give the server time to act on the cancelled calls, were it to store the truncated graphs.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Every cancelled Put has ended on both sides (the client's call, the server's handling of
+    // it): were the server to store a truncated graph, it would have by now.
+    tasks_end_at_most(tasks).await;
     for leaf in &leaves {
         assert_eq!(service.get(&digest(leaf)).await.unwrap(), None, "abandoned {}", digest(leaf));
-        assert_absent(&daemon.addr, leaf).await;
+        assert_absent(&addr, leaf).await;
     }
+    assert_eq!(service.get(&digest(&connected)).await.unwrap(), Some(typed(&connected)));
 }

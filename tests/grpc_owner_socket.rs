@@ -2,7 +2,9 @@
 //! virtiofs) use to share the default store they own: other processes' clients find the
 //! store's socket and use it; dropping the guard stops serving and removes the socket.
 //!
-//! One test in this binary only: it sets TVIX_STORE_DIR before any other thread exists.
+//! A test binary of its own, not a module of `integration`, and one test in it only: it sets
+//! TVIX_STORE_DIR (which the library reads) for the whole process, before any other thread
+//! exists; beside other tests it would race their threads and change their default store.
 
 use std::time::Duration;
 

@@ -1,17 +1,16 @@
 //! PathInfoService over gRPC against the real `tvix-store daemon`: put, get, list; and bad
 //! PathInfo rejected with INVALID_ARGUMENT naming the problem, with nothing stored.
 
-mod grpc_common;
-mod nix_referee;
-
 use bytes::Bytes;
 use futures::TryStreamExt;
-use grpc_common::Daemon;
 use tvix_store::castore::{B3Digest, Error, Node};
 use tvix_store::pathinfo::{CaKind, ContentAddress, NarCalculationService, PathInfo, Signature};
 use tvix_store::proto::store as proto;
 use tvix_store::proto::store::path_info_service_client::PathInfoServiceClient;
 use tvix_store::storepath::StorePath;
+
+use crate::grpc_common::{self, Daemon};
+use crate::nix_referee;
 
 fn store_path(seed: u8, name: &str) -> StorePath {
     StorePath::from_parts([seed; 20], name).unwrap()

@@ -3,14 +3,11 @@
 //! lies in its answers, and a plain tvix-protocol server without the extension; and the mount
 //! core's first lookup of a store path, which uses it.
 
-mod grpc_common;
-
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
-use grpc_common::{Calls, call_recorder, count};
 use tvix_store::castore::directoryservice::DirectoryService;
 use tvix_store::castore::{B3Digest, Directory, Error, Node, PathComponent};
 use tvix_store::fs::{Options, ROOT_INO, StoreFs};
@@ -25,6 +22,8 @@ use tvix_store::proto::store::path_info_service_server::PathInfoServiceServer;
 use tvix_store::server::{DirectoryServer, NoNarCalculation, PathInfoGraphServer, PathInfoServer};
 use tvix_store::store::Store;
 use tvix_store::storepath::StorePath;
+
+use crate::grpc_common::{Calls, call_recorder, count};
 
 const GRAPH_PATH: &str = "/tvix_store.ext.v1.PathInfoGraphService/Get";
 const PATH_INFO_PATH: &str = "/tvix.store.v1.PathInfoService/Get";

@@ -3,15 +3,14 @@
 //! `nix-store --dump`'s bytes, `path-info` prints what `nix path-info --json` prints, and
 //! `copy` takes a closure from an `exportReferencesGraph` JSON file Nix itself wrote.
 
-mod nar_common;
-
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use nar_common::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::nar_common::*;
 
 struct Store {
     dir: tempfile::TempDir,

@@ -3,18 +3,17 @@
 //! stored tree gives `nix-store --dump`'s bytes. Bad trees fail naming the path, with nothing
 //! registered.
 
-mod nar_common;
-
 use std::path::Path;
 
 use futures::TryStreamExt;
-use nar_common::*;
 use tvix_store::castore::Node;
 use tvix_store::import::{ImportError, import_path, ingest_path};
 use tvix_store::nar::{NarCalculator, write_nar};
 use tvix_store::pathinfo::NarCalculationService;
 use tvix_store::store::Store;
 use tvix_store::storepath::nixbase32;
+
+use crate::nar_common::*;
 
 #[tokio::test]
 async fn import_matches_nix_store_add_and_dump() {

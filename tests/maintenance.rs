@@ -2,18 +2,16 @@
 //! process on the store's files, and through a daemon owning the store (the admin extension
 //! over its socket), with problems made by hand in the files and through the gRPC API.
 
-mod grpc_common;
-mod nar_common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, SystemTime};
 
-use grpc_common::{Daemon, data};
-use nar_common::{nix_dump, tvix_store};
 use tvix_store::castore::{B3Digest, Node};
 use tvix_store::pathinfo::{PathInfo, PathInfoService};
 use tvix_store::storepath::StorePath;
+
+use crate::grpc_common::{Daemon, data};
+use crate::nar_common::{self, nix_dump, tvix_store};
 
 fn run(store: &Path, args: &[&str]) -> Output {
     nar_common::run_on_store(store, args)

@@ -1,15 +1,12 @@
 //! `--metrics-listen`: a mount's Prometheus endpoint serves valid text whose counters move
 //! after a read through the mount; an address in use is an error at start.
 
-mod cache_common;
-mod nar_common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 
-use cache_common::MountProcess;
-use nar_common::{MEMORY_SERVICES, free_port, sample, scrape, tvix_store, wait_for_path};
+use crate::cache_common::MountProcess;
+use crate::nar_common::{MEMORY_SERVICES, free_port, sample, scrape, tvix_store, wait_for_path};
 
 /// Every line is a comment or `name{labels} value` (the Prometheus text format).
 fn assert_valid_exposition(text: &str) {

@@ -1,13 +1,11 @@
 //! `tvix-store mount` as a command: clear errors for bad mount points, clean unmount on
 //! SIGINT/SIGTERM and when the process dies. Needs root (or fusermount3) and /dev/fuse.
 
-mod mount_common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mount_common::*;
+use crate::mount_common::*;
 
 /// A running `tvix-store mount`; killed and unmounted on drop.
 struct MountProcess {

@@ -1,19 +1,17 @@
 //! The filesystem core's API directly (what both the FUSE and the virtiofs frontends rely on):
 //! readdir offsets, xattr size protocol, errno mapping, reads at odd offsets and handles.
 
-mod blob_common;
-mod mount_common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use blob_common::{BlobHooks, Wrapped};
 use futures::StreamExt;
-use mount_common::*;
 use tvix_store::castore::B3Digest;
 use tvix_store::castore::blobservice::{BlobService, ManyBlobs};
 use tvix_store::fs::{FileKind, FsError, NO_HANDLE, Options, ROOT_INO, StoreFs, XattrReply};
 use tvix_store::pathinfo::PathInfoRootNodes;
+
+use crate::blob_common::{BlobHooks, Wrapped};
+use crate::mount_common::*;
 
 fn core(store: &Store, options: Options) -> StoreFs {
     StoreFs::new(

@@ -2,14 +2,13 @@
 //! source tree to ordinary tools, attributes follow Nix conventions, and the mount is
 //! read-only. Needs root (or fusermount3), /dev/fuse, coreutils, diffutils, findutils, attr.
 
-mod mount_common;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
-use mount_common::*;
 use tvix_store::fs::Options;
+
+use crate::mount_common::*;
 
 const TOOLS: &[&str] = &["diff", "find", "stat", "readlink", "cat", "sha256sum", "getfattr", "fusermount3"];
 

@@ -2,13 +2,11 @@
 //! mount equals the imported trees, paths imported while mounted appear, and a daemon killed
 //! under a mount gives EIO within seconds and works again after a restart.
 
-mod mount_common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mount_common::*;
+use crate::mount_common::*;
 
 fn import(store_dir: &Path, path: &Path) -> String {
     let out = tvix_store_in(store_dir).arg("import").arg(path).output().unwrap();

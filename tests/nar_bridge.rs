@@ -3,17 +3,12 @@
 //! us, `nix copy --to` us (every compression Nix writes) after which a mount shows the paths,
 //! Range reads, and the status every kind of bad request gets.
 
-mod cache_common;
-mod nar_common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_common::*;
-use nar_common::*;
 use tvix_store::access::Rights;
 use tvix_store::castore::blobservice::BlobService;
 use tvix_store::castore::directoryservice::DirectoryService;
@@ -23,6 +18,9 @@ use tvix_store::narinfo::{NarInfo, SigningKey};
 use tvix_store::pathinfo::PathInfoService;
 use tvix_store::store::Store;
 use tvix_store::storepath::StorePath;
+
+use crate::cache_common::*;
+use crate::nar_common::*;
 
 /// Nix remembers narinfo lookups on disk per cache URL; ports are reused between tests.
 const NO_NARINFO_CACHE: [&str; 6] =
@@ -432,8 +430,21 @@ async fn bad_requests_get_their_status_and_store_nothing() {
     let mut stream = TcpStream::connect(&host).unwrap();
     stream.write_all(partial.as_bytes()).unwrap();
     stream.write_all(&small[..small.len() / 2]).unwrap();
-    drop(stream);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Hanging up is the end of the stream mid-body (a FIN, as a closed socket sends); the
+    // server has handled it once it closes its side: an answer, if any, then the end.
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the server did not close a connection that hung up mid-upload: {e}"),
+    }
+    assert!(
+        answer.is_empty() || !String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 2"),
+        "a truncated upload was accepted: {}",
+        String::from_utf8_lossy(&answer)
+    );
     assert_eq!(client.head(format!("{}/{small_url}", uploads.url)).send().await.unwrap().status(), 404);
 
     // A narinfo whose NAR never arrived; then one that disagrees with the NAR that did.

@@ -8,8 +8,7 @@ use std::path::Path;
 use tokio::io::AsyncReadExt;
 use tvix_store::nar::{NarEvent, NarReadError, NarReader, NarWriter, transcode};
 
-mod nar_common;
-use nar_common::{nix_dump, trees, write_file};
+use crate::nar_common::{nix_dump, trees, write_file};
 
 /// Independent writer check: walks the file system directly, sorted by name bytes.
 fn write_tree<'a>(

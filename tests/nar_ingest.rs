@@ -2,15 +2,14 @@
 //! nodes as the file system walk, with Nix's NAR hash and size, and renders back to the same
 //! bytes. Bad NARs fail with the byte offset and leave nothing visible.
 
-mod nar_common;
-
 use futures::TryStreamExt;
-use nar_common::*;
 use sha2::{Digest, Sha256};
 use tvix_store::castore::{B3Digest, Node};
 use tvix_store::import::{ImportError, ingest_nar, ingest_path};
 use tvix_store::nar::{NarReadError, write_nar};
 use tvix_store::store::Store;
+
+use crate::nar_common::*;
 
 #[tokio::test]
 async fn nix_dump_ingests_to_walk_nodes_and_renders_back() {

@@ -5,19 +5,18 @@
 //! what `nix path-info --json` says, render back byte for byte, verify with the public key and
 //! not with another, and carry exactly the signature we compute ourselves.
 
-mod nix_referee;
-
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use data_encoding::BASE64;
-use nix_referee::nix;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tvix_store::castore::{B3Digest, Node};
 use tvix_store::narinfo::{Compression, NarFile, NarInfo, SigningKey, TrustedKeys, VerifyError, VerifyingKey};
 use tvix_store::storepath::StorePath;
+
+use crate::nix_referee::nix;
 
 fn s(v: Vec<u8>) -> String {
     String::from_utf8(v).expect("utf-8").trim().to_string()

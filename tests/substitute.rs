@@ -3,16 +3,11 @@
 //! (Python's http.server) or read as a directory, including tampered narinfos and NARs. What
 //! comes out must be what Nix has: `nix-store --dump` bytes, NAR hash, references, signatures.
 
-mod cache_common;
-mod nar_common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_common::*;
-use nar_common::*;
 use tvix_store::castore::Error;
 use tvix_store::castore::blobservice::BlobService;
 use tvix_store::castore::directoryservice::DirectoryService;
@@ -20,6 +15,9 @@ use tvix_store::compose::{self, Kind};
 use tvix_store::nar::write_nar;
 use tvix_store::pathinfo::{PathInfo, PathInfoService};
 use tvix_store::storepath::StorePath;
+
+use crate::cache_common::*;
+use crate::nar_common::*;
 
 /// Python's http.server on a free loopback port, serving `dir`; killed on drop.
 struct HttpServer {
@@ -802,7 +800,7 @@ impl Drop for EndlessServer {
     }
 }
 
-/// What a finished child said, its peak RSS (KiB, from `wait4`) and how long it ran.
+/// What a finished child said, its peak RSS (KiB, its `ru_maxrss`) and how long it ran.
 struct Measured {
     success: bool,
     stdout: String,
@@ -811,33 +809,41 @@ struct Measured {
     elapsed: Duration,
 }
 
-/// Runs `command` to the end, measuring its peak resident set size: `wait4` reports the
-/// child's own `ru_maxrss`, which is gone from /proc once it has exited.
-#[expect(clippy::zombie_processes, reason = "the child is reaped by wait4, which also gives its rusage")]
-fn run_measured(mut command: Command) -> Measured {
+/// Runs `command` to the end under GNU time, measuring its peak resident set size (`%M`: the
+/// command's `ru_maxrss`, which time gets from `wait4`). Not from our own `wait4`: the kernel
+/// charges a child the peak of the address space it leaves at exec, which for a child spawned
+/// by the test process is the test process's (whatever the tests running beside it allocated,
+/// hundreds of MiB); time is a small process, and the command starts from its address space.
+fn run_measured(command: Command) -> Measured {
+    let rss = tempfile::NamedTempFile::new().unwrap();
+    let mut timed = Command::new("/usr/bin/time");
+    timed.arg("--format=%M").arg("--output").arg(rss.path()).arg(command.get_program()).args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => timed.env(key, value),
+            None => timed.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        timed.current_dir(dir);
+    }
     let started = Instant::now();
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read(Box::new(child.stdout.take().unwrap()));
-    let stderr = read(Box::new(child.stderr.take().unwrap()));
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: our own child's pid, and pointers to live locals of the right types.
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as libc::pid_t, "wait4: {}", std::io::Error::last_os_error());
+    let out = timed
+        .output()
+        .unwrap_or_else(|e| panic!("/usr/bin/time must be installed (Debian package time, scripts/setup-debian): {e}"));
     let elapsed = started.elapsed();
+    // Before the figure, time writes a line saying how a failed command ended.
+    let written = std::fs::read_to_string(rss.path()).unwrap();
+    let max_rss_kib = written
+        .lines()
+        .last()
+        .and_then(|line| line.trim().parse().ok())
+        .unwrap_or_else(|| panic!("GNU time wrote no peak RSS: {written:?}"));
     Measured {
-        success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-        max_rss_kib: usage.ru_maxrss,
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        max_rss_kib,
         elapsed,
     }
 }

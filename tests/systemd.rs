@@ -3,14 +3,12 @@
 //! READY=1 to the NOTIFY_SOCKET once they serve and STOPPING=1 on SIGTERM; bad activation
 //! setups are a one-line error at start.
 
-mod nar_common;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nar_common::{MEMORY_SERVICES as MEMORY, free_port, wait_for_path};
+use crate::nar_common::{MEMORY_SERVICES as MEMORY, free_port, wait_for_path};
 
 fn tvix_store_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tvix-store")

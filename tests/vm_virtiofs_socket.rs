@@ -2,14 +2,12 @@
 //! daemon's socket is not stolen, a stale one is replaced, and SIGINT/SIGTERM end the daemon
 //! cleanly, removing the socket.
 
-mod vm_common;
-
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::process::Command;
 
-use vm_common::{TvixVirtiofs, tvix_store_bin};
+use crate::vm_common::{self, TvixVirtiofs, tvix_store_bin};
 
 fn mode_of(path: &std::path::Path) -> u32 {
     let meta = fs::symlink_metadata(path).expect("socket exists");
@@ -35,9 +33,9 @@ fn socket_is_owner_only_by_default_and_removed_on_sigterm() {
 #[test]
 fn socket_mode_option_widens_the_socket() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let socket = tmp.path().join("vfs.sock");
-    let daemon = TvixVirtiofs::start(&tmp.path().join("store"), &socket, &["--socket-mode", "0660"]);
-    assert_eq!(mode_of(&socket), 0o660);
+    let daemon =
+        TvixVirtiofs::start(&tmp.path().join("store"), &tmp.path().join("vfs.sock"), &["--socket-mode", "0660"]);
+    assert_eq!(mode_of(&daemon.socket), 0o660);
     drop(daemon);
 }
 

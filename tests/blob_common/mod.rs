@@ -2,8 +2,6 @@
 //! calls it changes (the rest pass through to [`BlobHooks::inner`]), and [`Wrapped`] makes it
 //! a [`BlobService`].
 
-#![allow(dead_code)]
-
 use async_trait::async_trait;
 use tvix_store::castore::blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta, ManyBlobs, read_each};
 use tvix_store::castore::{B3Digest, Error};
@@ -18,6 +16,11 @@ pub trait BlobHooks: Send + Sync + 'static {
     /// [`BlobService::open_read`].
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         self.inner().open_read(digest).await
+    }
+
+    /// [`BlobService::open_write`].
+    async fn open_write(&self) -> Box<dyn BlobWriter> {
+        self.inner().open_write().await
     }
 
     /// [`BlobService::chunks`].
@@ -52,7 +55,7 @@ impl<H: BlobHooks> BlobService for Wrapped<H> {
         self.0.open_read(digest).await
     }
     async fn open_write(&self) -> Box<dyn BlobWriter> {
-        self.0.inner().open_write().await
+        self.0.open_write().await
     }
     async fn open_write_deferred(&self) -> Box<dyn BlobWriter> {
         self.0.inner().open_write_deferred().await

@@ -1,6 +1,5 @@
 //! What the binary-cache tests share: a small closure built by Nix, Nix-made signing keys,
 //! caches written by `nix copy`, and mount processes that clean up after themselves.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -80,6 +79,7 @@ impl MountProcess {
     }
 
     /// [`MountProcess::start`] with the mount's stderr in the file `log`.
+    #[cfg(feature = "slow-tests")] // Only the S3 tests of the slow tier read a mount's log.
     pub fn start_logged(mut command: Command, path: &Path, log: &Path) -> Self {
         command.stderr(std::fs::File::create(log).unwrap());
         Self::start_as(command, path)

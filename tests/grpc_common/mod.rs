@@ -1,11 +1,17 @@
 //! Shared helpers of the gRPC tests: the real `tvix-store daemon` binary as a child process,
-//! a recorder of the calls an in-process test server receives, and deterministic test data.
-#![allow(dead_code)]
+//! our server in the test's own process, a recorder of the calls an in-process test server
+//! receives, a wait for the tasks a test set going, and deterministic test data.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tvix_store::host::{self, ListenAddr, Listener};
+use tvix_store::server::{Handlers, NoNarCalculation};
+use tvix_store::store::Store;
 
 /// A `tvix-store daemon` child process, killed when dropped.
 pub struct Daemon {
@@ -15,8 +21,7 @@ pub struct Daemon {
     listen: String,
     args: Vec<String>,
     envs: Vec<(String, String)>,
-    /// Temporary directory holding the socket and on-disk backends.
-    pub dir: PathBuf,
+    /// The temporary directory holding the socket and the on-disk backends, if the daemon has one.
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -40,14 +45,7 @@ impl Daemon {
         let socket = dir.join("test.sock");
         let mut args = backend_args(&dir);
         args.extend(["-l".into(), socket.display().to_string()]);
-        Self::start(
-            args,
-            vec![],
-            format!("grpc+unix://{}", socket.display()),
-            socket.display().to_string(),
-            dir,
-            Some(tmp),
-        )
+        Self::start(args, vec![], format!("grpc+unix://{}", socket.display()), socket.display().to_string(), Some(tmp))
     }
 
     /// A daemon on a free loopback TCP port whose clients may do everything: these tests
@@ -64,17 +62,16 @@ impl Daemon {
         let listen = format!("127.0.0.1:{port}");
         let mut args = backend_args(&dir);
         args.extend(["-l".into(), listen.clone(), "--tcp-rights".into(), rights.into()]);
-        Self::start(args, vec![], format!("grpc+http://{listen}"), listen, dir, Some(tmp))
+        Self::start(args, vec![], format!("grpc+http://{listen}"), listen, Some(tmp))
     }
 
     /// A daemon on a free loopback TCP port over the given service flags.
     pub fn tcp_with(services: &[String]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().to_path_buf();
         let listen = format!("127.0.0.1:{}", free_port());
         let mut args = services.to_vec();
         args.extend(["-l".into(), listen.clone(), "--tcp-rights".into(), "all".into()]);
-        Self::start(args, vec![], format!("grpc+http://{listen}"), listen, dir, Some(tmp))
+        Self::start(args, vec![], format!("grpc+http://{listen}"), listen, Some(tmp))
     }
 
     /// `tvix-store daemon` with no addresses on the default store in `store_dir`.
@@ -85,7 +82,6 @@ impl Daemon {
             vec![("TVIX_STORE_DIR".into(), store_dir.display().to_string())],
             format!("grpc+unix://{}", socket.display()),
             socket.display().to_string(),
-            store_dir.to_path_buf(),
             None,
         )
     }
@@ -95,11 +91,10 @@ impl Daemon {
         envs: Vec<(String, String)>,
         addr: String,
         listen: String,
-        dir: PathBuf,
         tmp: Option<tempfile::TempDir>,
     ) -> Self {
         let child = spawn(&args, &envs);
-        let mut daemon = Self { child, addr, listen, args, envs, dir, _tmp: tmp };
+        let mut daemon = Self { child, addr, listen, args, envs, _tmp: tmp };
         daemon.wait_ready();
         daemon
     }
@@ -197,6 +192,25 @@ fn spawn(args: &[String], envs: &[(String, String)]) -> Child {
         .expect("spawn tvix-store daemon")
 }
 
+/// Our gRPC server as the daemon serves it (`host::serve_grpc`) over `store`, but in this process,
+/// on a unix socket in `dir`: for a test that instruments the backends, or that waits for the
+/// server's side of its calls (those tasks run in the test's runtime, see [`tasks_end_at_most`]).
+/// Returns the address and a handle that stops the server when dropped.
+pub async fn serve_in_process(store: Store, dir: &Path) -> (String, oneshot::Sender<()>) {
+    let socket = dir.join("grpc.sock");
+    let listener = Listener::bind(&ListenAddr::Unix(socket.clone())).await.unwrap();
+    let handlers = Handlers { nar: Arc::new(NoNarCalculation), ..Handlers::new(store) };
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(host::serve_grpc(
+        listener,
+        handlers,
+        host::shutdown_on(async move {
+            let _ = stopped.await;
+        }),
+    ));
+    (format!("grpc+unix://{}", socket.display()), stop)
+}
+
 /// A loopback TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -238,4 +252,21 @@ pub fn call_recorder(
         calls.lock().push(request.uri().path().to_string());
         request
     })
+}
+
+/// The number of tasks alive in the test's runtime.
+pub fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current().metrics().num_alive_tasks()
+}
+
+/// Waits until the test's runtime has at most `tasks` tasks alive (a count from
+/// [`alive_tasks`]): everything set going since that count (a writer's storing task, a client's
+/// call, an in-process server's handling of it) has ended, one way or the other. Fails the test
+/// after 10 s.
+pub async fn tasks_end_at_most(tasks: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive_tasks() > tasks {
+        assert!(Instant::now() < deadline, "{} tasks still alive after 10 s, expected at most {tasks}", alive_tasks());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }

@@ -2,7 +2,6 @@
 //! castore services, and mounts that are always unmounted on teardown.
 //!
 //! Missing tools make the tests panic: they never skip.
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;

@@ -1,14 +1,10 @@
 //! Shared by the NAR/import tests: generated trees and the real Nix as referee.
-#![allow(dead_code)]
 
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[path = "../nix_referee/mod.rs"]
-pub mod nix_referee;
-#[allow(unused_imports)]
-pub use nix_referee::{nix, nix_command};
+pub use crate::nix_referee::{nix, nix_command};
 
 /// The three service flags, each `memory://`: a command with a store of its own, gone at exit.
 pub const MEMORY_SERVICES: [&str; 6] = [

@@ -5,7 +5,6 @@
 //! machine and passed on one changed by hand. The machine's `/etc/nix/nix.conf`, the user's
 //! `~/.config/nix/nix.conf` and `NIX_CONFIG` are therefore never read: every referee call gets
 //! the same settings on every machine, as root or as a user with a Nix daemon.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -27,7 +26,8 @@ fn conf_dir() -> &'static PathBuf {
     DIR.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nix-referee");
         std::fs::create_dir_all(dir.join("cache")).expect("creating the referee's config dir");
-        // Test binaries run concurrently: write aside, then rename into place.
+        // Test processes of one checkout may run at once (two `cargo test` runs side by side):
+        // write aside, then rename into place.
         let tmp = dir.join(format!("nix.conf.{}", std::process::id()));
         std::fs::write(&tmp, NIX_CONF).expect("writing the referee's nix.conf");
         std::fs::rename(&tmp, dir.join("nix.conf")).expect("installing the referee's nix.conf");

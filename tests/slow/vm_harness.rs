@@ -2,9 +2,7 @@
 //! the reference virtiofsd from Debian's QEMU) a guest sees a shared directory exactly as the
 //! host does, across a reboot.
 
-mod vm_common;
-
-use vm_common::{Guest, Virtiofsd, host_manifest, make_sample_tree};
+use super::guest::{Guest, Virtiofsd, host_manifest, make_sample_tree};
 
 #[test]
 fn failing_guest_script_fails_the_run() {

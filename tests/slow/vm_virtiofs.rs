@@ -3,17 +3,15 @@
 //! paths imported while the guest runs appear, parallel readers agree, and the daemon outlives
 //! guest reboots and reconnects.
 
-mod vm_common;
-
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::time::Duration;
 
-use vm_common::{
-    Guest, TvixVirtiofs, host_manifest, import, make_sample_tree, prepare, pseudo_random_bytes, store_basename_of,
-    wait_for_text,
+use super::guest::{
+    Guest, host_manifest, import, make_sample_tree, prepare, pseudo_random_bytes, store_basename_of, wait_for_text,
 };
+use crate::vm_common::TvixVirtiofs;
 
 /// A tree of many small files in nested directories, as a package's `share/` looks.
 fn make_wide_tree(root: &Path, files: usize) {
@@ -25,7 +23,7 @@ fn make_wide_tree(root: &Path, files: usize) {
 }
 
 /// The guest's manifests of several store paths, one block per path, in the same format as
-/// [`host_manifest`] (see vm_common::MANIFEST_SCRIPT).
+/// [`host_manifest`] (see guest::MANIFEST_SCRIPT).
 fn manifests_script(basenames: &[&str]) -> String {
     basenames.iter().map(|b| format!("echo '## {b}'; manifest /nix/store/{b}\n")).collect()
 }

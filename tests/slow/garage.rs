@@ -1,7 +1,6 @@
 //! A real Garage cluster for the S3 tests, started once per test process by
 //! `scripts/garage-test-cluster` and stopped when the process ends. Garage missing is a test
 //! failure, never a skip: `scripts/garage-test-cluster install` builds it (CI does).
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,9 +11,7 @@ use tvix_store::compose::url::{S3Credentials, S3Spec};
 
 /// What `garage-test-cluster start` wrote.
 pub struct Cluster {
-    pub dir: PathBuf,
     pub endpoint: String,
-    pub endpoints: Vec<String>,
     pub bucket: String,
     pub key_id: String,
     pub secret: String,
@@ -74,9 +71,7 @@ fn start_in(dir: PathBuf, nodes: usize) -> Cluster {
         .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
         .collect();
     Cluster {
-        dir,
         endpoint: env["GARAGE_ENDPOINT"].clone(),
-        endpoints: env["GARAGE_ENDPOINTS"].split_whitespace().map(String::from).collect(),
         bucket: env["GARAGE_BUCKET"].clone(),
         key_id: env["AWS_ACCESS_KEY_ID"].clone(),
         secret: env["AWS_SECRET_ACCESS_KEY"].clone(),

@@ -6,16 +6,13 @@
 //!
 //! `CRASH_ROUNDS` sets the number of kills (default 8; each round takes a few seconds).
 
-mod grpc_common;
-mod nar_common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use grpc_common::{Daemon, data};
-use nar_common::{nix_dump, tvix_store};
+use crate::grpc_common::{Daemon, data};
+use crate::nar_common::{self, nix_dump, tvix_store};
 
 fn run(store: &Path, args: &[&str]) -> Output {
     nar_common::run_on_store(store, args)

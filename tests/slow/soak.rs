@@ -10,11 +10,8 @@
 //! mount process still running, and its resident memory (sampled from /proc/PID/status) under
 //! a bound.
 //!
-//! Run alone for figures: `SOAK_SECONDS=60 cargo test --test soak -- --nocapture`.
-
-mod cache_common;
-mod mount_common;
-mod nar_common;
+//! Run alone for figures:
+//! `SOAK_SECONDS=60 cargo test --features slow-tests --test integration -- slow::soak --nocapture`.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -23,8 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use cache_common::MountProcess;
-use mount_common::{make_tree, require_tools, tvix_store_in};
+use crate::cache_common::MountProcess;
+use crate::mount_common::{make_tree, require_tools, tvix_store_in};
 
 /// Readers, as the issue asks for.
 const READERS: usize = 16;

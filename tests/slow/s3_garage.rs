@@ -1,19 +1,15 @@
 //! The store on S3, against a real Garage cluster on the loopback: stateless daemons over one
-//! bucket serve one store, and a misconfigured bucket is an error at start naming its URL.
-//! (The backend conformance suite over S3 is in `tests/conformance.rs`.)
-
-mod cache_common;
-mod garage_common;
-mod mount_common;
-mod nar_common;
+//! bucket serve one store, and a misconfigured bucket is an error at start naming its URL; and
+//! the backend conformance suite (`conformance.rs`) over S3 (`conformance` below).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cache_common::MountProcess;
-use garage_common::{Cluster, cluster, own_cluster, unique_prefix};
-use nar_common::{free_port, wait_for_path};
+use super::garage::{Cluster, cluster, own_cluster, unique_prefix};
+use crate::cache_common::MountProcess;
+use crate::mount_common;
+use crate::nar_common::{free_port, wait_for_path};
 
 fn tvix_store() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tvix-store"))
@@ -400,4 +396,61 @@ fn aws_profile_files_alone_reach_the_bucket() {
     assert!(stderr.contains(&url), "the error does not name the URL: {stderr}");
     assert!(!stderr.contains(&c.secret), "the error shows the secret: {stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
+}
+
+/// The conformance suite's S3 entries: each a leaf on the Garage cluster of this process, under
+/// a fresh key prefix.
+mod conformance {
+    use tvix_store::castore::blobservice::BlobService;
+    use tvix_store::castore::directoryservice::DirectoryService;
+    use tvix_store::compose::{self, Graph, Kind};
+    use tvix_store::pathinfo::PathInfoService;
+
+    use crate::conformance::{Under, blob, directory, path_info, seams};
+    use crate::slow::garage;
+
+    fn s3_graph(kind: Kind) -> Graph {
+        let spec = garage::cluster(1).spec(&garage::unique_prefix("conformance"));
+        Graph::of_leaf(kind, "s3", spec.url.clone(), compose::Leaf::S3(spec))
+    }
+
+    async fn s3_blob() -> Under<dyn BlobService> {
+        Under { service: compose::build_blob(&s3_graph(Kind::Blob)).unwrap(), _keep: Vec::new() }
+    }
+
+    async fn s3_directory() -> Under<dyn DirectoryService> {
+        Under { service: compose::build_directory(&s3_graph(Kind::Directory)).unwrap(), _keep: Vec::new() }
+    }
+
+    async fn s3_path_info() -> Under<dyn PathInfoService> {
+        let blobs = compose::blob_service("memory://").unwrap();
+        let directories = compose::directory_service("memory://").unwrap();
+        let service = compose::build_path_info(&s3_graph(Kind::PathInfo), &blobs, &directories).unwrap();
+        Under { service, _keep: Vec::new() }
+    }
+
+    async fn s3_store() -> compose::Opened {
+        compose::open_graphs(s3_graph(Kind::Blob), s3_graph(Kind::Directory), s3_graph(Kind::PathInfo)).await.unwrap()
+    }
+
+    mod store_seams {
+        use super::*;
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn s3() {
+            seams::list_and_remove(&s3_store().await).await
+        }
+    }
+
+    blob_backends! {
+        s3 => s3_blob();
+    }
+
+    directory_backends! {
+        s3 => s3_directory();
+    }
+
+    path_info_backends! {
+        s3 => s3_path_info();
+    }
 }
