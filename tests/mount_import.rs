@@ -133,6 +133,13 @@ fn daemon_killed_under_the_mount_gives_eio_and_recovers() {
     // A daemon that hangs (stopped, its socket still accepting) gives EIO after the timeout.
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(daemon.child.id() as i32, libc::SIGSTOP) }, 0);
+    // The signal is delivered asynchronously: a read before the daemon has stopped may still be
+    // answered.
+    let pid = daemon.child.id();
+    wait_for("the daemon to stop", Duration::from_secs(10), || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) == Some('T')
+    });
     let started = Instant::now();
     let e = std::fs::read(m.join("bin/data-exe")).expect_err("read succeeded with the daemon stopped");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
