@@ -153,3 +153,27 @@ fn mount_and_virtiofs_tell_systemd_when_they_serve_and_when_they_stop() {
         assert!(status.success(), "{command}: {status}");
     }
 }
+
+#[test]
+fn a_server_raises_its_open_files_limit_to_the_hard_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("limits.sock");
+    // A soft limit of 256 under the inherited hard one, as many service managers leave it.
+    let script = format!(
+        "ulimit -Sn 256 && exec {} daemon -l {} {}",
+        tvix_store_bin(),
+        socket.display(),
+        MEMORY.join(" ")
+    );
+    let mut daemon = Command::new("sh").arg("-c").arg(script).stderr(Stdio::null()).spawn().unwrap();
+    wait_for_path(&socket, Duration::from_secs(20));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.id())).unwrap();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("a Max open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files <soft> <hard> files"
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_eq!(soft, hard, "{line}");
+    assert_ne!(soft, "256", "{line}");
+}

@@ -21,8 +21,9 @@ pub struct Process {
 
 impl Process {
     /// Starts the process: installs the SIGINT and SIGTERM handlers first, so that a signal
-    /// arriving as soon as a socket or mount exists already means "shut down cleanly", then the
-    /// metrics endpoint where `metrics` gives its address.
+    /// arriving as soon as a socket or mount exists already means "shut down cleanly", raises the
+    /// open-files limit to its hard limit, then starts the metrics endpoint where `metrics` gives
+    /// its address.
     pub async fn start(command: &'static str, metrics: Option<SocketAddr>) -> Result<Self, HostError> {
         let mut int = signal(SignalKind::interrupt()).map_err(|e| HostError::Signal("SIGINT", e))?;
         let mut term = signal(SignalKind::terminate()).map_err(|e| HostError::Signal("SIGTERM", e))?;
@@ -33,6 +34,7 @@ impl Process {
             }
             systemd::stopping();
         });
+        raise_open_files_limit();
         let gauges = Gauges::default();
         if let Some(addr) = metrics {
             super::metrics::serve_metrics(addr, gauges.clone(), shutdown.clone()).await?;
@@ -94,6 +96,23 @@ impl Process {
     /// Says that the process stopped.
     pub fn stopped(self) {
         eprintln!("tvix-store {} stopped", self.command);
+    }
+}
+
+/// Raises this process's soft limit of open files to its hard limit: a server holds a
+/// descriptor per connection, and the usual soft limit of 1,024 let a few hundred idle
+/// connections make nar-bridge unreachable. Best effort: the limit stays where it was if the
+/// kernel refuses.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the struct given, which lives on our stack.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::debug!("cannot raise the open-files limit: {}", std::io::Error::last_os_error());
+            }
+        }
     }
 }
 
