@@ -159,12 +159,8 @@ fn a_server_raises_its_open_files_limit_to_the_hard_limit() {
     let tmp = tempfile::tempdir().unwrap();
     let socket = tmp.path().join("limits.sock");
     // A soft limit of 256 under the inherited hard one, as many service managers leave it.
-    let script = format!(
-        "ulimit -Sn 256 && exec {} daemon -l {} {}",
-        tvix_store_bin(),
-        socket.display(),
-        MEMORY.join(" ")
-    );
+    let script =
+        format!("ulimit -Sn 256 && exec {} daemon -l {} {}", tvix_store_bin(), socket.display(), MEMORY.join(" "));
     let mut daemon = Command::new("sh").arg("-c").arg(script).stderr(Stdio::null()).spawn().unwrap();
     wait_for_path(&socket, Duration::from_secs(20));
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.id())).unwrap();
