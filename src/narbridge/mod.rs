@@ -30,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 
 pub use names::{NarName, served_nar_url};
 
-use crate::access::{Gate, Open, Right};
+use crate::access::{Caller, Gate, Open, Right};
 use crate::castore::Error as StoreError;
 use crate::narinfo::SigningKey;
 use crate::store::Store;
@@ -135,13 +135,8 @@ async fn identify(
     match bridge.options.gate.caller(request.extensions(), request.headers()) {
         // Uploads check the write right themselves (a disabled upload says so first).
         Ok(caller) if request.method() != axum::http::Method::PUT && !caller.rights.has(Right::Read) => {
-            tracing::warn!(caller = %caller.identity, uri = %request.uri(), "refused: lacks the read right");
-            if crate::access::presented_token(request.headers()).is_none() {
-                return Reject::new(StatusCode::UNAUTHORIZED, "this cache needs a token to be read")
-                    .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"tvix-store\"")
-                    .into_response();
-            }
-            Reject::new(StatusCode::FORBIDDEN, format!("{} lacks the read right", caller.identity)).into_response()
+            Reject::lacking(&caller, Right::Read, request.headers(), "this cache needs a token to be read")
+                .into_response()
         }
         Ok(caller) => {
             request.extensions_mut().insert(caller);
@@ -193,6 +188,18 @@ pub struct Reject {
 impl Reject {
     fn new(status: StatusCode, reason: impl Into<String>) -> Self {
         Self { status, reason: reason.into(), header: None }
+    }
+
+    /// The answer to a caller lacking `right` (logged once, naming the caller): 401 asking for
+    /// credentials (`needs_token` says what for) when it presented no token, which a Nix client
+    /// then sends from its netrc file; 403 when its token lacks the right.
+    fn lacking(caller: &Caller, right: Right, headers: &header::HeaderMap, needs_token: &str) -> Self {
+        tracing::warn!(caller = %caller.identity, "refused: lacks the {} right", right.name());
+        if crate::access::presented_token(headers).is_none() {
+            return Reject::new(StatusCode::UNAUTHORIZED, needs_token)
+                .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"tvix-store\"");
+        }
+        Reject::new(StatusCode::FORBIDDEN, format!("{} lacks the {} right", caller.identity, right.name()))
     }
 
     /// The same answer with `name: value` among its headers.

@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use super::names::{self, NarName};
 use super::{NarBridge, Reject, bad_request};
-use crate::access::{Caller, Right, presented_token};
+use crate::access::{Caller, Right};
 use crate::castore::Node;
 use crate::import::{Admission, AdmitError, admit, ingest_nar};
 use crate::nar::HashingReader;
@@ -230,9 +230,8 @@ pub async fn nar(
 }
 
 impl NarBridge {
-    /// The upload limits, if uploads are on and the caller may write: 401 (asking for
-    /// credentials, which a Nix client then sends from its netrc file) for a request without a
-    /// token, 403 for one whose token lacks the right.
+    /// The upload limits, if uploads are on and the caller may write ([`Reject::lacking`]
+    /// otherwise).
     fn authorize(&self, caller: &Caller, headers: &HeaderMap) -> Result<&super::UploadOptions, Reject> {
         let Some(uploads) = &self.options.uploads else {
             return Err(Reject::new(StatusCode::FORBIDDEN, "uploads are off (start nar-bridge with --allow-uploads)"));
@@ -240,12 +239,7 @@ impl NarBridge {
         if caller.rights.has(Right::Write) {
             return Ok(uploads);
         }
-        tracing::warn!(caller = %caller.identity, "upload refused: lacks the write right");
-        if presented_token(headers).is_none() {
-            return Err(Reject::new(StatusCode::UNAUTHORIZED, "uploads need a token (Authorization: Bearer <token>)")
-                .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"tvix-store\""));
-        }
-        Err(Reject::new(StatusCode::FORBIDDEN, format!("{} lacks the write right", caller.identity)))
+        Err(Reject::lacking(caller, Right::Write, headers, "uploads need a token (Authorization: Bearer <token>)"))
     }
 }
 
