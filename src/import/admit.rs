@@ -5,8 +5,8 @@
 //! allowed to replace it (adding signatures to an existing path is fine).
 
 use sha2::Digest;
-use tokio::io::AsyncReadExt;
 
+use crate::castore::blobservice::BlobReaderExt;
 use crate::castore::{Error, Node};
 use crate::pathinfo::{CaKind, ContentAddress, NarCalculationService, PathInfo};
 use crate::store::Store;
@@ -189,17 +189,17 @@ async fn file_hash(store: &Store, digest: &crate::castore::B3Digest, kind: CaKin
     let mut md5 = md5::Md5::new();
     let mut sha256 = sha2::Sha256::new();
     let mut sha512 = sha2::Sha512::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    // The reader's verified buffers, hashed as they are.
     loop {
-        let n = reader.read(&mut buf).await.map_err(|e| Error::from_io(digest, e))?;
-        if n == 0 {
+        let piece = reader.piece(1 << 20).await.map_err(|e| Error::from_io(digest, e))?;
+        if piece.is_empty() {
             break;
         }
         match kind {
-            CaKind::FlatSha1 => sha1.update(&buf[..n]),
-            CaKind::FlatMd5 => md5.update(&buf[..n]),
-            CaKind::FlatSha512 => sha512.update(&buf[..n]),
-            _ => sha256.update(&buf[..n]),
+            CaKind::FlatSha1 => sha1.update(&piece),
+            CaKind::FlatMd5 => md5.update(&piece),
+            CaKind::FlatSha512 => sha512.update(&piece),
+            _ => sha256.update(&piece),
         }
     }
     Ok(match kind {
